@@ -1,0 +1,13 @@
+"""labelstore: teacher labels recorded once per dataset in a chunked Zarr v3 store.
+
+    store = labelstore.open("labels.zarr")
+    rec = store.read(epoch=0, indices=[0, 5, 9])   # dict of numpy arrays
+    arrays = store.to_dask(); ds = store.to_xarray()
+"""
+
+from .integrity import StoreError, StoreMismatch
+from .reader import LabelStore, open
+from .schema import FORMAT_VERSION
+
+__version__ = "0.1.0"
+__all__ = ["open", "LabelStore", "StoreError", "StoreMismatch", "FORMAT_VERSION", "__version__"]

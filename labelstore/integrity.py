@@ -1,0 +1,105 @@
+"""Fingerprints, mismatch checks and chunk checksum verification."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable
+
+import crc32c as _crc32c
+import numpy as np
+import zarr
+
+from .schema import FORMAT_NAME, FORMAT_VERSION
+
+
+class StoreError(ValueError):
+    """A store that cannot be used as asked: wrong format, unfinished, corrupt."""
+
+
+class StoreMismatch(StoreError):
+    """The store was built from another dataset, teacher or format than the one given."""
+
+
+def digest_pairs(pairs: Iterable[tuple[str, int]]) -> str:
+    """sha256 over (relative path, size) pairs in sorted order: the dataset fingerprint digest."""
+    h = hashlib.sha256()
+    for rel, size in sorted(pairs):
+        h.update(f"{rel}\0{size}\n".encode())
+    return h.hexdigest()
+
+
+def json_digest(obj: Any) -> str:
+    """sha256 of a canonical JSON encoding (policies, configs)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def view_digest(x: np.ndarray) -> np.uint32:
+    """crc32c of an array's bytes (C order): proves a replayed view has the same pixels."""
+    return np.uint32(_crc32c.crc32c(np.ascontiguousarray(x).tobytes()))
+
+
+def check_format(attrs: dict, where: str) -> None:
+    if attrs.get("format") != FORMAT_NAME:
+        raise StoreError(f"{where}: not a labelstore store (attribute 'format' is {attrs.get('format')!r})")
+    v = attrs.get("format_version")
+    if v != FORMAT_VERSION:
+        raise StoreMismatch(
+            f"{where}: store format version {v}, this labelstore reads version {FORMAT_VERSION}; "
+            "rebuild the store with this version's `labelstore teach`"
+        )
+
+
+def check_expected(attrs: dict, where: str, **expected: dict | None) -> None:
+    """Compare attrs[key] with each expected dict (dataset=..., teacher=..., policy=...).
+
+    Only the keys present in the expected dict are compared; the error names the field and
+    both values.
+    """
+    for key, want in expected.items():
+        if want is None:
+            continue
+        have = attrs.get(key) or {}
+        for field, value in want.items():
+            if have.get(field) != value:
+                raise StoreMismatch(
+                    f"{where}: {key} {field} differs: the store has {_short(have.get(field))}, "
+                    f"given {_short(value)} ({key} in store: {_summary(have)})"
+                )
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v) if not isinstance(v, str) else v
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def _summary(d: dict) -> str:
+    return ", ".join(f"{k}={_short(v)}" for k, v in d.items() if k in ("kind", "name", "root", "num_samples"))
+
+
+def verify_chunks(group: zarr.Group) -> list[str]:
+    """Decode every shard of every array (crc32c checked on each chunk and shard index).
+
+    Returns one line per problem, naming the array and the shard's row range.
+    """
+    problems: list[str] = []
+    for name, arr in sorted(iter_arrays(group)):
+        shards = arr.shards or arr.chunks
+        grid = [range(0, n, s) for n, s in zip(arr.shape, shards)]
+        for starts in np.ndindex(*[len(g) for g in grid]):
+            sel = tuple(slice(g[i], g[i] + s) for g, i, s in zip(grid, starts, shards))
+            try:
+                arr[sel]
+            except Exception as e:  # noqa: BLE001 - we report any decode failure
+                rows = ", ".join(f"{s.start}:{min(s.stop, n)}" for s, n in zip(sel, arr.shape))
+                problems.append(f"{name}[{rows}]: {type(e).__name__}: {e}")
+    return problems
+
+
+def iter_arrays(group: zarr.Group, prefix: str = ""):
+    """(path, array) for every array below group, depth first."""
+    for name, node in group.members():
+        if isinstance(node, zarr.Group):
+            yield from iter_arrays(node, f"{prefix}{name}/")
+        else:
+            yield f"{prefix}{name}", node

@@ -1,0 +1,158 @@
+"""Opening a store and reading records of one epoch."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+import numpy as np
+import zarr
+
+from .integrity import StoreError, check_expected, check_format, iter_arrays
+from .writer import PROGRESS, pending_units
+
+
+def open(path: str, mode: str = "r", allow_incomplete: bool = False) -> "LabelStore":  # noqa: A001
+    """Open a label store (a local path or any URL zarr/fsspec understands).
+
+    Raises StoreError if it is not a labelstore store, has another format version, or its
+    teacher stage has not finished (unless allow_incomplete=True).
+    """
+    where = str(path)
+    try:
+        group = zarr.open_group(path, mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        raise StoreError(f"{where}: no label store here ({e})") from None
+    attrs = group.attrs.asdict()
+    check_format(attrs, where)
+    store = LabelStore(group, where)
+    if not allow_incomplete and not store.complete:
+        done, total = store.progress()
+        raise StoreError(
+            f"{where}: the teacher stage has not finished ({done}/{total} work units written); "
+            "finish it with `labelstore teach ... --resume`, or pass allow_incomplete=True / --allow-incomplete"
+        )
+    return store
+
+
+class LabelStore:
+    """A label store: attributes, the sample table, and per-epoch records."""
+
+    def __init__(self, group: zarr.Group, path: str):
+        self.group = group
+        self.path = path
+
+    # -- attributes ------------------------------------------------------------------------
+    @cached_property
+    def attrs(self) -> dict:
+        return self.group.attrs.asdict()
+
+    def refresh(self) -> None:
+        self.__dict__.pop("attrs", None)
+
+    task = property(lambda self: self.attrs["task"])
+    epochs = property(lambda self: int(self.attrs["epochs"]))
+    num_samples = property(lambda self: int(self.attrs["num_samples"]))
+    num_classes = property(lambda self: int(self.attrs["num_classes"]))
+    top_k = property(lambda self: int(self.attrs["top_k"]))
+    mc_passes = property(lambda self: int(self.attrs.get("mc_passes", 0)))
+    complete = property(lambda self: self.attrs.get("state") == "complete")
+
+    def progress(self) -> tuple[int, int]:
+        """(work units done, total work units)."""
+        total = int(np.prod(self.group[PROGRESS].shape))
+        return total - len(pending_units(self.group)), total
+
+    def check(self, *, dataset: dict | None = None, teacher: dict | None = None, policy: dict | None = None) -> None:
+        """Raise StoreMismatch naming the field if the store was built from something else."""
+        check_expected(self.attrs, self.path, dataset=dataset, teacher=teacher, policy=policy)
+
+    # -- arrays ----------------------------------------------------------------------------
+    @cached_property
+    def arrays(self) -> dict[str, zarr.Array]:
+        """All data arrays by path ("topk_values", "aug/rrc/box", ...), without bookkeeping."""
+        return {name: arr for name, arr in iter_arrays(self.group) if name != PROGRESS}
+
+    def epoch_arrays(self) -> dict[str, zarr.Array]:
+        return {n: a for n, a in self.arrays.items() if a.metadata.dimension_names[0] == "epoch"}
+
+    def row_arrays(self) -> dict[str, zarr.Array]:
+        return {n: a for n, a in self.arrays.items() if a.metadata.dimension_names[0] != "epoch"}
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        """The sample table: ids[i] is sample i's path relative to the data root (or 'index:i')."""
+        return np.asarray(self.group["sample_id"][:], dtype=object)
+
+    def read(self, epoch: int, indices: np.ndarray | None = None, include_rows: bool = True) -> dict[str, np.ndarray]:
+        """Records of `epoch` for `indices` (all samples when None), in the order given.
+
+        Keys: every per-epoch array by name with "aug/" dropped from augmentation parameters
+        (so "rrc/box" is what the policy calls it): topk_values [n, K] float16, topk_indices
+        [n, K], gt_prob [n], mc_values [n, T, K] when recorded, view_digest [n], "op/param"
+        [n, ...]; with include_rows also the per-row arrays except the sample table:
+        gt [n], skipped [n], source_hw [n, 2]; and "index" [n].
+        """
+        if not 0 <= epoch < self.epochs:
+            raise IndexError(f"{self.path}: epoch {epoch} out of range (store has {self.epochs} epochs)")
+        idx = None if indices is None else np.asarray(indices, dtype=np.int64)
+        if idx is not None and idx.size and (idx.min() < 0 or idx.max() >= self.num_samples):
+            raise IndexError(f"{self.path}: sample index out of range [0, {self.num_samples})")
+        out: dict[str, np.ndarray] = {}
+        for name, arr in self.epoch_arrays().items():
+            out[name.removeprefix("aug/")] = _take(arr, idx, epoch)
+        if include_rows:
+            for name, arr in self.row_arrays().items():
+                if arr.dtype.kind not in "OTU" and name != "sample_id":
+                    out[name] = _take(arr, idx)
+        out["index"] = np.arange(self.num_samples) if idx is None else idx
+        return out
+
+    # -- size --------------------------------------------------------------------------------
+    def nbytes_on_disk(self) -> dict[str, int]:
+        """Stored bytes per array (local stores only; {} elsewhere)."""
+        root = self.path
+        if not os.path.isdir(root):
+            return {}
+        sizes = {}
+        for name in self.arrays:
+            d = os.path.join(root, name)
+            sizes[name] = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(d) for f in fs)
+        return sizes
+
+    def bytes_per_view(self) -> float:
+        """All stored bytes (records, sample table, metadata) divided by epochs x samples."""
+        total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(self.path) for f in fs)
+        return total / max(1, self.epochs * self.num_samples)
+
+    # -- views -----------------------------------------------------------------------------
+    def to_dask(self) -> dict:
+        from .views import to_dask
+
+        return to_dask(self)
+
+    def to_xarray(self):
+        from .views import to_xarray
+
+        return to_xarray(self)
+
+    def __repr__(self) -> str:
+        return (f"LabelStore({self.path!r}, task={self.attrs.get('task')}, epochs={self.attrs.get('epochs')}, "
+                f"samples={self.attrs.get('num_samples')}, state={self.attrs.get('state')})")
+
+
+def _take(arr: zarr.Array, idx: np.ndarray | None, epoch: int | None = None) -> np.ndarray:
+    """arr[(epoch,) idx] reading only the chunks that hold idx, in the order of idx."""
+    lead = () if epoch is None else (epoch,)
+    if idx is None:
+        return arr[lead + (slice(None),)]
+    if idx.size == 0:
+        return np.empty((0, *arr.shape[len(lead) + 1 :]), dtype=arr.dtype)
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    if hi - lo <= 4 * idx.size:  # dense enough: one contiguous read
+        return arr[lead + (slice(lo, hi),)][idx - lo]
+    order = np.argsort(idx, kind="stable")
+    got = arr.oindex[lead + (idx[order],)]
+    out = np.empty_like(got)
+    out[order] = got
+    return out

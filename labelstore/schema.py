@@ -1,0 +1,122 @@
+"""The label-store schema: which arrays exist, their dimensions, dtypes and chunking.
+
+`docs/store-format.md` is the written source of truth; this module is its code.
+
+Layout rules (all arrays):
+- Arrays with a leading "epoch" dimension hold one record per (epoch, row). Inner chunks are
+  (1, chunk_rows, ...): a reader of one epoch never reads another epoch's bytes. Shards are
+  (1, shard_rows, ...): one work unit of the teacher stage writes whole shards only, so
+  several writer processes never touch the same shard.
+- Arrays without an epoch dimension hold one record per row, chunked (chunk_rows, ...) and
+  sharded (shard_rows, ...).
+- Every inner chunk: bytes -> blosc(zstd, shuffle) -> crc32c. Every shard index: crc32c.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORMAT_NAME = "labelstore"
+FORMAT_VERSION = 1  # bump on any change a reader of the old version would misread
+
+CLASSIFICATION = "classification"
+RETRIEVAL = "retrieval"
+VIDEOQA = "videoqa"
+TASKS = (CLASSIFICATION, RETRIEVAL, VIDEOQA)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of the store. `shape` excludes nothing: it is the full array shape."""
+
+    name: str  # path inside the group, e.g. "topk_values" or "aug/rrc/box"
+    dims: tuple[str, ...]  # Zarr v3 dimension_names
+    shape: tuple[int, ...]
+    dtype: str
+    meaning: str
+    units: str = ""
+    fill_value: float | int | bool | str = 0
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def per_epoch(self) -> bool:
+        return self.dims[0] == "epoch"
+
+    @property
+    def row_axis(self) -> int:
+        """The axis the work partitions split (rows: samples, captions, questions)."""
+        return 1 if self.per_epoch else 0
+
+
+def smallest_uint(max_value: int) -> str:
+    """Smallest unsigned dtype holding 0..max_value."""
+    for dt in ("uint8", "uint16", "uint32"):
+        if max_value <= np.iinfo(dt).max:
+            return dt
+    return "uint64"
+
+
+def smallest_int(max_value: int) -> str:
+    """Smallest signed dtype holding -1..max_value (-1 marks 'unlabeled')."""
+    for dt in ("int8", "int16", "int32"):
+        if max_value <= np.iinfo(dt).max:
+            return dt
+    return "int64"
+
+
+def chunking(spec: ArraySpec, chunk_rows: int, shard_rows: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(inner chunk shape, shard shape) for an array under the layout rules above."""
+    rows = spec.shape[spec.row_axis]
+    shard = max(1, min(shard_rows, rows))
+    chunk = max(1, min(chunk_rows, shard))
+    if shard % chunk:
+        raise ValueError(f"shard_rows ({shard}) must be a multiple of chunk_rows ({chunk})")
+    tail = tuple(spec.shape[spec.row_axis + 1 :])
+    if spec.per_epoch:
+        return (1, chunk, *tail), (1, shard, *tail)
+    return (chunk, *tail), (shard, *tail)
+
+
+def classification_arrays(
+    *,
+    num_samples: int,
+    epochs: int,
+    num_classes: int,
+    top_k: int,
+    mc_passes: int,
+    aug_spec: dict[str, tuple[str, tuple[int, ...]]],
+    digests: bool = True,
+) -> list[ArraySpec]:
+    """Arrays of an image-classification store.
+
+    aug_spec: "op/param" -> (storage dtype, per-view trailing shape), from the policy.
+    """
+    E, N, K, T = epochs, num_samples, top_k, mc_passes
+    idx = smallest_uint(num_classes - 1)
+    specs = [
+        ArraySpec("sample_id", ("sample",), (N,), "str", "sample table: path relative to the data root, or 'index:i'", fill_value=""),
+        ArraySpec("gt", ("sample",), (N,), smallest_int(num_classes - 1), "ground-truth class; -1 = unlabeled", fill_value=-1),
+        ArraySpec("source_hw", ("sample", "hw"), (N, 2), "uint16", "decoded source image (height, width)", "pixels"),
+        ArraySpec("skipped", ("sample",), (N,), "bool", "True where the source could not be decoded (--skip-bad)", fill_value=False),
+        ArraySpec("topk_values", ("epoch", "sample", "k"), (E, N, K), "float16", "teacher top-k probabilities softmax(logits), descending", "probability"),
+        ArraySpec("topk_indices", ("epoch", "sample", "k"), (E, N, K), idx, "class ids of topk_values"),
+        ArraySpec("gt_prob", ("epoch", "sample"), (E, N), "float16", "teacher probability of the ground-truth class (NaN if unlabeled)", "probability"),
+    ]
+    if T > 0:
+        specs.append(
+            ArraySpec("mc_values", ("epoch", "sample", "mc", "k"), (E, N, T, K), "float16",
+                      "probabilities of the top-k classes under each MC-dropout pass", "probability")
+        )
+    if digests:
+        specs.append(
+            ArraySpec("view_digest", ("epoch", "sample"), (E, N), "uint32",
+                      "crc32c of the float32 input tensor the teacher was given (pixel-identity proof)")
+        )
+    for key, (dtype, tail) in sorted(aug_spec.items()):
+        op, param = key.split("/")
+        tail_dims = (f"{op}_{param}",) if len(tail) == 1 else tuple(f"{op}_{param}_{i}" for i in range(len(tail)))
+        dims = ("epoch", "sample") + tail_dims
+        specs.append(ArraySpec(f"aug/{key}", dims, (E, N, *tail), dtype, f"augmentation parameter '{param}' of op '{op}'"))
+    return specs

@@ -1,0 +1,95 @@
+"""Dask and xarray views of a store, and the `inspect` statistics computed with Dask."""
+
+from __future__ import annotations
+
+import contextlib
+
+import dask
+import dask.array as da
+import numpy as np
+
+
+def to_dask(store) -> dict[str, da.Array]:
+    """Every numeric array as a dask array, one task per shard (not per inner chunk)."""
+    out = {}
+    for name, arr in store.arrays.items():
+        if arr.dtype.kind in "OTU":
+            continue
+        out[name] = da.from_zarr(arr, chunks=arr.shards or arr.chunks)
+    return out
+
+
+def to_xarray(store):
+    """An xarray.Dataset over the dask arrays; dimensions are the Zarr dimension_names."""
+    import xarray as xr
+
+    arrays = to_dask(store)
+    data_vars = {}
+    for name, darr in arrays.items():
+        dims = store.arrays[name].metadata.dimension_names
+        data_vars[name.removeprefix("aug/")] = (dims, darr, dict(store.arrays[name].attrs))
+    coords = {"epoch": np.arange(store.epochs), "sample": np.arange(store.num_samples)}
+    if "sample_id" in store.arrays:
+        coords["sample_id"] = ("sample", store.ids.astype(str))
+    return xr.Dataset(data_vars, coords=coords, attrs={k: str(v) for k, v in store.attrs.items()})
+
+
+def _client(scheduler: str | None):
+    if scheduler is None:
+        return contextlib.nullcontext()
+    from distributed import Client
+
+    return Client(scheduler)
+
+
+def classification_stats(store, scheduler: str | None = None, bins: int = 20) -> dict:
+    """Per-epoch statistics of an image-classification store, computed with Dask.
+
+    For each epoch (views with gt >= 0 and not skipped, unless noted):
+      top1_agreement = mean[topk_indices[..., 0] == gt]
+      topk_mass      = mean[sum_k topk_values]                              (all views)
+      entropy        = mean[H(q)], q = top-k plus the residual mass 1 - sum_k spread evenly
+                       over the other C - K classes ("marginal" fill), natural log
+      gt_prob        = mean[teacher probability of the ground-truth class]
+      mc_spread      = mean over views of the std over MC passes of the top-1 class
+                       probability (when MC passes were recorded)
+    and histograms (over all epochs) of the crop area fraction h*w/(H*W) and the crop aspect
+    ratio w/h of the random-resized-crop box.
+    """
+    a = store.to_dask()
+    C, K = store.num_classes, store.top_k
+    gt = a["gt"].astype("int64")
+    valid = (gt >= 0) & ~a["skipped"]  # [N]
+    v = a["topk_values"].astype("float32")  # [E, N, K]
+    top1 = a["topk_indices"][..., 0].astype("int64")  # [E, N]
+    mass = v.sum(-1)  # [E, N]
+    rest = da.clip(1.0 - mass, 0.0, 1.0)
+    per_other = rest / max(C - K, 1)
+    ent = -(v * da.log(da.clip(v, 1e-12, None))).sum(-1) - (C - K) * per_other * da.log(da.clip(per_other, 1e-12, None))
+    nvalid = da.maximum(valid.sum(), 1)
+    stats = {
+        "top1_agreement": ((top1 == gt[None]) & valid[None]).sum(1) / nvalid,
+        "topk_mass": mass.mean(1),
+        "entropy": ent.mean(1),
+        "gt_prob": da.where(valid[None], a["gt_prob"].astype("float32"), 0).sum(1) / nvalid,
+    }
+    if "mc_values" in a:
+        stats["mc_spread"] = a["mc_values"][..., 0].astype("float32").std(axis=2).mean(1)
+    hists = {}
+    if "aug/rrc/box" in a:
+        box = a["aug/rrc/box"].astype("float64")  # [E, N, 4] (y, x, h, w)
+        hw = a["source_hw"].astype("float64")  # [N, 2]
+        area = (box[..., 2] * box[..., 3]) / (hw[None, :, 0] * hw[None, :, 1])
+        aspect = box[..., 3] / da.maximum(box[..., 2], 1)
+        keep = ~a["skipped"][None] & (hw[None, :, 0] > 0)
+        keep = da.broadcast_to(keep, area.shape)
+        hists["crop_area"] = da.histogram(area[keep], bins=bins, range=(0.0, 1.0))
+        hists["crop_aspect"] = da.histogram(da.log(aspect[keep]), bins=bins, range=(-1.0, 1.0))
+    with _client(scheduler):
+        stats, hists = dask.compute(stats, hists)
+    out = {"per_epoch": {k: [float(x) for x in np.atleast_1d(val)] for k, val in stats.items()}}
+    out["histograms"] = {
+        "crop_area": {"edges": hists["crop_area"][1].tolist(), "counts": hists["crop_area"][0].tolist()},
+        "crop_log_aspect": {"edges": hists["crop_aspect"][1].tolist(), "counts": hists["crop_aspect"][0].tolist()},
+    } if hists else {}
+    return out

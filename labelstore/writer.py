@@ -1,0 +1,164 @@
+"""Creating a store and writing it shard by shard, in the background.
+
+A store is filled by *work units*: (epoch group g, partition p) covers rows
+[p*shard_rows, (p+1)*shard_rows) of every per-epoch array for the epochs of group g.
+Units write whole shards only and then set their own flag in `progress[g, p]` (each flag
+is its own object), so any number of writer processes can fill one store, and a killed
+run keeps every unit it finished: `--resume` redoes only the units whose flag is unset.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import queue
+import threading
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from .schema import FORMAT_NAME, FORMAT_VERSION, ArraySpec, chunking
+
+PROGRESS = "progress"
+
+
+def codecs_for(dtype: str) -> list:
+    """bytes-to-bytes codecs of every inner chunk: blosc(zstd, shuffle) then crc32c."""
+    shuffle = "noshuffle" if np.dtype(dtype).itemsize == 1 or dtype == "str" else "shuffle"
+    return [BloscCodec(cname="zstd", clevel=5, shuffle=shuffle), Crc32cCodec()]
+
+
+def create(
+    path: str,
+    specs: list[ArraySpec],
+    attrs: dict[str, Any],
+    *,
+    chunk_rows: int,
+    shard_rows: int,
+    epoch_groups: int,
+) -> zarr.Group:
+    """Create an empty store (overwrites `path`). attrs are the group attributes (see docs)."""
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    partitions = 1
+    for spec in specs:
+        chunks, shards = chunking(spec, chunk_rows, shard_rows)
+        dtype = str if spec.dtype == "str" else spec.dtype
+        arr = group.create_array(
+            spec.name, shape=spec.shape, chunks=chunks, shards=shards, dtype=dtype,
+            compressors=codecs_for(spec.dtype), fill_value=spec.fill_value, dimension_names=spec.dims,
+            attributes={"meaning": spec.meaning, "units": spec.units, **spec.attrs},
+        )
+        rows = spec.shape[spec.row_axis]
+        partitions = max(partitions, -(-rows // shards[spec.row_axis]))
+    group.create_array(
+        PROGRESS, shape=(epoch_groups, partitions), chunks=(1, 1), dtype="uint8", fill_value=0,
+        compressors=[Crc32cCodec()], dimension_names=("epoch_group", "partition"),
+        attributes={"meaning": "1 once work unit (epoch group, partition) is written"},
+    )
+    group.attrs.update(
+        {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            **attrs,
+            "layout": {"chunk_rows": chunk_rows, "shard_rows": shard_rows, "epoch_groups": epoch_groups,
+                       "partitions": partitions},
+            "state": "running",
+            "created": _now(),
+        }
+    )
+    return group
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_block(group: zarr.Group, name: str, start: int, data: np.ndarray, epoch: int | None = None) -> None:
+    """Write rows [start, start+len(data)) of array `name` (of one epoch, for per-epoch arrays).
+
+    The block must cover whole shards (or end at the array's end): partial shard writes are
+    read-modify-write in Zarr and lose data under concurrent writers.
+    """
+    arr = group[name]
+    shard_rows = arr.shards[1 if epoch is not None else 0]
+    rows = arr.shape[1 if epoch is not None else 0]
+    stop = start + len(data)
+    if start % shard_rows or (stop % shard_rows and stop != rows):
+        raise ValueError(f"{name}: rows [{start}, {stop}) are not aligned to shards of {shard_rows} rows")
+    if epoch is None:
+        arr[start:stop] = data
+    else:
+        arr[epoch, start:stop] = data
+
+
+def mark_done(group: zarr.Group, unit: tuple[int, int]) -> None:
+    group[PROGRESS][unit[0], unit[1]] = 1
+
+
+def pending_units(group: zarr.Group) -> list[tuple[int, int]]:
+    """Work units (epoch group, partition) not yet flagged done, in order."""
+    done = group[PROGRESS][:]
+    return [(int(g), int(p)) for g, p in zip(*np.nonzero(done == 0))]
+
+
+def finalize(group: zarr.Group, **extra: Any) -> bool:
+    """Mark the store complete when every unit is done. Returns whether it is complete."""
+    if pending_units(group):
+        return False
+    group.attrs.update({"state": "complete", "completed": _now(), **extra})
+    return True
+
+
+class BackgroundWriter:
+    """Writes blocks on a thread so the teacher never waits on compression or I/O.
+
+    Jobs run in submission order, so `done(unit)` submitted after a unit's blocks is written
+    only after them. `close()` drains the queue and re-raises the first error. A bounded
+    queue applies back-pressure when the disk is slower than the teacher.
+    """
+
+    def __init__(self, group: zarr.Group, max_pending: int = 16):
+        self.group = group
+        self._q: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="labelstore-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as e:  # surfaced by the next submit() or close()
+                    self._error = e
+
+    def _submit(self, job) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(job)
+
+    def write(self, name: str, start: int, data: np.ndarray, epoch: int | None = None) -> None:
+        self._submit(lambda: write_block(self.group, name, start, data, epoch))
+
+    def done(self, unit: tuple[int, int]) -> None:
+        self._submit(lambda: mark_done(self.group, unit))
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # finish what was queued (completed units keep their flag), keep the original error
+            self._q.put(None)
+            self._thread.join()
