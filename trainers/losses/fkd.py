@@ -1,0 +1,147 @@
+"""FKD soft labels and FerKD label adaptation.
+
+FKD (Shen & Xing, ECCV 2022) stores, for every augmented view, only the teacher's
+top-k probabilities and their class indices. At training time the dense target
+is rebuilt from those k numbers and the student is trained with soft-label
+cross-entropy. FerKD (Shen & Xing, ICCV 2023) additionally adapts the label of
+each view using the teacher's confidence in the ground-truth class.
+
+Shapes: B batch, C classes, K stored top-k entries per view.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FILLS = ("marginal", "renorm")
+
+
+def _float_dtype(*tensors: Tensor) -> torch.dtype:
+    """At least float32: fp16/bf16 labels and logits are upcast, float64 stays float64."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def dense_soft_labels(
+    topk_values: Tensor,
+    topk_indices: Tensor,
+    num_classes: int,
+    fill: str = "marginal",
+) -> Tensor:
+    """Rebuild the dense teacher distribution q[B, C] from its stored top-k entries.
+
+    topk_values:  [B, K] teacher probabilities (any float dtype; computed in >= float32)
+    topk_indices: [B, K] their class indices (distinct within a row)
+    returns q:    [B, C]
+
+    fill="marginal": q[b, idx[b, k]] = val[b, k]; every other class gets
+        (1 - sum_k val[b, k])^+ / (C - K), i.e. the missing mass spread evenly
+        (clamped at >= 0: fp16 rounding can make sum_k val slightly > 1; when
+        K == C there is nowhere to spread it and nothing is added).
+    fill="renorm": q[b, idx[b, k]] = val[b, k] / sum_k val[b, k], zeros elsewhere.
+    """
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+    B, K = topk_values.shape
+    if K > num_classes:
+        raise ValueError(f"top-k has {K} entries but num_classes is {num_classes}")
+    values = topk_values.to(_float_dtype(topk_values))  # [B, K]
+    indices = topk_indices.long()  # [B, K]
+    total = values.sum(dim=1, keepdim=True)  # [B, 1]
+
+    if fill == "renorm":
+        q = torch.zeros(B, num_classes, dtype=values.dtype, device=values.device)
+        # clamp_min is neutral for valid rows (some positive probability)
+        return q.scatter(1, indices, values / total.clamp_min(torch.finfo(values.dtype).tiny))
+
+    n_rest = num_classes - K
+    missing = (1.0 - total).clamp_min(0.0)  # [B, 1]
+    per_class = missing / max(n_rest, 1)  # [B, 1]
+    q = per_class.expand(B, num_classes).contiguous()  # [B, C]
+    if n_rest == 0:
+        q = torch.zeros_like(q)
+    return q.scatter(1, indices, values)
+
+
+def soft_label_ce(
+    student_logits: Tensor,
+    topk_values: Tensor,
+    topk_indices: Tensor,
+    fill: str = "marginal",
+    temperature: float = 1.0,
+) -> Tensor:
+    """FKD soft-label cross-entropy against the rebuilt dense teacher label.
+
+    student_logits: [B, C]; topk_values, topk_indices: [B, K]; returns a scalar.
+
+        q    = dense_soft_labels(topk_values, topk_indices, C, fill)           # [B, C]
+        loss = (1/B) * sum_b  -sum_c q[b, c] * log_softmax(student_logits[b] / temperature)_c
+
+    Computed in float32 (or float64 if the logits are float64); no T^2 factor.
+    """
+    dtype = _float_dtype(student_logits, topk_values)
+    q = dense_soft_labels(topk_values, topk_indices, student_logits.shape[1], fill).to(dtype)
+    log_p = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)  # [B, C]
+    return -(q * log_p).sum(dim=1).mean()
+
+
+def ferkd_targets(
+    topk_values: Tensor,
+    topk_indices: Tensor,
+    gt: Tensor,
+    gt_prob: Tensor,
+    num_classes: int,
+    low: float = 0.05,
+    high: float = 0.95,
+    epsilon: float = 0.1,
+    fill: str = "marginal",
+    *,
+    mid: float | None = None,
+) -> tuple[Tensor, Tensor, dict[str, int]]:
+    """FerKD label adaptation (this project's concrete reading; thresholds are not published).
+
+    topk_values, topk_indices: [B, K] stored teacher top-k; gt: [B] long (-1 = unlabeled);
+    gt_prob: [B] teacher probability of the ground-truth class for this view.
+    returns targets [B, C], keep [B] bool, counts {"dropped_low", "dropped_high", "softened", "teacher"}.
+
+    With mid = (low + high) / 2 unless given (low <= mid <= high), per labeled view:
+        gt_prob <  low          -> dropped (keep False): too hard, likely background crop
+        gt_prob >  high         -> dropped (keep False): too easy, uninformative
+        low <= gt_prob <  mid   -> softened hard label: 1 - epsilon on gt, epsilon / (C - 1) elsewhere
+        mid <= gt_prob <= high  -> dense teacher label dense_soft_labels(..., fill)
+    Unlabeled views (gt == -1) always keep the teacher label (counted as "teacher").
+    Dropped rows hold the teacher label too, so targets is always a valid distribution;
+    mask them out with `keep`.
+    """
+    if mid is None:
+        mid = (low + high) / 2
+    if not (low <= mid <= high):
+        raise ValueError(f"need low <= mid <= high, got {low}, {mid}, {high}")
+    if num_classes < 2:
+        raise ValueError("ferkd_targets needs num_classes >= 2")
+    teacher = dense_soft_labels(topk_values, topk_indices, num_classes, fill)  # [B, C]
+    p = gt_prob.to(teacher.dtype)  # [B]
+    labeled = gt >= 0  # [B]
+
+    too_hard = labeled & (p < low)
+    too_easy = labeled & (p > high)
+    soften = labeled & (p >= low) & (p < mid)
+    use_teacher = ~(too_hard | too_easy | soften)
+
+    off = epsilon / (num_classes - 1)
+    hard = torch.full_like(teacher, off)  # [B, C]
+    hard.scatter_(1, gt.clamp_min(0).long()[:, None], 1.0 - epsilon)
+    targets = torch.where(soften[:, None], hard, teacher)  # [B, C]
+    keep = ~(too_hard | too_easy)
+
+    counts = {
+        "dropped_low": int(too_hard.sum()),
+        "dropped_high": int(too_easy.sum()),
+        "softened": int(soften.sum()),
+        "teacher": int(use_teacher.sum()),
+    }
+    return targets, keep, counts
