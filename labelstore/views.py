@@ -93,3 +93,38 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
         "crop_log_aspect": {"edges": hists["crop_aspect"][1].tolist(), "counts": hists["crop_aspect"][0].tolist()},
     } if hists else {}
     return out
+
+
+def inspect_store(store, scheduler: str | None = None) -> dict:
+    """The statistics `labelstore inspect` prints, for the store's task."""
+    if store.task == "classification":
+        return classification_stats(store, scheduler=scheduler)
+    raise ValueError(f"{store.path}: inspect does not know task {store.task!r}")
+
+
+def plot_stats(stats: dict, path: str) -> None:
+    """One PNG: per-epoch curves of each statistic, and the histograms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per, hists = stats["per_epoch"], stats.get("histograms", {})
+    n = len(per) + len(hists)
+    cols = 3
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    axes = axes.ravel()
+    for ax, (name, values) in zip(axes, per.items()):
+        ax.plot(range(len(values)), values, marker="o")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+    for ax, (name, h) in zip(axes[len(per):], hists.items()):
+        edges = np.asarray(h["edges"])
+        ax.bar(edges[:-1], h["counts"], width=np.diff(edges), align="edge")
+        ax.set_title(name)
+    for ax in axes[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,203 @@
+"""The `labelstore` command line: a thin shell over labelstore/, pipeline/ and trainers/.
+
+This is the one module of labelstore/ that imports pipeline/ and trainers/, and only inside
+each command, so `import labelstore` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+import labelstore
+from labelstore.integrity import StoreError
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+class _Group(click.Group):
+    """Known user errors (bad input, mismatched stores) print one clear line, not a traceback."""
+
+    def invoke(self, ctx):
+        from pipeline.images import DecodeError
+
+        try:
+            return super().invoke(ctx)
+        except (StoreError, DecodeError, FileNotFoundError) as e:
+            _fail(str(e))
+        except ValueError as e:
+            if type(e).__module__.split(".")[0] in ("pipeline", "trainers", "labelstore"):
+                _fail(str(e))
+            raise
+
+
+@click.group(cls=_Group)
+@click.version_option(labelstore.__version__)
+def main() -> None:
+    """Record teacher labels once per dataset; train many students from the store."""
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@click.argument("kind", type=click.Choice(["shapes", "shapes-h5"]))
+@click.option("--out", required=True, type=click.Path(), help="Directory (or .h5 file) to write.")
+@click.option("--train", "n_train", default=2000, show_default=True)
+@click.option("--test", "n_test", default=500, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def data(kind: str, out: str, n_train: int, n_test: int, seed: int) -> None:
+    """Write a built-in generated dataset as real image files (ImageFolder layout) or HDF5."""
+    from pipeline import images
+
+    if kind == "shapes":
+        train, test = images.make_shapes_dataset(out, n_train=n_train, n_test=n_test, seed=seed)
+        click.echo(f"wrote {train} ({n_train} images) and {test} ({n_test} images)")
+    else:
+        images.make_hdf5_dataset(out, n_train, seed=seed)
+        click.echo(f"wrote {out} ({n_train} images)")
+
+
+def load_teacher(spec: str, num_classes: int):
+    """(model, teacher_info) for a built-in name, checkpoint path or module:callable."""
+    from pipeline.teacher import weights_hash
+    from trainers.models import count_params
+    from trainers.spec import load_model
+
+    model = load_model(spec, num_classes=num_classes)
+    return model, {"name": spec, "weights_sha256": weights_hash(model), "params": count_params(model)}
+
+
+@main.command()
+@click.option("--data", "data_spec", required=True, help="ImageFolder dir, or file.h5[:images[:labels]].")
+@click.option("--teacher", required=True, help="Checkpoint .pt, built-in model name, or module:callable.")
+@click.option("--out", required=True, type=click.Path(), help="Store to write (a directory, *.zarr).")
+@click.option("--epochs", default=4, show_default=True, help="Epochs of views to label.")
+@click.option("--top-k", default=5, show_default=True)
+@click.option("--mc-passes", default=0, show_default=True, help="MC-dropout passes (0 = none).")
+@click.option("--policy", "policy_name", default="crop-flip", show_default=True)
+@click.option("--image-size", default=32, show_default=True, help="Output resolution of the views.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--num-classes", type=int, default=None, help="Teacher classes (default: the dataset's).")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--views-per-decode", default=0, show_default=True, help="Epochs labelled per image decode; 0 = all.")
+@click.option("--shard-samples", default=8192, show_default=True, help="Rows per shard = per work unit.")
+@click.option("--chunk-samples", default=2048, show_default=True, help="Rows per inner chunk (read unit).")
+@click.option("--workers", default=4, show_default=True, help="Decode threads.")
+@click.option("--device", default=None, help="cuda / cpu (default: cuda when present).")
+@click.option("--amp/--no-amp", default=None, help="Autocast on CUDA (default: on for CUDA).")
+@click.option("--skip-bad", is_flag=True, help="Record undecodable images as skipped instead of stopping.")
+@click.option("--no-digest", is_flag=True, help="Do not store per-view input digests.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted store.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--rank", default=0, show_default=True, help="This process's rank (several processes fill one store).")
+@click.option("--world-size", default=1, show_default=True)
+@click.option("--quiet", is_flag=True)
+def teach(data_spec, teacher, out, epochs, top_k, mc_passes, policy_name, image_size, seed, num_classes,
+          batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest,
+          resume, overwrite, rank, world_size, quiet) -> None:
+    """Run the teacher once over every (epoch, sample) view and write the label store."""
+    from pipeline.augment import make_policy
+    from pipeline.images import open_source
+    from pipeline.teach import TeachConfig
+    from pipeline.teach import teach as run_teach
+
+    source = open_source(data_spec)
+    C = num_classes or len(source.classes)
+    model, info = load_teacher(teacher, C)
+    policy = make_policy(policy_name, output_size=(image_size, image_size))
+    cfg = TeachConfig(epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
+                      views_per_decode=views_per_decode, shard_rows=shard_samples, chunk_rows=chunk_samples,
+                      skip_bad=skip_bad, digests=not no_digest, decode_workers=workers)
+    stats = run_teach(out, source, model, policy, cfg, teacher_info=info, num_classes=C, device=device, amp=amp,
+                      resume=resume, overwrite=overwrite, rank=rank, world_size=world_size, progress=not quiet)
+    state = "complete" if stats["complete"] else "incomplete (other ranks still running)"
+    click.echo(f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}")
+
+
+# ---------------------------------------------------------------------------------------------
+def store_info(store) -> dict:
+    """Schema, completeness and size of a store (what `info` prints)."""
+    sizes = store.nbytes_on_disk()
+    arrays = []
+    for name, arr in sorted(store.arrays.items()):
+        arrays.append({"name": name, "dims": list(arr.metadata.dimension_names), "shape": list(arr.shape),
+                       "dtype": str(arr.dtype), "chunks": list(arr.chunks), "shards": list(arr.shards or arr.chunks),
+                       "bytes": sizes.get(name)})
+    done, total = store.progress()
+    views = store.epochs * store.num_samples
+    a = store.attrs
+    return {
+        "path": store.path, "task": a.get("task"), "format_version": a.get("format_version"),
+        "state": a.get("state"), "units_done": done, "units_total": total,
+        "epochs": a.get("epochs"), "num_samples": a.get("num_samples"), "num_classes": a.get("num_classes"),
+        "top_k": a.get("top_k"), "mc_passes": a.get("mc_passes"), "seed": a.get("seed"),
+        "teacher": a.get("teacher"), "dataset": a.get("dataset"),
+        "policy": [op.get("name") or op.get("type") for op in a.get("policy", {}).get("ops", [])],
+        "arrays": arrays, "views": views,
+        "bytes_total": sum(v for v in sizes.values() if v), "bytes_per_view": store.bytes_per_view(),
+        "record_bytes_per_view": sum(sizes[n] for n in store.epoch_arrays() if sizes.get(n)) / max(views, 1),
+    }
+
+
+@main.command()
+@click.argument("store_path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True)
+def info(store_path: str, as_json: bool) -> None:
+    """Schema, completeness and on-disk bytes per view of a store."""
+    store = labelstore.open(store_path, allow_incomplete=True)
+    d = store_info(store)
+    if as_json:
+        return _echo_json(d)
+    click.echo(f"{d['path']}  task={d['task']}  format v{d['format_version']}  state={d['state']} "
+               f"({d['units_done']}/{d['units_total']} work units)")
+    click.echo(f"epochs={d['epochs']} samples={d['num_samples']} classes={d['num_classes']} top_k={d['top_k']} "
+               f"mc_passes={d['mc_passes']} seed={d['seed']}")
+    t = d["teacher"] or {}
+    click.echo(f"teacher: {t.get('name')} sha256={str(t.get('weights_sha256'))[:16]}  policy: {', '.join(map(str, d['policy']))}")
+    ds = d["dataset"] or {}
+    click.echo(f"dataset: {ds.get('kind')} {ds.get('root', '')} digest={str(ds.get('digest'))[:16]}")
+    click.echo(f"{'array':<22}{'dims':<34}{'dtype':<9}{'chunk':<16}{'shard':<16}{'bytes':>10}")
+    for r in d["arrays"]:
+        click.echo(f"{r['name']:<22}{','.join(r['dims']):<34}{r['dtype']:<9}{'x'.join(map(str, r['chunks'])):<16}"
+                   f"{'x'.join(map(str, r['shards'])):<16}{r['bytes'] or 0:>10}")
+    click.echo(f"on disk: {d['bytes_total']} bytes; {d['bytes_per_view']:.2f} bytes per view "
+               f"(per-view records alone: {d['record_bytes_per_view']:.2f})")
+
+
+@main.command()
+@click.argument("store_path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--plot", type=click.Path(), default=None, help="Write a PNG of the statistics.")
+@click.option("--scheduler", default=None, help="dask.distributed scheduler address (default: local threads).")
+@click.option("--allow-incomplete", is_flag=True)
+def inspect(store_path: str, as_json: bool, plot: str | None, scheduler: str | None, allow_incomplete: bool) -> None:
+    """Per-epoch label statistics computed with Dask from the Zarr arrays."""
+    from labelstore.views import inspect_store, plot_stats
+
+    store = labelstore.open(store_path, allow_incomplete=allow_incomplete)
+    stats = inspect_store(store, scheduler=scheduler)
+    if plot:
+        plot_stats(stats, plot)
+    if as_json:
+        return _echo_json(stats)
+    per = stats["per_epoch"]
+    keys = list(per)
+    click.echo("epoch  " + "  ".join(f"{k:>15}" for k in keys))
+    for e in range(len(per[keys[0]])):
+        click.echo(f"{e:>5}  " + "  ".join(f"{per[k][e]:>15.4f}" for k in keys))
+    for name, h in stats.get("histograms", {}).items():
+        click.echo(f"{name}: counts {h['counts']}")
+    if plot:
+        click.echo(f"plot written to {plot}")
+
+
+if __name__ == "__main__":
+    main()
