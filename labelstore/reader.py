@@ -108,6 +108,16 @@ class LabelStore:
         out["index"] = np.arange(self.num_samples) if idx is None else idx
         return out
 
+    def read_array(self, name: str, epoch: int | None = None, indices: np.ndarray | None = None) -> np.ndarray:
+        """One array's rows `indices` (all when None), of `epoch` for per-epoch arrays, in the order given.
+
+        For stores whose arrays have different row axes (captions and videos, say), where
+        `read` would index them all alike.
+        """
+        arr = self.group[name]
+        idx = None if indices is None else np.asarray(indices, dtype=np.int64)
+        return _take(arr, idx, epoch)
+
     # -- size --------------------------------------------------------------------------------
     def nbytes_on_disk(self) -> dict[str, int]:
         """Stored bytes per array (local stores only; {} elsewhere)."""

@@ -97,8 +97,9 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
 
 def inspect_store(store, scheduler: str | None = None) -> dict:
     """The statistics `labelstore inspect` prints, for the store's task."""
-    if store.task == "classification":
-        return classification_stats(store, scheduler=scheduler)
+    stats = globals().get(f"{store.task}_stats")  # classification_stats, retrieval_stats, videoqa_stats
+    if stats is not None:
+        return stats(store, scheduler=scheduler)
     raise ValueError(f"{store.path}: inspect does not know task {store.task!r}")
 
 
