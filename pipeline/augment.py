@@ -1,0 +1,728 @@
+"""Recordable augmentation: ops whose parameters are sampled once, stored, and replayed.
+
+A view of sample `i` in epoch `e` is a pure function of (source image, params), and the
+params are a pure function of (seed, e, i, source shape, num_samples), drawn from the
+counter-based RNG in :mod:`pipeline.rng`. The teacher samples and records the params; a
+student replays the identical pixels from the recorded params with :meth:`Policy.render`.
+
+Ops are small frozen dataclasses:
+
+* ``param_spec()``  -> {param: (numpy dtype string, trailing shape per view)}
+* ``sample(seed, epoch, ids, src_shape, num_samples, *, output_size=None)``
+  -> {param: ndarray[N, ...]} already cast to the storage dtype
+* ``config()``      -> JSON-able constructor arguments (including ``name``)
+* ``apply(...)``    -> the pure pixel operation (signature depends on the op's role)
+
+Roles: a *geometry* op (``RandomResizedCrop`` or ``Resize``; exactly one per policy) turns
+the uint8 source into a float32 [3, out_H, out_W] view in [0, 1]; *base* ops (flip, jitter,
+selfmix) edit that view (flip also works on the source before the geometry op); at most one
+*mixing* op (``CutMix`` / ``MixUp``, last in the policy) combines the view with the base view
+of a partner sample of the same epoch. Mean/std normalisation happens at the very end.
+
+Every random draw uses stream ``rng.stream_id(f"{op.name}/{param}")`` so ops never share draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline import rng
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "POLICY_NAMES",
+    "RENDER_VERSION",
+    "ColorJitter",
+    "CutMix",
+    "HorizontalFlip",
+    "MixUp",
+    "Op",
+    "Policy",
+    "RandomResizedCrop",
+    "Resize",
+    "SelfMix",
+    "eval_policy",
+    "make_policy",
+    "op_from_json",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Bump when the pixel semantics of render() change: views recorded under another render
+# version cannot be replayed bit-identically.
+RENDER_VERSION = 1
+
+_MAX_SIDE = 65535  # boxes are stored as uint16
+_GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+_GAMMA_ATTEMPTS = 16  # Marsaglia-Tsang attempts per gamma draw (P(all rejected) < 1e-20)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _pair(v, what: str) -> tuple[float, float]:
+    t = tuple(float(x) for x in v)
+    if len(t) != 2:
+        raise ValueError(f"{what} must have 2 values, got {v!r}")
+    return t
+
+
+def _check_range(scale: tuple[float, float], ratio: tuple[float, float], who: str) -> None:
+    if not (0.0 < scale[0] <= scale[1] <= 1.0):
+        raise ValueError(f"{who}: scale must satisfy 0 < lo <= hi <= 1, got {scale}")
+    if not (0.0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"{who}: ratio must satisfy 0 < lo <= hi, got {ratio}")
+
+
+def _as_ids(ids) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    if ids.size and ids.min() < 0:
+        raise ValueError("ids must be >= 0")
+    return ids
+
+
+def _as_shapes(src_shape, n: int, who: str) -> np.ndarray:
+    s = np.asarray(src_shape, dtype=np.int64).reshape(-1, 2) if np.size(src_shape) else np.zeros((0, 2), np.int64)
+    if s.shape[0] != n:
+        raise ValueError(f"src_shape has {s.shape[0]} rows for {n} ids")
+    if n and s.min() < 0:
+        raise ValueError(f"{who}: negative source size {s[s.min(1) < 0][0].tolist()}")
+    if n and s.max() > _MAX_SIDE:
+        bad = s[s.max(1) > _MAX_SIDE][0].tolist()
+        raise ValueError(f"{who}: source size {bad} too large: H and W must be < 65536 (boxes are uint16)")
+    return s
+
+
+def _out_size(output_size, who: str) -> tuple[int, int]:
+    if output_size is None:
+        raise ValueError(f"{who}: sampling needs the policy output_size (call Policy.sample)")
+    oh, ow = (int(v) for v in output_size)
+    return oh, ow
+
+
+def _rrc_boxes(u: np.ndarray, H: np.ndarray, W: np.ndarray, scale, ratio) -> np.ndarray:
+    """torchvision RandomResizedCrop.get_params, vectorised over N.
+
+    u: [N, 22] uniforms (10 areas, 10 log-ratios, 2 positions); H, W: int64 [N].
+    Returns int64 [N, 4] boxes (y, x, h, w); an empty source (H or W = 0, e.g. an image that
+    failed to decode and is skipped) gets the empty box (0, 0, 0, 0).
+    """
+    n = u.shape[0]
+    empty = (H < 1) | (W < 1)
+    H, W = np.where(empty, 1, H), np.where(empty, 1, W)
+    Hf = H.astype(np.float64)[:, None]
+    Wf = W.astype(np.float64)[:, None]
+    target = Hf * Wf * (scale[0] + (scale[1] - scale[0]) * u[:, 0:10])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    ar = np.exp(lo + (hi - lo) * u[:, 10:20])
+    w = np.round(np.sqrt(target * ar)).astype(np.int64)
+    h = np.round(np.sqrt(target / ar)).astype(np.int64)
+    ok = (w > 0) & (w <= W[:, None]) & (h > 0) & (h <= H[:, None])
+    found = ok.any(axis=1)
+    first = ok.argmax(axis=1)
+    rows = np.arange(n)
+    hs, ws = h[rows, first], w[rows, first]
+    ys = np.minimum((u[:, 20] * (H - hs + 1)).astype(np.int64), H - hs)
+    xs = np.minimum((u[:, 21] * (W - ws + 1)).astype(np.int64), W - ws)
+    # fallback: whole image, clamped to the ratio range, centred
+    in_ratio = W / H
+    rmin, rmax = min(ratio), max(ratio)
+    fw = np.where(in_ratio > rmax, np.round(H * rmax).astype(np.int64), W)
+    fh = np.where(in_ratio < rmin, np.round(W / rmin).astype(np.int64), H)
+    fw = np.clip(fw, 1, W)
+    fh = np.clip(fh, 1, H)
+    fy, fx = (H - fh) // 2, (W - fw) // 2
+    box = np.stack(
+        [np.where(found, ys, fy), np.where(found, xs, fx), np.where(found, hs, fh), np.where(found, ws, fw)], axis=1
+    )
+    box[empty] = 0
+    return box
+
+
+def _gamma(u: np.ndarray, k: float) -> np.ndarray:
+    """Gamma(k, 1) from uniforms u [N, 3*A + 1] (Marsaglia-Tsang, fixed attempt count)."""
+    a = _GAMMA_ATTEMPTS
+    kk = k + 1.0 if k < 1.0 else k
+    d = kk - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    u1, u2, u3 = u[:, 0:a], u[:, a : 2 * a], u[:, 2 * a : 3 * a]
+    x = np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * math.pi * u2)  # standard normal (Box-Muller)
+    v = (1.0 + c * x) ** 3
+    vs = np.where(v > 0, v, 1.0)
+    accept = (v > 0) & (np.log1p(-u3) < 0.5 * x * x + d - d * vs + d * np.log(vs))
+    first = accept.argmax(axis=1)
+    g = d * vs[np.arange(u.shape[0]), first]
+    g = np.where(accept.any(axis=1), g, d)
+    if k < 1.0:
+        g = g * (1.0 - u[:, 3 * a]) ** (1.0 / k)
+    return g
+
+
+def _beta(seed: int, epoch: int, ids: np.ndarray, stream: int, alpha: float) -> np.ndarray:
+    """Beta(alpha, alpha) [N] float64, a pure function of (seed, epoch, id, stream)."""
+    m = 3 * _GAMMA_ATTEMPTS + 1
+    u = rng.uniform(seed, epoch, ids, stream, 2 * m)
+    g1, g2 = _gamma(u[:, :m], alpha), _gamma(u[:, m:], alpha)
+    return g1 / (g1 + g2)
+
+
+def _partners(seed: int, epoch: int, ids: np.ndarray, stream: int, num_samples: int) -> np.ndarray:
+    """Uniform over the other num_samples - 1 samples (int64 [N])."""
+    if num_samples < 2:
+        return np.full(ids.shape, -1, np.int64)
+    if ids.size and ids.max() >= num_samples:
+        raise ValueError(f"ids must be < num_samples={num_samples} for mixing ops, got {int(ids.max())}")
+    r = rng.randint(seed, epoch, ids, stream, num_samples - 1)[:, 0]
+    return r + (r >= ids)
+
+
+def _to_float(x) -> torch.Tensor:
+    """uint8 HWC ndarray -> float32 [3, H, W] in [0, 1]; float tensors pass through."""
+    if isinstance(x, torch.Tensor):
+        return x
+    t = torch.from_numpy(np.array(x, dtype=np.uint8, copy=True))
+    return t.permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear antialiased resize of float [3, h, w]; identity when the size already matches."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x.contiguous()
+    return F.interpolate(x[None].contiguous(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def _crop(img: np.ndarray, box, who: str) -> np.ndarray:
+    y, x, h, w = (int(v) for v in box)
+    H, W = img.shape[:2]
+    if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
+        raise ValueError(f"{who}: box (y={y}, x={x}, h={h}, w={w}) is not inside the {H}x{W} source")
+    return img[y : y + h, x : x + w]
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return _GRAY[0] * x[0] + _GRAY[1] * x[1] + _GRAY[2] * x[2]
+
+
+# --------------------------------------------------------------------------- ops
+
+
+@dataclass(frozen=True)
+class Op:
+    """Base class. Subclasses set GEOMETRY / MIXING and implement the interface."""
+
+    GEOMETRY: ClassVar[bool] = False
+    MIXING: ClassVar[bool] = False
+
+    def param_spec(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        return {}
+
+    def sample(self, seed, epoch, ids, src_shape, num_samples, *, output_size=None) -> dict[str, np.ndarray]:
+        return {}
+
+    def config(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def _stream(self, param: str) -> int:
+        return rng.stream_id(f"{self.name}/{param}")
+
+
+@dataclass(frozen=True)
+class Resize(Op):
+    """Deterministic resize of the whole image to the output size (no params).
+
+    keep_aspect=True first takes the largest centred crop with the output aspect ratio.
+    """
+
+    keep_aspect: bool = False
+    name: str = "resize"
+    GEOMETRY: ClassVar[bool] = True
+
+    def apply(self, image: np.ndarray, params: dict, output_size) -> torch.Tensor:
+        oh, ow = output_size
+        if self.keep_aspect:
+            H, W = image.shape[:2]
+            if W * oh > H * ow:  # too wide
+                w = max(1, round(H * ow / oh))
+                image = image[:, (W - w) // 2 : (W - w) // 2 + w]
+            else:
+                h = max(1, round(W * oh / ow))
+                image = image[(H - h) // 2 : (H - h) // 2 + h]
+        return _resize(_to_float(image), (oh, ow))
+
+
+@dataclass(frozen=True)
+class RandomResizedCrop(Op):
+    """torchvision's RandomResizedCrop; param box = (y, x, h, w) in source pixels."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    name: str = "rrc"
+    GEOMETRY: ClassVar[bool] = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", _pair(self.scale, "scale"))
+        object.__setattr__(self, "ratio", _pair(self.ratio, "ratio"))
+        _check_range(self.scale, self.ratio, self.name)
+
+    def param_spec(self):
+        return {"box": ("uint16", (4,))}
+
+    def sample(self, seed, epoch, ids, src_shape, num_samples, *, output_size=None):
+        ids = _as_ids(ids)
+        s = _as_shapes(src_shape, len(ids), self.name)
+        u = rng.uniform(seed, epoch, ids, self._stream("box"), 22)
+        return {"box": _rrc_boxes(u, s[:, 0], s[:, 1], self.scale, self.ratio).astype(np.uint16)}
+
+    def apply(self, image: np.ndarray, params: dict, output_size) -> torch.Tensor:
+        return _resize(_to_float(_crop(image, params["box"], self.name)), tuple(output_size))
+
+
+@dataclass(frozen=True)
+class HorizontalFlip(Op):
+    p: float = 0.5
+    name: str = "flip"
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.p) <= 1.0:
+            raise ValueError(f"{self.name}: p must be in [0, 1], got {self.p}")
+        object.__setattr__(self, "p", float(self.p))
+
+    def param_spec(self):
+        return {"flag": ("bool", ())}
+
+    def sample(self, seed, epoch, ids, src_shape, num_samples, *, output_size=None):
+        ids = _as_ids(ids)
+        return {"flag": rng.uniform(seed, epoch, ids, self._stream("flag"))[:, 0] < self.p}
+
+    def apply(self, x, params):
+        """Reverse the columns of a uint8 HWC array or a float [3, H, W] tensor."""
+        if not bool(params["flag"]):
+            return x
+        if isinstance(x, torch.Tensor):
+            return torch.flip(x, dims=(-1,))
+        return x[:, ::-1]
+
+
+@dataclass(frozen=True)
+class ColorJitter(Op):
+    """Brightness, contrast, saturation (fixed order); factors uniform in [1-x, 1+x]."""
+
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    name: str = "jitter"
+
+    def __post_init__(self):
+        for k in ("brightness", "contrast", "saturation"):
+            v = float(getattr(self, k))
+            if v < 0:
+                raise ValueError(f"{self.name}: {k} must be >= 0, got {v}")
+            object.__setattr__(self, k, v)
+
+    def param_spec(self):
+        return {"factors": ("float16", (3,))}
+
+    def sample(self, seed, epoch, ids, src_shape, num_samples, *, output_size=None):
+        ids = _as_ids(ids)
+        u = rng.uniform(seed, epoch, ids, self._stream("factors"), 3)
+        x = np.array([self.brightness, self.contrast, self.saturation])
+        lo = np.maximum(1.0 - x, 0.0)
+        f = lo + (1.0 + x - lo) * u
+        return {"factors": f.astype(np.float16)}
+
+    def apply(self, x, params) -> torch.Tensor:
+        x = _to_float(x)
+        b, c, s = (float(v) for v in np.asarray(params["factors"], dtype=np.float32))
+        if b != 1.0:
+            x = (x * b).clamp_(0.0, 1.0)
+        if c != 1.0:
+            # mean in float64 numpy: torch reductions may depend on the thread count
+            m = float(np.float32(_gray(x).numpy().astype(np.float64).mean()))
+            x = (c * x + (1.0 - c) * m).clamp_(0.0, 1.0)
+        if s != 1.0:
+            x = (s * x + (1.0 - s) * _gray(x)[None]).clamp_(0.0, 1.0)
+        return x
+
+
+@dataclass(frozen=True)
+class SelfMix(Op):
+    """FerKD-style self-mix: paste a second crop of the same image into the view.
+
+    box2: (y, x, h, w) second crop in source pixels (RandomResizedCrop algorithm with
+    scale/ratio); paste: (y, x, h, w) region in output pixels (same algorithm on the output
+    size with paste_scale/ratio); the second crop is resized to (h, w) and pasted there.
+    """
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    p: float = 0.5
+    paste_scale: tuple[float, float] = (0.1, 0.5)
+    name: str = "selfmix"
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", _pair(self.scale, "scale"))
+        object.__setattr__(self, "ratio", _pair(self.ratio, "ratio"))
+        object.__setattr__(self, "paste_scale", _pair(self.paste_scale, "paste_scale"))
+        _check_range(self.scale, self.ratio, self.name)
+        _check_range(self.paste_scale, self.ratio, self.name)
+        if not 0.0 <= float(self.p) <= 1.0:
+            raise ValueError(f"{self.name}: p must be in [0, 1], got {self.p}")
+        object.__setattr__(self, "p", float(self.p))
+
+    def param_spec(self):
+        return {"box2": ("uint16", (4,)), "paste": ("uint16", (4,)), "apply": ("bool", ())}
+
+    def sample(self, seed, epoch, ids, src_shape, num_samples, *, output_size=None):
+        ids = _as_ids(ids)
+        s = _as_shapes(src_shape, len(ids), self.name)
+        oh, ow = _out_size(output_size, self.name)
+        n = len(ids)
+        on = rng.uniform(seed, epoch, ids, self._stream("apply"))[:, 0] < self.p
+        u = rng.uniform(seed, epoch, ids, self._stream("box2"), 22)
+        box2 = _rrc_boxes(u, s[:, 0], s[:, 1], self.scale, self.ratio)
+        u = rng.uniform(seed, epoch, ids, self._stream("paste"), 22)
+        paste = _rrc_boxes(u, np.full(n, oh, np.int64), np.full(n, ow, np.int64), self.paste_scale, self.ratio)
+        box2[~on] = 0
+        paste[~on] = 0
+        return {"box2": box2.astype(np.uint16), "paste": paste.astype(np.uint16), "apply": on}
+
+    def apply(self, view: torch.Tensor, params: dict, source: np.ndarray) -> torch.Tensor:
+        if not bool(params["apply"]):
+            return view
+        y, x, h, w = (int(v) for v in params["paste"])
+        if h < 1 or w < 1 or y + h > view.shape[1] or x + w > view.shape[2]:
+            raise ValueError(f"{self.name}: paste box {(y, x, h, w)} is not inside the {tuple(view.shape[1:])} view")
+        patch = _resize(_to_float(_crop(source, params["box2"], self.name)), (h, w))
+        out = view.clone()
+        out[:, y : y + h, x : x + w] = patch
+        return out
+
+
+@dataclass(frozen=True)
+class CutMix(Op):
+    """Paste a box of the partner's view into the own view (box in output pixels).
+
+    lam ~ Beta(alpha, alpha) sets the box size (timm's rand_bbox); the stored lam is the
+    fraction of the own view that is kept, 1 - box area / output area.
+    """
+
+    alpha: float = 1.0
+    p: float = 1.0
+    name: str = "cutmix"
+    MIXING: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if not float(self.alpha) > 0:
+            raise ValueError(f"{self.name}: alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= float(self.p) <= 1.0:
+            raise ValueError(f"{self.name}: p must be in [0, 1], got {self.p}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "p", float(self.p))
+
+    def param_spec(self):
+        return {"partner": ("int32", ()), "box": ("uint16", (4,)), "lam": ("float16", ())}
+
+    def sample(self, seed, epoch, ids, src_shape, num_samples, *, output_size=None):
+        ids = _as_ids(ids)
+        oh, ow = _out_size(output_size, self.name)
+        partner = _partners(seed, epoch, ids, self._stream("partner"), num_samples)
+        on = (rng.uniform(seed, epoch, ids, self._stream("apply"))[:, 0] < self.p) & (partner >= 0)
+        lam = _beta(seed, epoch, ids, self._stream("lam"), self.alpha)
+        cut = np.sqrt(1.0 - lam)
+        ch, cw = (oh * cut).astype(np.int64), (ow * cut).astype(np.int64)
+        c = rng.randint(seed, epoch, ids, self._stream("box"), np.array([[oh, ow]]), 2)
+        y1, y2 = np.clip(c[:, 0] - ch // 2, 0, oh), np.clip(c[:, 0] + ch // 2, 0, oh)
+        x1, x2 = np.clip(c[:, 1] - cw // 2, 0, ow), np.clip(c[:, 1] + cw // 2, 0, ow)
+        box = np.stack([y1, x1, y2 - y1, x2 - x1], axis=1)
+        box[~on] = 0
+        kept = 1.0 - box[:, 2] * box[:, 3] / float(oh * ow)
+        return {
+            "partner": np.where(on, partner, -1).astype(np.int32),
+            "box": box.astype(np.uint16),
+            "lam": kept.astype(np.float16),
+        }
+
+    def apply(self, own: torch.Tensor, partner: torch.Tensor, params: dict) -> torch.Tensor:
+        y, x, h, w = (int(v) for v in params["box"])
+        if h == 0 or w == 0:
+            return own
+        out = own.clone()
+        out[:, y : y + h, x : x + w] = partner[:, y : y + h, x : x + w]
+        return out
+
+    def weights(self, params: dict, output_size) -> np.ndarray:
+        """float64 [N] kept fraction, exact from the box (not the float16-rounded lam)."""
+        box = np.asarray(params["box"]).astype(np.int64).reshape(-1, 4)
+        kept = 1.0 - box[:, 2] * box[:, 3] / float(output_size[0] * output_size[1])
+        return np.where(np.asarray(params["partner"]).reshape(-1) < 0, 1.0, kept)
+
+
+@dataclass(frozen=True)
+class MixUp(Op):
+    """lam * own + (1 - lam) * partner, lam ~ Beta(alpha, alpha) stored as float16."""
+
+    alpha: float = 0.2
+    p: float = 1.0
+    name: str = "mixup"
+    MIXING: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if not float(self.alpha) > 0:
+            raise ValueError(f"{self.name}: alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= float(self.p) <= 1.0:
+            raise ValueError(f"{self.name}: p must be in [0, 1], got {self.p}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "p", float(self.p))
+
+    def param_spec(self):
+        return {"partner": ("int32", ()), "lam": ("float16", ())}
+
+    def sample(self, seed, epoch, ids, src_shape, num_samples, *, output_size=None):
+        ids = _as_ids(ids)
+        partner = _partners(seed, epoch, ids, self._stream("partner"), num_samples)
+        on = (rng.uniform(seed, epoch, ids, self._stream("apply"))[:, 0] < self.p) & (partner >= 0)
+        lam = np.where(on, _beta(seed, epoch, ids, self._stream("lam"), self.alpha), 1.0)
+        return {"partner": np.where(on, partner, -1).astype(np.int32), "lam": lam.astype(np.float16)}
+
+    def apply(self, own: torch.Tensor, partner: torch.Tensor, params: dict) -> torch.Tensor:
+        lam = float(np.float32(params["lam"]))
+        return lam * own + (1.0 - lam) * partner
+
+    def weights(self, params: dict, output_size) -> np.ndarray:
+        """float64 [N] own weight: exactly the float32 lam used by apply."""
+        lam = np.asarray(params["lam"]).astype(np.float32).astype(np.float64).reshape(-1)
+        return np.where(np.asarray(params["partner"]).reshape(-1) < 0, 1.0, lam)
+
+
+_OP_TYPES: dict[str, type[Op]] = {
+    c.__name__: c for c in (Resize, RandomResizedCrop, HorizontalFlip, ColorJitter, SelfMix, CutMix, MixUp)
+}
+
+
+def op_from_json(d: dict) -> Op:
+    cls = _OP_TYPES.get(d.get("type"))
+    if cls is None:
+        raise ValueError(f"unknown op type {d.get('type')!r}; known: {sorted(_OP_TYPES)}")
+    return cls(**d.get("config", {}))
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True)
+class Policy:
+    ops: tuple
+    output_size: tuple[int, int]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    version: int = 1
+    _mix: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        ops = tuple(self.ops)
+        object.__setattr__(self, "ops", ops)
+        oh, ow = (int(v) for v in self.output_size)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"output_size must be positive, got {self.output_size}")
+        object.__setattr__(self, "output_size", (oh, ow))
+        mean, std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean/std must be 3 values with std > 0, got {self.mean}, {self.std}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        object.__setattr__(self, "version", int(self.version))
+        for op in ops:
+            if not isinstance(op, Op):
+                raise ValueError(f"not an augmentation op: {op!r}")
+            if "/" in op.name or not op.name:
+                raise ValueError(f"op name {op.name!r} must be non-empty without '/'")
+        names = [op.name for op in ops]
+        if len(set(names)) != len(names):
+            raise ValueError(f"op names must be unique, got {names}")
+        geo = [i for i, op in enumerate(ops) if op.GEOMETRY]
+        if len(geo) != 1:
+            raise ValueError(f"a policy needs exactly one geometry op (RandomResizedCrop or Resize), got {names}")
+        mix = [i for i, op in enumerate(ops) if op.MIXING]
+        if len(mix) > 1 or (mix and mix[0] != len(ops) - 1):
+            raise ValueError(f"at most one mixing op (CutMix/MixUp), and it must be last; got {names}")
+        for i, op in enumerate(ops):
+            if isinstance(op, SelfMix) and i < geo[0]:
+                raise ValueError(f"{op.name} must come after the geometry op")
+        object.__setattr__(self, "_mix", ops[mix[0]] if mix else None)
+
+    # ---- parameters
+
+    def param_spec(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        return {f"{op.name}/{k}": v for op in self.ops for k, v in op.param_spec().items()}
+
+    def sample(self, seed: int, epoch: int, ids, src_shape, num_samples: int) -> dict[str, np.ndarray]:
+        ids = _as_ids(ids)
+        src_shape = np.asarray(src_shape, dtype=np.int64).reshape(-1, 2)
+        if len(src_shape) != len(ids):
+            raise ValueError(f"src_shape has {len(src_shape)} rows for {len(ids)} ids")
+        out = {}
+        for op in self.ops:
+            got = op.sample(seed, epoch, ids, src_shape, num_samples, output_size=self.output_size)
+            for k, (dt, shape) in op.param_spec().items():
+                v = got[k]
+                assert v.dtype == np.dtype(dt) and v.shape == (len(ids), *shape), (op.name, k, v.dtype, v.shape)
+                out[f"{op.name}/{k}"] = v
+        return out
+
+    def partners(self, params: dict, n: int | None = None) -> np.ndarray:
+        """int64 [N]: the partner sample of each view (-1 where no other sample is needed)."""
+        if self._mix is not None:
+            return np.asarray(params[f"{self._mix.name}/partner"]).astype(np.int64).reshape(-1)
+        if n is None:
+            lens = {len(v) for v in params.values()}
+            if len(lens) != 1:
+                raise ValueError("cannot infer the number of views from params; pass n=")
+            n = lens.pop()
+        return np.full(int(n), -1, np.int64)
+
+    def mix_weights(self, row: dict) -> float:
+        """Weight of the own sample in the view (1.0 unmixed; the kept fraction / lam when mixed)."""
+        if self._mix is None:
+            return 1.0
+        return float(self._mix.weights(self._op_params(self._mix, row), self.output_size)[0])
+
+    def mix_weight_array(self, params: dict, n: int | None = None) -> np.ndarray:
+        """float64 [N]: mix_weights for a batch of params (vectorised)."""
+        if self._mix is None:
+            return np.ones(len(self.partners(params, n)), np.float64)
+        p = {k: np.asarray(params[f"{self._mix.name}/{k}"]) for k in self._mix.param_spec()}
+        return self._mix.weights(p, self.output_size)
+
+    # ---- rendering
+
+    def _op_params(self, op: Op, row: dict) -> dict:
+        out = {}
+        for k, (dt, shape) in op.param_spec().items():
+            key = f"{op.name}/{k}"
+            if key not in row:
+                raise ValueError(f"{op.name}: row is missing param {key!r}")
+            v = np.asarray(row[key])
+            if v.shape != shape:
+                raise ValueError(f"{op.name}: param {key!r} has shape {v.shape}, expected {shape}")
+            out[k] = v
+        return out
+
+    def _base_view(self, image: np.ndarray, row: dict) -> torch.Tensor:
+        image = _check_image(image)
+        x = image
+        for op in self.ops:
+            if op.MIXING:
+                continue
+            p = self._op_params(op, row)
+            if op.GEOMETRY:
+                x = op.apply(x, p, self.output_size)
+            elif isinstance(op, SelfMix):
+                x = op.apply(_to_float(x), p, image)
+            else:
+                x = op.apply(x, p)
+        return _to_float(x)
+
+    def render(self, image: np.ndarray, row: dict, partner_image=None, partner_row=None) -> torch.Tensor:
+        """float32 [3, out_H, out_W] normalised view: a pure function of its inputs."""
+        with torch.no_grad():
+            x = self._base_view(image, row)
+            mix = self._mix
+            if mix is not None:
+                p = self._op_params(mix, row)
+                if int(p["partner"]) >= 0:
+                    if partner_image is None or partner_row is None:
+                        raise ValueError(
+                            f"{mix.name}: view is mixed with sample {int(p['partner'])} "
+                            "but partner_image/partner_row were not given"
+                        )
+                    x = mix.apply(x, self._base_view(partner_image, partner_row), p)
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+            return ((x - mean) / std).contiguous()
+
+    def render_batch(self, images: list, rows: dict, partner_images=None, partner_rows=None) -> torch.Tensor:
+        """Stack of render() per view: rows / partner_rows are {key: array[N, ...]} aligned with images."""
+        n = len(images)
+        out = torch.empty((n, 3, *self.output_size), dtype=torch.float32)
+        for i in range(n):
+            row = {k: v[i] for k, v in rows.items()}
+            pimg = partner_images[i] if partner_images is not None else None
+            prow = {k: v[i] for k, v in partner_rows.items()} if partner_rows is not None else None
+            out[i] = self.render(images[i], row, pimg, prow)
+        return out
+
+    # ---- serialisation
+
+    def to_json(self) -> dict:
+        return {
+            "ops": [{"type": type(op).__name__, "config": op.config()} for op in self.ops],
+            "output_size": list(self.output_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "version": self.version,
+            "render_version": RENDER_VERSION,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Policy":
+        rv = int(d.get("render_version", RENDER_VERSION))
+        if rv != RENDER_VERSION:
+            raise ValueError(f"policy was recorded with render_version {rv}; this code renders version {RENDER_VERSION}")
+        return cls(
+            ops=tuple(op_from_json(o) for o in d["ops"]),
+            output_size=tuple(d["output_size"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            version=int(d.get("version", 1)),
+        )
+
+
+def _check_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3] uint8, got shape {image.shape}")
+    return image
+
+
+POLICY_NAMES = ("none", "crop-flip", "crop-flip-jitter", "cutmix", "mixup", "selfmix")
+
+
+def make_policy(name: str, output_size=(32, 32), mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Policy:
+    base = (RandomResizedCrop(), HorizontalFlip())
+    ops = {
+        "none": (Resize(),),
+        "crop-flip": base,
+        "crop-flip-jitter": base + (ColorJitter(),),
+        "cutmix": base + (CutMix(),),
+        "mixup": base + (MixUp(),),
+        "selfmix": base + (SelfMix(),),
+    }.get(name)
+    if ops is None:
+        raise ValueError(f"unknown policy {name!r}; choose one of {POLICY_NAMES}")
+    return Policy(ops=ops, output_size=tuple(output_size), mean=tuple(mean), std=tuple(std))
+
+
+def eval_policy(output_size=(32, 32), mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Policy:
+    return make_policy("none", output_size, mean, std)
