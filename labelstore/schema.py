@@ -120,3 +120,92 @@ def classification_arrays(
         dims = ("epoch", "sample") + tail_dims
         specs.append(ArraySpec(f"aug/{key}", dims, (E, N, *tail), dtype, f"augmentation parameter '{param}' of op '{op}'"))
     return specs
+
+
+def videoqa_arrays(
+    *,
+    num_questions: int,
+    epochs: int,
+    num_answers: int,
+    num_videos: int,
+    top_k: int,
+    mc_passes: int,
+    num_frames: int,
+) -> list[ArraySpec]:
+    """Arrays of an open-ended VideoQA store (rows = questions, dimension "sample").
+
+    Per (epoch, question): the recorded frame indices of the question's video, the teacher's
+    top-K answers and their probabilities, the same K answers under T MC-dropout passes, and
+    the probability of the annotated answer. Per question: annotated answer id (-1 outside the
+    vocabulary), the video's relative path and the video's row in the video source.
+    """
+    E, N, K, T, m = epochs, num_questions, top_k, mc_passes, num_frames
+    specs = [
+        ArraySpec("sample_id", ("sample",), (N,), "str", "relative path of the question's video", fill_value=""),
+        ArraySpec("gt", ("sample",), (N,), smallest_int(num_answers - 1), "annotated answer id; -1 = outside the vocabulary", "answer id", fill_value=-1),
+        ArraySpec("question_video", ("sample",), (N,), "int32", "row of the question's video in the video source", "video row", fill_value=-1),
+        ArraySpec("aug/frames/indices", ("epoch", "sample", "frames_indices"), (E, N, m), "int16",
+                  "frame indices of the question's video seen in this epoch (keyed by video row)", "frame"),
+        ArraySpec("topk_values", ("epoch", "sample", "k"), (E, N, K), "float16", "teacher top-K answer probabilities, descending", "probability"),
+        ArraySpec("topk_indices", ("epoch", "sample", "k"), (E, N, K), smallest_uint(num_answers - 1), "answer ids of topk_values", "answer id"),
+        ArraySpec("gt_prob", ("epoch", "sample"), (E, N), "float16", "teacher probability of the annotated answer (NaN if gt = -1)", "probability"),
+    ]
+    if T > 0:
+        specs.append(
+            ArraySpec("mc_values", ("epoch", "sample", "mc", "k"), (E, N, T, K), "float16",
+                      "probabilities of the top-K answers under each MC-dropout pass", "probability")
+        )
+    return specs
+
+
+def retrieval_arrays(
+    *,
+    num_videos: int,
+    num_captions: int,
+    epochs: int,
+    num_frames: int,
+    mode: str,
+    embed_dim: int = 0,
+    num_batches: int = 0,
+    batch_size: int = 0,
+    digests: bool = True,
+) -> list[ArraySpec]:
+    """Arrays of a text-to-video retrieval store (see docs/store-format.md, task `retrieval`).
+
+    Rows are videos (dimension "video", Nv) and captions (dimension "caption", Nc). `mode`
+    is the similarity mode: "embeddings" (video_emb [E,Nv,D] + text_emb [Nc,D]), "dense"
+    (similarity [E,Nc,Nv]) or "batches" (batch_captions [E,nb,B] + batch_similarity [E,nb,B,B]).
+    """
+    E, Nv, Nc, m = epochs, num_videos, num_captions, num_frames
+    specs = [
+        ArraySpec("sample_id", ("video",), (Nv,), "str", "video table: path relative to the video root (or feature dataset name)", fill_value=""),
+        ArraySpec("caption_video", ("caption",), (Nc,), "int32", "row of the caption's video in the video table", fill_value=-1),
+        ArraySpec("caption_text", ("caption",), (Nc,), "str", "caption text", fill_value=""),
+        ArraySpec("aug/frames/indices", ("epoch", "video", "frames_indices"), (E, Nv, m), "int16",
+                  "frame indices of the view (presentation order)", "frame"),
+        ArraySpec("frame_scores", ("epoch", "caption", "frame"), (E, Nc, m), "float16",
+                  "teacher softmax over the frames of the caption's own video of its frame-text relevance", "probability"),
+    ]
+    if digests:
+        specs.append(ArraySpec("view_digest", ("epoch", "video"), (E, Nv), "uint32",
+                               "crc32c of the float32 input tensor [m, ...] the teacher was given"))
+    if mode == "embeddings":
+        specs += [
+            ArraySpec("video_emb", ("epoch", "video", "embed"), (E, Nv, embed_dim), "float16",
+                      "teacher video embedding, L2-normalised; s = logit_scale * <text_emb, video_emb>"),
+            ArraySpec("text_emb", ("caption", "embed"), (Nc, embed_dim), "float16", "teacher text embedding, L2-normalised"),
+        ]
+    elif mode == "dense":
+        specs.append(ArraySpec("similarity", ("epoch", "caption", "video"), (E, Nc, Nv), "float16",
+                               "teacher similarity s(caption, video) (scaled logits)", "logit"))
+    elif mode == "batches":
+        nb, B = num_batches, batch_size
+        specs += [
+            ArraySpec("batch_captions", ("epoch", "batch", "slot"), (E, nb, B), "int32",
+                      "training batch plan: caption rows of batch b (captions of distinct videos)", fill_value=-1),
+            ArraySpec("batch_similarity", ("epoch", "batch", "slot_text", "slot_video"), (E, nb, B, B), "float16",
+                      "teacher similarity of batch b: [i, j] = s(caption i, video of caption j)", "logit"),
+        ]
+    else:
+        raise ValueError(f"retrieval similarity mode must be 'embeddings', 'dense' or 'batches', got {mode!r}")
+    return specs

@@ -129,3 +129,78 @@ def plot_stats(stats: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def videoqa_stats(store, scheduler: str | None = None, bins: int = 20) -> dict:
+    """Per-epoch statistics of a VideoQA store (rows = questions), computed with Dask.
+
+    For each epoch (questions with gt >= 0, i.e. an in-vocabulary annotated answer, unless noted):
+      top1_agreement = mean[topk_indices[..., 0] == gt]
+      topk_mass      = mean[sum_k topk_values]                                  (all questions)
+      mc_spread      = mean over questions of the std over the T MC passes of the top-1 answer's
+                       probability (when MC passes were recorded)                (all questions)
+      gt_prob        = mean[teacher probability of the annotated answer]
+    and a histogram (over all epochs and questions) of the top-1 probability.
+    """
+    a = store.to_dask()
+    gt = a["gt"].astype("int64")  # [N]
+    valid = gt >= 0
+    nvalid = da.maximum(valid.sum(), 1)
+    v = a["topk_values"].astype("float32")  # [E, N, K]
+    top1 = a["topk_indices"][..., 0].astype("int64")  # [E, N]
+    stats = {
+        "top1_agreement": ((top1 == gt[None]) & valid[None]).sum(1) / nvalid,
+        "topk_mass": v.sum(-1).mean(1),
+        "gt_prob": da.where(valid[None], a["gt_prob"].astype("float32"), 0).sum(1) / nvalid,
+    }
+    if "mc_values" in a:
+        stats["mc_spread"] = a["mc_values"][..., 0].astype("float32").std(axis=2).mean(1)  # [E, N, T] -> [E]
+    hist = da.histogram(v[..., 0].ravel(), bins=bins, range=(0.0, 1.0))
+    with _client(scheduler):
+        stats, hist = dask.compute(stats, hist)
+    return {
+        "per_epoch": {k: [float(x) for x in np.atleast_1d(val)] for k, val in stats.items()},
+        "histograms": {"top1_prob": {"edges": hist[1].tolist(), "counts": hist[0].tolist()}},
+    }
+
+
+def retrieval_stats(store, scheduler: str | None = None) -> dict:
+    """Per-epoch statistics of a text-to-video retrieval store, computed with Dask.
+
+    For each epoch e (p = frame_scores[e, c] over the m frames of caption c's video):
+      teacher_r1      = mean_c [argmax_v s(c, v) == caption_video[c]]  over the training captions
+                        (s from `similarity`, or text_emb @ video_emb[e]^T; mode "embeddings"/"dense")
+      teacher_batch_r1 = the same within each stored B x B batch block (mode "batches")
+      frame_entropy   = mean_c -sum_f p_f log p_f   (natural log; log m = uniform)
+      frame_peak      = mean_c max_f p_f            (peakedness; 1/m = uniform)
+    and a histogram (over all epochs) of the argmax frame slot argmax_f p_f.
+    """
+    a = store.to_dask()
+    mode = store.attrs.get("similarity_mode")
+    p = a["frame_scores"].astype("float32")  # [E, Nc, m]
+    m = p.shape[-1]
+    stats = {
+        "frame_entropy": (-(p * da.log(da.clip(p, 1e-12, None))).sum(-1)).mean(1),
+        "frame_peak": p.max(-1).mean(1),
+    }
+    cv = a["caption_video"].astype("int64")  # [Nc]
+    if mode == "dense":
+        stats["teacher_r1"] = (a["similarity"].argmax(-1) == cv[None]).mean(1)
+    elif mode == "embeddings":
+        te = a["text_emb"].astype("float32")  # [Nc, D]
+        ve = a["video_emb"].astype("float32")  # [E, Nv, D]
+        s = da.einsum("cd,evd->ecv", te, ve)
+        stats["teacher_r1"] = (s.argmax(-1) == cv[None]).mean(1)
+    elif mode == "batches":
+        blk = a["batch_similarity"].astype("float32")  # [E, nb, B, B]
+        plan = a["batch_captions"]  # [E, nb, B]
+        B = blk.shape[-1]
+        hit = (da.where(da.isnan(blk), -np.inf, blk).argmax(-1) == da.arange(B)[None, None]) & (plan >= 0)
+        stats["teacher_batch_r1"] = hit.sum((1, 2)) / da.maximum((plan >= 0).sum((1, 2)), 1)
+    hist = da.bincount(p.argmax(-1).ravel(), minlength=m)
+    with _client(scheduler):
+        stats, hist = dask.compute(stats, hist)
+    return {
+        "per_epoch": {k: [float(x) for x in np.atleast_1d(v)] for k, v in stats.items()},
+        "histograms": {"argmax_frame": {"edges": np.arange(m + 1).tolist(), "counts": np.asarray(hist).tolist()}},
+    }
