@@ -97,7 +97,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = _FPS, co
         if gop is not None:
             s.codec_context.gop_size = int(gop)
         if codec == "libx264":
-            s.options = {"crf": "12", "preset": "veryfast"}
+            s.options = {"crf": "12", "preset": "veryfast", "threads": "1"}  # multi-threaded x264 is not byte-deterministic
         else:  # mpeg4: near-lossless quantiser
             s.bit_rate = max(2_000_000, 2 * h * w * 3 * fps)
             s.codec_context.qmin, s.codec_context.qmax = 1, 3
