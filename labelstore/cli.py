@@ -129,7 +129,7 @@ def store_info(store) -> dict:
     arrays = []
     for name, arr in sorted(store.arrays.items()):
         arrays.append({"name": name, "dims": list(arr.metadata.dimension_names), "shape": list(arr.shape),
-                       "dtype": str(arr.dtype), "chunks": list(arr.chunks), "shards": list(arr.shards or arr.chunks),
+                       "dtype": "string" if arr.dtype.kind == "T" else str(arr.dtype), "chunks": list(arr.chunks), "shards": list(arr.shards or arr.chunks),
                        "bytes": sizes.get(name)})
     done, total = store.progress()
     views = store.epochs * store.num_samples
@@ -197,6 +197,124 @@ def inspect(store_path: str, as_json: bool, plot: str | None, scheduler: str | N
         click.echo(f"{name}: counts {h['counts']}")
     if plot:
         click.echo(f"plot written to {plot}")
+
+
+@main.command()
+@click.argument("store_path", type=click.Path(exists=True))
+@click.option("--data", "data_spec", required=True, help="The dataset the store was built from.")
+@click.option("--teacher", default=None, help="Recompute the teacher on replayed views (checkpoint / name / module:callable).")
+@click.option("--samples", default=64, show_default=True, help="Random (epoch, sample) views to replay.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def verify(store_path, data_spec, teacher, samples, seed, device, as_json) -> None:
+    """Check fingerprints, chunk checksums, pixel identity of replayed views and (with --teacher) the labels."""
+    from pipeline.images import open_source
+    from pipeline.verify import verify as run_verify
+
+    store = labelstore.open(store_path)
+    model = load_teacher(teacher, store.num_classes)[0] if teacher else None
+    r = run_verify(store, open_source(data_spec), teacher=model, samples=samples, seed=seed, device=device)
+    if as_json:
+        _echo_json(r)
+    else:
+        click.echo("dataset fingerprint: ok")
+        problems = r["chunk_problems"]
+        click.echo(f"chunk checksums: {f'{len(problems)} problems' if problems else 'ok'}")
+        for p in problems:
+            click.echo(f"  {p}")
+        click.echo(f"replayed views: {r['digests_equal']}/{r['digests_checked']} pixel-identical (crc32c of the input)")
+        if "teacher_mismatches" in r:
+            click.echo(f"teacher recomputed on {r['views_checked']} views: {r['teacher_mismatches']} disagree with the "
+                       f"stored top-k (max |p - stored| = {r['max_abs_prob_diff']:.2e})")
+        click.echo("OK" if r["ok"] else "FAILED")
+    sys.exit(0 if r["ok"] else 1)
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True))
+@click.option("--data", "data_spec", required=True, help="The dataset the store was built from.")
+@click.option("--student", default="cnn-tiny", show_default=True, help="Built-in name or module:callable.")
+@click.option("--mode", type=click.Choice(["cache", "online", "none"]), default="cache", show_default=True)
+@click.option("--loss", type=click.Choice(["fkd", "ferkd", "adl"]), default="fkd", show_default=True)
+@click.option("--online-teacher", default=None, help="Teacher spec for --mode online.")
+@click.option("--eval-data", default=None, help="Held-out ImageFolder/HDF5 for evaluation.")
+@click.option("--epochs", default=0, show_default=True, help="0 = the store's epochs.")
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=0.05, show_default=True)
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--fill", type=click.Choice(["marginal", "renorm"]), default="marginal", show_default=True)
+@click.option("--hard-weight", default=0.0, show_default=True, help="Weight of the ground-truth CE term.")
+@click.option("--ferkd-low", default=0.05, show_default=True)
+@click.option("--ferkd-high", default=0.95, show_default=True)
+@click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default=None)
+@click.option("--out", required=True, type=click.Path(), help="Directory for the checkpoint and metrics.json.")
+def train(store_path, data_spec, student, mode, loss, online_teacher, eval_data, epochs, batch_size, lr, temperature,
+          fill, hard_weight, ferkd_low, ferkd_high, workers, seed, device, out) -> None:
+    """Train a student on the store's replayed views (from the cache, an online teacher, or no teacher)."""
+    from pipeline.images import open_source
+    from pipeline.teacher import pick_device
+    from trainers.demo import eval_batches
+    from trainers.distill import DistillConfig, train_student
+    from trainers.spec import load_model
+
+    store = labelstore.open(store_path)
+    data = open_source(data_spec)
+    if mode == "online" and not online_teacher:
+        _fail("--mode online needs --online-teacher SPEC")
+    teacher = load_model(online_teacher, num_classes=store.num_classes) if mode == "online" else None
+    model = load_model(student, num_classes=store.num_classes)
+    size = tuple(store.attrs["policy"]["output_size"])
+    evals = eval_batches(open_source(eval_data), size) if eval_data else None
+    cfg = DistillConfig(mode=mode, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
+                        fill=fill, hard_weight=hard_weight, num_workers=workers, seed=seed,
+                        ferkd={"low": ferkd_low, "high": ferkd_high, "epsilon": 0.1})
+    m = train_student(model, store, data, cfg, eval_batches=(lambda: evals) if evals else None, teacher=teacher,
+                      device=pick_device(device), out_dir=out)
+    f = m["final"]
+    acc = f" eval accuracy {f['eval_accuracy']:.4f}" if "eval_accuracy" in f else ""
+    click.echo(f"{mode}: {len(m['history'])} epochs in {m['seconds']:.1f}s, loss {f.get('loss', float('nan')):.4f}{acc}"
+               f" -> {out}/metrics.json")
+
+
+@main.command()
+@click.option("--task", type=click.Choice(["classification", "retrieval", "videoqa"]), default="classification",
+              show_default=True)
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path())
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(task: str, out: str, seed: int, quiet: bool) -> None:
+    """The end-to-end demo on built-in generated data (a few CPU minutes)."""
+    if task == "classification":
+        from trainers.demo import run_demo
+
+        run_demo(out, seed=seed, progress=not quiet, echo=click.echo)
+    elif task == "retrieval":
+        from trainers.retrieval_demo import run_retrieval_demo
+
+        r = run_retrieval_demo(out, seed=seed, progress=not quiet)
+        click.echo(r["table"])
+    else:
+        from trainers.videoqa import run_videoqa_demo
+
+        r = run_videoqa_demo(out, seed=seed, progress=not quiet)
+        click.echo(r["table"])
+
+
+@main.command()
+@click.option("--images", default=2048, show_default=True, help="Images of the built-in data to run on.")
+@click.option("--only-image", is_flag=True, help="Skip the video tasks' figures.")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the results as JSON.")
+def bench(images: int, only_image: bool, json_out: str | None) -> None:
+    """Throughput and size ratios, measured side by side in one run."""
+    from trainers.bench import run_bench
+
+    r = run_bench(n_images=images, echo=click.echo, extra=not only_image)
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(r, f, indent=2, default=str)
 
 
 if __name__ == "__main__":

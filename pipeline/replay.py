@@ -1,0 +1,177 @@
+"""Replay: the exact views the teacher labelled, with their cached targets.
+
+    loader = ReplayLoader(store, data, epoch=3, batch_size=128, shuffle=True, num_workers=2)
+    for x, t in loader:     # x [B,3,H,W] float32; t: dict of tensors (see ReplayLoader)
+        ...
+
+Records are read window by window (a few batches at a time, only the chunks those samples
+live in) on a background thread one window ahead; images are decoded and rendered by a torch
+DataLoader (num_workers processes, or in-process with 0). Rendering uses the recorded
+parameters, never fresh randomness, so any batch size, shuffle order or worker count gives
+the views the teacher saw.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from labelstore.integrity import StoreMismatch
+
+from .augment import Policy
+from .prefetch import prefetch
+
+TARGET_KEYS = ("topk_values", "topk_indices", "gt", "gt_prob", "mc_values")
+
+
+def check_data(store, data) -> None:
+    """Refuse a dataset other than the one the store was built from (names what differs)."""
+    fp = data.fingerprint()
+    have = store.attrs.get("dataset", {})
+    if have.get("num_samples") != fp.get("num_samples") or have.get("digest") != fp.get("digest"):
+        raise StoreMismatch(
+            f"{store.path}: built from another dataset: the store has {have.get('kind')} {have.get('root', '')} "
+            f"with {have.get('num_samples')} samples (digest {str(have.get('digest'))[:12]}), given "
+            f"{fp.get('kind')} with {fp.get('num_samples')} samples (digest {str(fp.get('digest'))[:12]})"
+        )
+
+
+def store_policy(store) -> Policy:
+    return Policy.from_json(store.attrs["policy"])
+
+
+def _rows(params: dict, j: int) -> dict:
+    return {k: v[j] for k, v in params.items()}
+
+
+def _params(rec: dict, policy: Policy) -> dict:
+    return {k: rec[k] for k in policy.param_spec()}
+
+
+def replay_inputs(store, data, epoch: int, indices, policy: Policy | None = None) -> torch.Tensor:
+    """float32 [n, 3, H, W]: the views of `indices` at `epoch`, in order, as the teacher got them."""
+    policy = policy or store_policy(store)
+    idx = np.asarray(indices, dtype=np.int64)
+    rec = store.read(epoch, idx, include_rows=False)
+    params = _params(rec, policy)
+    partners = policy.partners(params, len(idx))
+    prec = store.read(epoch, np.maximum(partners, 0), include_rows=False)
+    pparams = _params(prec, policy)
+    out = []
+    for j, i in enumerate(idx.tolist()):
+        q = int(partners[j])
+        pimg = data.load(q) if q >= 0 else None
+        prow = _rows(pparams, j) if q >= 0 else None
+        out.append(policy.render(data.load(i), _rows(params, j), pimg, prow))
+    return torch.stack(out) if out else torch.empty((0, 3, *policy.output_size))
+
+
+class _RenderDataset(torch.utils.data.Dataset):
+    """Item = (sample id, its param row, partner id, partner row) -> rendered view. Workers decode."""
+
+    def __init__(self, data, policy: Policy):
+        self.data, self.policy = data, policy
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, item) -> torch.Tensor:
+        i, row, q, prow = item
+        return self.policy.render(self.data.load(i), row, self.data.load(q) if q >= 0 else None, prow)
+
+
+class ReplayLoader:
+    """Batches (x [B,3,H,W] float32, targets) of one epoch's recorded views.
+
+    targets: index [B] int64; topk_values [B,K] float32; topk_indices [B,K] int64; gt [B] int64;
+    gt_prob [B] float32; mc_values [B,T,K] float32 (when recorded); mix_weight [B] float32 (the
+    own sample's share of a mixed view, 1 if unmixed); partner [B] int64 (-1 if unmixed);
+    partner_gt [B] int64 (-1 if unmixed).
+
+    Skipped samples (undecodable at teacher time) are left out. `indices` restricts the epoch to
+    a subset. `window` = batches whose records are read together, one window ahead.
+    """
+
+    def __init__(self, store, data, epoch: int, batch_size: int = 128, shuffle: bool = True, seed: int = 0,
+                 num_workers: int = 0, drop_last: bool = False, indices=None, window: int = 8,
+                 check: bool = True):
+        if check:
+            check_data(store, data)
+        self.store, self.data, self.epoch = store, data, epoch
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.num_workers, self.drop_last, self.window = num_workers, drop_last, window
+        self.policy = store_policy(store)
+        skipped = store.group["skipped"][:]
+        base = np.arange(store.num_samples) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.indices = base[~skipped[base]]
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return self.indices
+        g = np.random.default_rng([self.seed, self.epoch])
+        return self.indices[g.permutation(len(self.indices))]
+
+    def _windows(self) -> Iterator[tuple[np.ndarray, dict, dict]]:
+        """(ids of a window, their records, the records of their partners): runs ahead on a thread."""
+        order = self._order()
+        n = len(self) * self.batch_size if self.drop_last else len(order)
+        step = self.batch_size * self.window
+        for w0 in range(0, n, step):
+            ids = order[w0 : min(n, w0 + step)]
+            rec = self.store.read(self.epoch, ids)
+            partners = self.policy.partners(_params(rec, self.policy), len(ids))
+            prec = self.store.read(self.epoch, np.maximum(partners, 0), include_rows=True)
+            yield ids, rec, prec, partners
+
+    def _items(self, windows) -> Iterator[list]:
+        for ids, rec, prec, partners in windows:
+            params, pparams = _params(rec, self.policy), _params(prec, self.policy)
+            for b0 in range(0, len(ids), self.batch_size):
+                yield [(int(ids[j]), _rows(params, j), int(partners[j]), _rows(pparams, j) if partners[j] >= 0 else None)
+                       for j in range(b0, min(len(ids), b0 + self.batch_size))]
+
+    def __iter__(self):
+        windows = list()  # records of the windows in flight, consumed in order with the batches
+        record_stream = prefetch(self._windows(), depth=2)
+
+        def tee():
+            for w in record_stream:
+                windows.append(w)
+                yield w
+
+        loader = torch.utils.data.DataLoader(
+            _RenderDataset(self.data, self.policy), batch_sampler=self._items(tee()),
+            num_workers=self.num_workers, collate_fn=torch.stack,
+            persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
+        )
+        pos = 0  # position inside windows[0]
+        for x in loader:
+            ids, rec, prec, partners = windows[0]
+            b = slice(pos, pos + len(x))
+            yield x, self._targets(rec, prec, partners, b)
+            pos += len(x)
+            if pos >= len(ids):
+                windows.pop(0)
+                pos = 0
+
+    def _targets(self, rec: dict, prec: dict, partners: np.ndarray, b: slice) -> dict[str, torch.Tensor]:
+        t = {"index": torch.from_numpy(rec["index"][b].astype(np.int64))}
+        t["topk_values"] = torch.from_numpy(rec["topk_values"][b].astype(np.float32))
+        t["topk_indices"] = torch.from_numpy(rec["topk_indices"][b].astype(np.int64))
+        t["gt"] = torch.from_numpy(rec["gt"][b].astype(np.int64))
+        t["gt_prob"] = torch.from_numpy(rec["gt_prob"][b].astype(np.float32))
+        if "mc_values" in rec:
+            t["mc_values"] = torch.from_numpy(rec["mc_values"][b].astype(np.float32))
+        p = partners[b]
+        params = _params(rec, self.policy)
+        t["mix_weight"] = torch.from_numpy(self.policy.mix_weight_array({k: v[b] for k, v in params.items()}, len(p))
+                                           .astype(np.float32))
+        t["partner"] = torch.from_numpy(p)
+        t["partner_gt"] = torch.from_numpy(np.where(p >= 0, prec["gt"][b].astype(np.int64), -1))
+        return t

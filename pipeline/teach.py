@@ -1,0 +1,271 @@
+"""The teacher stage for image classification: label every (epoch, sample) view once.
+
+For each work unit (epoch group g, partition p) — rows [p*S, (p+1)*S) for epochs
+[g*V, (g+1)*V) — the unit's images are decoded once; for each epoch the policy's parameters
+are drawn from the counter-based RNG, the views rendered, the teacher run, and
+per epoch one whole shard of each array handed to the background writer:
+
+  topk_values [E,N,K] f16 = top-k of softmax(teacher(x))    topk_indices [E,N,K]
+  gt_prob     [E,N]   f16 = softmax(teacher(x))[gt]         (NaN when gt = -1)
+  mc_values   [E,N,T,K] f16 = softmax(teacher_t(x))[topk_indices], dropout layers only in train mode
+  view_digest [E,N]   u32 = crc32c(x as float32 bytes)
+  aug/<op>/<param> [E,N,...] = the parameters of the view, in their storage dtype
+
+Decoding and rendering run one unit ahead of the teacher on a background thread; writes run
+on another. A killed run keeps every unit it flagged done; `resume=True` redoes the rest
+with identical results (all randomness is keyed by seed/epoch/sample, MC masks by
+seed/epoch/partition/batch).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+import labelstore
+from labelstore import schema, writer
+from labelstore.integrity import StoreError, StoreMismatch, json_digest, view_digest
+
+from . import rng
+from .images import DecodeError
+from .prefetch import prefetch
+from .teacher import autocast_context, mc_forward, pick_device
+
+
+class TeacherOutputError(ValueError):
+    """The teacher returned NaN/inf for some views."""
+
+
+@dataclass(frozen=True)
+class TeachConfig:
+    epochs: int = 4
+    seed: int = 0
+    top_k: int = 5
+    mc_passes: int = 0
+    batch_size: int = 256
+    views_per_decode: int = 0  # epochs labelled per decode; 0 = all epochs
+    shard_rows: int = 8192  # rows per shard = rows per work partition
+    chunk_rows: int = 2048  # rows per inner chunk (the read unit)
+    skip_bad: bool = False
+    digests: bool = True
+    decode_workers: int = 4
+
+    @property
+    def group_size(self) -> int:
+        return self.views_per_decode if 0 < self.views_per_decode < self.epochs else self.epochs
+
+
+# Fields a resumed run must share with the store (all of TeachConfig except decode_workers).
+_RESUME_FIELDS = ("epochs", "seed", "top_k", "mc_passes", "batch_size", "views_per_decode", "shard_rows",
+                  "chunk_rows", "skip_bad", "digests")
+
+
+def store_attrs(source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int) -> dict:
+    pol = policy.to_json()
+    return {
+        "task": schema.CLASSIFICATION,
+        "tool_version": labelstore.__version__,
+        "teacher": teacher_info,
+        "dataset": {**source.fingerprint(), **source.describe()},
+        "policy": {**pol, "digest": json_digest(pol)},
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "num_samples": len(source),
+        "num_classes": num_classes,
+        "classes": list(source.classes),
+        "top_k": cfg.top_k,
+        "mc_passes": cfg.mc_passes,
+        "teach_config": {k: v for k, v in asdict(cfg).items() if k in _RESUME_FIELDS},
+    }
+
+
+def _check_resume(group, want: dict, path: str) -> None:
+    have = group.attrs.asdict()
+    for key in ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epochs", "seed"):
+        if have.get(key) != want[key]:
+            raise StoreMismatch(f"{path}: cannot resume: {key} is {have.get(key)!r} in the store, {want[key]!r} now")
+    checks = {"dataset": ("digest", "num_samples"), "teacher": ("weights_sha256",), "policy": ("digest",)}
+    for key, fields in checks.items():
+        for f in fields:
+            if have[key].get(f) != want[key].get(f):
+                raise StoreMismatch(f"{path}: cannot resume: {key} {f} differs (store {have[key].get(f)!r}, "
+                                    f"now {want[key].get(f)!r}): another {key} than the one the store was started with")
+    for f in _RESUME_FIELDS:
+        if have["teach_config"].get(f) != want["teach_config"][f]:
+            raise StoreMismatch(f"{path}: cannot resume: {f} is {have['teach_config'].get(f)!r} in the store, "
+                                f"{want['teach_config'][f]!r} now")
+
+
+def open_or_create(path: str, source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int,
+                   resume: bool = False, overwrite: bool = False):
+    """The zarr group to fill: a new store, or (resume) the existing one after checking it matches."""
+    attrs = store_attrs(source, policy, cfg, teacher_info, num_classes)
+    if os.path.exists(path) and not overwrite:
+        if not resume:
+            raise StoreError(f"{path} exists: pass --resume to finish it or --overwrite to replace it")
+        store = labelstore.open(path, mode="r+", allow_incomplete=True)
+        _check_resume(store.group, attrs, path)
+        return store.group
+    specs = schema.classification_arrays(
+        num_samples=len(source), epochs=cfg.epochs, num_classes=num_classes, top_k=cfg.top_k,
+        mc_passes=cfg.mc_passes, aug_spec=policy.param_spec(), digests=cfg.digests,
+    )
+    groups = -(-cfg.epochs // cfg.group_size)
+    group = writer.create(path, specs, attrs, chunk_rows=cfg.chunk_rows, shard_rows=cfg.shard_rows, epoch_groups=groups)
+    group["sample_id"][:] = np.asarray(source.ids, dtype=str)
+    group["gt"][:] = np.asarray(source.labels)
+    return group
+
+
+def _decode(source, rows: np.ndarray, pool: ThreadPoolExecutor, skip_bad: bool) -> tuple[dict, np.ndarray]:
+    """Decode rows in parallel: ({row: uint8 [H,W,3]}, hw [n, 2] with 0 for skipped rows)."""
+
+    def load(i: int):
+        try:
+            return source.load(int(i))
+        except DecodeError:
+            if skip_bad:
+                return None
+            raise
+
+    images = dict(zip(rows.tolist(), pool.map(load, rows.tolist())))
+    hw = np.array([img.shape[:2] if img is not None else (0, 0) for img in images.values()], dtype=np.int64)
+    return images, hw
+
+
+def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: ThreadPoolExecutor):
+    """Producer: per unit and epoch, the rendered views in batches (runs on a background thread)."""
+    S, V, N = cfg.shard_rows, cfg.group_size, num_samples
+    for g, p in units:
+        rows = np.arange(p * S, min(N, (p + 1) * S))
+        images, hw = _decode(source, rows, pool, cfg.skip_bad)
+        ok = np.array([images[i] is not None for i in rows.tolist()])
+        for e in range(g * V, min(cfg.epochs, (g + 1) * V)):
+            params = policy.sample(cfg.seed, e, rows, hw, N)
+            partners = policy.partners(params)
+            need = sorted(set(partners[partners >= 0].tolist()) - images.keys())
+            if need:
+                images.update(_decode(source, np.array(need), pool, True)[0])
+            bad_partner = np.array([q >= 0 and images.get(q) is None for q in partners.tolist()], dtype=bool)
+            for key in params:
+                if key.endswith("/partner"):
+                    params[key][bad_partner] = -1
+            partners = policy.partners(params)
+            uniq = np.unique(partners[partners >= 0])
+            p_hw = np.array([images[q].shape[:2] for q in uniq.tolist()], dtype=np.int64).reshape(-1, 2)
+            p_params = policy.sample(cfg.seed, e, uniq, p_hw, N) if len(uniq) else {}
+            p_pos = {q: j for j, q in enumerate(uniq.tolist())}
+            for j0 in range(0, len(rows), cfg.batch_size):
+                sel = np.arange(j0, min(len(rows), j0 + cfg.batch_size))
+                xs = []
+                for j in sel.tolist():
+                    if not ok[j]:
+                        continue
+                    row = {k: v[j] for k, v in params.items()}
+                    q = int(partners[j])
+                    prow = {k: v[p_pos[q]] for k, v in p_params.items()} if q >= 0 else None
+                    xs.append(policy.render(images[int(rows[j])], row, images.get(q), prow))
+                x = torch.stack(xs) if xs else None  # [b, 3, H, W] float32
+                yield ("batch", (g, p), e, rows, sel[ok[sel]], x)
+            yield ("epoch", (g, p), e, rows, params, None)
+        yield ("unit", (g, p), None, rows, hw, ~ok)
+        # drop the partners decoded for this unit, keep memory bounded by one unit
+        images = None
+
+
+def teach(
+    out: str,
+    source,
+    teacher: torch.nn.Module,
+    policy,
+    cfg: TeachConfig,
+    *,
+    teacher_info: dict,
+    num_classes: int,
+    device: str | None = None,
+    amp: bool | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Fill the store at `out`. Returns run statistics (views, seconds, views/s, complete)."""
+    from tqdm import tqdm
+
+    dev = pick_device(device)
+    group = open_or_create(out, source, policy, cfg, teacher_info, num_classes, resume, overwrite)
+    units = [u for u in writer.pending_units(group) if u[1] % world_size == rank]
+    N, K, T = len(source), cfg.top_k, cfg.mc_passes
+    gt_all = np.asarray(source.labels, dtype=np.int64)
+    teacher = teacher.to(dev).eval()
+    S, V = cfg.shard_rows, cfg.group_size
+    total = sum(min(N, (p + 1) * S) - p * S for _, p in units) * V
+    bar = tqdm(total=total, unit="view", disable=not progress, desc="teach", smoothing=0.1)
+    t0, n_views = time.perf_counter(), 0
+    acc: dict[str, np.ndarray] = {}
+    with ThreadPoolExecutor(cfg.decode_workers) as pool, writer.BackgroundWriter(group) as bg:
+        for kind, unit, e, rows, a, b in prefetch(_views(source, policy, cfg, units, N, pool), depth=4):
+            n = len(rows)
+            if kind == "batch":
+                if not acc:
+                    acc = {"topk_values": np.zeros((n, K), np.float16),
+                           "topk_indices": np.zeros((n, K), group["topk_indices"].dtype),
+                           "gt_prob": np.full(n, np.nan, np.float16)}
+                    if T:
+                        acc["mc_values"] = np.zeros((n, T, K), np.float16)
+                    if cfg.digests:
+                        acc["view_digest"] = np.zeros(n, np.uint32)
+                sel, x = a, b
+                if x is None:
+                    continue
+                ids = rows[sel]
+                if cfg.digests:
+                    acc["view_digest"][sel] = [view_digest(v) for v in x.numpy()]
+                mc_seed = int(rng.mix64(np.uint64(cfg.seed) ^ rng.mix64(np.uint64(e * 1_000_003 + int(ids[0])))))
+                with torch.inference_mode(), autocast_context(dev, amp):
+                    logits, mc_logits = mc_forward(teacher, x.to(dev, non_blocking=True), T, mc_seed)
+                logits = logits.float()
+                if logits.shape[1] != num_classes:
+                    raise TeacherOutputError(f"teacher returned {logits.shape[1]} classes, the store expects {num_classes}")
+                finite = torch.isfinite(logits).all(1).cpu().numpy()
+                if not finite.all():
+                    badids = ids[~finite][:10].tolist()
+                    names = [source.ids[i] for i in badids]
+                    raise TeacherOutputError(f"teacher output is NaN/inf at epoch {e} for samples {badids} ({names})")
+                probs = logits.softmax(1)
+                vals, idx = probs.topk(K, dim=1)
+                gt = torch.as_tensor(gt_all[ids], device=dev)
+                gp = probs.gather(1, gt.clamp(min=0)[:, None])[:, 0].masked_fill(gt < 0, float("nan"))
+                acc["topk_values"][sel] = vals.cpu().numpy()
+                acc["topk_indices"][sel] = idx.cpu().numpy()
+                acc["gt_prob"][sel] = gp.cpu().numpy()
+                if T:
+                    mp = mc_logits.float().softmax(-1).gather(2, idx[:, None, :].expand(-1, T, -1))  # [b, T, K]
+                    acc["mc_values"][sel] = mp.cpu().numpy()
+                n_views += len(ids)
+                bar.update(len(sel))
+            elif kind == "epoch":
+                if not acc:  # a unit of only skipped rows
+                    continue
+                start = int(rows[0])
+                for name, data in acc.items():
+                    bg.write(name, start, data, epoch=e)
+                for key, data in a.items():
+                    bg.write(f"aug/{key}", start, data, epoch=e)
+                acc = {}
+            else:  # unit finished: per-row arrays (first epoch group only), then the done flag
+                if unit[0] == 0:
+                    bg.write("source_hw", int(rows[0]), a.astype(np.uint16))
+                    bg.write("skipped", int(rows[0]), b)
+                bg.done(unit)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    complete = writer.finalize(group)
+    return {"views": n_views, "seconds": seconds, "views_per_s": n_views / max(seconds, 1e-9), "complete": complete,
+            "units": len(units)}

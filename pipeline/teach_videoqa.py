@@ -1,0 +1,428 @@
+"""The teacher stage for open-ended VideoQA: answer rankings with MC-dropout uncertainty, once.
+
+Rows are questions. For each work unit (rows [p*S, (p+1)*S), all epochs) the unit's videos are
+decoded once (the union of the frames all epochs need), and per epoch and batch of questions:
+
+  aug/frames/indices [E,N,m] i16 = FrameSampler(seed, epoch, video row)   (keyed by VIDEO row: all
+                                   questions of a video see the same frames in an epoch)
+  p                              = softmax(teacher(frames, question))                      [B, A]
+  topk_values  [E,N,K]   f16     = top-K of p (descending),  topk_indices [E,N,K] = their answer ids
+  gt_prob      [E,N]     f16     = p[gt]  (NaN when the annotated answer is outside the vocabulary)
+  mc_values    [E,N,T,K] f16     = softmax(head_t(feats))[topk_indices],  t = 1..T
+
+MC dropout: when the teacher has `.features(frames, q_ids, q_mask)` and `.head(feats)`, the
+backbone runs once and only the head runs T times (as one batched call over T*B rows, dropout
+layers in train mode, everything else in eval mode); otherwise the whole teacher runs T times.
+MC masks are drawn under `torch.random.fork_rng` seeded by `mc_seed(seed, epoch, first row of the
+batch)`, so a resumed store is identical to an uninterrupted one, and `teacher_targets` on the
+replayed inputs of a stored batch reproduces it (up to float16 rounding).
+
+(`pipeline/teacher.py`'s `mc_forward(model, x, passes, seed)` takes a single input tensor; the
+VideoQA teacher takes three, so the MC logic lives here: `mc_forward_qa`.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import labelstore
+from labelstore import schema, writer
+from labelstore.integrity import StoreError, StoreMismatch, json_digest
+
+from . import rng
+from .prefetch import prefetch
+from .text import AnswerVocab, Question, Tokenizer, check_answers, check_videos, read_questions
+from .video import FrameSampler, VideoPolicy
+
+
+class TeacherOutputError(ValueError):
+    """The teacher returned NaN/inf, or a number of answers other than the vocabulary size."""
+
+
+# --------------------------------------------------------------------------------------
+# MC dropout
+# --------------------------------------------------------------------------------------
+
+
+def set_mc_dropout(model: nn.Module, enabled: bool) -> None:
+    """Put only the dropout layers of `model` in train mode (enabled) or eval mode."""
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.dropout._DropoutNd):
+            mod.train(enabled)
+
+
+def mc_seed(seed: int, epoch: int, first_row: int) -> int:
+    """Seed of the MC-dropout masks of the batch starting at question `first_row` in `epoch`."""
+    return int(rng.mix64(np.uint64(seed) ^ rng.mix64(np.uint64(epoch * 1_000_003 + int(first_row))))) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def mc_forward_qa(model: nn.Module, frames: torch.Tensor, q_ids: torch.Tensor, q_mask: torch.Tensor,
+                  passes: int, seed: int, head_only: bool | None = None,
+                  video_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits [B, A], mc_logits [B, T, A] or None) of an eval-mode model; no gradient.
+
+    frames [B, m, 3, H, W], or [V, m, ...] shared clips with video_index [B] (passed to the model).
+
+    head_only (default: the model has `.features` and `.head`): feats computed once, the head
+    applied to feats repeated T times ([T*B, F], one call), dropout layers in train mode.
+    Otherwise the whole model runs T times. Masks come from torch's RNG seeded with `seed`
+    inside fork_rng (the caller's RNG state is untouched).
+    """
+    if head_only is None:
+        head_only = hasattr(model, "features") and hasattr(model, "head")
+    args = (frames, q_ids, q_mask) if video_index is None else (frames, q_ids, q_mask, video_index)
+    model.eval()
+    with torch.no_grad():
+        if head_only:
+            feats = model.features(*args)  # [B, F]
+            logits = model.head(feats)
+        else:
+            logits = model(*args)
+        if passes <= 0:
+            return logits, None
+        B = logits.shape[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            set_mc_dropout(model, True)
+            try:
+                if head_only:
+                    mc = model.head(feats.repeat(passes, 1)).view(passes, B, -1)  # [T, B, A]
+                else:
+                    mc = torch.stack([model(*args) for _ in range(passes)])  # [T, B, A]
+            finally:
+                set_mc_dropout(model, False)
+    return logits, mc.transpose(0, 1)
+
+
+def teacher_targets(teacher: nn.Module, frames: torch.Tensor, q_ids: torch.Tensor, q_mask: torch.Tensor,
+                    gt: torch.Tensor, top_k: int, mc_passes: int, seed: int,
+                    head_only: bool | None = None, video_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The records of one batch, float32 (the stage casts them to float16):
+
+    topk_values [B, K] = top-K of p = softmax(logits), topk_indices [B, K] (int64),
+    gt_prob [B] = p[gt] (NaN where gt < 0), mc_values [B, T, K] = softmax(mc_logits)[topk_indices].
+    """
+    logits, mc = mc_forward_qa(teacher, frames, q_ids, q_mask, mc_passes, seed, head_only, video_index)
+    probs = logits.float().softmax(1)  # [B, A]
+    vals, idx = probs.topk(top_k, dim=1)
+    gp = probs.gather(1, gt.clamp(min=0)[:, None])[:, 0].masked_fill(gt < 0, float("nan"))
+    out = {"topk_values": vals, "topk_indices": idx, "gt_prob": gp, "logits": logits.float()}
+    if mc is not None:
+        out["mc_values"] = mc.float().softmax(-1).gather(2, idx[:, None, :].expand(-1, mc_passes, -1))  # [B, T, K]
+    return out
+
+
+def weights_hash(model: nn.Module) -> str:
+    """sha256 over the state_dict (names, dtypes, shapes, bytes), device-independent."""
+    try:  # the shared implementation, once pipeline/teacher.py exists
+        from .teacher import weights_hash as shared
+
+        return shared(model)
+    except ImportError:
+        pass
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# Questions and clips
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class QASet:
+    """Questions resolved against a video source, a tokenizer and an answer vocabulary."""
+
+    questions: list[Question]
+    video_rows: np.ndarray  # int64 [N], row of each question's video
+    gt: np.ndarray  # int64 [N], annotated answer id, -1 outside the vocabulary
+    q_ids: np.ndarray  # int64 [N, L]
+    q_mask: np.ndarray  # bool [N, L]
+    digest: str  # sha256 of the questions file (or of the records' canonical JSON)
+    path: str | None
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def answer_sets(self, vocab: AnswerVocab) -> list[set[int]] | None:
+        """Acceptable answer ids per question (`answers` when every question has them), else None."""
+        if any(q.answers is None for q in self.questions):
+            return None
+        return [{k for k in (vocab.index(a) for a in q.answers) if k >= 0} for q in self.questions]
+
+
+def prepare_questions(videos, questions: str | os.PathLike | Sequence[Question], tokenizer: Tokenizer,
+                      vocab: AnswerVocab, *, strict_answers: bool = True, max_len: int = 16) -> QASet:
+    """Resolve questions: video rows (QuestionsError listing questions whose video is missing),
+    answer ids (strict_answers: QuestionsError listing answers outside the vocabulary; else gt = -1),
+    and question tokens."""
+    path = None
+    if isinstance(questions, (str, os.PathLike)):
+        path = str(questions)
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        questions = read_questions(path)
+    else:
+        questions = list(questions)
+        recs = [[q.video_id, q.question, q.answer, q.answers] for q in questions]
+        digest = json_digest(recs)
+    rows = np.asarray(check_videos(questions, videos.index(), path), dtype=np.int64)
+    check_answers(questions, vocab, path, strict=strict_answers)
+    gt = vocab.indices(q.answer for q in questions)
+    ids, mask = tokenizer.encode_batch([q.question for q in questions], max_len)
+    return QASet(questions, rows, gt, ids, mask, digest, path)
+
+
+class ClipCache:
+    """Decoded frames per video row, and gathering of views [B, m] from them.
+
+    `preload(v, frames)` decodes exactly those frames of video v (the teacher stage: the union
+    over a unit's epochs); `get` decodes whole videos on first use when `whole=True` (students on
+    short clips: decode once, replay every epoch from memory).
+    """
+
+    def __init__(self, videos, whole: bool = True):
+        self.videos = videos
+        self.whole = whole
+        self._clips: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # v -> (sorted frame ids, uint8 [u, H, W, 3])
+
+    def preload(self, v: int, frames: np.ndarray) -> None:
+        frames = np.unique(np.asarray(frames, dtype=np.int64))
+        self._clips[v] = (frames, self.videos.load_frames(v, frames))
+
+    def get(self, video_rows: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """uint8 [B, m, H, W, 3]: frame indices[b, j] of video video_rows[b]."""
+        out = []
+        for v, idx in zip(np.asarray(video_rows).tolist(), np.asarray(indices, dtype=np.int64)):
+            if v not in self._clips:
+                if not self.whole:
+                    raise KeyError(f"video row {v} was not preloaded")
+                self.preload(v, np.arange(self.videos.src_shape(v)[0]))
+            have, frames = self._clips[v]
+            pos = np.searchsorted(have, idx)
+            if (pos >= len(have)).any() or (have[np.minimum(pos, len(have) - 1)] != idx).any():
+                raise KeyError(f"video row {v}: frames {idx.tolist()} were not all decoded")
+            out.append(frames[pos])
+        return np.stack(out)
+
+    def views(self, policy: VideoPolicy, video_rows: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+        """float32 [B, m, 3, h, w]: the rendered (resized, normalised) views."""
+        return policy.render(self.get(video_rows, indices))
+
+    def shared_views(self, policy: VideoPolicy, video_rows: np.ndarray, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x float32 [V, m, 3, h, w], video_index int64 [B]): each distinct (video, frame indices)
+        view rendered once; question b's view is x[video_index[b]]."""
+        key = np.concatenate([np.asarray(video_rows, np.int64)[:, None], np.asarray(indices, np.int64)], axis=1)  # [B, 1+m]
+        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        return self.views(policy, uniq[:, 0], uniq[:, 1:]), torch.as_tensor(inv.reshape(-1), dtype=torch.int64)
+
+
+def video_grouped_order(video_rows: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of the questions keyed by (seed, epoch): videos in random order, each video's
+    questions together, so a batch encodes each of its clips once (see ClipCache.shared_views)."""
+    video_rows = np.asarray(video_rows, np.int64)
+    uniq = np.unique(video_rows)
+    rank = np.empty(int(uniq.max()) + 1, np.int64)
+    rank[np.random.default_rng([seed, epoch]).permutation(uniq)] = np.arange(len(uniq))
+    return np.argsort(rank[video_rows], kind="stable")
+
+
+def frame_indices(sampler: FrameSampler, seed: int, epoch: int, videos, video_rows: np.ndarray) -> np.ndarray:
+    """int16 [n, m]: the frames of each row's video in `epoch`, keyed by video row."""
+    uniq, inv = np.unique(np.asarray(video_rows, dtype=np.int64), return_inverse=True)
+    idx = sampler.sample(seed, epoch, uniq, videos.src_shapes(uniq), len(videos))["indices"]  # [u, m]
+    return idx[inv.reshape(-1)]
+
+
+# --------------------------------------------------------------------------------------
+# Store
+# --------------------------------------------------------------------------------------
+
+_RESUME_FIELDS = ("batch_size", "shard_rows", "chunk_rows", "max_len", "strict_answers")
+
+
+def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_info: dict, cfg: dict) -> dict:
+    vfp = videos.fingerprint()
+    pol = policy.to_json()
+    return {
+        "task": schema.VIDEOQA,
+        "tool_version": labelstore.__version__,
+        "teacher": teacher_info,
+        "dataset": {
+            "kind": "videoqa",
+            "digest": hashlib.sha256(f"{vfp['digest']}\0{qa.digest}".encode()).hexdigest(),
+            "num_samples": len(qa),
+            "num_videos": len(videos),
+            "videos": {**vfp, **videos.describe()},
+            "questions_digest": qa.digest,
+            "questions_path": qa.path,
+        },
+        "policy": {**pol, "digest": json_digest(pol)},
+        "sampler": policy.sampler.to_json(),
+        "vocab": vocab.to_json(),
+        "tokenizer": tokenizer.to_json(),
+        "seed": cfg["seed"],
+        "epochs": cfg["epochs"],
+        "num_samples": len(qa),
+        "num_classes": len(vocab),
+        "classes": list(vocab.answers),
+        "top_k": cfg["top_k"],
+        "mc_passes": cfg["mc_passes"],
+        "teach_config": {k: cfg[k] for k in _RESUME_FIELDS},
+    }
+
+
+def _check_resume(have: dict, want: dict, path: str) -> None:
+    for key in ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epochs", "seed"):
+        if have.get(key) != want[key]:
+            raise StoreMismatch(f"{path}: cannot resume: {key} is {have.get(key)!r} in the store, {want[key]!r} now")
+    for key, f in (("dataset", "digest"), ("teacher", "weights_sha256"), ("policy", "digest")):
+        if have[key].get(f) != want[key].get(f):
+            raise StoreMismatch(f"{path}: cannot resume: {key} {f} differs (store {have[key].get(f)!r}, now "
+                                f"{want[key].get(f)!r}): another {key} than the one the store was started with")
+    for key in ("vocab", "tokenizer"):
+        if have.get(key) != want[key]:
+            raise StoreMismatch(f"{path}: cannot resume: the answer {key} differs from the store's")
+    for f in _RESUME_FIELDS:
+        if have["teach_config"].get(f) != want["teach_config"][f]:
+            raise StoreMismatch(f"{path}: cannot resume: {f} is {have['teach_config'].get(f)!r} in the store, "
+                                f"{want['teach_config'][f]!r} now")
+
+
+def teach_videoqa(
+    out: str,
+    videos,
+    questions: str | os.PathLike | Sequence[Question],
+    tokenizer: Tokenizer,
+    vocab: AnswerVocab,
+    teacher: nn.Module,
+    sampler: FrameSampler,
+    *,
+    epochs: int,
+    seed: int = 0,
+    top_k: int = 64,
+    mc_passes: int = 8,
+    batch_size: int = 128,
+    shard_rows: int = 8192,
+    chunk_rows: int | None = None,
+    frame_size: tuple[int, int] = (32, 32),
+    max_len: int = 16,
+    strict_answers: bool = True,
+    teacher_info: dict | None = None,
+    head_only: bool | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_units: int | None = None,
+    decode_workers: int = 2,
+    progress: bool = False,
+) -> dict:
+    """Fill the VideoQA store at `out`; returns {"views", "seconds", "views_per_s", "complete", "units", "top_k"}.
+
+    videos: VideoFolder (or any source with ids/index/src_shape(s)/load_frames/fingerprint/describe).
+    questions: questions file (JSON lines / CSV) or a list of Question.
+    top_k is clamped to the vocabulary size. strict_answers=False keeps questions whose annotated
+    answer is outside the vocabulary with gt = -1. max_units stops after that many work units
+    (an interrupted run; finish it with resume=True). head_only: see mc_forward_qa.
+    """
+    from tqdm import tqdm
+
+    top_k = min(int(top_k), len(vocab))
+    chunk_rows = chunk_rows or min(2048, shard_rows)
+    qa = prepare_questions(videos, questions, tokenizer, vocab, strict_answers=strict_answers, max_len=max_len)
+    policy = VideoPolicy(sampler=sampler, frame_size=tuple(frame_size))
+    if teacher_info is None:
+        teacher_info = {"name": type(teacher).__name__, "weights_sha256": weights_hash(teacher),
+                        "params": int(sum(p.numel() for p in teacher.parameters()))}
+    cfg = dict(seed=seed, epochs=epochs, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size, shard_rows=shard_rows,
+               chunk_rows=chunk_rows, max_len=max_len, strict_answers=strict_answers)
+    attrs = _attrs(videos, qa, tokenizer, vocab, policy, teacher_info, cfg)
+    N, K, T, S = len(qa), top_k, mc_passes, shard_rows
+    if os.path.exists(out) and not overwrite:
+        if not resume:
+            raise StoreError(f"{out} exists: pass resume=True to finish it or overwrite=True to replace it")
+        group = labelstore.open(out, mode="r+", allow_incomplete=True).group
+        _check_resume(group.attrs.asdict(), attrs, out)
+    else:
+        specs = schema.videoqa_arrays(num_questions=N, epochs=epochs, num_answers=len(vocab), num_videos=len(videos),
+                                      top_k=K, mc_passes=T, num_frames=sampler.num_frames)
+        group = writer.create(out, specs, attrs, chunk_rows=chunk_rows, shard_rows=shard_rows, epoch_groups=1)
+        group["sample_id"][:] = np.asarray([videos.ids[v] for v in qa.video_rows], dtype=str)
+        group["gt"][:] = qa.gt
+        group["question_video"][:] = qa.video_rows.astype(np.int32)
+    units = writer.pending_units(group)
+    if max_units is not None:
+        units = units[:max_units]
+    teacher = teacher.eval()
+    idx_dtype = group["topk_indices"].dtype
+
+    def produce(pool: ThreadPoolExecutor):
+        """Per unit: decode its videos once; per epoch and batch: the rendered views."""
+        for g, p in units:
+            rows = np.arange(p * S, min(N, (p + 1) * S))
+            vrows = qa.video_rows[rows]
+            idx = {e: frame_indices(sampler, seed, e, videos, vrows) for e in range(epochs)}  # e -> [n, m]
+            cache = ClipCache(videos, whole=False)
+            uniq = np.unique(vrows)
+            need = {int(v): np.concatenate([idx[e][vrows == v].ravel() for e in range(epochs)]) for v in uniq}
+            list(pool.map(lambda v: cache.preload(v, need[v]), need))
+            for e in range(epochs):
+                for j0 in range(0, len(rows), batch_size):
+                    sel = slice(j0, min(len(rows), j0 + batch_size))
+                    yield "batch", (g, p), e, rows, sel, cache.shared_views(policy, vrows[sel], idx[e][sel])
+                yield "epoch", (g, p), e, rows, idx[e], None
+            yield "unit", (g, p), None, rows, None, None
+
+    bar = tqdm(total=len(units) * epochs, unit="unit-epoch", disable=not progress, desc="teach-videoqa")
+    t0, n_views, acc = time.perf_counter(), 0, {}
+    with ThreadPoolExecutor(decode_workers) as pool, writer.BackgroundWriter(group) as bg:
+        for kind, unit, e, rows, sel, xv in prefetch(produce(pool), depth=4):
+            n = len(rows)
+            if kind == "batch":
+                if not acc:
+                    acc = {"topk_values": np.zeros((n, K), np.float16), "topk_indices": np.zeros((n, K), idx_dtype),
+                           "gt_prob": np.full(n, np.nan, np.float16)}
+                    if T:
+                        acc["mc_values"] = np.zeros((n, T, K), np.float16)
+                ids = rows[sel]
+                q_ids, q_mask = torch.as_tensor(qa.q_ids[ids]), torch.as_tensor(qa.q_mask[ids])
+                gt = torch.as_tensor(qa.gt[ids])
+                x, vi = xv  # shared clips [V, m, 3, h, w], question -> clip [b]
+                out_ = teacher_targets(teacher, x, q_ids, q_mask, gt, K, T, mc_seed(seed, e, int(ids[0])), head_only, vi)
+                if out_["logits"].shape[1] != len(vocab):
+                    raise TeacherOutputError(f"teacher returned {out_['logits'].shape[1]} answers, the vocabulary has {len(vocab)}")
+                finite = torch.isfinite(out_["logits"]).all(1).numpy()
+                if not finite.all():
+                    bad = ids[~finite][:10].tolist()
+                    raise TeacherOutputError(
+                        f"teacher output is NaN/inf at epoch {e} for questions {bad} "
+                        f"({[(qa.questions[i].video_id, qa.questions[i].question) for i in bad]})")
+                for name in acc:
+                    acc[name][sel] = out_[name].numpy()
+                n_views += len(ids)
+            elif kind == "epoch":
+                start = int(rows[0])
+                for name, data in acc.items():
+                    bg.write(name, start, data, epoch=e)
+                bg.write("aug/frames/indices", start, sel, epoch=e)
+                acc = {}
+                bar.update(1)
+            else:
+                bg.done(unit)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    complete = writer.finalize(group)
+    return {"views": n_views, "seconds": seconds, "views_per_s": n_views / max(seconds, 1e-9), "complete": complete,
+            "units": len(units), "top_k": K}

@@ -1,0 +1,65 @@
+"""`labelstore verify`: is the store exactly what the teacher said about exactly those pixels?
+
+Checks, in order:
+  1. the dataset fingerprint matches the data given;
+  2. every chunk and shard index passes its crc32c (every shard of every array is decoded);
+  3. for n random (epoch, sample) views, the replayed input's crc32c equals the stored
+     view_digest (pixel identity, no teacher needed);
+  4. with a teacher: its outputs on the replayed views give the stored top-k classes, with
+     probabilities within float16 rounding (|p - stored| <= 2^-10 max(p, 2^-14) + 1e-4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from labelstore.integrity import verify_chunks, view_digest
+
+from .replay import check_data, replay_inputs
+from .teacher import pick_device
+
+
+def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int = 64, seed: int = 0,
+           device: str | None = None) -> dict:
+    """Returns a report dict; `report["ok"]` is False when any check failed."""
+    check_data(store, data)
+    report: dict = {"chunk_problems": verify_chunks(store.group)}
+    g = np.random.default_rng(seed)
+    skipped = store.group["skipped"][:]
+    candidates = np.nonzero(~skipped)[0]
+    n = min(samples, store.epochs * len(candidates))
+    epochs = g.integers(0, store.epochs, n)
+    ids = candidates[g.integers(0, len(candidates), n)]
+    digests_ok, checked = 0, 0
+    topk_mismatch, value_err = 0, 0.0
+    dev = pick_device(device)
+    if teacher is not None:
+        teacher = teacher.to(dev).eval()
+    for e in np.unique(epochs):
+        idx = ids[epochs == e]
+        x = replay_inputs(store, data, int(e), idx)
+        rec = store.read(int(e), idx, include_rows=False)
+        if "view_digest" in rec:
+            digests_ok += sum(int(view_digest(v)) == int(d) for v, d in zip(x.numpy(), rec["view_digest"]))
+            checked += len(idx)
+        if teacher is not None:
+            with torch.inference_mode():
+                p = teacher(x.to(dev)).float().softmax(1).cpu()
+            K = store.top_k
+            stored_v = torch.from_numpy(rec["topk_values"].astype(np.float32))
+            stored_i = torch.from_numpy(rec["topk_indices"].astype(np.int64))
+            got = p.gather(1, stored_i)  # the teacher's probabilities of the stored classes
+            tol = 2.0**-10 * torch.maximum(got, torch.full_like(got, 2.0**-14)) + 1e-4
+            # a stored class set is right if its probabilities match and no other class beats the k-th
+            kth = got[:, K - 1 : K]
+            others = p.scatter(1, stored_i, -1.0)
+            bad = ((got - stored_v).abs() > tol).any(1) | (others > kth + tol[:, K - 1 : K]).any(1)
+            topk_mismatch += int(bad.sum())
+            value_err = max(value_err, float((got - stored_v).abs().max()))
+    report.update({"views_checked": int(n), "digests_checked": checked, "digests_equal": digests_ok})
+    if teacher is not None:
+        report.update({"teacher_mismatches": topk_mismatch, "max_abs_prob_diff": value_err})
+    report["ok"] = (not report["chunk_problems"] and digests_ok == checked
+                    and report.get("teacher_mismatches", 0) == 0)
+    return report

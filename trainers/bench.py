@@ -1,0 +1,173 @@
+"""`labelstore bench`: ratios measured side by side in one run (never timed tests).
+
+Figures (issue targets in brackets):
+  1. teacher stage views/s / bare teacher forward views/s on the same views   [>= 0.90]
+  2. student epoch from the cache / plain training epoch without a teacher     [<= 1.10]
+  3. online-KD epoch / cache epoch, teacher >= 4x the student's FLOPs          [>= 2.0]
+  4. label read path alone: records/s decoded per core, top-5 + crop/flip      [>= 500,000]
+  5. on-disk bytes per view, 1000 classes, top-5, crop+flip                    [<= 32]
+  6. sinkhorn_margins on 256 lists of 100 candidates                           [well under 1 s]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import labelstore
+from pipeline.augment import make_policy
+from pipeline.images import ImageFolder, make_shapes_dataset
+from pipeline.replay import replay_inputs
+from pipeline.teach import TeachConfig, teach
+from pipeline.teacher import weights_hash
+
+from .distill import DistillConfig, train_student
+from .losses import bench_sinkhorn
+from .models import build_model, count_flops
+
+
+def machine() -> str:
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {dev}, torch {torch.__version__}"
+
+
+def _teach(path, data, model, policy, cfg, C):
+    info = {"name": "bench", "weights_sha256": weights_hash(model)}
+    return teach(path, data, model, policy, cfg, teacher_info=info, num_classes=C, overwrite=True, progress=False)
+
+
+def bench_teacher_stage(data, tmp: str, teacher: str = "resnet-m", epochs: int = 2, batch_size: int = 256) -> dict:
+    """Figure 1: the full stage against the bare forward of the very same (pre-rendered) views."""
+    policy = make_policy("crop-flip", (32, 32))
+    model = build_model(teacher, 10).eval()
+    cfg = TeachConfig(epochs=epochs, top_k=5, batch_size=batch_size, shard_rows=1024, chunk_rows=1024)
+    stats = _teach(os.path.join(tmp, "stage.zarr"), data, model, policy, cfg, 10)
+    store = labelstore.open(os.path.join(tmp, "stage.zarr"))
+    xs = [replay_inputs(store, data, e, np.arange(len(data))) for e in range(epochs)]
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for x in xs:
+            for b in range(0, len(x), batch_size):
+                model(x[b : b + batch_size])
+    bare = sum(len(x) for x in xs) / (time.perf_counter() - t0)
+    return {"teacher": teacher, "stage_views_per_s": stats["views_per_s"], "bare_views_per_s": bare,
+            "ratio": stats["views_per_s"] / bare}
+
+
+def bench_student_epochs(data, tmp: str, teacher: str = "resnet-m", student: str = "cnn-tiny") -> dict:
+    """Figures 2 and 3: one epoch of the same student on the same replayed views, three ways."""
+    policy = make_policy("crop-flip", (32, 32))
+    t_model = build_model(teacher, 10).eval()
+    path = os.path.join(tmp, "students.zarr")
+    _teach(path, data, t_model, policy, TeachConfig(epochs=1, top_k=5, shard_rows=1024, chunk_rows=1024), 10)
+    store = labelstore.open(path)
+    secs = {}
+    for mode in ("none", "cache", "online"):
+        torch.manual_seed(0)
+        m = train_student(build_model(student, 10), store, data, DistillConfig(mode=mode, epochs=1, batch_size=128),
+                          teacher=t_model if mode == "online" else None, progress=False)
+        secs[mode] = m["seconds"]
+    ft, fs = count_flops(t_model, (3, 32, 32)), count_flops(build_model(student, 10), (3, 32, 32))
+    return {"teacher": teacher, "student": student, "flops_ratio": ft / fs, "epoch_seconds": secs,
+            "cache_over_plain": secs["cache"] / secs["none"], "online_over_cache": secs["online"] / secs["cache"]}
+
+
+def bench_label_reads(tmp: str, num_samples: int = 262_144, num_classes: int = 1000, repeats: int = 3) -> dict:
+    """Figure 4: decode top-5 values/indices + crop box + flip of whole epochs, one thread."""
+    from labelstore import schema, writer
+
+    import numcodecs.blosc
+
+    numcodecs.blosc.set_nthreads(1)
+    g = np.random.default_rng(0)
+    specs = [s for s in schema.classification_arrays(num_samples=num_samples, epochs=1, num_classes=num_classes,
+                                                      top_k=5, mc_passes=0, digests=False,
+                                                      aug_spec={"rrc/box": ("uint16", (4,)), "flip/flag": ("bool", ())})]
+    path = os.path.join(tmp, "reads.zarr")
+    grp = writer.create(path, specs, {"task": "classification", "epochs": 1, "num_samples": num_samples,
+                                      "num_classes": num_classes, "top_k": 5}, chunk_rows=8192, shard_rows=65536,
+                        epoch_groups=1)
+    v = np.sort(g.dirichlet(np.ones(num_classes) * 0.05, size=num_samples)[:, :5], axis=1)[:, ::-1]
+    grp["topk_values"][0] = v.astype(np.float16)
+    grp["topk_indices"][0] = g.integers(0, num_classes, (num_samples, 5)).astype(np.uint16)
+    grp["aug/rrc/box"][0] = g.integers(0, 500, (num_samples, 4)).astype(np.uint16)
+    grp["aug/flip/flag"][0] = g.random(num_samples) < 0.5
+    names = ["topk_values", "topk_indices", "aug/rrc/box", "aug/flip/flag"]
+    best = 0.0
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for n in names:
+                grp[n][0]
+            best = max(best, num_samples / (time.perf_counter() - t0))
+    return {"records": num_samples, "records_per_s_one_thread": best}
+
+
+def bench_bytes_per_view(data, tmp: str, epochs: int = 4) -> dict:
+    """Figure 5: a real teacher stage with a 1000-class teacher, top-5, crop+flip, no digests."""
+    policy = make_policy("crop-flip", (32, 32))
+    model = build_model("cnn-tiny", 1000).eval()
+    path = os.path.join(tmp, "bytes.zarr")
+    _teach(path, data, model, policy, TeachConfig(epochs=epochs, top_k=5, digests=False), 1000)
+    store = labelstore.open(path)
+    sizes = store.nbytes_on_disk()
+    views = store.epochs * store.num_samples
+    records = sum(sizes[n] for n in store.epoch_arrays()) / views
+    return {"views": views, "bytes_per_view": store.bytes_per_view(), "record_bytes_per_view": records,
+            "per_array": {n: sizes[n] / views for n in store.epoch_arrays()}}
+
+
+def run_bench(n_images: int = 2048, echo=print, extra: bool = True) -> dict:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        train_dir, _ = make_shapes_dataset(os.path.join(tmp, "data"), n_train=n_images, n_test=16)
+        data = ImageFolder(train_dir)
+        r = {"machine": machine(), "images": n_images}
+        echo(f"machine: {r['machine']}")
+        r["teacher_stage"] = s = bench_teacher_stage(data, tmp)
+        echo(f"1. teacher stage / bare teacher forward ({s['teacher']}): {s['stage_views_per_s']:.0f} / "
+             f"{s['bare_views_per_s']:.0f} views/s = {s['ratio']:.2f}   [target >= 0.90]")
+        r["students"] = s = bench_student_epochs(data, tmp)
+        echo(f"2. student epoch, cache / no teacher ({s['student']}): {s['epoch_seconds']['cache']:.2f}s / "
+             f"{s['epoch_seconds']['none']:.2f}s = {s['cache_over_plain']:.2f}   [target <= 1.10]")
+        echo(f"3. online-KD epoch / cache epoch ({s['teacher']} = {s['flops_ratio']:.0f}x student FLOPs): "
+             f"{s['epoch_seconds']['online']:.2f}s / {s['epoch_seconds']['cache']:.2f}s = {s['online_over_cache']:.2f}"
+             f"   [target >= 2.0]")
+        r["label_reads"] = s = bench_label_reads(tmp)
+        echo(f"4. label read path: {s['records_per_s_one_thread']:,.0f} records/s on one thread "
+             f"(top-5 values+indices, crop box, flip; {s['records']:,} records)   [target >= 500,000]")
+        r["bytes"] = s = bench_bytes_per_view(data, tmp)
+        echo(f"5. bytes per view, 1000 classes, top-5, crop+flip: {s['bytes_per_view']:.1f} all-in, "
+             f"{s['record_bytes_per_view']:.1f} per-view records   [target <= 32]")
+        sk = bench_sinkhorn(batch=256, k=100, repeats=5)
+        r["sinkhorn"] = sk
+        echo(f"6. sinkhorn_margins 256 x 100: {sk['seconds_per_call']:.3f} s per call (median of {sk['repeats']})")
+        if extra:
+            r.update(_task_benches(echo))
+    return r
+
+
+def _task_benches(echo) -> dict:
+    """The video tasks' figures (their own modules measure them)."""
+    out = {}
+    from .retrieval_demo import bench_retrieval
+
+    out["retrieval"] = b = bench_retrieval()
+    echo(f"7. retrieval: {_fmt(b)}")
+    try:
+        from .videoqa import bench_videoqa
+    except ImportError:
+        return out
+    out["videoqa"] = b = bench_videoqa()
+    echo(f"8. videoqa: {_fmt(b)}")
+    return out
+
+
+def _fmt(d: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items()
+                     if not isinstance(v, (dict, list)))

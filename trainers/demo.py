@@ -1,0 +1,158 @@
+"""`labelstore demo`: the whole story on the built-in shapes data, in a few CPU minutes.
+
+1. write the generated dataset as real PNG/JPEG files;
+2. train the teacher in-process;
+3. run the teacher stage once (several epochs of views, top-5, MC-dropout passes);
+4. train the same student three ways on the same replayed views — from the cache, with the
+   teacher run online, without a teacher — and print one table;
+5. `inspect` the store with Dask and write a plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+import labelstore
+from labelstore.views import inspect_store, plot_stats
+from pipeline.augment import eval_policy, make_policy
+from pipeline.images import ImageFolder, make_shapes_dataset
+from pipeline.teach import TeachConfig, teach
+from pipeline.teacher import weights_hash
+
+from .distill import DistillConfig, train_student
+from .fit import TensorBatches, evaluate, seed_everything, train_classifier
+from .models import build_model, count_flops, count_params
+from .spec import save_checkpoint
+
+
+def render_all(source, policy, seed: int, epoch: int, images: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x [N,3,H,W], y [N]): every sample's view of `epoch` under `policy` (no mixing ops)."""
+    images = images if images is not None else [source.load(i) for i in range(len(source))]
+    ids = np.arange(len(images))
+    hw = np.array([im.shape[:2] for im in images])
+    params = policy.sample(seed, epoch, ids, hw, len(images))
+    x = policy.render_batch(images, params)
+    return x, torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
+
+
+def augmented_batches(source, policy, seed: int, batch_size: int):
+    """train_batches(epoch) for train_classifier: fresh views of every image each epoch."""
+    images = [source.load(i) for i in range(len(source))]
+
+    def batches(epoch: int):
+        x, y = render_all(source, policy, seed, epoch, images)
+        return TensorBatches(x, y, batch_size, shuffle=True, seed=seed)(epoch)
+
+    return batches
+
+
+def eval_batches(source, size: tuple[int, int], batch_size: int = 256) -> TensorBatches:
+    x, y = render_all(source, eval_policy(size), 0, 0)
+    return TensorBatches(x, y, batch_size, shuffle=False)
+
+
+def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int = 32, teacher: str = "resnet-s",
+             student: str = "cnn-tiny", teacher_epochs: int = 12, epochs: int = 10, top_k: int = 5,
+             mc_passes: int = 4, seed: int = 0, progress: bool = True, echo=print) -> dict:
+    """Run the demo into directory `out`; returns the results (also written to out/results.json)."""
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    os.makedirs(out, exist_ok=True)
+    size = (image_size, image_size)
+    t_all = time.perf_counter()
+    timings = {}
+
+    t = time.perf_counter()
+    train_dir, test_dir = make_shapes_dataset(os.path.join(out, "data"), n_train=n_train, n_test=n_test, seed=seed)
+    train, test = ImageFolder(train_dir), ImageFolder(test_dir)
+    timings["data"] = time.perf_counter() - t
+    echo(f"[1/5] dataset: {len(train)} train / {len(test)} test images in {train_dir.parent} ({timings['data']:.1f}s)")
+
+    policy = make_policy("crop-flip", size)
+    evals = eval_batches(test, size)
+    seed_everything(seed)
+    t_model = build_model(teacher, len(train.classes), dropout=0.2)
+    t = time.perf_counter()
+    train_classifier(t_model, augmented_batches(train, policy, seed + 1, 128), teacher_epochs, device="cpu",
+                     progress=progress)
+    timings["teacher_train"] = time.perf_counter() - t
+    teacher_acc = evaluate(t_model, evals, "cpu")["accuracy"]
+    ckpt = save_checkpoint(os.path.join(out, "teacher.pt"), t_model, teacher, {"num_classes": len(train.classes), "dropout": 0.2})
+    echo(f"[2/5] teacher {teacher}: test accuracy {teacher_acc:.3f} ({timings['teacher_train']:.1f}s) -> {ckpt}")
+
+    store_path = os.path.join(out, "labels.zarr")
+    cfg = TeachConfig(epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=256,
+                      shard_rows=512, chunk_rows=512)
+    info = {"name": ckpt, "weights_sha256": weights_hash(t_model), "params": count_params(t_model)}
+    stats = teach(store_path, train, t_model, policy, cfg, teacher_info=info, num_classes=len(train.classes),
+                  device="cpu", overwrite=True, progress=progress)
+    timings["teach"] = stats["seconds"]
+    store = labelstore.open(store_path)
+    echo(f"[3/5] teacher stage: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), "
+         f"{store.bytes_per_view():.1f} bytes per view -> {store_path}")
+
+    rows = []
+    flops_t, flops_s = count_flops(t_model, (3, *size)), count_flops(build_model(student, 10), (3, *size))
+    for mode in ("cache", "online", "none"):
+        seed_everything(seed)
+        s_model = build_model(student, len(train.classes))
+        dcfg = DistillConfig(mode=mode, epochs=epochs, batch_size=128, lr=0.05, seed=seed)
+        m = train_student(s_model, store, train, dcfg, eval_batches=lambda: evals,
+                          teacher=t_model if mode == "online" else None, device="cpu",
+                          out_dir=os.path.join(out, f"student-{mode}"), progress=progress)
+        acc = evaluate(s_model, evals, "cpu")["accuracy"]
+        rows.append({"student": f"{student} ({mode})", "mode": mode, "accuracy": acc, "seconds": m["seconds"],
+                     "teacher_seconds": m["teacher_seconds"],
+                     "teacher_views": sum(h["views"] for h in m["history"]) if mode == "online" else 0})
+        echo(f"[4/5] student {mode}: test accuracy {acc:.3f} ({m['seconds']:.1f}s)")
+    online = next(r for r in rows if r["mode"] == "online")
+    for r in rows:
+        if r["mode"] == "cache":
+            r["teacher_views_avoided"] = online["teacher_views"]
+            r["teacher_seconds_avoided"] = online["teacher_seconds"]
+
+    istats = inspect_store(store)
+    plot = os.path.join(out, "inspect.png")
+    plot_stats(istats, plot)
+    results = {
+        "teacher": {"model": teacher, "accuracy": teacher_acc, "flops": flops_t, "train_seconds": timings["teacher_train"]},
+        "student": {"model": student, "flops": flops_s}, "rows": rows,
+        "store": {"path": store_path, "bytes": int(sum(store.nbytes_on_disk().values())),
+                  "bytes_per_view": store.bytes_per_view(), "views": stats["views"], "teach_seconds": stats["seconds"]},
+        "inspect": istats["per_epoch"], "plot": plot, "seconds": time.perf_counter() - t_all,
+    }
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    echo("[5/5] inspect:")
+    echo(format_inspect(istats))
+    echo(format_table(results))
+    return results
+
+
+def format_inspect(stats: dict) -> str:
+    per = stats["per_epoch"]
+    keys = list(per)
+    lines = ["epoch  " + "  ".join(f"{k:>14}" for k in keys)]
+    for e in range(len(per[keys[0]])):
+        lines.append(f"{e:>5}  " + "  ".join(f"{per[k][e]:>14.4f}" for k in keys))
+    return "\n".join(lines)
+
+
+def format_table(r: dict) -> str:
+    s = r["store"]
+    lines = [
+        f"teacher {r['teacher']['model']} ({r['teacher']['flops'] / 1e6:.1f} MFLOPs/view): test accuracy "
+        f"{100 * r['teacher']['accuracy']:.1f}%;  student {r['student']['model']} ({r['student']['flops'] / 1e6:.1f} MFLOPs/view)",
+        f"{'student':<22}{'test acc %':>11}{'wall s':>9}{'teacher fwd avoided':>21}",
+    ]
+    for row in r["rows"]:
+        avoided = (f"{row['teacher_views_avoided']} views / {row['teacher_seconds_avoided']:.1f}s"
+                   if "teacher_views_avoided" in row else "-")
+        lines.append(f"{row['student']:<22}{100 * row['accuracy']:>11.1f}{row['seconds']:>9.1f}{avoided:>21}")
+    lines.append(f"store: {s['views']} views, {s['bytes'] / 1024:.0f} KiB on disk, {s['bytes_per_view']:.1f} bytes/view, "
+                 f"teacher stage {s['teach_seconds']:.1f}s;  total {r['seconds']:.0f}s")
+    return "\n".join(lines)

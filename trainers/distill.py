@@ -1,0 +1,145 @@
+"""Training students on the replayed views of a store.
+
+Three sources of targets, on identical views (the store's recorded parameters):
+  "cache"  — the stored top-k soft labels (no teacher runs);
+  "online" — the teacher run live on each batch (the side-by-side baseline);
+  "none"   — hard labels only (no teacher at all).
+
+Soft losses (`loss=`), with q the teacher distribution over C classes:
+  "fkd"   soft_label_ce: -sum_c q_c log softmax(s/T)_c, q rebuilt from top-k ("marginal" or
+          "renorm" fill) for the cache, the full softmax for the online teacher;
+  "ferkd" FerKD label adaptation from the stored gt probability (drop / soften / keep);
+  "adl"   adl_loss(mode="softmax") on the dense q;
+plus `hard_weight` x CE with the ground truth (mixed views: w·CE(gt) + (1-w)·CE(partner gt)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.replay import ReplayLoader
+
+from . import losses
+from .fit import evaluate
+
+
+@dataclass
+class DistillConfig:
+    mode: str = "cache"  # cache | online | none
+    loss: str = "fkd"  # fkd | ferkd | adl
+    epochs: int = 0  # 0 = the store's epochs (student epoch e replays store epoch e mod E)
+    batch_size: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    temperature: float = 1.0
+    fill: str = "marginal"
+    hard_weight: float = 0.0
+    ferkd: dict = field(default_factory=lambda: {"low": 0.05, "high": 0.95, "epsilon": 0.1})
+    num_workers: int = 0
+    seed: int = 0
+
+
+def _hard_ce(logits: torch.Tensor, t: dict) -> torch.Tensor:
+    """w·CE(gt) + (1-w)·CE(partner_gt), over labelled views (0 if none)."""
+    gt, pg, w = t["gt"], t["partner_gt"], t["mix_weight"]
+    ce = F.cross_entropy(logits, gt.clamp(min=0), reduction="none") * w
+    ce = ce + F.cross_entropy(logits, pg.clamp(min=0), reduction="none") * (1 - w) * (pg >= 0)
+    m = gt >= 0
+    return ce[m].mean() if m.any() else logits.sum() * 0
+
+
+def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes: int,
+                 teacher_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The student's objective for one batch; returns (loss, counters)."""
+    info: dict = {}
+    if cfg.mode == "none":
+        return _hard_ce(logits, t), info
+    if teacher_probs is not None:  # online teacher: the full distribution as its "top-C"
+        C = teacher_probs.shape[1]
+        vals, idx = teacher_probs, torch.arange(C, device=logits.device).expand_as(teacher_probs)
+    else:
+        vals, idx = t["topk_values"], t["topk_indices"]
+    if cfg.loss == "fkd":
+        loss = losses.soft_label_ce(logits, vals, idx, fill=cfg.fill, temperature=cfg.temperature)
+    elif cfg.loss == "adl":
+        q = losses.dense_soft_labels(vals, idx, num_classes, fill=cfg.fill)
+        loss = losses.adl_loss(logits, q, mode="softmax")
+    elif cfg.loss == "ferkd":
+        gt_prob = t["gt_prob"] if teacher_probs is None else teacher_probs.gather(1, t["gt"].clamp(min=0)[:, None])[:, 0]
+        q, keep, info = losses.ferkd_targets(vals, idx, t["gt"], gt_prob, num_classes, fill=cfg.fill, **cfg.ferkd)
+        logp = F.log_softmax(logits / cfg.temperature, dim=1)
+        loss = -(q * logp).sum(1)[keep].mean() if keep.any() else logits.sum() * 0
+    else:
+        raise ValueError(f"unknown loss {cfg.loss!r}: choose fkd, ferkd or adl")
+    if cfg.hard_weight:
+        loss = loss + cfg.hard_weight * _hard_ce(logits, t)
+    return loss, info
+
+
+def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, eval_batches=None,
+                  teacher: torch.nn.Module | None = None, device: str | torch.device = "cpu",
+                  out_dir: str | None = None, progress: bool = True) -> dict:
+    """Train `student` from the store's replayed views; returns metrics (also written to out_dir)."""
+    from tqdm import tqdm
+
+    if cfg.mode == "online" and teacher is None:
+        raise ValueError("mode 'online' needs a teacher (--online-teacher)")
+    dev = torch.device(device)
+    student = student.to(dev)
+    if teacher is not None:
+        teacher = teacher.to(dev).eval()
+    epochs = cfg.epochs or store.epochs
+    C = store.num_classes
+    loaders = [ReplayLoader(store, data, epoch=e % store.epochs, batch_size=cfg.batch_size, shuffle=True,
+                            seed=cfg.seed + e, num_workers=cfg.num_workers) for e in range(epochs)]
+    steps = sum(len(ld) for ld in loaders)
+    opt = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
+    history, counts = [], {}
+    t_start = time.perf_counter()
+    teacher_seconds = 0.0
+    for e, loader in enumerate(loaders):
+        student.train()
+        t0, tot, n = time.perf_counter(), 0.0, 0
+        bar = tqdm(loader, disable=not progress, desc=f"{cfg.mode} epoch {e}", unit="batch", leave=False)
+        for x, t in bar:
+            x = x.to(dev, non_blocking=True)
+            t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
+            probs = None
+            if cfg.mode == "online":
+                t1 = time.perf_counter()
+                with torch.no_grad():
+                    probs = teacher(x).float().softmax(1)
+                teacher_seconds += time.perf_counter() - t1
+            loss, info = student_loss(student(x), t, cfg, C, probs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for k, v in info.items():
+                counts[k] = counts.get(k, 0) + int(v)
+            tot += float(loss) * len(x)
+            n += len(x)
+            bar.set_postfix(loss=f"{tot / max(n, 1):.3f}")
+        rec = {"epoch": e, "loss": tot / max(n, 1), "seconds": time.perf_counter() - t0, "views": n}
+        if eval_batches is not None and (e == epochs - 1 or progress):
+            rec.update({f"eval_{k}": v for k, v in evaluate(student, eval_batches(), dev).items()})
+        history.append(rec)
+        if not math.isfinite(rec["loss"]):
+            raise FloatingPointError(f"student loss became {rec['loss']} in epoch {e}")
+    metrics = {"config": asdict(cfg), "history": history, "seconds": time.perf_counter() - t_start,
+               "teacher_seconds": teacher_seconds, "label_counts": counts,
+               "final": history[-1] if history else {}}
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        torch.save(student.state_dict(), os.path.join(out_dir, "student.pt"))
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+    return metrics
