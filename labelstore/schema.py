@@ -68,11 +68,11 @@ def smallest_int(max_value: int) -> str:
 
 def chunking(spec: ArraySpec, chunk_rows: int, shard_rows: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(inner chunk shape, shard shape) for an array under the layout rules above."""
+    if shard_rows % chunk_rows:
+        raise ValueError(f"shard_rows ({shard_rows}) must be a multiple of chunk_rows ({chunk_rows})")
     rows = spec.shape[spec.row_axis]
-    shard = max(1, min(shard_rows, rows))
-    chunk = max(1, min(chunk_rows, shard))
-    if shard % chunk:
-        raise ValueError(f"shard_rows ({shard}) must be a multiple of chunk_rows ({chunk})")
+    chunk = max(1, min(chunk_rows, rows))
+    shard = min(shard_rows, -(-max(rows, 1) // chunk) * chunk)  # whole chunks; one shard when rows < shard_rows
     tail = tuple(spec.shape[spec.row_axis + 1 :])
     if spec.per_epoch:
         return (1, chunk, *tail), (1, shard, *tail)

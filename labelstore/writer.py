@@ -39,10 +39,10 @@ def create(
     epoch_groups: int,
 ) -> zarr.Group:
     """Create an empty store (overwrites `path`). attrs are the group attributes (see docs)."""
+    layout = [(spec, *chunking(spec, chunk_rows, shard_rows)) for spec in specs]  # fail before touching path
     group = zarr.open_group(path, mode="w", zarr_format=3)
     partitions = 1
-    for spec in specs:
-        chunks, shards = chunking(spec, chunk_rows, shard_rows)
+    for spec, chunks, shards in layout:
         dtype = str if spec.dtype == "str" else spec.dtype
         arr = group.create_array(
             spec.name, shape=spec.shape, chunks=chunks, shards=shards, dtype=dtype,

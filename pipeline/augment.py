@@ -709,8 +709,10 @@ def _check_image(image) -> np.ndarray:
 POLICY_NAMES = ("none", "crop-flip", "crop-flip-jitter", "cutmix", "mixup", "selfmix")
 
 
-def make_policy(name: str, output_size=(32, 32), mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Policy:
-    base = (RandomResizedCrop(), HorizontalFlip())
+def make_policy(name: str, output_size=(32, 32), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                crop_scale: tuple[float, float] = (0.08, 1.0)) -> Policy:
+    """A named policy; crop_scale is the random-resized-crop area range (fraction of the image)."""
+    base = (RandomResizedCrop(scale=tuple(crop_scale)), HorizontalFlip())
     ops = {
         "none": (Resize(),),
         "crop-flip": base,

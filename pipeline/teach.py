@@ -41,6 +41,23 @@ class TeacherOutputError(ValueError):
     """The teacher returned NaN/inf for some views."""
 
 
+class TeachConfigError(ValueError):
+    """An impossible configuration, refused before anything is written."""
+
+
+def check_config(cfg: "TeachConfig", num_classes: int) -> None:
+    if cfg.epochs < 1:
+        raise TeachConfigError(f"epochs must be >= 1, got {cfg.epochs}")
+    if not 1 <= cfg.top_k <= num_classes:
+        raise TeachConfigError(f"top_k must be in [1, {num_classes}] (the number of classes), got {cfg.top_k}")
+    if cfg.mc_passes < 0 or cfg.views_per_decode < 0:
+        raise TeachConfigError(f"mc_passes and views_per_decode must be >= 0, got {cfg.mc_passes}, {cfg.views_per_decode}")
+    if cfg.batch_size < 1 or cfg.decode_workers < 1:
+        raise TeachConfigError(f"batch_size and decode_workers must be >= 1, got {cfg.batch_size}, {cfg.decode_workers}")
+    if cfg.chunk_rows < 1 or cfg.shard_rows < 1 or cfg.shard_rows % cfg.chunk_rows:
+        raise TeachConfigError(f"shard_rows ({cfg.shard_rows}) must be a positive multiple of chunk_rows ({cfg.chunk_rows})")
+
+
 @dataclass(frozen=True)
 class TeachConfig:
     epochs: int = 4
@@ -147,15 +164,15 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
         ok = np.array([images[i] is not None for i in rows.tolist()])
         for e in range(g * V, min(cfg.epochs, (g + 1) * V)):
             params = policy.sample(cfg.seed, e, rows, hw, N)
-            partners = policy.partners(params)
+            partners = policy.partners(params, len(rows))
             need = sorted(set(partners[partners >= 0].tolist()) - images.keys())
             if need:
-                images.update(_decode(source, np.array(need), pool, True)[0])
+                images.update(_decode(source, np.array(need), pool, cfg.skip_bad)[0])  # a bad partner stops the run unless skip_bad
             bad_partner = np.array([q >= 0 and images.get(q) is None for q in partners.tolist()], dtype=bool)
             for key in params:
                 if key.endswith("/partner"):
                     params[key][bad_partner] = -1
-            partners = policy.partners(params)
+            partners = policy.partners(params, len(rows))
             uniq = np.unique(partners[partners >= 0])
             p_hw = np.array([images[q].shape[:2] for q in uniq.tolist()], dtype=np.int64).reshape(-1, 2)
             p_params = policy.sample(cfg.seed, e, uniq, p_hw, N) if len(uniq) else {}
@@ -178,6 +195,22 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
         images = None
 
 
+def _wait_for_store(path: str, timeout_s: float = 600.0) -> None:
+    """Wait until rank 0 has created the store (its progress array is the last thing create writes)."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(os.path.join(path, writer.PROGRESS, "zarr.json")) or "layout" not in _attrs(path):
+        if time.monotonic() > deadline:
+            raise StoreError(f"{path}: rank 0 did not create the store within {timeout_s:.0f}s")
+        time.sleep(0.5)
+
+
+def _attrs(path: str) -> dict:
+    try:
+        return labelstore.open(path, allow_incomplete=True).attrs
+    except StoreError:
+        return {}
+
+
 def teach(
     out: str,
     source,
@@ -198,7 +231,11 @@ def teach(
     """Fill the store at `out`. Returns run statistics (views, seconds, views/s, complete)."""
     from tqdm import tqdm
 
+    check_config(cfg, num_classes)
     dev = pick_device(device)
+    if rank > 0:  # rank 0 creates the store; the others join it once its metadata is complete
+        _wait_for_store(out)
+        resume, overwrite = True, False
     group = open_or_create(out, source, policy, cfg, teacher_info, num_classes, resume, overwrite)
     units = [u for u in writer.pending_units(group) if u[1] % world_size == rank]
     N, K, T = len(source), cfg.top_k, cfg.mc_passes

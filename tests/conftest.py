@@ -85,8 +85,8 @@ def assert_same_arrays(a, b, names=None) -> None:
         if x.dtype.kind in "OTU":
             assert x.tolist() == y.tolist(), name
         else:  # bytes: NaN == NaN, -0 != +0
-            assert np.array_equal(np.ascontiguousarray(x).view(np.uint8), np.ascontiguousarray(y).view(np.uint8)), (
-                f"{name} differs at {np.argwhere(x != y)[:5].tolist()}")
+            same = np.array_equal(np.ascontiguousarray(x).view(np.uint8), np.ascontiguousarray(y).view(np.uint8))
+            assert same, f"{name} differs at {np.argwhere(x != y)[:5].tolist()}"
 
 
 def copy_dataset(src, dst) -> Path:

@@ -56,9 +56,10 @@ def eval_batches(source, size: tuple[int, int], batch_size: int = 256) -> Tensor
     return TensorBatches(x, y, batch_size, shuffle=False)
 
 
-def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int = 32, teacher: str = "resnet-s",
-             student: str = "cnn-tiny", teacher_epochs: int = 12, epochs: int = 10, top_k: int = 5,
-             mc_passes: int = 4, seed: int = 0, progress: bool = True, echo=print) -> dict:
+def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int = 32, teacher: str = "cnn-tiny",
+             student: str = "cnn-micro", teacher_epochs: int = 40, epochs: int = 8, top_k: int = 5,
+             mc_passes: int = 4, crop_scale: tuple[float, float] = (0.25, 1.0), seed: int = 0, progress: bool = True,
+             echo=print) -> dict:
     """Run the demo into directory `out`; returns the results (also written to out/results.json)."""
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     os.makedirs(out, exist_ok=True)
@@ -72,16 +73,17 @@ def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: in
     timings["data"] = time.perf_counter() - t
     echo(f"[1/5] dataset: {len(train)} train / {len(test)} test images in {train_dir.parent} ({timings['data']:.1f}s)")
 
-    policy = make_policy("crop-flip", size)
+    policy = make_policy("crop-flip", size, crop_scale=crop_scale)
     evals = eval_batches(test, size)
     seed_everything(seed)
     t_model = build_model(teacher, len(train.classes), dropout=0.2)
     t = time.perf_counter()
-    train_classifier(t_model, augmented_batches(train, policy, seed + 1, 128), teacher_epochs, device="cpu",
-                     progress=progress)
+    train_classifier(t_model, augmented_batches(train, policy, seed + 1, 32), teacher_epochs, device="cpu",
+                     lr=0.05, progress=progress)
     timings["teacher_train"] = time.perf_counter() - t
     teacher_acc = evaluate(t_model, evals, "cpu")["accuracy"]
-    ckpt = save_checkpoint(os.path.join(out, "teacher.pt"), t_model, teacher, {"num_classes": len(train.classes), "dropout": 0.2})
+    ckpt = os.path.join(out, "teacher.pt")
+    save_checkpoint(ckpt, t_model, teacher, {"num_classes": len(train.classes), "dropout": 0.2})
     echo(f"[2/5] teacher {teacher}: test accuracy {teacher_acc:.3f} ({timings['teacher_train']:.1f}s) -> {ckpt}")
 
     store_path = os.path.join(out, "labels.zarr")
@@ -100,7 +102,7 @@ def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: in
     for mode in ("cache", "online", "none"):
         seed_everything(seed)
         s_model = build_model(student, len(train.classes))
-        dcfg = DistillConfig(mode=mode, epochs=epochs, batch_size=128, lr=0.05, seed=seed)
+        dcfg = DistillConfig(mode=mode, epochs=epochs, batch_size=64, lr=0.05, seed=seed)
         m = train_student(s_model, store, train, dcfg, eval_batches=lambda: evals,
                           teacher=t_model if mode == "online" else None, device="cpu",
                           out_dir=os.path.join(out, f"student-{mode}"), progress=progress)

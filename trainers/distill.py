@@ -125,7 +125,7 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
             sched.step()
             for k, v in info.items():
                 counts[k] = counts.get(k, 0) + int(v)
-            tot += float(loss) * len(x)
+            tot += loss.item() * len(x)
             n += len(x)
             bar.set_postfix(loss=f"{tot / max(n, 1):.3f}")
         rec = {"epoch": e, "loss": tot / max(n, 1), "seconds": time.perf_counter() - t0, "views": n}
