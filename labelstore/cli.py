@@ -75,14 +75,27 @@ def load_teacher(spec: str, num_classes: int):
     return model, {"name": spec, "weights_sha256": weights_hash(model), "params": count_params(model)}
 
 
+TASKS = click.Choice(["classification", "retrieval", "videoqa"])
+
+
 @main.command()
-@click.option("--data", "data_spec", required=True, help="ImageFolder dir, or file.h5[:images[:labels]].")
+@click.option("--task", type=TASKS, default="classification", show_default=True)
+@click.option("--data", "data_spec", required=True,
+              help="ImageFolder dir or file.h5[:images[:labels]]; for video tasks a video dir (or frame-feature .h5).")
+@click.option("--captions", default=None, help="(retrieval) captions file: JSON lines or CSV (video_id, caption).")
+@click.option("--questions", default=None, help="(videoqa) questions file: JSON lines or CSV (video_id, question, answer).")
+@click.option("--frames", type=int, default=None, help="(video tasks) frames sampled per video (default: the teacher's).")
+@click.option("--frame-size", type=int, default=None, help="(video tasks) frame resolution (default: the teacher's).")
+@click.option("--similarity-mode", type=click.Choice(["dense", "embeddings", "batches"]), default="dense",
+              show_default=True, help="(retrieval) how teacher similarities are stored.")
 @click.option("--teacher", required=True, help="Checkpoint .pt, built-in model name, or module:callable.")
 @click.option("--out", required=True, type=click.Path(), help="Store to write (a directory, *.zarr).")
 @click.option("--epochs", default=4, show_default=True, help="Epochs of views to label.")
 @click.option("--top-k", default=5, show_default=True)
 @click.option("--mc-passes", default=0, show_default=True, help="MC-dropout passes (0 = none).")
 @click.option("--policy", "policy_name", default="crop-flip", show_default=True)
+@click.option("--crop-scale", nargs=2, type=float, default=(0.08, 1.0), show_default=True,
+              help="Random-resized-crop area range.")
 @click.option("--image-size", default=32, show_default=True, help="Output resolution of the views.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--num-classes", type=int, default=None, help="Teacher classes (default: the dataset's).")
@@ -100,10 +113,33 @@ def load_teacher(spec: str, num_classes: int):
 @click.option("--rank", default=0, show_default=True, help="This process's rank (several processes fill one store).")
 @click.option("--world-size", default=1, show_default=True)
 @click.option("--quiet", is_flag=True)
-def teach(data_spec, teacher, out, epochs, top_k, mc_passes, policy_name, image_size, seed, num_classes,
-          batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest,
-          resume, overwrite, rank, world_size, quiet) -> None:
+def teach(task, data_spec, captions, questions, frames, frame_size, similarity_mode, teacher, out, epochs, top_k,
+          mc_passes, policy_name, crop_scale, image_size, seed, num_classes, batch_size, views_per_decode,
+          shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest, resume, overwrite, rank,
+          world_size, quiet) -> None:
     """Run the teacher once over every (epoch, sample) view and write the label store."""
+    if task == "retrieval":
+        from trainers.retrieval import cli_teach_retrieval
+
+        if not captions:
+            _fail("--task retrieval needs --captions FILE")
+        r = cli_teach_retrieval(out, data_spec, captions, teacher, epochs=epochs, num_frames=frames,
+                                frame_size=frame_size, mode=similarity_mode, batch_size=batch_size, seed=seed,
+                                resume=resume, overwrite=overwrite, progress=not quiet)
+        click.echo(f"{out}: {r['captions']} captions x {r['videos']} videos, {epochs} epochs, mode {r['mode']}, "
+                   f"{r['seconds']:.1f}s ({r['pairs_per_s']:.0f} pairs/s), {'complete' if r['complete'] else 'incomplete'}")
+        return
+    if task == "videoqa":
+        from trainers.videoqa import cli_teach_videoqa
+
+        if not questions:
+            _fail("--task videoqa needs --questions FILE")
+        r = cli_teach_videoqa(out, data_spec, questions, teacher, epochs=epochs, num_frames=frames,
+                              frame_size=frame_size, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
+                              seed=seed, resume=resume, overwrite=overwrite, progress=not quiet)
+        click.echo(f"{out}: {r['views']} views (K={r['top_k']}, T={mc_passes}) in {r['seconds']:.1f}s, "
+                   f"{'complete' if r['complete'] else 'incomplete'}")
+        return
     from pipeline.augment import make_policy
     from pipeline.images import open_source
     from pipeline.teach import TeachConfig
@@ -112,7 +148,7 @@ def teach(data_spec, teacher, out, epochs, top_k, mc_passes, policy_name, image_
     source = open_source(data_spec)
     C = num_classes or len(source.classes)
     model, info = load_teacher(teacher, C)
-    policy = make_policy(policy_name, output_size=(image_size, image_size))
+    policy = make_policy(policy_name, output_size=(image_size, image_size), crop_scale=crop_scale)
     cfg = TeachConfig(epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
                       views_per_decode=views_per_decode, shard_rows=shard_samples, chunk_rows=chunk_samples,
                       skip_bad=skip_bad, digests=not no_digest, decode_workers=workers)
@@ -232,11 +268,22 @@ def verify(store_path, data_spec, teacher, samples, seed, device, as_json) -> No
 
 
 @main.command()
+@click.option("--task", type=TASKS, default="classification", show_default=True)
 @click.option("--store", "store_path", required=True, type=click.Path(exists=True))
-@click.option("--data", "data_spec", required=True, help="The dataset the store was built from.")
-@click.option("--student", default="cnn-tiny", show_default=True, help="Built-in name or module:callable.")
-@click.option("--mode", type=click.Choice(["cache", "online", "none"]), default="cache", show_default=True)
-@click.option("--loss", type=click.Choice(["fkd", "ferkd", "adl"]), default="fkd", show_default=True)
+@click.option("--data", "data_spec", required=True, help="The dataset (or video dir) the store was built from.")
+@click.option("--captions", default=None, help="(retrieval) the captions file the store was built from.")
+@click.option("--questions", default=None, help="(videoqa) the questions file the store was built from.")
+@click.option("--student", default=None, help="Built-in name, checkpoint or module:callable (default: per task).")
+@click.option("--mode", type=click.Choice(["cache", "online", "none"]), default="cache", show_default=True,
+              help="Targets from the store, from a live teacher, or none (hard labels / InfoNCE / CE only).")
+@click.option("--loss", type=click.Choice(["fkd", "ferkd", "adl", "kd", "radi"]), default=None,
+              help="classification: fkd (default), ferkd, adl; videoqa: radi (default), kd.")
+@click.option("--eval-questions", default=None, help="(videoqa) held-out questions with full answer sets.")
+@click.option("--eval-captions", default=None, help="(retrieval) held-out captions.")
+@click.option("--hot-k", default=10, show_default=True, help="(videoqa) RADI hot list.")
+@click.option("--cold-n", default=10, show_default=True, help="(videoqa) RADI cold list.")
+@click.option("--cold-scheme", type=click.Choice(["exp", "zipf"]), default="exp", show_default=True)
+@click.option("--alpha", default=0.1, show_default=True, help="(videoqa) weight of the ranking loss.")
 @click.option("--online-teacher", default=None, help="Teacher spec for --mode online.")
 @click.option("--eval-data", default=None, help="Held-out ImageFolder/HDF5 for evaluation.")
 @click.option("--epochs", default=0, show_default=True, help="0 = the store's epochs.")
@@ -251,9 +298,38 @@ def verify(store_path, data_spec, teacher, samples, seed, device, as_json) -> No
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--out", required=True, type=click.Path(), help="Directory for the checkpoint and metrics.json.")
-def train(store_path, data_spec, student, mode, loss, online_teacher, eval_data, epochs, batch_size, lr, temperature,
-          fill, hard_weight, ferkd_low, ferkd_high, workers, seed, device, out) -> None:
+def train(task, store_path, data_spec, captions, questions, student, mode, loss, eval_questions, eval_captions, hot_k,
+          cold_n, cold_scheme, alpha, online_teacher, eval_data, epochs, batch_size, lr, temperature, fill,
+          hard_weight, ferkd_low, ferkd_high, workers, seed, device, out) -> None:
     """Train a student on the store's replayed views (from the cache, an online teacher, or no teacher)."""
+    if mode == "online" and not online_teacher:
+        _fail("--mode online needs --online-teacher SPEC")
+    if task == "retrieval":
+        from trainers.retrieval import cli_train_retrieval
+
+        m = cli_train_retrieval(store_path, data_spec, captions, student_spec=student,
+                                mode="infonce" if mode == "none" else mode, online_teacher=online_teacher,
+                                eval_captions=eval_captions, epochs=epochs or 4, batch_size=batch_size, seed=seed,
+                                out=out, progress=True)
+        click.echo(f"{mode}: {m['epochs']} epochs in {m['seconds']:.1f}s; eval {m.get('eval')} -> {out}")
+        return
+    if task == "videoqa":
+        from trainers.videoqa import cli_train_videoqa
+
+        if not questions:
+            _fail("--task videoqa needs --questions FILE")
+        method = "ce" if mode == "none" else (loss or "radi")
+        m = cli_train_videoqa(store_path, data_spec, questions, method=method,
+                              mode="cache" if mode == "none" else mode, online_teacher=online_teacher,
+                              student_spec=student, eval_questions=eval_questions, epochs=epochs or 4,
+                              batch_size=batch_size, hot_k=hot_k, cold_n=cold_n, scheme=cold_scheme, alpha=alpha,
+                              seed=seed, out=out, progress=True)
+        click.echo(f"{method} ({mode}): {m.get('seconds', 0):.1f}s; eval {m.get('eval')} -> {out}")
+        return
+    student = student or "cnn-tiny"
+    loss = loss or "fkd"
+    if loss not in ("fkd", "ferkd", "adl"):
+        _fail(f"--loss {loss} is not a classification loss (fkd, ferkd, adl)")
     from pipeline.images import open_source
     from pipeline.teacher import pick_device
     from trainers.demo import eval_batches
@@ -262,8 +338,6 @@ def train(store_path, data_spec, student, mode, loss, online_teacher, eval_data,
 
     store = labelstore.open(store_path)
     data = open_source(data_spec)
-    if mode == "online" and not online_teacher:
-        _fail("--mode online needs --online-teacher SPEC")
     teacher = load_model(online_teacher, num_classes=store.num_classes) if mode == "online" else None
     model = load_model(student, num_classes=store.num_classes)
     size = tuple(store.attrs["policy"]["output_size"])

@@ -20,12 +20,14 @@ seed/epoch/partition/batch).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import zarr
 
 import labelstore
 from labelstore import schema, writer
@@ -119,11 +121,15 @@ def _check_resume(group, want: dict, path: str) -> None:
 
 
 def open_or_create(path: str, source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int,
-                   resume: bool = False, overwrite: bool = False):
-    """The zarr group to fill: a new store, or (resume) the existing one after checking it matches."""
+                   resume: bool = False, overwrite: bool = False, join: bool = False):
+    """The zarr group to fill: a new store, or (resume / join) the existing one after checking it matches.
+
+    A new store is built next to `path` and renamed into place, so concurrent ranks (join=True)
+    never see a half-created store: the first rename wins and the others open that store.
+    """
     attrs = store_attrs(source, policy, cfg, teacher_info, num_classes)
     if os.path.exists(path) and not overwrite:
-        if not resume:
+        if not (resume or join):
             raise StoreError(f"{path} exists: pass --resume to finish it or --overwrite to replace it")
         store = labelstore.open(path, mode="r+", allow_incomplete=True)
         _check_resume(store.group, attrs, path)
@@ -133,10 +139,20 @@ def open_or_create(path: str, source, policy, cfg: TeachConfig, teacher_info: di
         mc_passes=cfg.mc_passes, aug_spec=policy.param_spec(), digests=cfg.digests,
     )
     groups = -(-cfg.epochs // cfg.group_size)
-    group = writer.create(path, specs, attrs, chunk_rows=cfg.chunk_rows, shard_rows=cfg.shard_rows, epoch_groups=groups)
+    tmp = f"{os.path.abspath(path)}.creating-{os.getpid()}"
+    group = writer.create(tmp, specs, attrs, chunk_rows=cfg.chunk_rows, shard_rows=cfg.shard_rows, epoch_groups=groups)
     group["sample_id"][:] = np.asarray(source.ids, dtype=str)
     group["gt"][:] = np.asarray(source.labels)
-    return group
+    if overwrite and os.path.exists(path):
+        shutil.rmtree(path)
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another rank created the store first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not join:
+            raise
+        return open_or_create(path, source, policy, cfg, teacher_info, num_classes, join=True)
+    return zarr.open_group(path, mode="r+", zarr_format=3)
 
 
 def _decode(source, rows: np.ndarray, pool: ThreadPoolExecutor, skip_bad: bool) -> tuple[dict, np.ndarray]:
@@ -195,22 +211,6 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
         images = None
 
 
-def _wait_for_store(path: str, timeout_s: float = 600.0) -> None:
-    """Wait until rank 0 has created the store (its progress array is the last thing create writes)."""
-    deadline = time.monotonic() + timeout_s
-    while not os.path.exists(os.path.join(path, writer.PROGRESS, "zarr.json")) or "layout" not in _attrs(path):
-        if time.monotonic() > deadline:
-            raise StoreError(f"{path}: rank 0 did not create the store within {timeout_s:.0f}s")
-        time.sleep(0.5)
-
-
-def _attrs(path: str) -> dict:
-    try:
-        return labelstore.open(path, allow_incomplete=True).attrs
-    except StoreError:
-        return {}
-
-
 def teach(
     out: str,
     source,
@@ -233,10 +233,7 @@ def teach(
 
     check_config(cfg, num_classes)
     dev = pick_device(device)
-    if rank > 0:  # rank 0 creates the store; the others join it once its metadata is complete
-        _wait_for_store(out)
-        resume, overwrite = True, False
-    group = open_or_create(out, source, policy, cfg, teacher_info, num_classes, resume, overwrite)
+    group = open_or_create(out, source, policy, cfg, teacher_info, num_classes, resume, overwrite, join=world_size > 1)
     units = [u for u in writer.pending_units(group) if u[1] % world_size == rank]
     N, K, T = len(source), cfg.top_k, cfg.mc_passes
     gt_all = np.asarray(source.labels, dtype=np.int64)

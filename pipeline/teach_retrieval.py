@@ -20,7 +20,6 @@ Decoding and rendering run one epoch batch ahead of the teacher on a thread; wri
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -37,6 +36,7 @@ from labelstore.integrity import StoreError, StoreMismatch, json_digest, view_di
 
 from . import rng
 from .prefetch import prefetch
+from .teacher import weights_hash
 from .text import Caption, Tokenizer, check_videos, read_captions
 from .video import FeatureH5, FrameSampler, VideoFolder, VideoPolicy
 
@@ -157,18 +157,8 @@ def _rows(r) -> int:
     return len(r) if isinstance(r, torch.Tensor) else len(r[0])
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over the state_dict (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
-    return h.hexdigest()
-
-
 def teacher_info(teacher: torch.nn.Module, name: str | None = None) -> dict:
-    return {"name": name or getattr(teacher, "name", type(teacher).__name__), "weights_sha256": weights_sha256(teacher),
+    return {"name": name or getattr(teacher, "name", type(teacher).__name__), "weights_sha256": weights_hash(teacher),
             "params": int(sum(p.numel() for p in teacher.parameters()))}
 
 

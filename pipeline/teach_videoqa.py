@@ -11,14 +11,12 @@ decoded once (the union of the frames all epochs need), and per epoch and batch 
   mc_values    [E,N,T,K] f16     = softmax(head_t(feats))[topk_indices],  t = 1..T
 
 MC dropout: when the teacher has `.features(frames, q_ids, q_mask)` and `.head(feats)`, the
-backbone runs once and only the head runs T times (as one batched call over T*B rows, dropout
-layers in train mode, everything else in eval mode); otherwise the whole teacher runs T times.
-MC masks are drawn under `torch.random.fork_rng` seeded by `mc_seed(seed, epoch, first row of the
-batch)`, so a resumed store is identical to an uninterrupted one, and `teacher_targets` on the
-replayed inputs of a stored batch reproduces it (up to float16 rounding).
-
-(`pipeline/teacher.py`'s `mc_forward(model, x, passes, seed)` takes a single input tensor; the
-VideoQA teacher takes three, so the MC logic lives here: `mc_forward_qa`.)
+backbone runs once and only the head runs T times (dropout layers in train mode, everything else
+in eval mode); otherwise the whole teacher runs T times. The passes are pipeline.teacher's
+(`mc_head_passes`, the same code as `mc_forward`): pass t draws its masks under a forked RNG seeded
+by mix(mc_seed(seed, epoch, first row of the batch), t), so a resumed store is identical to an
+uninterrupted one, and `teacher_targets` on the replayed inputs of a stored batch reproduces it
+(up to float16 rounding). The store records this scheme as teach_config["mc_rng"] (MC_RNG).
 """
 
 from __future__ import annotations
@@ -41,6 +39,7 @@ from labelstore.integrity import StoreError, StoreMismatch, json_digest
 
 from . import rng
 from .prefetch import prefetch
+from .teacher import mc_head_passes, set_mc_dropout, weights_hash
 from .text import AnswerVocab, Question, Tokenizer, check_answers, check_videos, read_questions
 from .video import FrameSampler, VideoPolicy
 
@@ -50,15 +49,11 @@ class TeacherOutputError(ValueError):
 
 
 # --------------------------------------------------------------------------------------
-# MC dropout
+# MC dropout (pipeline.teacher: set_mc_dropout, mc_head_passes)
 # --------------------------------------------------------------------------------------
 
-
-def set_mc_dropout(model: nn.Module, enabled: bool) -> None:
-    """Put only the dropout layers of `model` in train mode (enabled) or eval mode."""
-    for mod in model.modules():
-        if isinstance(mod, nn.modules.dropout._DropoutNd):
-            mod.train(enabled)
+# how MC masks are seeded; kept in teach_config so a store is never resumed under another scheme
+MC_RNG = "pass_seed(mc_seed, t)"
 
 
 def mc_seed(seed: int, epoch: int, first_row: int) -> int:
@@ -73,35 +68,35 @@ def mc_forward_qa(model: nn.Module, frames: torch.Tensor, q_ids: torch.Tensor, q
 
     frames [B, m, 3, H, W], or [V, m, ...] shared clips with video_index [B] (passed to the model).
 
-    head_only (default: the model has `.features` and `.head`): feats computed once, the head
-    applied to feats repeated T times ([T*B, F], one call), dropout layers in train mode.
-    Otherwise the whole model runs T times. Masks come from torch's RNG seeded with `seed`
-    inside fork_rng (the caller's RNG state is untouched).
+    head_only (default: the model has `.features` and `.head`): feats computed once (eval mode),
+    the head run T times with its dropout layers in train mode; otherwise the whole model runs
+    T times. The passes are pipeline.teacher.mc_head_passes(..., seed): pass t seeded by
+    mix(seed, t) inside a forked RNG (the caller's RNG state is untouched; pass t does not depend
+    on T). The model's train/eval flags are restored on return.
     """
     if head_only is None:
         head_only = hasattr(model, "features") and hasattr(model, "head")
     args = (frames, q_ids, q_mask) if video_index is None else (frames, q_ids, q_mask, video_index)
-    model.eval()
-    with torch.no_grad():
-        if head_only:
-            feats = model.features(*args)  # [B, F]
-            logits = model.head(feats)
-        else:
-            logits = model(*args)
-        if passes <= 0:
-            return logits, None
-        B = logits.shape[0]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        set_mc_dropout(model, False)
+        with torch.no_grad():
+            if head_only:
+                feats = model.features(*args)  # [B, F]
+                logits = model.head(feats)
+            else:
+                logits = model(*args)
+            if passes <= 0:
+                return logits, None
             set_mc_dropout(model, True)
-            try:
-                if head_only:
-                    mc = model.head(feats.repeat(passes, 1)).view(passes, B, -1)  # [T, B, A]
-                else:
-                    mc = torch.stack([model(*args) for _ in range(passes)])  # [T, B, A]
-            finally:
-                set_mc_dropout(model, False)
-    return logits, mc.transpose(0, 1)
+            if head_only:
+                mc = mc_head_passes(model.head, (feats,), passes, seed, device=frames.device)  # [B, T, A]
+            else:
+                mc = mc_head_passes(model, args, passes, seed, device=frames.device)
+    finally:
+        for m, t in modes.items():
+            m.training = t
+    return logits, mc
 
 
 def teacher_targets(teacher: nn.Module, frames: torch.Tensor, q_ids: torch.Tensor, q_mask: torch.Tensor,
@@ -120,22 +115,6 @@ def teacher_targets(teacher: nn.Module, frames: torch.Tensor, q_ids: torch.Tenso
     if mc is not None:
         out["mc_values"] = mc.float().softmax(-1).gather(2, idx[:, None, :].expand(-1, mc_passes, -1))  # [B, T, K]
     return out
-
-
-def weights_hash(model: nn.Module) -> str:
-    """sha256 over the state_dict (names, dtypes, shapes, bytes), device-independent."""
-    try:  # the shared implementation, once pipeline/teacher.py exists
-        from .teacher import weights_hash as shared
-
-        return shared(model)
-    except ImportError:
-        pass
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------
@@ -251,7 +230,7 @@ def frame_indices(sampler: FrameSampler, seed: int, epoch: int, videos, video_ro
 # Store
 # --------------------------------------------------------------------------------------
 
-_RESUME_FIELDS = ("batch_size", "shard_rows", "chunk_rows", "max_len", "strict_answers")
+_RESUME_FIELDS = ("batch_size", "shard_rows", "chunk_rows", "max_len", "strict_answers", "mc_rng")
 
 
 def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_info: dict, cfg: dict) -> dict:
@@ -347,7 +326,7 @@ def teach_videoqa(
         teacher_info = {"name": type(teacher).__name__, "weights_sha256": weights_hash(teacher),
                         "params": int(sum(p.numel() for p in teacher.parameters()))}
     cfg = dict(seed=seed, epochs=epochs, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size, shard_rows=shard_rows,
-               chunk_rows=chunk_rows, max_len=max_len, strict_answers=strict_answers)
+               chunk_rows=chunk_rows, max_len=max_len, strict_answers=strict_answers, mc_rng=MC_RNG)
     attrs = _attrs(videos, qa, tokenizer, vocab, policy, teacher_info, cfg)
     N, K, T, S = len(qa), top_k, mc_passes, shard_rows
     if os.path.exists(out) and not overwrite:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -105,6 +106,37 @@ def _dropout_only_in(model: nn.Module, part: nn.Module) -> bool:
 
 
 @torch.no_grad()
+def mc_head_passes(
+    head: Callable[..., torch.Tensor],
+    feats: torch.Tensor | tuple[torch.Tensor, ...],
+    passes: int,
+    generator_seed: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The MC passes themselves: [B, T, C], output t = head(feats) (head(*feats) for a tuple/list)
+    with torch's RNG seeded by mix(generator_seed, t) (`_pass_seed`) inside `_seeded(device)`, so
+    the caller's RNG state is untouched and pass t does not depend on T. No gradient.
+
+    Does not touch train/eval flags: the caller puts the dropout layers in train mode first
+    (set_mc_dropout(model, True)) and restores the flags afterwards. `head` may be a model's head
+    (feats computed once by its backbone) or the whole model (feats = its inputs). device: the
+    generator to seed (default: the device of the first input tensor). Shared by mc_forward and
+    the VideoQA teacher stage (pipeline.teach_videoqa.mc_forward_qa). passes must be >= 1.
+    """
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
+    args = tuple(feats) if isinstance(feats, (tuple, list)) else (feats,)
+    if device is None:
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    device = torch.device(device)
+    mc = []
+    for t in range(passes):
+        with _seeded(device, _pass_seed(generator_seed, t)):
+            mc.append(head(*args))
+    return torch.stack(mc, 1)
+
+
+@torch.no_grad()
 def mc_forward(model: nn.Module, x: torch.Tensor, passes: int, generator_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic logits plus `passes` MC-dropout passes.
 
@@ -141,13 +173,12 @@ def mc_forward(model: nn.Module, x: torch.Tensor, passes: int, generator_seed: i
             logits = model.head(feats)
         else:
             logits = model(x)
-        mc = []
         if passes:
             set_mc_dropout(model, True)
-            for t in range(passes):
-                with _seeded(x.device, _pass_seed(generator_seed, t)):
-                    mc.append(model.head(feats) if split else model(x))
-        mc_logits = torch.stack(mc, 1) if mc else logits.new_empty(logits.shape[0], 0, logits.shape[-1])
+            mc_logits = mc_head_passes(model.head if split else model, (feats,) if split else (x,), passes, generator_seed,
+                                       device=x.device)
+        else:
+            mc_logits = logits.new_empty(logits.shape[0], 0, logits.shape[-1])
         return logits.float(), mc_logits.float()
     finally:
         for m, t in modes.items():

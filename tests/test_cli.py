@@ -195,3 +195,19 @@ def test_hdf5_source_end_to_end(work, ckpt):
     x = replay_inputs(store, src, 1, np.arange(24))
     np.testing.assert_array_equal([view_digest(v) for v in x.numpy()], store.read(1)["view_digest"])
     shutil.rmtree(out)
+
+
+def test_two_ranks_started_together_fill_one_store(full_store, data_dir, ckpt, work):
+    """Two processes, started at once on a path that does not exist yet: one creates the store (atomically),
+    both write their own shards, and the result equals the single-process store."""
+    out = work / "ranks.zarr"
+    args = ["teach", "--data", data_dir, "--teacher", ckpt, "--out", out, *TEACH, "--world-size", "2"]
+    procs = [subprocess.Popen(CLI + [str(a) for a in args] + ["--rank", str(r)], cwd=ROOT, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, (so, se)
+    assert not list(work.glob("ranks.zarr.creating-*"))
+    # each rank checks the flags after writing its own, so the later of the two sees every flag set
+    assert labelstore.open(out).complete
+    assert_same_arrays(out, full_store)

@@ -105,7 +105,9 @@ def bench_label_reads(tmp: str, num_samples: int = 262_144, num_classes: int = 1
             for n in names:
                 grp[n][0]
             best = max(best, num_samples / (time.perf_counter() - t0))
-    return {"records": num_samples, "records_per_s_one_thread": best}
+    per_view = sum(os.path.getsize(os.path.join(dp, f)) for n in names
+                   for dp, _, fs in os.walk(os.path.join(path, n)) for f in fs) / num_samples
+    return {"records": num_samples, "records_per_s_one_thread": best, "synthetic_bytes_per_view": per_view}
 
 
 def bench_bytes_per_view(data, tmp: str, epochs: int = 4) -> dict:
@@ -143,7 +145,8 @@ def run_bench(n_images: int = 2048, echo=print, extra: bool = True) -> dict:
              f"(top-5 values+indices, crop box, flip; {s['records']:,} records)   [target >= 500,000]")
         r["bytes"] = s = bench_bytes_per_view(data, tmp)
         echo(f"5. bytes per view, 1000 classes, top-5, crop+flip: {s['bytes_per_view']:.1f} all-in, "
-             f"{s['record_bytes_per_view']:.1f} per-view records   [target <= 32]")
+             f"{s['record_bytes_per_view']:.1f} per-view records (untrained teacher); "
+             f"{r['label_reads']['synthetic_bytes_per_view']:.1f} with uniformly random class ids   [target <= 32]")
         sk = bench_sinkhorn(batch=256, k=100, repeats=5)
         r["sinkhorn"] = sk
         echo(f"6. sinkhorn_margins 256 x 100: {sk['seconds_per_call']:.3f} s per call (median of {sk['repeats']})")

@@ -116,7 +116,7 @@ def make_optimizer(model: nn.Module, optimizer: str, lr: float, weight_decay: fl
     raise ValueError(f"unknown optimizer {optimizer!r}; use 'sgd' or 'adamw'")
 
 
-DEFAULT_LR = {"sgd": 0.1, "adamw": 3e-3}
+DEFAULT_LR = {"sgd": 0.1, "adamw": 5e-3}
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 5e-2}
 
 
@@ -145,12 +145,14 @@ def train_classifier(
 ) -> dict:
     """Train `model` with cross-entropy (labels -1 ignored) and return metrics.
 
-    optimizer: "sgd" (Nesterov momentum 0.9; default lr 0.1, wd 5e-4 — the fastest for
-    these small BN nets) or "adamw" (default lr 3e-3, wd 0.05). No weight decay on
-    biases/BN. Schedule: per-step linear warmup (`warmup` fraction) then cosine to 0 over
-    all epochs. The number of steps per epoch is taken from len(train_batches(epoch)),
-    else `steps_per_epoch`, else len(train_batches); if none is known the LR changes
-    only at epoch boundaries (no warmup).
+    optimizer: "sgd" (default; Nesterov momentum 0.9, lr 0.1, wd 5e-4) or "adamw"
+    (lr 5e-3, wd 0.05). On the built-in shapes data with ~100-step schedules AdamW at
+    5e-3 reached much higher accuracy than SGD (resnet-s, 1024 images, 8 epochs of
+    batch 64: 83% vs 45-48% test), so prefer optimizer="adamw" (and lr=None) for short
+    runs. No weight decay on biases/BN. Schedule: per-step linear warmup (`warmup`
+    fraction) then cosine to 0 over all epochs. Steps per epoch come from
+    len(train_batches(epoch)), else `steps_per_epoch`, else len(train_batches); if none
+    is known the LR changes only at epoch boundaries (no warmup).
     device: default pick_device() (cuda if available). On CUDA: autocast (bf16, or fp16
     with a GradScaler) unless amp=False, and channels_last.
     log: called after each epoch with a dict (epoch, loss, accuracy, lr, seconds,

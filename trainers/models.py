@@ -12,10 +12,11 @@ split in two so that MC dropout can reuse the backbone:
 Registry (FLOPs are multiply-accumulates for one 3x32x32 image, see count_flops):
 
     name       kind     widths          blocks     dropout  params  MACs
+    cnn-micro  student  8, 16, 32       1 conv/st  0.0      ~6.4k   ~0.8M
     cnn-tiny   student  16, 32, 64      1 conv/st  0.0      ~24k    ~2.8M
     resnet-s   student  16, 32, 64      2, 2, 2    0.0      ~0.17M  ~27M
-    resnet-m   teacher  32, 64, 128     2, 2, 2+1  0.3      ~0.97M  ~126M  (4.7x resnet-s)
-    resnet-l   teacher  64, 128, 256    2, 2, 2    0.3      ~2.8M   ~426M
+    resnet-m   teacher  32, 64, 128     2, 2, 3    0.3      ~0.99M  ~125M  (4.7x resnet-s)
+    resnet-l   teacher  64, 128, 256    2, 2, 2    0.3      ~2.8M   ~421M
 
 (exact numbers: `python -m trainers.models`)
 """

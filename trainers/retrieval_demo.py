@@ -21,7 +21,8 @@ from pipeline import builtin_video as bv
 from pipeline.teach_retrieval import dense_similarity, repr_cat, teach_retrieval
 from pipeline.text import Tokenizer, read_captions
 from pipeline.video import FrameSampler, VideoFolder, VideoPolicy
-from trainers.retrieval import evaluate_retrieval, train_retrieval_student
+from trainers.retrieval import (STUDENT_SPEC, TEACHER_SPEC, evaluate_retrieval, save_retrieval_checkpoint,
+                                train_retrieval_student)
 from trainers.retrieval_models import CrossModalTeacher, HolisticStudent
 
 
@@ -51,7 +52,10 @@ def run_retrieval_demo(
     """Run the demo in `out_dir` (data in out_dir/data, store out_dir/retrieval.zarr).
 
     Returns {"rows": [{name, metrics, seconds}], "table": str, "stage": teacher-stage stats,
-    "seconds": total wall time, "store": path, "bytes_per_caption": float}. One torch thread by
+    "seconds": total wall time, "store": path, "checkpoints": {"teacher", "student_<mode>": path},
+    "bytes_per_caption": float}. Checkpoints (out_dir/teacher.pt, out_dir/student_<mode>.pt) carry
+    extra={"tokenizer", "num_frames", "frame_size"}: `labelstore teach --task retrieval --teacher
+    out_dir/teacher.pt` reuses the teacher and its tokenizer. One torch thread by
     default: on a shared 2-core machine it is faster than two.
     """
     torch.set_num_threads(threads)
@@ -74,12 +78,14 @@ def run_retrieval_demo(
 
     # teacher: symmetric InfoNCE, frames drawn with the sampler under seed + 1 (not the store's seed)
     torch.manual_seed(seed)
-    teacher = CrossModalTeacher(len(tok), num_frames=num_frames)
+    model_kw = {"vocab_size": len(tok), "dim": 64, "frame_size": 32, "num_frames": num_frames}  # teacher and students
+    teacher = CrossModalTeacher(**model_kw)
     t = time.perf_counter()
     train_retrieval_student(teacher, None, videos, caps, mode="infonce", epochs=teacher_epochs, batch_size=batch_size,
                             tokenizer=tok, sampler=policy, seed=seed + 1, lr=2e-3, progress=progress)
     rows.append({"name": "teacher (X-CLIP-like, InfoNCE)", "seconds": time.perf_counter() - t, "metrics": evaluate(teacher)})
     say(f"teacher: {rows[-1]['metrics']}")
+    ckpts = {"teacher": save_retrieval_checkpoint(out / "teacher.pt", teacher, TEACHER_SPEC, model_kw, tok, num_frames, 32)}
 
     store_path = str(out / "retrieval.zarr")
     stage = teach_retrieval(store_path, videos, caps, tok, teacher, policy, epochs=student_epochs, seed=seed,
@@ -90,19 +96,21 @@ def run_retrieval_demo(
     for name, mode in (("student TeachCLIP (store)", "cache"), ("student TeachCLIP (online)", "online"),
                        ("student InfoNCE only", "infonce")):
         torch.manual_seed(seed + 2)  # identical initialisation for the three students
-        student = HolisticStudent(len(tok), num_frames=num_frames)
+        student = HolisticStudent(**model_kw)
         t = time.perf_counter()
         train_retrieval_student(student, store, videos, mode=mode, epochs=student_epochs, batch_size=batch_size,
                                 teacher=teacher if mode == "online" else None, seed=seed, lr=2e-3, progress=progress)
         rows.append({"name": name, "seconds": time.perf_counter() - t, "metrics": evaluate(student)})
         say(f"{name}: {rows[-1]['metrics']}")
+        ckpts[f"student_{mode}"] = save_retrieval_checkpoint(
+            out / f"student_{mode}.pt", student, STUDENT_SPEC, model_kw, tok, num_frames, 32, mode=mode)
 
     table = _table(rows)
     total = time.perf_counter() - t_start
     nbytes = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(store_path) for f in fs)
     say(table)
     say(f"total wall time {total:.1f}s")
-    return {"rows": rows, "table": table, "stage": stage, "seconds": total, "store": store_path,
+    return {"rows": rows, "table": table, "stage": stage, "seconds": total, "store": store_path, "checkpoints": ckpts,
             "bytes_per_caption": nbytes / (store.attrs["num_captions"] * store.epochs)}
 
 
