@@ -288,7 +288,7 @@ def verify(store_path, data_spec, teacher, samples, seed, device, as_json) -> No
 @click.option("--eval-data", default=None, help="Held-out ImageFolder/HDF5 for evaluation.")
 @click.option("--epochs", default=0, show_default=True, help="0 = the store's epochs.")
 @click.option("--batch-size", default=128, show_default=True)
-@click.option("--lr", default=0.05, show_default=True)
+@click.option("--lr", type=float, default=None, help="Learning rate (default: AdamW 5e-3).")
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--fill", type=click.Choice(["marginal", "renorm"]), default="marginal", show_default=True)
 @click.option("--hard-weight", default=0.0, show_default=True, help="Weight of the ground-truth CE term.")

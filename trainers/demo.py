@@ -57,7 +57,7 @@ def eval_batches(source, size: tuple[int, int], batch_size: int = 256) -> Tensor
 
 
 def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int = 32, teacher: str = "cnn-tiny",
-             student: str = "cnn-micro", teacher_epochs: int = 40, epochs: int = 8, top_k: int = 5,
+             student: str = "cnn-micro", teacher_epochs: int = 60, epochs: int = 16, top_k: int = 5,
              mc_passes: int = 4, crop_scale: tuple[float, float] = (0.25, 1.0), seed: int = 0, progress: bool = True,
              echo=print) -> dict:
     """Run the demo into directory `out`; returns the results (also written to out/results.json)."""
@@ -78,8 +78,8 @@ def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: in
     seed_everything(seed)
     t_model = build_model(teacher, len(train.classes), dropout=0.2)
     t = time.perf_counter()
-    train_classifier(t_model, augmented_batches(train, policy, seed + 1, 32), teacher_epochs, device="cpu",
-                     lr=0.05, progress=progress)
+    train_classifier(t_model, augmented_batches(train, policy, seed + 1, 64), teacher_epochs, device="cpu",
+                     optimizer="adamw", progress=progress)
     timings["teacher_train"] = time.perf_counter() - t
     teacher_acc = evaluate(t_model, evals, "cpu")["accuracy"]
     ckpt = os.path.join(out, "teacher.pt")
@@ -102,7 +102,7 @@ def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: in
     for mode in ("cache", "online", "none"):
         seed_everything(seed)
         s_model = build_model(student, len(train.classes))
-        dcfg = DistillConfig(mode=mode, epochs=epochs, batch_size=64, lr=0.05, seed=seed)
+        dcfg = DistillConfig(mode=mode, epochs=epochs, batch_size=64, seed=seed)
         m = train_student(s_model, store, train, dcfg, eval_batches=lambda: evals,
                           teacher=t_model if mode == "online" else None, device="cpu",
                           out_dir=os.path.join(out, f"student-{mode}"), progress=progress)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pipeline.replay import ReplayLoader
 
 from . import losses
-from .fit import evaluate
+from .fit import DEFAULT_LR, DEFAULT_WD, evaluate, lr_factor, make_optimizer
 
 
 @dataclass
@@ -36,8 +36,9 @@ class DistillConfig:
     loss: str = "fkd"  # fkd | ferkd | adl
     epochs: int = 0  # 0 = the store's epochs (student epoch e replays store epoch e mod E)
     batch_size: int = 128
-    lr: float = 0.05
-    weight_decay: float = 5e-4
+    optimizer: str = "adamw"  # sgd | adamw (trainers.fit.make_optimizer)
+    lr: float | None = None  # None: the optimizer's default in trainers.fit
+    weight_decay: float | None = None
     temperature: float = 1.0
     fill: str = "marginal"
     hard_weight: float = 0.0
@@ -100,8 +101,10 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
     loaders = [ReplayLoader(store, data, epoch=e % store.epochs, batch_size=cfg.batch_size, shuffle=True,
                             seed=cfg.seed + e, num_workers=cfg.num_workers) for e in range(epochs)]
     steps = sum(len(ld) for ld in loaders)
-    opt = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
+    wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.optimizer]
+    opt = make_optimizer(student, cfg.optimizer, lr, wd)
+    step = 0
     history, counts = [], {}
     t_start = time.perf_counter()
     teacher_seconds = 0.0
@@ -119,10 +122,12 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
                     probs = teacher(x).float().softmax(1)
                 teacher_seconds += time.perf_counter() - t1
             loss, info = student_loss(student(x), t, cfg, C, probs)
+            for g in opt.param_groups:  # warmup then cosine over all steps, as trainers.fit
+                g["lr"] = lr * lr_factor(step / max(steps, 1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            step += 1
             for k, v in info.items():
                 counts[k] = counts.get(k, 0) + int(v)
             tot += loss.item() * len(x)
