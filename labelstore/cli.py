@@ -134,9 +134,10 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
 
         if not questions:
             _fail("--task videoqa needs --questions FILE")
-        r = cli_teach_videoqa(out, data_spec, questions, teacher, epochs=epochs, num_frames=frames,
-                              frame_size=frame_size, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
-                              seed=seed, resume=resume, overwrite=overwrite, progress=not quiet)
+        given = {k: v for k, v in (("num_frames", frames), ("frame_size", frame_size)) if v is not None}
+        r = cli_teach_videoqa(out, data_spec, questions, teacher, epochs=epochs, top_k=top_k, mc_passes=mc_passes,
+                              batch_size=batch_size, seed=seed, resume=resume, overwrite=overwrite,
+                              progress=not quiet, **given)
         click.echo(f"{out}: {r['views']} views (K={r['top_k']}, T={mc_passes}) in {r['seconds']:.1f}s, "
                    f"{'complete' if r['complete'] else 'incomplete'}")
         return

@@ -416,17 +416,9 @@ class SelfMix(Op):
         return out
 
 
-@dataclass(frozen=True)
-class CutMix(Op):
-    """Paste a box of the partner's view into the own view (box in output pixels).
+class _Mixing(Op):
+    """Shared by the mixing ops: a partner sample of the same epoch, Beta(alpha, alpha), probability p."""
 
-    lam ~ Beta(alpha, alpha) sets the box size (timm's rand_bbox); the stored lam is the
-    fraction of the own view that is kept, 1 - box area / output area.
-    """
-
-    alpha: float = 1.0
-    p: float = 1.0
-    name: str = "cutmix"
     MIXING: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -436,6 +428,20 @@ class CutMix(Op):
             raise ValueError(f"{self.name}: p must be in [0, 1], got {self.p}")
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "p", float(self.p))
+
+
+@dataclass(frozen=True)
+class CutMix(_Mixing):
+    """Paste a box of the partner's view into the own view (box in output pixels).
+
+    lam ~ Beta(alpha, alpha) sets the box size (timm's rand_bbox); the stored lam is the
+    fraction of the own view that is kept, 1 - box area / output area.
+    """
+
+    alpha: float = 1.0
+    p: float = 1.0
+    name: str = "cutmix"
+
 
     def param_spec(self):
         return {"partner": ("int32", ()), "box": ("uint16", (4,)), "lam": ("float16", ())}
@@ -476,21 +482,13 @@ class CutMix(Op):
 
 
 @dataclass(frozen=True)
-class MixUp(Op):
+class MixUp(_Mixing):
     """lam * own + (1 - lam) * partner, lam ~ Beta(alpha, alpha) stored as float16."""
 
     alpha: float = 0.2
     p: float = 1.0
     name: str = "mixup"
-    MIXING: ClassVar[bool] = True
 
-    def __post_init__(self):
-        if not float(self.alpha) > 0:
-            raise ValueError(f"{self.name}: alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= float(self.p) <= 1.0:
-            raise ValueError(f"{self.name}: p must be in [0, 1], got {self.p}")
-        object.__setattr__(self, "alpha", float(self.alpha))
-        object.__setattr__(self, "p", float(self.p))
 
     def param_spec(self):
         return {"partner": ("int32", ()), "lam": ("float16", ())}
