@@ -357,8 +357,8 @@ def _setup(out_dir: Path, n_train: int, n_test: int, frames: int, size: int, see
     return data, videos, tokenizer, vocab
 
 
-DEMO = dict(n_train=200, n_test=100, frames=16, size=32, num_frames=8, teacher_epochs=16, store_epochs=10,
-            student_epochs=10, top_k=64, mc_passes=8, hot_k=5, cold_n=8, alpha=0.1, margin=0.2, batch_size=64)
+DEMO = dict(n_train=400, n_test=100, frames=16, size=32, num_frames=8, teacher_epochs=40, store_epochs=20,
+            student_epochs=20, top_k=64, mc_passes=8, hot_k=5, cold_n=8, alpha=1.0, margin=1.0, batch_size=64)
 
 
 def run_videoqa_demo(out_dir: str | os.PathLike, seed: int = 0, progress: bool = True, **overrides) -> dict:
