@@ -2,12 +2,13 @@
 
 Three sources of targets, on identical views (the store's recorded parameters):
   "cache"  — the stored top-k soft labels (no teacher runs);
-  "online" — the teacher run live on each batch (the side-by-side baseline);
+  "online" — the teacher run live on each batch (the side-by-side baseline): its top-k are taken
+             live and go through the same loss, so the two differ only by the store's float16;
   "none"   — hard labels only (no teacher at all).
 
 Soft losses (`loss=`), with q the teacher distribution over C classes:
   "fkd"   soft_label_ce: -sum_c q_c log softmax(s/T)_c, q rebuilt from top-k ("marginal" or
-          "renorm" fill) for the cache, the full softmax for the online teacher;
+          "renorm" fill);
   "ferkd" FerKD label adaptation from the stored gt probability (drop / soften / keep);
   "adl"   adl_loss(mode="softmax") on the dense q;
 plus `hard_weight` x CE with the ground truth (mixed views: w·CE(gt) + (1-w)·CE(partner gt)).
@@ -62,9 +63,8 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
     info: dict = {}
     if cfg.mode == "none":
         return _hard_ce(logits, t), info
-    if teacher_probs is not None:  # online teacher: the full distribution as its "top-C"
-        C = teacher_probs.shape[1]
-        vals, idx = teacher_probs, torch.arange(C, device=logits.device).expand_as(teacher_probs)
+    if teacher_probs is not None:  # online teacher: the same targets the store holds, computed live
+        vals, idx = teacher_probs.topk(t["topk_values"].shape[1], dim=1)
     else:
         vals, idx = t["topk_values"], t["topk_indices"]
     if cfg.loss == "fkd":
