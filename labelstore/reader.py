@@ -100,11 +100,11 @@ class LabelStore:
             raise IndexError(f"{self.path}: sample index out of range [0, {self.num_samples})")
         out: dict[str, np.ndarray] = {}
         for name, arr in self.epoch_arrays().items():
-            out[name.removeprefix("aug/")] = _take(arr, idx, epoch)
+            out[name.removeprefix("aug/")] = self._take(name, arr, idx, epoch)
         if include_rows:
             for name, arr in self.row_arrays().items():
                 if arr.dtype.kind not in "OTU" and name != "sample_id":
-                    out[name] = _take(arr, idx)
+                    out[name] = self._take(name, arr, idx)
         out["index"] = np.arange(self.num_samples) if idx is None else idx
         return out
 
@@ -114,9 +114,16 @@ class LabelStore:
         For stores whose arrays have different row axes (captions and videos, say), where
         `read` would index them all alike.
         """
-        arr = self.group[name]
         idx = None if indices is None else np.asarray(indices, dtype=np.int64)
-        return _take(arr, idx, epoch)
+        return self._take(name, self.group[name], idx, epoch)
+
+    def _take(self, name: str, arr: zarr.Array, idx: np.ndarray | None, epoch: int | None = None) -> np.ndarray:
+        try:
+            return _take(arr, idx, epoch)
+        except Exception as e:  # a checksum mismatch or a truncated / unreadable shard
+            where = f"{name}" + ("" if epoch is None else f" epoch {epoch}")
+            raise StoreError(f"{self.path}: cannot read {where}: {type(e).__name__}: {e}; "
+                             f"`labelstore verify` lists every damaged shard") from e
 
     # -- size --------------------------------------------------------------------------------
     def nbytes_on_disk(self) -> dict[str, int]:

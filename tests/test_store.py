@@ -408,9 +408,9 @@ def test_verify_chunks_finds_flipped_byte_and_truncated_shard(tmp_path, base_sto
     assert problems[1].startswith("topk_values[1:2, 0:16"), problems
 
     store = labelstore.open(copy)
-    with pytest.raises(Exception):
+    with pytest.raises(StoreError, match="cannot read topk_values epoch 1"):
         store.read(1, [0, 1])
-    with pytest.raises(Exception):
+    with pytest.raises(StoreError, match="cannot read gt_prob epoch 2"):
         store.read_array("gt_prob", epoch=2, indices=[20])
     # other epochs / shards are still readable
     np.testing.assert_array_equal(store.read(0)["topk_values"], read_arrays(base_store)["topk_values"][0])
