@@ -107,6 +107,13 @@ def _pil_rgb(im: Image.Image) -> np.ndarray:
 # --------------------------------------------------------------------------- ImageFolder
 
 
+def src_shapes(source, indices=None, width: int = 2) -> np.ndarray:
+    """int64 [n, width]: source.src_shape(i) for each index (all samples when None); width 2 (H, W)
+    for images, 1 (frames) for videos."""
+    idx = range(len(source)) if indices is None else np.asarray(indices).reshape(-1)
+    return np.asarray([source.src_shape(int(i)) for i in idx], dtype=np.int64).reshape(-1, width)
+
+
 class ImageFolder:
     """root/<class>/**/<file>.{jpg,jpeg,png}; classes sorted by folder name, files sorted.
 
@@ -179,8 +186,7 @@ class ImageFolder:
         return int(h), int(w)
 
     def src_shapes(self, indices=None) -> np.ndarray:
-        idx = range(len(self)) if indices is None else indices
-        return np.asarray([self.src_shape(int(i)) for i in idx], dtype=np.int64).reshape(-1, 2)
+        return src_shapes(self, indices)
 
     def fingerprint(self) -> dict:
         h = hashlib.sha256()
@@ -366,8 +372,7 @@ class ArrayImages:
         return int(s[0]), int(s[1])
 
     def src_shapes(self, indices=None) -> np.ndarray:
-        idx = range(len(self)) if indices is None else indices
-        return np.asarray([self.src_shape(int(i)) for i in idx], dtype=np.int64).reshape(-1, 2)
+        return src_shapes(self, indices)
 
     def fingerprint(self) -> dict:
         h = hashlib.sha256()

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 
 from pipeline import rng
+from pipeline.images import src_shapes
 
 __all__ = [
     "FrameSampler",
@@ -350,8 +351,7 @@ class VideoFolder:
 
     def src_shapes(self, indices=None) -> np.ndarray:
         """int64 [n, 1] frame counts of `indices` (all videos by default)."""
-        idx = range(len(self)) if indices is None else np.asarray(indices).reshape(-1)
-        return np.asarray([self.src_shape(int(i)) for i in idx], dtype=np.int64).reshape(-1, 1)
+        return src_shapes(self, indices, width=1)
 
     def _pts_index(self, i: int):
         """(sorted frame pts, sorted keyframe pts, pts -> frame index) or None if timestamps are unusable."""
@@ -613,8 +613,7 @@ class FeatureH5:
 
     def src_shapes(self, indices=None) -> np.ndarray:
         """int64 [n, 1] frame counts of `indices` (all videos by default)."""
-        idx = range(len(self)) if indices is None else np.asarray(indices).reshape(-1)
-        return np.asarray([self.src_shape(int(i)) for i in idx], dtype=np.int64).reshape(-1, 1)
+        return src_shapes(self, indices, width=1)
 
     def load_frames(self, i: int, indices) -> np.ndarray:
         """float32 [m, D]: rows indices[j] of video i's dataset, in the order given."""
