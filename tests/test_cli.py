@@ -211,3 +211,17 @@ def test_two_ranks_started_together_fill_one_store(full_store, data_dir, ckpt, w
     # each rank checks the flags after writing its own, so the later of the two sees every flag set
     assert labelstore.open(out).complete
     assert_same_arrays(out, full_store)
+
+
+def test_inspect_on_a_dask_distributed_cluster(full_store):
+    """`inspect --scheduler` computes on a real dask.distributed cluster (loopback TCP) and agrees with local."""
+    from distributed import LocalCluster
+
+    local = json.loads(run("inspect", full_store, "--json").stdout)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                      scheduler_port=0, dashboard_address=None) as cluster:
+        remote = json.loads(run("inspect", full_store, "--json", "--scheduler", cluster.scheduler_address).stdout)
+    assert remote["per_epoch"].keys() == local["per_epoch"].keys()
+    for k, v in local["per_epoch"].items():
+        np.testing.assert_allclose(remote["per_epoch"][k], v, rtol=1e-6)
+    assert remote["histograms"] == local["histograms"]
