@@ -10,14 +10,17 @@ run keeps every unit it finished: `--resume` redoes only the units whose flag is
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import queue
+import shutil
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from .integrity import StoreError, check_format
 from .schema import FORMAT_NAME, FORMAT_VERSION, ArraySpec, chunking
 
 PROGRESS = "progress"
@@ -44,7 +47,7 @@ def create(
     partitions = 1
     for spec, chunks, shards in layout:
         dtype = str if spec.dtype == "str" else spec.dtype
-        arr = group.create_array(
+        group.create_array(
             spec.name, shape=spec.shape, chunks=chunks, shards=shards, dtype=dtype,
             compressors=codecs_for(spec.dtype), fill_value=spec.fill_value, dimension_names=spec.dims,
             attributes={"meaning": spec.meaning, "units": spec.units, **spec.attrs},
@@ -68,6 +71,36 @@ def create(
         }
     )
     return group
+
+
+def open_or_create(path: str, build: Callable[[str], Any], check: Callable[[zarr.Group], None], *,
+                   resume: bool = False, overwrite: bool = False, join: bool = False) -> zarr.Group:
+    """The store a teacher stage fills: the existing one (resume / join) or a new one.
+
+    Existing: refused unless resume or join; otherwise its format is checked and `check(group)`
+    raises if it was started with other settings. New: `build(tmp)` creates the whole store at a
+    temporary path next to `path`, which is then renamed into place, so concurrent processes
+    (join=True) never see a half-created store: the first rename wins, the others open it.
+    """
+    if os.path.exists(path) and not overwrite:
+        if not (resume or join):
+            raise StoreError(f"{path} exists: pass --resume to finish it or --overwrite to replace it")
+        group = zarr.open_group(path, mode="r+", zarr_format=3)
+        check_format(group.attrs.asdict(), path)
+        check(group)
+        return group
+    tmp = f"{os.path.abspath(path)}.creating-{os.getpid()}"
+    build(tmp)
+    if overwrite and os.path.exists(path):
+        shutil.rmtree(path)
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another process created the store first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not join:
+            raise
+        return open_or_create(path, build, check, join=True)
+    return zarr.open_group(path, mode="r+", zarr_format=3)
 
 
 def _now() -> str:

@@ -19,19 +19,16 @@ seed/epoch/partition/batch).
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import zarr
 
 import labelstore
 from labelstore import schema, writer
-from labelstore.integrity import StoreError, StoreMismatch, json_digest, view_digest
+from labelstore.integrity import StoreMismatch, json_digest, view_digest
 
 from . import rng
 from .images import DecodeError
@@ -122,37 +119,21 @@ def _check_resume(group, want: dict, path: str) -> None:
 
 def open_or_create(path: str, source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int,
                    resume: bool = False, overwrite: bool = False, join: bool = False):
-    """The zarr group to fill: a new store, or (resume / join) the existing one after checking it matches.
-
-    A new store is built next to `path` and renamed into place, so concurrent ranks (join=True)
-    never see a half-created store: the first rename wins and the others open that store.
-    """
+    """The zarr group to fill: a new store, or (resume / join) the existing one after checking it matches."""
     attrs = store_attrs(source, policy, cfg, teacher_info, num_classes)
-    if os.path.exists(path) and not overwrite:
-        if not (resume or join):
-            raise StoreError(f"{path} exists: pass --resume to finish it or --overwrite to replace it")
-        store = labelstore.open(path, mode="r+", allow_incomplete=True)
-        _check_resume(store.group, attrs, path)
-        return store.group
-    specs = schema.classification_arrays(
-        num_samples=len(source), epochs=cfg.epochs, num_classes=num_classes, top_k=cfg.top_k,
-        mc_passes=cfg.mc_passes, aug_spec=policy.param_spec(), digests=cfg.digests,
-    )
-    groups = -(-cfg.epochs // cfg.group_size)
-    tmp = f"{os.path.abspath(path)}.creating-{os.getpid()}"
-    group = writer.create(tmp, specs, attrs, chunk_rows=cfg.chunk_rows, shard_rows=cfg.shard_rows, epoch_groups=groups)
-    group["sample_id"][:] = np.asarray(source.ids, dtype=str)
-    group["gt"][:] = np.asarray(source.labels)
-    if overwrite and os.path.exists(path):
-        shutil.rmtree(path)
-    try:
-        os.rename(tmp, path)
-    except OSError:  # another rank created the store first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not join:
-            raise
-        return open_or_create(path, source, policy, cfg, teacher_info, num_classes, join=True)
-    return zarr.open_group(path, mode="r+", zarr_format=3)
+
+    def build(at: str) -> None:
+        specs = schema.classification_arrays(
+            num_samples=len(source), epochs=cfg.epochs, num_classes=num_classes, top_k=cfg.top_k,
+            mc_passes=cfg.mc_passes, aug_spec=policy.param_spec(), digests=cfg.digests,
+        )
+        groups = -(-cfg.epochs // cfg.group_size)
+        group = writer.create(at, specs, attrs, chunk_rows=cfg.chunk_rows, shard_rows=cfg.shard_rows, epoch_groups=groups)
+        group["sample_id"][:] = np.asarray(source.ids, dtype=str)
+        group["gt"][:] = np.asarray(source.labels)
+
+    return writer.open_or_create(path, build, lambda g: _check_resume(g, attrs, path), resume=resume,
+                                 overwrite=overwrite, join=join)
 
 
 def _decode(source, rows: np.ndarray, pool: ThreadPoolExecutor, skip_bad: bool) -> tuple[dict, np.ndarray]:

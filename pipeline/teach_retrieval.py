@@ -32,7 +32,7 @@ import zarr
 
 import labelstore
 from labelstore import schema, writer
-from labelstore.integrity import StoreError, StoreMismatch, json_digest, view_digest
+from labelstore.integrity import StoreMismatch, json_digest, view_digest
 
 from . import rng
 from .prefetch import prefetch
@@ -293,15 +293,10 @@ def teach_retrieval(
         attrs["batch_size"] = batch_size
         attrs["num_batches"] = nb
 
-    if os.path.exists(out) and not overwrite:
-        if not resume:
-            raise StoreError(f"{out} exists: pass resume=True (--resume) to finish it or overwrite=True to replace it")
-        group = labelstore.open(out, mode="r+", allow_incomplete=True).group
-        _check_resume(group.attrs.asdict(), attrs, out)
-    else:
+    def build(at: str) -> None:
         specs = schema.retrieval_arrays(num_videos=Nv, num_captions=Nc, epochs=E, num_frames=m, mode=mode,
                                         embed_dim=embed_dim, num_batches=nb, batch_size=batch_size, digests=digests)
-        group = writer.create(out, [], attrs, chunk_rows=chunk_rows, shard_rows=chunk_rows, epoch_groups=E)
+        group = writer.create(at, [], attrs, chunk_rows=chunk_rows, shard_rows=chunk_rows, epoch_groups=E)
         for spec in specs:
             _create_array(group, spec, chunk_rows)
         group.attrs["layout"] = {"chunk_rows": chunk_rows, "shard_rows": "all rows of one epoch", "epoch_groups": E,
@@ -311,6 +306,9 @@ def teach_retrieval(
         group["caption_text"][:] = np.asarray(texts, dtype=str)
         if mode == "embeddings":
             group["text_emb"][:] = teacher.text_embedding(t_all).float().numpy().astype(np.float16)
+
+    group = writer.open_or_create(out, build, lambda g: _check_resume(g.attrs.asdict(), attrs, out),
+                                  resume=resume, overwrite=overwrite)
 
     units = writer.pending_units(group)
     if stop_after_units is not None:

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 import labelstore
 from labelstore import schema, writer
-from labelstore.integrity import StoreError, StoreMismatch, json_digest
+from labelstore.integrity import StoreMismatch, json_digest
 
 from . import rng
 from .prefetch import prefetch
@@ -329,18 +329,16 @@ def teach_videoqa(
                chunk_rows=chunk_rows, max_len=max_len, strict_answers=strict_answers, mc_rng=MC_RNG)
     attrs = _attrs(videos, qa, tokenizer, vocab, policy, teacher_info, cfg)
     N, K, T, S = len(qa), top_k, mc_passes, shard_rows
-    if os.path.exists(out) and not overwrite:
-        if not resume:
-            raise StoreError(f"{out} exists: pass resume=True to finish it or overwrite=True to replace it")
-        group = labelstore.open(out, mode="r+", allow_incomplete=True).group
-        _check_resume(group.attrs.asdict(), attrs, out)
-    else:
+    def build(at: str) -> None:
         specs = schema.videoqa_arrays(num_questions=N, epochs=epochs, num_answers=len(vocab), num_videos=len(videos),
                                       top_k=K, mc_passes=T, num_frames=sampler.num_frames)
-        group = writer.create(out, specs, attrs, chunk_rows=chunk_rows, shard_rows=shard_rows, epoch_groups=1)
+        group = writer.create(at, specs, attrs, chunk_rows=chunk_rows, shard_rows=shard_rows, epoch_groups=1)
         group["sample_id"][:] = np.asarray([videos.ids[v] for v in qa.video_rows], dtype=str)
         group["gt"][:] = qa.gt
         group["question_video"][:] = qa.video_rows.astype(np.int32)
+
+    group = writer.open_or_create(out, build, lambda g: _check_resume(g.attrs.asdict(), attrs, out),
+                                  resume=resume, overwrite=overwrite)
     units = writer.pending_units(group)
     if max_units is not None:
         units = units[:max_units]
