@@ -5,9 +5,10 @@
     arrays = store.to_dask(); ds = store.to_xarray()
 """
 
-from .integrity import StoreError, StoreMismatch
+from .errors import ConfigError, DataError, LabelstoreError, StoreError, StoreMismatch, TeacherOutputError
 from .reader import LabelStore, open
 from .schema import FORMAT_VERSION
 
 __version__ = "0.1.0"
-__all__ = ["open", "LabelStore", "StoreError", "StoreMismatch", "FORMAT_VERSION", "__version__"]
+__all__ = ["open", "LabelStore", "LabelstoreError", "StoreError", "StoreMismatch", "DataError", "ConfigError",
+           "TeacherOutputError", "FORMAT_VERSION", "__version__"]

@@ -10,15 +10,8 @@ import crc32c as _crc32c
 import numpy as np
 import zarr
 
+from .errors import StoreError, StoreMismatch  # noqa: F401  (re-exported)
 from .schema import FORMAT_NAME, FORMAT_VERSION
-
-
-class StoreError(ValueError):
-    """A store that cannot be used as asked: wrong format, unfinished, corrupt."""
-
-
-class StoreMismatch(StoreError):
-    """The store was built from another dataset, teacher or format than the one given."""
 
 
 def digest_pairs(pairs: Iterable[tuple[str, int]]) -> str:
