@@ -4,6 +4,10 @@ A *spec* names a model in one of three ways:
 
     "resnet-m"                   a built-in model from trainers.models.MODELS
     "my_pkg.teachers:build"      import my_pkg.teachers, call build(**kw) -> nn.Module
+    "timm_like:create_model?name=resnet18&depth=2"
+                                 the same with arguments: create_model(name="resnet18", depth=2, **kw);
+                                 each value is parsed as JSON when it parses (2, 0.5, true, null,
+                                 [1,2]), else taken as a string
     "runs/teacher.pt"            a checkpoint written by save_checkpoint
 
 Every model maps float images [B, 3, H, W] to logits [B, C].
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
+from urllib.parse import parse_qsl
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +43,24 @@ def _accepts_kwarg(fn: Any, name: str) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def spec_arguments(query: str) -> dict[str, Any]:
+    """'name=resnet18&depth=2' -> {"name": "resnet18", "depth": 2}: JSON values where they parse, else strings."""
+    args: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    return args
+
+
 def _load_callable_spec(spec: str, num_classes: int | None, kw: dict) -> nn.Module:
-    module_name, _, attr_path = spec.partition(":")
+    target, _, query = spec.partition("?")
+    try:
+        kw = {**spec_arguments(query), **kw}
+    except ValueError as e:
+        raise ValueError(f"model spec {spec!r}: cannot parse the arguments after '?': {e}") from None
+    module_name, _, attr_path = target.partition(":")
     if not module_name or not attr_path:
         raise ValueError(f"model spec {spec!r}: expected 'module:callable'")
     try:
@@ -51,7 +73,6 @@ def _load_callable_spec(spec: str, num_classes: int | None, kw: dict) -> nn.Modu
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"model spec {spec!r}: {attr_path!r} is not callable")
-    kw = dict(kw)
     # num_classes is forwarded only to callables that accept it (or **kwargs)
     if num_classes is not None and _accepts_kwarg(obj, "num_classes"):
         kw.setdefault("num_classes", num_classes)
