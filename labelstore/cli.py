@@ -46,6 +46,20 @@ def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+STORE = click.Path()  # a local path or a URL (s3://, gs://, memory://): existence is checked when opened
+STORAGE_OPTIONS = click.option(
+    "--storage-options", default=None, metavar="JSON",
+    help='For URL stores: fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
+         "(default: fsspec's configuration and the environment).")
+
+
+def _use_storage_options(store: str, text: str | None) -> None:
+    """Hand --storage-options to every fsspec file system of the store's protocol in this process."""
+    from labelstore import location
+
+    location.configure(store, location.parse_storage_options(text))
+
+
 # ---------------------------------------------------------------------------------------------
 @main.command()
 @click.argument("kind", type=click.Choice(["shapes", "shapes-h5"]))
@@ -89,7 +103,8 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])
 @click.option("--similarity-mode", type=click.Choice(["dense", "embeddings", "batches"]), default="dense",
               show_default=True, help="(retrieval) how teacher similarities are stored.")
 @click.option("--teacher", required=True, help="Checkpoint .pt, built-in model name, or module:callable.")
-@click.option("--out", required=True, type=click.Path(), help="Store to write (a directory, *.zarr).")
+@click.option("--out", required=True, type=STORE, help="Store to write: a directory (*.zarr) or a URL (s3://...).")
+@STORAGE_OPTIONS
 @click.option("--epochs", default=4, show_default=True, help="Epochs of views to label.")
 @click.option("--top-k", default=5, show_default=True)
 @click.option("--mc-passes", default=0, show_default=True, help="MC-dropout passes (0 = none).")
@@ -110,14 +125,24 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])
 @click.option("--no-digest", is_flag=True, help="Do not store per-view input digests.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted store.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@click.option("--rank", default=0, show_default=True, help="This process's rank (several processes fill one store).")
-@click.option("--world-size", default=1, show_default=True)
+@click.option("--rank", type=int, default=None,
+              help="This process's rank (several processes fill one store; default: $RANK or 0).")
+@click.option("--world-size", type=int, default=None, help="Processes filling the store (default: $WORLD_SIZE or 1).")
 @click.option("--quiet", is_flag=True)
-def teach(task, data_spec, captions, questions, frames, frame_size, similarity_mode, teacher, out, epochs, top_k,
-          mc_passes, policy_name, crop_scale, image_size, seed, num_classes, batch_size, views_per_decode,
+def teach(task, data_spec, captions, questions, frames, frame_size, similarity_mode, teacher, out, storage_options,
+          epochs, top_k, mc_passes, policy_name, crop_scale, image_size, seed, num_classes, batch_size, views_per_decode,
           shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest, resume, overwrite, rank,
           world_size, quiet) -> None:
-    """Run the teacher once over every (epoch, sample) view and write the label store."""
+    """Run the teacher once over every (epoch, sample) view and write the label store.
+
+    Several processes fill one store: `torchrun --nproc_per_node N --no-python labelstore teach ...`
+    (RANK / WORLD_SIZE / LOCAL_RANK from the environment, each on cuda:LOCAL_RANK when present),
+    or one process per --rank with the same --world-size."""
+    from pipeline.dist import dist_env, local_device
+
+    _use_storage_options(out, storage_options)
+    rank, world_size, local_rank = dist_env(rank, world_size)
+    device = local_device(local_rank, device)
     if task == "retrieval":
         from trainers.retrieval import cli_teach_retrieval
 
@@ -143,7 +168,7 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
         return
     from pipeline.augment import make_policy
     from pipeline.images import open_source
-    from pipeline.teach import TeachConfig
+    from pipeline.teach import TeachConfig, open_or_create
     from pipeline.teach import teach as run_teach
 
     source = open_source(data_spec)
@@ -153,10 +178,30 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
     cfg = TeachConfig(epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
                       views_per_decode=views_per_decode, shard_rows=shard_samples, chunk_rows=chunk_samples,
                       skip_bad=skip_bad, digests=not no_digest, decode_workers=workers)
+    if world_size > 1:  # rank 0 creates (or replaces, or checks) the store first; the others then join it
+        resume, overwrite = _create_on_rank0(out, rank, world_size, local_rank, lambda: open_or_create(
+            out, source, policy, cfg, info, C, resume=resume, overwrite=overwrite))
     stats = run_teach(out, source, model, policy, cfg, teacher_info=info, num_classes=C, device=device, amp=amp,
                       resume=resume, overwrite=overwrite, rank=rank, world_size=world_size, progress=not quiet)
     state = "complete" if stats["complete"] else "incomplete (other ranks still running)"
     click.echo(f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}")
+
+
+def _create_on_rank0(out: str, rank: int, world_size: int, local_rank: int, create) -> tuple[bool, bool]:
+    """Rank 0 runs `create()`; every rank returns once the store exists, with the (resume, overwrite)
+    flags that join it. Under torchrun the ranks meet at a barrier; started by hand, ranks > 0 wait
+    for the store's state to leave "creating" (so pass --overwrite with torchrun, or to a fresh path)."""
+    from labelstore.writer import wait_for_store
+    from pipeline.dist import barrier, process_group
+
+    with process_group(world_size, local_rank) as together:
+        if rank == 0:
+            create()
+        if together:
+            barrier()
+        elif rank > 0:
+            wait_for_store(out)
+    return True, False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,10 +230,12 @@ def store_info(store) -> dict:
 
 
 @main.command()
-@click.argument("store_path", type=click.Path(exists=True))
+@click.argument("store_path", type=STORE)
+@STORAGE_OPTIONS
 @click.option("--json", "as_json", is_flag=True)
-def info(store_path: str, as_json: bool) -> None:
+def info(store_path: str, storage_options: str | None, as_json: bool) -> None:
     """Schema, completeness and on-disk bytes per view of a store."""
+    _use_storage_options(store_path, storage_options)
     store = labelstore.open(store_path, allow_incomplete=True)
     d = store_info(store)
     if as_json:
@@ -210,13 +257,16 @@ def info(store_path: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("store_path", type=click.Path(exists=True))
+@click.argument("store_path", type=STORE)
+@STORAGE_OPTIONS
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--plot", type=click.Path(), default=None, help="Write a PNG of the statistics.")
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address (default: local threads).")
 @click.option("--allow-incomplete", is_flag=True)
-def inspect(store_path: str, as_json: bool, plot: str | None, scheduler: str | None, allow_incomplete: bool) -> None:
+def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: str | None, scheduler: str | None,
+            allow_incomplete: bool) -> None:
     """Per-epoch label statistics computed with Dask from the Zarr arrays."""
+    _use_storage_options(store_path, storage_options)
     from labelstore.views import inspect_store, plot_stats
 
     store = labelstore.open(store_path, allow_incomplete=allow_incomplete)
@@ -237,15 +287,17 @@ def inspect(store_path: str, as_json: bool, plot: str | None, scheduler: str | N
 
 
 @main.command()
-@click.argument("store_path", type=click.Path(exists=True))
+@click.argument("store_path", type=STORE)
+@STORAGE_OPTIONS
 @click.option("--data", "data_spec", required=True, help="The dataset the store was built from.")
 @click.option("--teacher", default=None, help="Recompute the teacher on replayed views (checkpoint / name / module:callable).")
 @click.option("--samples", default=64, show_default=True, help="Random (epoch, sample) views to replay.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--json", "as_json", is_flag=True)
-def verify(store_path, data_spec, teacher, samples, seed, device, as_json) -> None:
+def verify(store_path, storage_options, data_spec, teacher, samples, seed, device, as_json) -> None:
     """Check fingerprints, chunk checksums, pixel identity of replayed views and (with --teacher) the labels."""
+    _use_storage_options(store_path, storage_options)
     from pipeline.images import open_source
     from pipeline.verify import verify as run_verify
 
@@ -270,7 +322,8 @@ def verify(store_path, data_spec, teacher, samples, seed, device, as_json) -> No
 
 @main.command()
 @click.option("--task", type=TASKS, default="classification", show_default=True)
-@click.option("--store", "store_path", required=True, type=click.Path(exists=True))
+@click.option("--store", "store_path", required=True, type=STORE, help="The store: a directory or a URL (s3://...).")
+@STORAGE_OPTIONS
 @click.option("--data", "data_spec", required=True, help="The dataset (or video dir) the store was built from.")
 @click.option("--captions", default=None, help="(retrieval) the captions file the store was built from.")
 @click.option("--questions", default=None, help="(videoqa) the questions file the store was built from.")
@@ -299,10 +352,14 @@ def verify(store_path, data_spec, teacher, samples, seed, device, as_json) -> No
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--out", required=True, type=click.Path(), help="Directory for the checkpoint and metrics.json.")
-def train(task, store_path, data_spec, captions, questions, student, mode, loss, eval_questions, eval_captions, hot_k,
+def train(task, store_path, storage_options, data_spec, captions, questions, student, mode, loss, eval_questions, eval_captions, hot_k,
           cold_n, cold_scheme, alpha, online_teacher, eval_data, epochs, batch_size, lr, temperature, fill,
           hard_weight, ferkd_low, ferkd_high, workers, seed, device, out) -> None:
-    """Train a student on the store's replayed views (from the cache, an online teacher, or no teacher)."""
+    """Train a student on the store's replayed views (from the cache, an online teacher, or no teacher).
+
+    Under `torchrun --nproc_per_node N --no-python labelstore train ...` (classification) the student
+    trains with DistributedDataParallel, each rank on its share of every epoch; rank 0 writes --out."""
+    _use_storage_options(store_path, storage_options)
     if mode == "online" and not online_teacher:
         _fail("--mode online needs --online-teacher SPEC")
     if task == "retrieval":
@@ -331,6 +388,7 @@ def train(task, store_path, data_spec, captions, questions, student, mode, loss,
     loss = loss or "fkd"
     if loss not in ("fkd", "ferkd", "adl"):
         _fail(f"--loss {loss} is not a classification loss (fkd, ferkd, adl)")
+    from pipeline.dist import dist_env, local_device, process_group
     from pipeline.images import open_source
     from pipeline.teacher import pick_device
     from trainers.demo import eval_batches
@@ -346,8 +404,12 @@ def train(task, store_path, data_spec, captions, questions, student, mode, loss,
     cfg = DistillConfig(mode=mode, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
                         fill=fill, hard_weight=hard_weight, num_workers=workers, seed=seed,
                         ferkd={"low": ferkd_low, "high": ferkd_high, "epsilon": 0.1})
-    m = train_student(model, store, data, cfg, eval_batches=(lambda: evals) if evals else None, teacher=teacher,
-                      device=pick_device(device), out_dir=out)
+    rank, world_size, local_rank = dist_env()
+    with process_group(world_size, local_rank):
+        m = train_student(model, store, data, cfg, eval_batches=(lambda: evals) if evals else None, teacher=teacher,
+                          device=pick_device(local_device(local_rank, device)), out_dir=out)
+    if rank:
+        return
     f = m["final"]
     acc = f" eval accuracy {f['eval_accuracy']:.4f}" if "eval_accuracy" in f else ""
     click.echo(f"{mode}: {len(m['history'])} epochs in {m['seconds']:.1f}s, loss {f.get('loss', float('nan')):.4f}{acc}"

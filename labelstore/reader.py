@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
+from . import location
 from .integrity import StoreError, check_expected, check_format, iter_arrays
 from .writer import PROGRESS, pending_units
 
 
-def open(path: str, mode: str = "r", allow_incomplete: bool = False) -> "LabelStore":  # noqa: A001
-    """Open a label store (a local path or any URL zarr/fsspec understands).
+def open(path: str, mode: str = "r", allow_incomplete: bool = False,  # noqa: A001
+         storage_options: dict[str, Any] | None = None) -> "LabelStore":
+    """Open a label store: a local path or any URL fsspec understands (s3://, gs://, memory://).
 
+    storage_options: passed to the fsspec file system of a URL, e.g. {"endpoint_url":
+    "http://127.0.0.1:9000", "key": ..., "secret": ...} for s3:// (default: fsspec's configuration
+    and the environment, see labelstore/location.py).
     Raises StoreError if it is not a labelstore store, has another format version, or its
     teacher stage has not finished (unless allow_incomplete=True).
     """
     where = str(path)
     try:
-        group = zarr.open_group(path, mode=mode, zarr_format=3)
+        if isinstance(path, (str, os.PathLike)) and not location.group_exists(path, storage_options):
+            raise FileNotFoundError("no zarr.json")
+        group = location.open_group(path, mode, storage_options)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise StoreError(f"{where}: no label store here ({e})") from None
     attrs = group.attrs.asdict()
@@ -127,19 +136,12 @@ class LabelStore:
 
     # -- size --------------------------------------------------------------------------------
     def nbytes_on_disk(self) -> dict[str, int]:
-        """Stored bytes per array (local stores only; {} elsewhere)."""
-        root = self.path
-        if not os.path.isdir(root):
-            return {}
-        sizes = {}
-        for name in self.arrays:
-            d = os.path.join(root, name)
-            sizes[name] = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(d) for f in fs)
-        return sizes
+        """Stored bytes per array (every object under its prefix, listed through zarr: local or remote)."""
+        return {name: arr.nbytes_stored() for name, arr in self.arrays.items()}
 
     def bytes_per_view(self) -> float:
         """All stored bytes (records, sample table, metadata) divided by epochs x samples."""
-        total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(self.path) for f in fs)
+        total = sync(self.group.store.getsize_prefix(self.group.path))
         return total / max(1, self.epochs * self.num_samples)
 
     # -- views -----------------------------------------------------------------------------

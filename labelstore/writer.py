@@ -14,16 +14,19 @@ import os
 import queue
 import shutil
 import threading
+import time
 from typing import Any, Callable
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from . import location
 from .integrity import StoreError, check_format
 from .schema import FORMAT_NAME, FORMAT_VERSION, ArraySpec, chunking
 
 PROGRESS = "progress"
+CREATING = "creating"  # the state of a store whose creation has not finished (see open_or_create)
 
 
 def codecs_for(dtype: str) -> list:
@@ -41,9 +44,10 @@ def create(
     shard_rows: int,
     epoch_groups: int,
 ) -> zarr.Group:
-    """Create an empty store (overwrites `path`). attrs are the group attributes (see docs)."""
+    """Create an empty store (overwrites `path`, a local path or URL). attrs are the group attributes
+    (see docs); its state is "creating" until open_or_create marks it "running"."""
     layout = [(spec, *chunking(spec, chunk_rows, shard_rows)) for spec in specs]  # fail before touching path
-    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group = location.open_group(path, mode="w")
     partitions = 1
     for spec, chunks, shards in layout:
         dtype = str if spec.dtype == "str" else spec.dtype
@@ -66,7 +70,9 @@ def create(
             **attrs,
             "layout": {"chunk_rows": chunk_rows, "shard_rows": shard_rows, "epoch_groups": epoch_groups,
                        "partitions": partitions},
-            "state": "running",
+            "state": CREATING,
+            # arrays that xarray should show as coordinates, not data (CF "coordinates" attribute)
+            "coordinates": " ".join(n for n in ("sample_id", "gt", PROGRESS) if n == PROGRESS or n in group),
             "created": _now(),
         }
     )
@@ -78,19 +84,65 @@ def open_or_create(path: str, build: Callable[[str], Any], check: Callable[[zarr
     """The store a teacher stage fills: the existing one (resume / join) or a new one.
 
     Existing: refused unless resume or join; otherwise its format is checked and `check(group)`
-    raises if it was started with other settings. New: `build(tmp)` creates the whole store at a
-    temporary path next to `path`, which is then renamed into place, so concurrent processes
-    (join=True) never see a half-created store: the first rename wins, the others open it.
+    raises if it was started with other settings. New: `build(at)` creates the whole store
+    (state "creating"), and the state "running" is written last, so a store is usable exactly
+    when its state is "running" or "complete".
+    Local paths: built at a temporary path next to `path`, then renamed into place, so concurrent
+    processes (join=True) never see a half-created store: the first rename wins, the others open it.
+    URLs (object stores have no rename): built in place. One process must create it (with
+    `labelstore teach` under several ranks: rank 0; see wait_for_store for the others); a joining
+    process that finds it still "creating" waits for it; a store left "creating" by an interrupted
+    creation is refused (--resume) or recreated (--overwrite).
     """
+    if not location.is_url(path):
+        return _open_or_create_local(location.local_path(path), build, check, resume=resume, overwrite=overwrite,
+                                     join=join)
+    if location.group_exists(path) and not overwrite:
+        if not (resume or join):
+            raise StoreError(f"{path} exists: pass --resume to finish it or --overwrite to replace it")
+        group = wait_for_store(path) if join else location.open_group(path, mode="r+")
+        if group.attrs.get("state") == CREATING:
+            raise StoreError(f"{path}: half-created store (its creation was interrupted): "
+                             "pass --overwrite to recreate it")
+        return _checked(group, path, check)
+    if overwrite:
+        location.remove(path)
+    build(path)
+    group = location.open_group(path, mode="r+")
+    group.attrs["state"] = "running"  # the marker, written last
+    return group
+
+
+def wait_for_store(path: str, timeout: float = 600.0, poll: float = 0.5) -> zarr.Group:
+    """Wait until another process has created the store at `path` (state no longer "creating");
+    return it opened for writing. Raises StoreError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if location.group_exists(path):
+            group = location.open_group(path, mode="r+")
+            if group.attrs.get("state") != CREATING:
+                return group
+        if time.monotonic() > deadline:
+            raise StoreError(f"{path}: no finished store appeared within {timeout:.0f}s "
+                             "(is the creating process, rank 0, running?)")
+        time.sleep(poll)
+
+
+def _checked(group: zarr.Group, path: str, check: Callable[[zarr.Group], None]) -> zarr.Group:
+    check_format(group.attrs.asdict(), path)
+    check(group)
+    return group
+
+
+def _open_or_create_local(path: str, build: Callable[[str], Any], check: Callable[[zarr.Group], None], *,
+                          resume: bool, overwrite: bool, join: bool) -> zarr.Group:
     if os.path.exists(path) and not overwrite:
         if not (resume or join):
             raise StoreError(f"{path} exists: pass --resume to finish it or --overwrite to replace it")
-        group = zarr.open_group(path, mode="r+", zarr_format=3)
-        check_format(group.attrs.asdict(), path)
-        check(group)
-        return group
+        return _checked(zarr.open_group(path, mode="r+", zarr_format=3), path, check)
     tmp = f"{os.path.abspath(path)}.creating-{os.getpid()}"
     build(tmp)
+    zarr.open_group(tmp, mode="r+", zarr_format=3).attrs["state"] = "running"
     if overwrite and os.path.exists(path):
         shutil.rmtree(path)
     try:
@@ -99,7 +151,7 @@ def open_or_create(path: str, build: Callable[[str], Any], check: Callable[[zarr
         shutil.rmtree(tmp, ignore_errors=True)
         if not join:
             raise
-        return open_or_create(path, build, check, join=True)
+        return _open_or_create_local(path, build, check, resume=False, overwrite=False, join=True)
     return zarr.open_group(path, mode="r+", zarr_format=3)
 
 
@@ -136,10 +188,12 @@ def pending_units(group: zarr.Group) -> list[tuple[int, int]]:
 
 
 def finalize(group: zarr.Group, **extra: Any) -> bool:
-    """Mark the store complete when every unit is done. Returns whether it is complete."""
+    """Mark the store complete when every unit is done, and consolidate its metadata (all arrays'
+    zarr.json in the root's, so xarray / zarr open it with one read). Returns whether it is complete."""
     if pending_units(group):
         return False
     group.attrs.update({"state": "complete", "completed": _now(), **extra})
+    zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
     return True
 
 

@@ -22,10 +22,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from pipeline.dist import epoch_share
 from pipeline.replay import ReplayLoader
+from pipeline.teacher import weights_hash
 
 from . import losses
 from .fit import DEFAULT_LR, DEFAULT_WD, evaluate, lr_factor, make_optimizer
@@ -87,7 +91,14 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
 def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, eval_batches=None,
                   teacher: torch.nn.Module | None = None, device: str | torch.device = "cpu",
                   out_dir: str | None = None, progress: bool = True) -> dict:
-    """Train `student` from the store's replayed views; returns metrics (also written to out_dir)."""
+    """Train `student` from the store's replayed views; returns metrics (also written to out_dir).
+
+    Inside a torch.distributed group of W > 1 processes the student is wrapped in
+    DistributedDataParallel (gradients averaged over ranks): every rank draws the same permutation
+    of each epoch's (non-skipped) rows and trains on its share (pipeline.dist.epoch_share); losses
+    are averaged over ranks, rank 0 alone evaluates and writes out_dir, and metrics["ddp"] records
+    per epoch the views of each rank and the distinct rows seen, and each rank's final weights hash.
+    """
     from tqdm import tqdm
 
     if cfg.mode == "online" and teacher is None:
@@ -98,12 +109,24 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
         teacher = teacher.to(dev).eval()
     epochs = cfg.epochs or store.epochs
     C = store.num_classes
-    loaders = [ReplayLoader(store, data, epoch=e % store.epochs, batch_size=cfg.batch_size, shuffle=True,
-                            seed=cfg.seed + e, num_workers=cfg.num_workers) for e in range(epochs)]
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    if world == 1:
+        loaders = [ReplayLoader(store, data, epoch=e % store.epochs, batch_size=cfg.batch_size, shuffle=True,
+                                seed=cfg.seed + e, num_workers=cfg.num_workers) for e in range(epochs)]
+    else:
+        rows = np.flatnonzero(~store.read_array("skipped").astype(bool))
+        loaders = [ReplayLoader(store, data, epoch=e % store.epochs, batch_size=cfg.batch_size, shuffle=False,
+                                num_workers=cfg.num_workers, indices=epoch_share(rows, [cfg.seed, e], rank, world))
+                   for e in range(epochs)]
     steps = sum(len(ld) for ld in loaders)
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
     wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.optimizer]
+    model = student  # what is trained: the student, or its DDP wrapper (same parameters)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(student, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = make_optimizer(student, cfg.optimizer, lr, wd)
+    ddp_epochs = []
     step = 0
     history, counts = [], {}
     t_start = time.perf_counter()
@@ -111,7 +134,8 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
     for e, loader in enumerate(loaders):
         student.train()
         t0, tot, n = time.perf_counter(), 0.0, 0
-        bar = tqdm(loader, disable=not progress, desc=f"{cfg.mode} epoch {e}", unit="batch", leave=False)
+        seen = []
+        bar = tqdm(loader, disable=not progress or rank > 0, desc=f"{cfg.mode} epoch {e}", unit="batch", leave=False)
         for x, t in bar:
             x = x.to(dev, non_blocking=True)
             t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
@@ -121,7 +145,9 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
                 with torch.no_grad():
                     probs = teacher(x).float().softmax(1)
                 teacher_seconds += time.perf_counter() - t1
-            loss, info = student_loss(student(x), t, cfg, C, probs)
+            if world > 1:
+                seen.append(t["index"].cpu().numpy())
+            loss, info = student_loss(model(x), t, cfg, C, probs)
             for g in opt.param_groups:  # warmup then cosine over all steps, as trainers.fit
                 g["lr"] = lr * lr_factor(step / max(steps, 1))
             opt.zero_grad(set_to_none=True)
@@ -133,8 +159,15 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
             tot += loss.item() * len(x)
             n += len(x)
             bar.set_postfix(loss=f"{tot / max(n, 1):.3f}")
+        if world > 1:  # the loss over all ranks' views; which rows each rank saw
+            tot, n = _sum_over_ranks(tot, n)
+            n = int(n)
+            shares = [None] * world
+            dist.all_gather_object(shares, np.concatenate(seen).tolist() if seen else [])
+            ddp_epochs.append({"views_per_rank": [len(s) for s in shares],
+                               "distinct_rows": len(set().union(*map(set, shares)))})
         rec = {"epoch": e, "loss": tot / max(n, 1), "seconds": time.perf_counter() - t0, "views": n}
-        if eval_batches is not None and (e == epochs - 1 or progress):
+        if eval_batches is not None and rank == 0 and (e == epochs - 1 or progress):
             rec.update({f"eval_{k}": v for k, v in evaluate(student, eval_batches(), dev).items()})
         history.append(rec)
         if not math.isfinite(rec["loss"]):
@@ -142,9 +175,21 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
     metrics = {"config": asdict(cfg), "history": history, "seconds": time.perf_counter() - t_start,
                "teacher_seconds": teacher_seconds, "label_counts": counts,
                "final": history[-1] if history else {}}
-    if out_dir:
+    if world > 1:
+        for b in student.buffers():  # BatchNorm statistics from rank 0, as DDP does before each forward
+            dist.broadcast(b, 0)
+        hashes = [None] * world
+        dist.all_gather_object(hashes, weights_hash(student))
+        metrics["ddp"] = {"world_size": world, "per_epoch": ddp_epochs, "weights_sha256_per_rank": hashes}
+    if out_dir and rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         torch.save(student.state_dict(), os.path.join(out_dir, "student.pt"))
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics
+
+
+def _sum_over_ranks(*values: float) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
