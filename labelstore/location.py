@@ -17,6 +17,8 @@ import fsspec
 import fsspec.config
 import zarr
 
+from .errors import ConfigError
+
 
 def is_url(path: str | os.PathLike) -> bool:
     """True for 'proto://...' except file:// (which zarr and we treat as a local path)."""
@@ -36,9 +38,9 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
     try:
         opts = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--storage-options: not valid JSON ({e}): {text!r}") from None
+        raise ConfigError(f"--storage-options: not valid JSON ({e}): {text!r}") from None
     if not isinstance(opts, dict):
-        raise ValueError(f"--storage-options: expected a JSON object, got {text!r}")
+        raise ConfigError(f"--storage-options: expected a JSON object, got {text!r}")
     return opts
 
 

@@ -15,6 +15,7 @@ import queue
 import shutil
 import threading
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -193,7 +194,9 @@ def finalize(group: zarr.Group, **extra: Any) -> bool:
     if pending_units(group):
         return False
     group.attrs.update({"state": "complete", "completed": _now(), **extra})
-    zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
+    with warnings.catch_warnings():  # "not part of the Zarr v3 specification": we know, it is for readers
+        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+        zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
     return True
 
 
