@@ -20,18 +20,37 @@ def to_dask(store) -> dict[str, da.Array]:
 
 
 def to_xarray(store):
-    """An xarray.Dataset over the dask arrays; dimensions are the Zarr dimension_names."""
+    """An xarray.Dataset over the dask arrays; dimensions are the Zarr dimension_names.
+
+    Coordinates: epoch, sample (row numbers), sample_id and gt (per sample), and class (the class
+    names, when the store records them; topk_indices index it). Attributes that are not plain
+    strings or numbers (dicts, lists) are JSON strings, so the Dataset can be written to
+    netCDF / Zarr and read back with json.loads.
+    """
     import xarray as xr
 
     arrays = to_dask(store)
-    data_vars = {}
+    coord_arrays = ("sample_id", "gt")
+    data_vars, coords = {}, {"epoch": np.arange(store.epochs), "sample": np.arange(store.num_samples)}
     for name, darr in arrays.items():
+        if name in coord_arrays:
+            continue
         dims = store.arrays[name].metadata.dimension_names
-        data_vars[name.removeprefix("aug/")] = (dims, darr, dict(store.arrays[name].attrs))
-    coords = {"epoch": np.arange(store.epochs), "sample": np.arange(store.num_samples)}
+        data_vars[name.removeprefix("aug/")] = (dims, darr, _plain_attrs(dict(store.arrays[name].attrs)))
     if "sample_id" in store.arrays:
         coords["sample_id"] = ("sample", store.ids.astype(str))
-    return xr.Dataset(data_vars, coords=coords, attrs={k: str(v) for k, v in store.attrs.items()})
+    if "gt" in store.arrays:
+        coords["gt"] = (store.arrays["gt"].metadata.dimension_names, store.group["gt"][:])
+    if store.attrs.get("classes"):
+        coords["class"] = np.asarray(store.attrs["classes"], dtype=str)
+    return xr.Dataset(data_vars, coords=coords, attrs=_plain_attrs(store.attrs))
+
+
+def _plain_attrs(attrs: dict) -> dict:
+    """Strings, numbers and bools as they are; everything else as JSON."""
+    import json
+
+    return {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v) for k, v in attrs.items()}
 
 
 def _client(scheduler: str | None):
