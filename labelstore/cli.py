@@ -143,6 +143,8 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
     _use_storage_options(out, storage_options)
     rank, world_size, local_rank = dist_env(rank, world_size)
     device = local_device(local_rank, device)
+    if world_size > 1 and task != "classification":
+        _fail(f"--task {task} is taught by one process (world size {world_size} given)")
     if task == "retrieval":
         from trainers.retrieval import cli_teach_retrieval
 
@@ -359,7 +361,11 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
 
     Under `torchrun --nproc_per_node N --no-python labelstore train ...` (classification) the student
     trains with DistributedDataParallel, each rank on its share of every epoch; rank 0 writes --out."""
+    from pipeline.dist import dist_env, local_device, process_group
+
     _use_storage_options(store_path, storage_options)
+    if task != "classification" and dist_env()[1] > 1:
+        _fail(f"--task {task} trains in one process (torchrun / WORLD_SIZE > 1 given)")
     if mode == "online" and not online_teacher:
         _fail("--mode online needs --online-teacher SPEC")
     if task == "retrieval":
@@ -388,7 +394,6 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
     loss = loss or "fkd"
     if loss not in ("fkd", "ferkd", "adl"):
         _fail(f"--loss {loss} is not a classification loss (fkd, ferkd, adl)")
-    from pipeline.dist import dist_env, local_device, process_group
     from pipeline.images import open_source
     from pipeline.teacher import pick_device
     from trainers.demo import eval_batches
