@@ -24,7 +24,7 @@ class _Group(click.Group):
     """Known user errors (bad input, mismatched stores) print one clear line, not a traceback."""
 
     def invoke(self, ctx):
-        from pipeline.images import DecodeError
+        from labelstore.pipeline.images import DecodeError
 
         try:
             return super().invoke(ctx)
@@ -69,7 +69,7 @@ def _use_storage_options(store: str, text: str | None) -> None:
 @click.option("--seed", default=0, show_default=True)
 def data(kind: str, out: str, n_train: int, n_test: int, seed: int) -> None:
     """Write a built-in generated dataset as real image files (ImageFolder layout) or HDF5."""
-    from pipeline import images
+    from labelstore.pipeline import images
 
     if kind == "shapes":
         train, test = images.make_shapes_dataset(out, n_train=n_train, n_test=n_test, seed=seed)
@@ -81,9 +81,9 @@ def data(kind: str, out: str, n_train: int, n_test: int, seed: int) -> None:
 
 def load_teacher(spec: str, num_classes: int):
     """(model, teacher_info) for a built-in name, checkpoint path or module:callable."""
-    from pipeline.teacher import weights_hash
-    from trainers.models import count_params
-    from trainers.spec import load_model
+    from labelstore.pipeline.teacher import weights_hash
+    from labelstore.trainers.models import count_params
+    from labelstore.trainers.spec import load_model
 
     model = load_model(spec, num_classes=num_classes)
     return model, {"name": spec, "weights_sha256": weights_hash(model), "params": count_params(model)}
@@ -138,7 +138,7 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
     Several processes fill one store: `torchrun --nproc_per_node N --no-python labelstore teach ...`
     (RANK / WORLD_SIZE / LOCAL_RANK from the environment, each on cuda:LOCAL_RANK when present),
     or one process per --rank with the same --world-size."""
-    from pipeline.dist import dist_env, local_device
+    from labelstore.pipeline.dist import dist_env, local_device
 
     _use_storage_options(out, storage_options)
     rank, world_size, local_rank = dist_env(rank, world_size)
@@ -146,7 +146,7 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
     if world_size > 1 and task != "classification":
         _fail(f"--task {task} is taught by one process (world size {world_size} given)")
     if task == "retrieval":
-        from trainers.retrieval import cli_teach_retrieval
+        from labelstore.trainers.retrieval import cli_teach_retrieval
 
         if not captions:
             _fail("--task retrieval needs --captions FILE")
@@ -157,7 +157,7 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
                    f"{r['seconds']:.1f}s ({r['pairs_per_s']:.0f} pairs/s), {'complete' if r['complete'] else 'incomplete'}")
         return
     if task == "videoqa":
-        from trainers.videoqa import cli_teach_videoqa
+        from labelstore.trainers.videoqa import cli_teach_videoqa
 
         if not questions:
             _fail("--task videoqa needs --questions FILE")
@@ -168,10 +168,10 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
         click.echo(f"{out}: {r['views']} views (K={r['top_k']}, T={mc_passes}) in {r['seconds']:.1f}s, "
                    f"{'complete' if r['complete'] else 'incomplete'}")
         return
-    from pipeline.augment import make_policy
-    from pipeline.images import open_source
-    from pipeline.teach import TeachConfig, open_or_create
-    from pipeline.teach import teach as run_teach
+    from labelstore.pipeline.augment import make_policy
+    from labelstore.pipeline.images import open_source
+    from labelstore.pipeline.teach import TeachConfig, open_or_create
+    from labelstore.pipeline.teach import teach as run_teach
 
     source = open_source(data_spec)
     C = num_classes or len(source.classes)
@@ -194,7 +194,7 @@ def _create_on_rank0(out: str, rank: int, world_size: int, local_rank: int, crea
     flags that join it. Under torchrun the ranks meet at a barrier; started by hand, ranks > 0 wait
     for the store's state to leave "creating" (so pass --overwrite with torchrun, or to a fresh path)."""
     from labelstore.writer import wait_for_store
-    from pipeline.dist import barrier, process_group
+    from labelstore.pipeline.dist import barrier, process_group
 
     with process_group(world_size, local_rank) as together:
         if rank == 0:
@@ -300,8 +300,8 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
 def verify(store_path, storage_options, data_spec, teacher, samples, seed, device, as_json) -> None:
     """Check fingerprints, chunk checksums, pixel identity of replayed views and (with --teacher) the labels."""
     _use_storage_options(store_path, storage_options)
-    from pipeline.images import open_source
-    from pipeline.verify import verify as run_verify
+    from labelstore.pipeline.images import open_source
+    from labelstore.pipeline.verify import verify as run_verify
 
     store = labelstore.open(store_path)
     model = load_teacher(teacher, store.num_classes)[0] if teacher else None
@@ -361,7 +361,7 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
 
     Under `torchrun --nproc_per_node N --no-python labelstore train ...` (classification) the student
     trains with DistributedDataParallel, each rank on its share of every epoch; rank 0 writes --out."""
-    from pipeline.dist import dist_env, local_device, process_group
+    from labelstore.pipeline.dist import dist_env, local_device, process_group
 
     _use_storage_options(store_path, storage_options)
     if task != "classification" and dist_env()[1] > 1:
@@ -369,7 +369,7 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
     if mode == "online" and not online_teacher:
         _fail("--mode online needs --online-teacher SPEC")
     if task == "retrieval":
-        from trainers.retrieval import cli_train_retrieval
+        from labelstore.trainers.retrieval import cli_train_retrieval
 
         m = cli_train_retrieval(store_path, data_spec, captions, student_spec=student,
                                 mode="infonce" if mode == "none" else mode, online_teacher=online_teacher,
@@ -378,7 +378,7 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
         click.echo(f"{mode}: {m['epochs']} epochs in {m['seconds']:.1f}s; eval {m.get('eval')} -> {out}")
         return
     if task == "videoqa":
-        from trainers.videoqa import cli_train_videoqa
+        from labelstore.trainers.videoqa import cli_train_videoqa
 
         if not questions:
             _fail("--task videoqa needs --questions FILE")
@@ -394,11 +394,11 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
     loss = loss or "fkd"
     if loss not in ("fkd", "ferkd", "adl"):
         _fail(f"--loss {loss} is not a classification loss (fkd, ferkd, adl)")
-    from pipeline.images import open_source
-    from pipeline.teacher import pick_device
-    from trainers.demo import eval_batches
-    from trainers.distill import DistillConfig, train_student
-    from trainers.spec import load_model
+    from labelstore.pipeline.images import open_source
+    from labelstore.pipeline.teacher import pick_device
+    from labelstore.trainers.demo import eval_batches
+    from labelstore.trainers.distill import DistillConfig, train_student
+    from labelstore.trainers.spec import load_model
 
     store = labelstore.open(store_path)
     data = open_source(data_spec)
@@ -430,16 +430,16 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
 def demo(task: str, out: str, seed: int, quiet: bool) -> None:
     """The end-to-end demo on built-in generated data (a few CPU minutes)."""
     if task == "classification":
-        from trainers.demo import run_demo
+        from labelstore.trainers.demo import run_demo
 
         run_demo(out, seed=seed, progress=not quiet, echo=click.echo)
     elif task == "retrieval":
-        from trainers.retrieval_demo import run_retrieval_demo
+        from labelstore.trainers.retrieval_demo import run_retrieval_demo
 
         r = run_retrieval_demo(out, seed=seed, progress=not quiet)
         click.echo(r["table"])
     else:
-        from trainers.videoqa import run_videoqa_demo
+        from labelstore.trainers.videoqa import run_videoqa_demo
 
         r = run_videoqa_demo(out, seed=seed, progress=not quiet)
         click.echo(r["table"])
@@ -451,7 +451,7 @@ def demo(task: str, out: str, seed: int, quiet: bool) -> None:
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the results as JSON.")
 def bench(images: int, only_image: bool, json_out: str | None) -> None:
     """Throughput and size ratios, measured side by side in one run."""
-    from trainers.bench import run_bench
+    from labelstore.trainers.bench import run_bench
 
     r = run_bench(n_images=images, echo=click.echo, extra=not only_image)
     if json_out:

@@ -31,7 +31,7 @@ def dist_env(rank: int | None = None, world_size: int | None = None) -> tuple[in
 
 def local_device(local_rank: int, device: str | None = None) -> str | None:
     """The device of this process: `device` when given, cuda:LOCAL_RANK when CUDA is present, else None
-    (pipeline.teacher.pick_device's default, the CPU)."""
+    (labelstore.pipeline.teacher.pick_device's default, the CPU)."""
     if device is not None:
         return device
     return f"cuda:{local_rank}" if torch.cuda.is_available() else None

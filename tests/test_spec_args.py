@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from trainers.spec import load_model, spec_arguments
+from labelstore.trainers.spec import load_model, spec_arguments
 
 FACTORY = textwrap.dedent('''
     import torch.nn as nn

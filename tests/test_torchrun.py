@@ -14,8 +14,8 @@ import torch
 from conftest import N_TRAIN, assert_same_arrays
 
 import labelstore
-from pipeline.dist import dist_env, epoch_share
-from pipeline.teacher import weights_hash
+from labelstore.pipeline.dist import dist_env, epoch_share
+from labelstore.pipeline.teacher import weights_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("labelstore"))
@@ -97,7 +97,7 @@ def test_torchrun_ddp_student(taught, shapes_dir, tmp_path):
     assert [h["views"] for h in m["history"]] == [N_TRAIN, N_TRAIN]
     h0, h1 = ddp["weights_sha256_per_rank"]
     assert h0 == h1  # DDP kept the ranks' weights identical
-    from trainers.models import build_model
+    from labelstore.trainers.models import build_model
 
     student = build_model("cnn-tiny", num_classes=10)
     initial = weights_hash(student)

@@ -19,10 +19,10 @@ import torch
 
 import labelstore
 from labelstore.views import inspect_store, plot_stats
-from pipeline.augment import eval_policy, make_policy
-from pipeline.images import ImageFolder, make_shapes_dataset
-from pipeline.teach import TeachConfig, teach
-from pipeline.teacher import weights_hash
+from labelstore.pipeline.augment import eval_policy, make_policy
+from labelstore.pipeline.images import ImageFolder, make_shapes_dataset
+from labelstore.pipeline.teach import TeachConfig, teach
+from labelstore.pipeline.teacher import weights_hash
 
 from .distill import DistillConfig, train_student
 from .fit import TensorBatches, evaluate, seed_everything, train_classifier

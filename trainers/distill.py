@@ -27,9 +27,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipeline.dist import epoch_share
-from pipeline.replay import ReplayLoader
-from pipeline.teacher import weights_hash
+from labelstore.pipeline.dist import epoch_share
+from labelstore.pipeline.replay import ReplayLoader
+from labelstore.pipeline.teacher import weights_hash
 
 from . import losses
 from .fit import DEFAULT_LR, DEFAULT_WD, evaluate, lr_factor, make_optimizer
@@ -41,8 +41,8 @@ class DistillConfig:
     loss: str = "fkd"  # fkd | ferkd | adl
     epochs: int = 0  # 0 = the store's epochs (student epoch e replays store epoch e mod E)
     batch_size: int = 128
-    optimizer: str = "adamw"  # sgd | adamw (trainers.fit.make_optimizer)
-    lr: float | None = None  # None: the optimizer's default in trainers.fit
+    optimizer: str = "adamw"  # sgd | adamw (labelstore.trainers.fit.make_optimizer)
+    lr: float | None = None  # None: the optimizer's default in labelstore.trainers.fit
     weight_decay: float | None = None
     temperature: float = 1.0
     fill: str = "marginal"
@@ -95,7 +95,7 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
 
     Inside a torch.distributed group of W > 1 processes the student is wrapped in
     DistributedDataParallel (gradients averaged over ranks): every rank draws the same permutation
-    of each epoch's (non-skipped) rows and trains on its share (pipeline.dist.epoch_share); losses
+    of each epoch's (non-skipped) rows and trains on its share (labelstore.pipeline.dist.epoch_share); losses
     are averaged over ranks, rank 0 alone evaluates and writes out_dir, and metrics["ddp"] records
     per epoch the views of each rank and the distinct rows seen, and each rank's final weights hash.
     """
@@ -148,7 +148,7 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
             if world > 1:
                 seen.append(t["index"].cpu().numpy())
             loss, info = student_loss(model(x), t, cfg, C, probs)
-            for g in opt.param_groups:  # warmup then cosine over all steps, as trainers.fit
+            for g in opt.param_groups:  # warmup then cosine over all steps, as labelstore.trainers.fit
                 g["lr"] = lr * lr_factor(step / max(steps, 1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
