@@ -712,3 +712,22 @@ def test_teachclip_objective_and_multi_teacher():
     assert gradcheck(lambda a, b: teachclip_loss(a, b, t_sims, t_frs, mask)[0], (s_sim, s_fr))
     with pytest.raises(ValueError):
         teachclip_loss(s_sim, s_fr, t_sims, t_frs[:1])
+
+
+def test_adl_official_code_form_differs_from_paper_form():
+    """docs/losses.md, deviations: the official ADL code weights the binary cross-entropy,
+    ADW · BCE = ADW · (KL + T(q)), where the paper (and adl_loss) weights the KL.
+    The two differ by exactly Σ ADW · T(q) / N: large when the teacher is uncertain."""
+    x = np.array([2.0, -1.0, 0.5, 0.0])
+    q = np.array([0.9, 0.05, 0.3, 0.6])
+    p = 1.0 / (1.0 + np.exp(-x))
+    bce = -(q * np.log(p) + (1 - q) * np.log(1 - p))
+    ent = -(q * np.log(q) + (1 - q) * np.log(1 - q))
+    kl = bce - ent
+    adw = (1.0 - np.exp(-(kl + ent))) ** 2  # gamma = 2, beta = 1
+    n = (q**1.8).sum()
+    paper, official = (adw * kl).sum() / n, (adw * bce).sum() / n
+    ours = adl_loss(torch.tensor(x[None]), torch.tensor(q[None])).item()
+    assert ours == pytest.approx(paper, rel=1e-10)
+    assert official - ours == pytest.approx((adw * ent).sum() / n, rel=1e-10)
+    assert official / ours - 1 == pytest.approx(4.6143, abs=1e-3)  # the figure quoted in docs/losses.md
