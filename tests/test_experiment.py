@@ -138,3 +138,16 @@ def test_table_and_json(tmp_path):
     save_json(r, path, inv)
     loaded = json.loads(path.read_text())
     assert loaded["invocation"] == inv and loaded["paired"]["kd"]["values"] == pytest.approx([5.0, 2.0, 6.0])
+
+
+def test_saved_runs_hold_numpy_values_and_paths(tmp_path):
+    import numpy as np
+
+    def arm(seed):
+        return {"acc": np.float64(0.5 + seed), "curve": np.arange(3), "store": tmp_path / "s.zarr"}
+
+    first = run_experiment({"a": arm}, [0, 1], "acc", "a", out_dir=tmp_path / "runs")
+    saved = json.loads((tmp_path / "runs" / "a" / "seed_1.json").read_text())
+    assert saved["metrics"] == {"acc": 1.5, "curve": [0, 1, 2], "store": str(tmp_path / "s.zarr")}
+    resumed = run_experiment({"a": lambda s: pytest.fail("rerun")}, [0, 1], "acc", "a", out_dir=tmp_path / "runs")
+    assert resumed["arms"]["a"]["values"] == first["arms"]["a"]["values"] == [0.5, 1.5]

@@ -144,11 +144,17 @@ def _load_run(path: Path, arm: str, seed: int, metric: str) -> dict:
     return metrics
 
 
+def _jsonable(o):
+    """numpy / torch values as plain numbers or lists, anything else (paths) as its string."""
+    return o.tolist() if hasattr(o, "tolist") else str(o)
+
+
 def _save_run(path: Path, arm: str, seed: int, metrics: dict) -> None:
     """Write atomically (temp file + rename), so an interruption never leaves half a result."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"arm": arm, "seed": seed, "metrics": metrics}, indent=1, sort_keys=True))
+    record = {"arm": arm, "seed": seed, "metrics": metrics}
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=_jsonable))
     os.replace(tmp, path)
 
 
