@@ -4,7 +4,7 @@
   and stay still) and leave, each in its own frame range, with captions naming one object
   ("a red circle moves left") or both ("..., then ..."). Each caption records the frames
   its object(s) are visible in ("frames_visible"), to check a teacher's frame scores.
-* `make_videoqa_dataset`: clips of three shapes with questions that often have several
+* `make_videoqa_dataset`: clips of three shapes (four with vocab="large": 400 phrase answers) with questions that often have several
   correct answers ("what colour is the shape that moves left?" with two such shapes); the
   training annotation ("answer") is one of them drawn at random, "answers" is the full set.
 * `make_feature_h5`: random per-frame features for `FeatureH5` tests.
@@ -31,6 +31,7 @@ __all__ = [
     "MOTIONS",
     "make_retrieval_dataset",
     "make_videoqa_dataset",
+    "large_answer_vocabulary",
     "make_feature_h5",
     "write_video",
     "video_codec",
@@ -354,6 +355,12 @@ def _questions(rs, objs: Sequence[_Object], max_q: int) -> list[dict]:
         cands.append(("shape_of_colour", f"what shape is {c}?", sorted({o.shape for o in objs if o.colour == c})))
     d = MOTIONS[int(rs.integers(4))]
     cands.append(("count_motion", f"how many shapes move {d}?", [COUNT_WORDS[sum(o.motion == d for o in objs)]]))
+    return _choose(rs, cands, max_q)
+
+
+def _choose(rs, cands: list[tuple[str, str, list[str]]], max_q: int) -> list[dict]:
+    """A random subset of up to max_q candidate (type, question, answers), in candidate order, that
+    includes a several-answer question whenever there is one."""
     multi = [k for k, c in enumerate(cands) if len(c[2]) > 1]
     chosen: list[int] = []
     if multi:
@@ -361,6 +368,64 @@ def _questions(rs, objs: Sequence[_Object], max_q: int) -> list[dict]:
     rest = [k for k in rs.permutation(len(cands)) if k not in chosen]
     chosen += [int(k) for k in rest[: max_q - len(chosen)]]
     return [{"type": cands[k][0], "question": cands[k][1], "answers": cands[k][2]} for k in sorted(chosen)]
+
+
+def _place_objects(rs, looks, motions, frames: int, size: int) -> tuple[list[_Object], np.ndarray]:
+    """Objects with the given (colour, shape) looks and motions at random times and places, re-placed
+    (up to 20 tries) while one is hidden in most of its frames; returns (objects, uint8 video)."""
+    lmin, lmax = _length_range(frames)
+    for _ in range(20):
+        objs = []
+        for (colour, shape), motion in zip(looks, motions):
+            length = int(rs.integers(lmin, lmax + 1))
+            start = int(rs.integers(0, frames - length + 1))
+            objs.append(_new_object(rs, size, frames, colour, shape, motion, start, length))
+        video = _render(rs, objs, frames, size)
+        if all(len(o.visible) >= max(2, len(o.frames) // 2) for o in objs):
+            break
+    return objs, video
+
+
+def _look(o: _Object) -> str:
+    return f"{o.colour} {o.shape}"
+
+
+def _doing(motion: str) -> str:
+    return "stays still" if motion == "static" else f"moves {motion}"
+
+
+def _describe(o: _Object) -> str:
+    """Full description, e.g. 'small red circle moving left' or 'big blue square staying still'."""
+    return f"{o.size} {_look(o)} " + ("staying still" if o.motion == "static" else f"moving {o.motion}")
+
+
+def _questions_large(rs, objs: Sequence[_Object], max_q: int) -> list[dict]:
+    """Questions whose answers are compositional phrases (vocabulary: large_answer_vocabulary())."""
+    cands: list[tuple[str, str, list[str]]] = []
+    for d in sorted({o.motion for o in objs if o.motion != "static"}):
+        cands.append(("object_of_motion", f"which object moves {d}?",
+                      sorted({f"{o.size} {_look(o)}" for o in objs if o.motion == d})))
+    cands.append(("describe", "describe one object in the video.", sorted({_describe(o) for o in objs})))
+    order = sorted({f"{_look(a)} then {_look(b)}" for a in objs for b in objs if a.start < b.start})
+    if order:
+        cands.append(("order", "name two objects in the order they appear.", order))
+    for o in objs:
+        cands.append(("motion_of_object", f"what does the {_look(o)} do?", [_doing(o.motion)]))
+    s = SHAPES[int(rs.integers(len(SHAPES)))]
+    cands.append(("count_shape", f"how many {s}s are there?", [COUNT_WORDS[sum(o.shape == s for o in objs)]]))
+    return _choose(rs, cands, max_q)
+
+
+def large_answer_vocabulary() -> list[str]:
+    """Every answer make_videoqa_dataset(vocab="large") can give (400), in a fixed order."""
+    looks = [f"{c} {s}" for c in COLOURS for s in SHAPES]  # 15
+    out = [f"{z} {lk}" for z in SIZES for lk in looks]  # object_of_motion: 30
+    out += [f"{z} {lk} " + ("staying still" if m == "static" else f"moving {m}")
+            for z in SIZES for lk in looks for m in MOTIONS]  # describe: 150
+    out += [f"{a} then {b}" for a in looks for b in looks if a != b]  # order: 210
+    out += [_doing(m) for m in MOTIONS]  # motion_of_object: 5
+    out += list(COUNT_WORDS)  # count_shape: 5 (at most 4 shapes)
+    return out
 
 
 def make_videoqa_dataset(
@@ -372,18 +437,27 @@ def make_videoqa_dataset(
     seed: int = 0,
     questions_per_video: int = 4,
     overwrite: bool = False,
+    vocab: str = "small",
 ) -> dict[str, Any]:
     """Open-ended VideoQA with insufficient labels.
 
     Writes root/videos/*.mp4, root/questions_{train,test}.jsonl (keys video_id, question, answer =
     one correct answer drawn at random, answers = every correct answer, type) and root/meta.json.
-    Answer vocabulary: colours, shapes, directions (+ "still"), count words.
+    vocab="small": 3 shapes per clip; answers are colours, shapes, directions (+ "still"), count
+    words (21 in all). vocab="large": 4 shapes per clip; answers are phrases composed from size x
+    colour x shape x motion and the order of appearance, 400 in all (`large_answer_vocabulary()`),
+    with several correct answers for most questions (RADI as its paper means it).
     """
+    if vocab not in ("small", "large"):
+        raise ValueError(f"make_videoqa_dataset: vocab must be 'small' or 'large', got {vocab!r}")
+    n_obj = 3 if vocab == "small" else 4
     root = Path(root)
     params = {
         "kind": "videoqa", "n_train": n_train, "n_test": n_test, "frames": frames, "size": size,
         "seed": seed, "questions_per_video": questions_per_video, "version": 1,
     }
+    if vocab != "small":
+        params["vocab"] = vocab
     out = {
         "root": root,
         "videos": root / "videos",
@@ -400,30 +474,21 @@ def make_videoqa_dataset(
     out["videos"].mkdir(parents=True, exist_ok=True)
     codec = video_codec()
     n_q = {}
-    lmin, lmax = _length_range(frames)
     for split, n in (("train", n_train), ("test", n_test)):
         rows = []
         for i in range(n):
             rs = np.random.default_rng([seed, 100 + _SPLIT_IDS[split], i])
             vid = f"{split}_{i:05d}"
-            looks = _distinct_looks(rs, 3)
+            looks = _distinct_looks(rs, n_obj)
             if rs.random() < 0.7:  # two shapes share a direction -> several correct answers
                 shared = MOTIONS[int(rs.integers(4))]
                 other = [m for m in MOTIONS if m != shared]
-                motions = [shared, shared, other[int(rs.integers(len(other)))]]
+                motions = [shared, shared] + [other[int(rs.integers(len(other)))] for _ in range(n_obj - 2)]
             else:
-                motions = [MOTIONS[int(k)] for k in rs.choice(len(MOTIONS), size=3, replace=True)]
-            for _ in range(20):  # re-place the objects if one is hidden in most of its frames
-                objs = []
-                for (colour, shape), motion in zip(looks, motions):
-                    length = int(rs.integers(lmin, lmax + 1))
-                    start = int(rs.integers(0, frames - length + 1))
-                    objs.append(_new_object(rs, size, frames, colour, shape, motion, start, length))
-                video = _render(rs, objs, frames, size)
-                if all(len(o.visible) >= max(2, len(o.frames) // 2) for o in objs):
-                    break
+                motions = [MOTIONS[int(k)] for k in rs.choice(len(MOTIONS), size=n_obj, replace=True)]
+            objs, video = _place_objects(rs, looks, motions, frames, size)
             write_video(out["videos"] / f"{vid}.mp4", video, codec=codec)
-            for q in _questions(rs, objs, questions_per_video):
+            for q in (_questions_large if vocab == "large" else _questions)(rs, objs, questions_per_video):
                 answer = q["answers"][int(rs.integers(len(q["answers"])))]
                 rows.append({"video_id": vid, "question": q["question"], "answer": answer, "answers": q["answers"], "type": q["type"]})
         _write_jsonl(out[f"questions_{split}"], rows)

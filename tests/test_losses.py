@@ -27,6 +27,7 @@ from labelstore.trainers.losses import (
     radi_listwise_loss,
     radi_objective,
     radi_pairwise_loss,
+    sample_cold_full_ranking,
     sample_partial_list,
     sinkhorn_margins,
     soft_label_ce,
@@ -712,3 +713,117 @@ def test_teachclip_objective_and_multi_teacher():
     assert gradcheck(lambda a, b: teachclip_loss(a, b, t_sims, t_frs, mask)[0], (s_sim, s_fr))
     with pytest.raises(ValueError):
         teachclip_loss(s_sim, s_fr, t_sims, t_frs[:1])
+
+
+def test_adl_official_code_form_differs_from_paper_form():
+    """docs/losses.md, deviations: the official ADL code weights the binary cross-entropy,
+    ADW · BCE = ADW · (KL + T(q)), where the paper (and adl_loss) weights the KL.
+    The two differ by exactly Σ ADW · T(q) / N: large when the teacher is uncertain."""
+    x = np.array([2.0, -1.0, 0.5, 0.0])
+    q = np.array([0.9, 0.05, 0.3, 0.6])
+    p = 1.0 / (1.0 + np.exp(-x))
+    bce = -(q * np.log(p) + (1 - q) * np.log(1 - p))
+    ent = -(q * np.log(q) + (1 - q) * np.log(1 - q))
+    kl = bce - ent
+    adw = (1.0 - np.exp(-(kl + ent))) ** 2  # gamma = 2, beta = 1
+    n = (q**1.8).sum()
+    paper, official = (adw * kl).sum() / n, (adw * bce).sum() / n
+    ours = adl_loss(torch.tensor(x[None]), torch.tensor(q[None])).item()
+    assert ours == pytest.approx(paper, rel=1e-10)
+    assert official - ours == pytest.approx((adw * ent).sum() / n, rel=1e-10)
+    assert official / ours - 1 == pytest.approx(4.6143, abs=1e-3)  # the figure quoted in docs/losses.md
+
+
+# --- sample_cold_full_ranking: cold lists over the teacher's full ranking -------------------------
+
+
+def _full_weights(A: int, hot_k: int, scheme: str, alpha: float) -> np.ndarray:
+    """w(k) for the 1-based absolute ranks k = hot_k+1..A (docs/losses.md), normalised."""
+    k = np.arange(hot_k + 1, A + 1, dtype=np.float64)
+    w = np.exp(-alpha * k) if scheme == "exp" else k ** (-alpha)
+    return w / w.sum()
+
+
+def _rank_of(idx: torch.Tensor, probs: torch.Tensor) -> np.ndarray:
+    """1-based rank in the teacher's full ranking of each chosen answer id (probs distinct)."""
+    order = np.argsort(-probs.numpy(), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(1, order.shape[1] + 1)[None].repeat(len(order), 0), axis=1)
+    return np.take_along_axis(rank, idx.numpy(), axis=1)
+
+
+def test_sample_cold_full_ranking_structure_and_seeded_draw():
+    B, A, hot_k, cold_n = 3, 30, 4, 6
+    g = torch.Generator().manual_seed(7)
+    probs = torch.rand(B, A, generator=g, dtype=torch.float64).softmax(1)
+    for scheme, alpha in (("exp", 0.2), ("zipf", 1.3)):
+        idx = sample_cold_full_ranking(probs, hot_k, cold_n, scheme, alpha, torch.Generator().manual_seed(3))
+        assert idx.shape == (B, hot_k + cold_n) and idx.dtype == torch.long
+        # independent numpy reimplementation of the documented draw, from the same uniforms
+        u = torch.rand((B, A - hot_k), dtype=torch.float64, generator=torch.Generator().manual_seed(3)).numpy()
+        k = np.arange(hot_k + 1, A + 1, dtype=np.float64)
+        log_w = -alpha * k if scheme == "exp" else -alpha * np.log(k)
+        keys = log_w - np.log(-np.log(u))
+        order = np.argsort(-probs.numpy(), axis=1, kind="stable")
+        for b in range(B):
+            cold = np.argsort(-keys[b], kind="stable")[:cold_n] + hot_k  # 0-based ranks
+            ranks = np.sort(np.concatenate([np.arange(hot_k), cold]))
+            assert idx[b].tolist() == order[b, ranks].tolist()
+        ranks = _rank_of(idx, probs)
+        assert (np.diff(ranks, axis=1) > 0).all()  # distinct, best first
+        assert (ranks[:, :hot_k] == np.arange(1, hot_k + 1)).all()  # hot list = teacher's top hot_k
+    same = sample_cold_full_ranking(probs, hot_k, cold_n, generator=torch.Generator().manual_seed(3))
+    again = sample_cold_full_ranking(probs, hot_k, cold_n, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(same, again)
+    with pytest.raises(ValueError, match="exceeds"):
+        sample_cold_full_ranking(probs, 25, 6)
+    with pytest.raises(ValueError, match="scheme"):
+        sample_cold_full_ranking(probs, 2, 2, scheme="uniform")
+
+
+@pytest.mark.parametrize("scheme,alpha", [("exp", 0.15), ("zipf", 1.0), ("zipf", 0.6)])
+def test_sample_cold_full_ranking_single_draw_law(scheme, alpha):
+    """cold_n = 1: P(rank k) = w(k) / sum w over k = hot_k+1..A, checked to 5 binomial std errors."""
+    N, A, hot_k = 40000, 40, 3
+    probs = torch.randperm(A, generator=torch.Generator().manual_seed(0)).double().add(1).expand(N, A)
+    idx = sample_cold_full_ranking(probs, hot_k, 1, scheme, alpha, torch.Generator().manual_seed(11))
+    k = _rank_of(idx, probs)[:, hot_k]  # the cold rank of every row
+    freq = np.bincount(k, minlength=A + 1)[hot_k + 1:] / N
+    p = _full_weights(A, hot_k, scheme, alpha)
+    assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / N) + 1e-4)
+
+
+def test_sample_cold_full_ranking_without_replacement_inclusion():
+    """cold_n = 3 of 6 ranks: inclusion probabilities of successive sampling, enumerated exactly."""
+    import itertools
+
+    N, A, hot_k, cold_n = 40000, 7, 1, 3
+    w = _full_weights(A, hot_k, "zipf", 1.5)
+    incl = np.zeros(A - hot_k)
+    for seq in itertools.permutations(range(A - hot_k), cold_n):
+        pr, left = 1.0, 1.0
+        for j in seq:
+            pr *= w[j] / left
+            left -= w[j]
+        incl[list(seq)] += pr
+    probs = torch.linspace(1.0, 0.1, A, dtype=torch.float64).expand(N, A)
+    idx = sample_cold_full_ranking(probs, hot_k, cold_n, "zipf", 1.5, torch.Generator().manual_seed(5))
+    assert len(set(map(tuple, idx.tolist()))) > 1
+    cold = _rank_of(idx, probs)[:, hot_k:] - hot_k - 1  # [N, cold_n] 0-based cold offsets
+    assert (np.diff(cold, axis=1) > 0).all()  # without replacement
+    freq = np.bincount(cold.ravel(), minlength=A - hot_k) / N
+    assert incl.sum() == pytest.approx(cold_n)
+    assert np.all(np.abs(freq - incl) <= 5 * np.sqrt(incl * (1 - incl) / N))
+
+
+def test_sample_cold_full_ranking_reaches_beyond_stored_top_k():
+    """The point of the full ranking: with exp(-0.005 k), hot 10, A = 1000, P(k > 64) = 0.761,
+    i.e. three quarters of single cold draws fall outside a stored top-64."""
+    N, A, hot_k = 20000, 1000, 10
+    probs = torch.linspace(1.0, 0.0, A, dtype=torch.float64).expand(N, A)  # answer id = rank - 1
+    p = _full_weights(A, hot_k, "exp", 0.005)
+    beyond = p[64 - hot_k:].sum()  # ranks 65..1000
+    assert beyond == pytest.approx(0.761, abs=1e-3)
+    idx = sample_cold_full_ranking(probs, hot_k, 1, "exp", None, torch.Generator().manual_seed(2))
+    frac = (idx[:, hot_k] >= 64).double().mean().item()
+    assert abs(frac - beyond) <= 5 * math.sqrt(beyond * (1 - beyond) / N)

@@ -9,6 +9,7 @@ from .radi import (
     radi_listwise_loss,
     radi_objective,
     radi_pairwise_loss,
+    sample_cold_full_ranking,
     sample_partial_list,
     sinkhorn_margins,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "radi_listwise_loss",
     "radi_objective",
     "radi_pairwise_loss",
+    "sample_cold_full_ranking",
     "sample_partial_list",
     "sinkhorn_margins",
     "soft_label_ce",

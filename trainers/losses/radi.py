@@ -211,6 +211,54 @@ def sample_partial_list(
     return order.gather(1, ranks)
 
 
+def sample_cold_full_ranking(
+    teacher_probs: Tensor,
+    hot_k: int,
+    cold_n: int,
+    scheme: str = "exp",
+    alpha: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Partial list over the teacher's FULL ranking (RADI as in the paper): hot top-hot_k + cold_n.
+
+    teacher_probs: [B, A] the teacher's distribution over all A answers -> idx: [B, hot_k + cold_n]
+    answer ids (long), sorted by teacher probability, best first (ties: lower id first).
+    With k = 1..A the 1-based rank in the teacher's full ranking (k = 1 is the best answer), the
+    cold list is cold_n distinct ranks from k = hot_k+1..A drawn without replacement, one at a
+    time, each draw with probability proportional to
+        w(k) = exp(-alpha * k)   scheme="exp"   (default alpha 0.005)
+        w(k) = k^(-alpha)        scheme="zipf"  (default alpha 1.0)
+    among the ranks not yet drawn (successive sampling). Exact, by the Gumbel-top-k identity:
+        g_k = log w(k) - log(-log u_k),  u = torch.rand([B, A - hot_k], float64, generator)
+        cold = the cold_n ranks with the largest g_k
+    (one rand call per call of this function, so a seeded generator gives a fixed draw).
+    Unlike sample_partial_list, which ranks the cold part r = 1, 2, ... from the best of the
+    rest, k here is the absolute rank; the exp law is the same either way, the zipf law is not.
+    """
+    if scheme not in DEFAULT_ALPHA:
+        raise ValueError(f"scheme must be one of {tuple(DEFAULT_ALPHA)}, got {scheme!r}")
+    if teacher_probs.dim() != 2:
+        raise ValueError(f"teacher_probs must be [B, A], got shape {tuple(teacher_probs.shape)}")
+    B, A = teacher_probs.shape
+    if hot_k < 0 or cold_n < 0:
+        raise ValueError(f"hot_k and cold_n must be >= 0, got {hot_k}, {cold_n}")
+    if hot_k + cold_n > A:
+        raise ValueError(f"hot_k + cold_n = {hot_k + cold_n} exceeds the {A} answers per row")
+    alpha = DEFAULT_ALPHA[scheme] if alpha is None else alpha
+    order = torch.argsort(teacher_probs, dim=1, descending=True, stable=True)  # [B, A] ids by rank
+    ranks = torch.arange(hot_k, device=order.device).expand(B, hot_k)  # [B, hot_k] 0-based
+    if cold_n > 0:
+        k = torch.arange(hot_k + 1, A + 1, dtype=torch.float64, device=order.device)  # [A - hot_k]
+        log_w = -alpha * k if scheme == "exp" else -alpha * torch.log(k)
+        u = torch.rand((B, A - hot_k), dtype=torch.float64, generator=generator)  # [B, A - hot_k]
+        u = u.clamp_min(torch.finfo(torch.float64).tiny).to(order.device)
+        keys = log_w - torch.log(-torch.log(u))  # [B, A - hot_k] Gumbel-perturbed log weights
+        cold = keys.topk(cold_n, dim=1).indices  # [B, cold_n] 0-based offsets after the hot list
+        ranks = torch.cat([ranks, hot_k + cold], dim=1)
+    ranks, _ = ranks.sort(dim=1)  # best first
+    return order.gather(1, ranks)
+
+
 LIST_METHODS = ("listmle", "listnet", "stlistnet", "lambda")
 
 
