@@ -157,6 +157,11 @@ def _rows(r) -> int:
     return len(r) if isinstance(r, torch.Tensor) else len(r[0])
 
 
+def is_dual_encoder(model: torch.nn.Module) -> bool:
+    """A dual-encoder retrieval model: s(c, v) = similarity_scale * <text_embedding(c), video_embedding(v)>."""
+    return all(hasattr(model, a) for a in ("video_embedding", "text_embedding", "similarity_scale"))
+
+
 def teacher_info(teacher: torch.nn.Module, name: str | None = None) -> dict:
     return {"name": name or getattr(teacher, "name", type(teacher).__name__), "weights_sha256": weights_hash(teacher),
             "params": int(sum(p.numel() for p in teacher.parameters()))}
@@ -242,8 +247,6 @@ def teach_retrieval(
     """
     if mode not in MODES:
         raise ValueError(f"teach_retrieval: mode must be one of {MODES}, got {mode!r}")
-    from labelstore.trainers.retrieval_models import is_dual_encoder
-
     if mode == "embeddings" and not is_dual_encoder(teacher):
         raise ValueError(f"teach_retrieval: mode 'embeddings' needs a dual-encoder teacher (video_embedding, "
                          f"text_embedding, similarity_scale); {type(teacher).__name__} is cross-modal: use 'dense' or 'batches'")

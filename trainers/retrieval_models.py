@@ -189,7 +189,3 @@ class HolisticStudent(nn.Module):
 
     def similarity_scale(self) -> float:
         return float(self.scale().detach())
-
-
-def is_dual_encoder(model: nn.Module) -> bool:
-    return all(hasattr(model, a) for a in ("video_embedding", "text_embedding", "similarity_scale"))
