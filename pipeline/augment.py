@@ -53,6 +53,7 @@ __all__ = [
     "make_policy",
     "op_from_json",
     "register_op",
+    "to_input",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -539,6 +540,22 @@ def op_from_json(d: dict) -> Op:
             "import the module that defines it (decorated with @pipeline.augment.register_op) before opening the store"
         )
     return cls(**d.get("config", {}))
+
+
+def to_input(views: torch.Tensor, partner: torch.Tensor | None, lam: torch.Tensor | None,
+             mean, std, device) -> torch.Tensor:
+    """uint8 views [B, 3, H, W] -> the model's float32 input [B, 3, H, W] on device (teacher and student alike).
+
+    x = v / 255; with a MixUp partner: x = lam * x + (1 - lam) * partner / 255 (lam float32 [B]);
+    then (x - mean) / std per channel. Runs after the transfer, so only uint8 crosses the bus.
+    """
+    x = views.to(device, non_blocking=True).float().div_(255.0)
+    if partner is not None:
+        lam = lam.to(device, torch.float32).view(-1, 1, 1, 1)
+        x = lam * x + (1.0 - lam) * partner.to(device, non_blocking=True).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 # --------------------------------------------------------------------------- policy
