@@ -52,6 +52,8 @@ __all__ = [
     "eval_policy",
     "make_policy",
     "op_from_json",
+    "register_op",
+    "to_input",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -515,11 +517,45 @@ _OP_TYPES: dict[str, type[Op]] = {
 }
 
 
+def register_op(cls: type[Op]) -> type[Op]:
+    """Make a user's Op subclass replayable: policies record it as {"type": cls.__name__, "config": ...}.
+
+    Use as a class decorator; register it again (import the module that defines it) in every process
+    that opens a store recorded with it. A name taken by another class is refused.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Op)):
+        raise TypeError(f"register_op takes an Op subclass, got {cls!r}")
+    known = _OP_TYPES.get(cls.__name__)
+    if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
+        raise ValueError(f"op type {cls.__name__!r} is already registered by {known.__module__}.{known.__qualname__}")
+    _OP_TYPES[cls.__name__] = cls
+    return cls
+
+
 def op_from_json(d: dict) -> Op:
     cls = _OP_TYPES.get(d.get("type"))
     if cls is None:
-        raise ValueError(f"unknown op type {d.get('type')!r}; known: {sorted(_OP_TYPES)}")
+        raise ValueError(
+            f"unknown op type {d.get('type')!r}; known: {sorted(_OP_TYPES)}. If it is your own Op subclass, "
+            "import the module that defines it (decorated with @pipeline.augment.register_op) before opening the store"
+        )
     return cls(**d.get("config", {}))
+
+
+def to_input(views: torch.Tensor, partner: torch.Tensor | None, lam: torch.Tensor | None,
+             mean, std, device) -> torch.Tensor:
+    """uint8 views [B, 3, H, W] -> the model's float32 input [B, 3, H, W] on device (teacher and student alike).
+
+    x = v / 255; with a MixUp partner: x = lam * x + (1 - lam) * partner / 255 (lam float32 [B]);
+    then (x - mean) / std per channel. Runs after the transfer, so only uint8 crosses the bus.
+    """
+    x = views.to(device, non_blocking=True).float().div_(255.0)
+    if partner is not None:
+        lam = lam.to(device, torch.float32).view(-1, 1, 1, 1)
+        x = lam * x + (1.0 - lam) * partner.to(device, non_blocking=True).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 # --------------------------------------------------------------------------- policy

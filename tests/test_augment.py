@@ -1,4 +1,5 @@
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from labelstore.pipeline.augment import (
     CutMix,
     HorizontalFlip,
     MixUp,
+    Op,
     Policy,
     RandomResizedCrop,
     Resize,
@@ -447,3 +449,116 @@ def test_make_policy_contents():
     assert ev.mean == A.IMAGENET_MEAN and ev.std == A.IMAGENET_STD
     assert make_policy("crop-flip").param_spec() == {"rrc/box": ("uint16", (4,)), "flip/flag": ("bool", ())}
     assert ev.partners({}, n=3).tolist() == [-1, -1, -1]
+
+
+# ---------------------------------------------------------------- open ops (user-registered)
+
+_USER_OP = '''
+from dataclasses import dataclass
+import numpy as np
+from pipeline import rng
+from pipeline.augment import Op, register_op
+
+
+@register_op
+@dataclass(frozen=True)
+class Invert(Op):
+    """Invert the view's pixels with probability p (a user's own recordable op)."""
+
+    p: float = 0.5
+    name: str = "invert"
+
+    def param_spec(self):
+        return {"flag": ("bool", ())}
+
+    def sample(self, seed, epoch, ids, src_shape, num_samples, *, output_size=None):
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        return {"flag": rng.uniform(seed, epoch, ids, self._stream("flag"))[:, 0] < self.p}
+
+    def apply(self, x, params):
+        return 1.0 - x if bool(params["flag"]) else x
+'''
+
+_REPLAY = '''
+import json, sys
+import numpy as np
+from PIL import Image
+from labelstore.integrity import view_digest
+from pipeline.augment import Policy
+if sys.argv[1] == "register":
+    import user_ops  # noqa: F401  (registers Invert)
+d = json.load(open("policy.json"))
+pol = Policy.from_json(d["policy"])
+img = np.asarray(Image.open(d["image"]).convert("RGB"))
+rows = {k: np.asarray(v) for k, v in d["rows"].items()}
+print(json.dumps([int(view_digest(pol.render(img, {k: v[i] for k, v in rows.items()}).numpy())) for i in range(4)]))
+'''
+
+
+def test_user_registered_op_replays_in_a_new_process(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from labelstore.integrity import view_digest
+
+    (tmp_path / "user_ops.py").write_text(_USER_OP)
+    (tmp_path / "replay.py").write_text(_REPLAY)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import user_ops
+    finally:
+        sys.path.remove(str(tmp_path))
+    image = str(Path(__file__).parent / "golden" / "pattern.png")
+    pol = Policy(ops=(RandomResizedCrop(), user_ops.Invert(p=0.5)), output_size=(16, 16))
+    rows = pol.sample(3, 0, np.arange(4), np.tile([96, 128], (4, 1)), 4)
+    assert rows["invert/flag"].any() and not rows["invert/flag"].all()  # both branches are exercised
+    img = np.asarray(Image.open(image).convert("RGB"))
+    here = [int(view_digest(pol.render(img, {k: v[i] for k, v in rows.items()}).numpy())) for i in range(4)]
+    rec = {"policy": pol.to_json(), "image": image, "rows": {k: v.tolist() for k, v in rows.items()}}
+    (tmp_path / "policy.json").write_text(json.dumps(rec))
+    run = lambda mode: subprocess.run(  # noqa: E731
+        [sys.executable, "replay.py", mode], cwd=tmp_path, capture_output=True, text=True,
+        env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{Path(__file__).parents[1]}"},
+    )
+    fresh = run("register")
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout) == here
+    missing = run("none")
+    assert missing.returncode != 0
+    assert "unknown op type 'Invert'" in missing.stderr and "register_op" in missing.stderr
+
+
+def test_register_op_refuses_a_taken_name_and_non_ops():
+    from pipeline.augment import register_op
+
+    with pytest.raises(TypeError, match="Op subclass"):
+        register_op(int)
+
+    @dataclass(frozen=True)
+    class HorizontalFlip(Op):  # same name as the built-in
+        name: str = "hf2"
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_op(HorizontalFlip)
+
+
+def test_to_input_normalises_and_blends_uint8_views():
+    from pipeline.augment import to_input
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.randint(0, 256, (2, 3, 4, 5), generator=g, dtype=torch.uint8)
+    p = torch.randint(0, 256, (2, 3, 4, 5), generator=g, dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    plain = to_input(v, None, None, mean, std, "cpu")
+    assert plain.dtype == torch.float32
+    torch.testing.assert_close(plain, (v.double() / 255 - m.double()).div(s.double()).float())
+    lam = torch.tensor([0.25, 1.0])
+    mixed = to_input(v, p, lam, mean, std, "cpu")
+    want = (lam.view(-1, 1, 1, 1) * v / 255 + (1 - lam.view(-1, 1, 1, 1)) * p / 255 - m) / s
+    torch.testing.assert_close(mixed, want)
+    torch.testing.assert_close(mixed[1], plain[1])  # lam 1: the partner does not count

@@ -7,6 +7,7 @@ Figures (issue targets in brackets):
   4. label read path alone: records/s decoded per core, top-5 + crop/flip      [>= 500,000]
   5. on-disk bytes per view, 1000 classes, top-5, crop+flip                    [<= 32]
   6. sinkhorn_margins on 256 lists of 100 candidates                           [well under 1 s]
+  7. uint8 render kernel, one core, 224 px crop-flip from 500x375 JPEGs, vs the float path [>= 2,000]
 """
 
 from __future__ import annotations
@@ -124,6 +125,50 @@ def bench_bytes_per_view(data, tmp: str, epochs: int = 4) -> dict:
             "per_array": {n: sizes[n] / views for n in store.epoch_arrays()}}
 
 
+def bench_render(tmp: str, n: int = 256, size: int = 224) -> dict:
+    """Figure 7: views/s on one core, crop-flip at size x size from decoded 500x375 JPEGs:
+    the numba uint8 kernel (1 numba thread) against the float32 torch path (Policy.render), same params."""
+    import numba
+    from PIL import Image
+
+    from pipeline import kernels
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:375, 0:500]
+    images = []
+    for i in range(16):
+        a = np.stack([(x + 7 * i) % 256, (y * 2 + i) % 256, (x + y) // 4 % 256], -1) + rng.integers(0, 32, (375, 500, 3))
+        path = os.path.join(tmp, f"src{i}.jpg")
+        Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        images.append(np.asarray(Image.open(path).convert("RGB")))
+    t = time.perf_counter()
+    for i in range(4):
+        for path in (os.path.join(tmp, f"src{j}.jpg") for j in range(16)):
+            np.asarray(Image.open(path).convert("RGB"))
+    decode = 64 / (time.perf_counter() - t)
+    policy = make_policy("crop-flip", output_size=(size, size))
+    rows = policy.sample(0, 0, np.arange(n), np.tile([375, 500], (n, 1)), n)
+    srcs = [images[i % 16] for i in range(n)]
+    threads, torch_threads = numba.get_num_threads(), torch.get_num_threads()
+    kernels.set_threads(1)
+    torch.set_num_threads(1)
+    try:
+        kernels.crop_resize_batch(srcs[:2], rows["rrc/box"][:2], rows["flip/flag"][:2], (size, size))  # compile
+        t = time.perf_counter()
+        kernels.crop_resize_batch(srcs, rows["rrc/box"], rows["flip/flag"], (size, size))
+        kernel = n / (time.perf_counter() - t)
+        m = min(n, 64)
+        t = time.perf_counter()
+        for i in range(m):
+            policy.render(srcs[i], {k: v[i] for k, v in rows.items()})
+        old = m / (time.perf_counter() - t)
+    finally:
+        numba.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
+    return {"kernel_views_per_s": kernel, "float_views_per_s": old, "ratio": kernel / old,
+            "decode_images_per_s": decode, "size": size}
+
+
 def run_bench(n_images: int = 2048, echo=print, extra: bool = True) -> dict:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,6 +195,10 @@ def run_bench(n_images: int = 2048, echo=print, extra: bool = True) -> dict:
         sk = bench_sinkhorn(batch=256, k=100, repeats=5)
         r["sinkhorn"] = sk
         echo(f"6. sinkhorn_margins 256 x 100: {sk['seconds_per_call']:.3f} s per call (median of {sk['repeats']})")
+        r["render"] = s = bench_render(tmp)
+        echo(f"7. render one core, {s['size']} px crop-flip from 500x375 JPEGs: uint8 kernel {s['kernel_views_per_s']:.0f}"
+             f" / float path {s['float_views_per_s']:.0f} views/s = {s['ratio']:.1f}x; PIL decode "
+             f"{s['decode_images_per_s']:.0f} images/s   [target >= 2,000]")
         if extra:
             r.update(_task_benches(echo))
     return r
