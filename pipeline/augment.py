@@ -537,7 +537,7 @@ def op_from_json(d: dict) -> Op:
     if cls is None:
         raise ValueError(
             f"unknown op type {d.get('type')!r}; known: {sorted(_OP_TYPES)}. If it is your own Op subclass, "
-            "import the module that defines it (decorated with @pipeline.augment.register_op) before opening the store"
+            "import the module that defines it (decorated with @labelstore.pipeline.augment.register_op) before opening the store"
         )
     return cls(**d.get("config", {}))
 

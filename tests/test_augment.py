@@ -456,8 +456,8 @@ def test_make_policy_contents():
 _USER_OP = '''
 from dataclasses import dataclass
 import numpy as np
-from pipeline import rng
-from pipeline.augment import Op, register_op
+from labelstore.pipeline import rng
+from labelstore.pipeline.augment import Op, register_op
 
 
 @register_op
@@ -484,7 +484,7 @@ import json, sys
 import numpy as np
 from PIL import Image
 from labelstore.integrity import view_digest
-from pipeline.augment import Policy
+from labelstore.pipeline.augment import Policy
 if sys.argv[1] == "register":
     import user_ops  # noqa: F401  (registers Invert)
 d = json.load(open("policy.json"))
@@ -533,7 +533,7 @@ def test_user_registered_op_replays_in_a_new_process(tmp_path):
 
 
 def test_register_op_refuses_a_taken_name_and_non_ops():
-    from pipeline.augment import register_op
+    from labelstore.pipeline.augment import register_op
 
     with pytest.raises(TypeError, match="Op subclass"):
         register_op(int)
@@ -547,7 +547,7 @@ def test_register_op_refuses_a_taken_name_and_non_ops():
 
 
 def test_to_input_normalises_and_blends_uint8_views():
-    from pipeline.augment import to_input
+    from labelstore.pipeline.augment import to_input
 
     g = torch.Generator().manual_seed(0)
     v = torch.randint(0, 256, (2, 3, 4, 5), generator=g, dtype=torch.uint8)

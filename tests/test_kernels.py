@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from labelstore.integrity import view_digest
-from pipeline import kernels as K
+from labelstore.pipeline import kernels as K
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -131,7 +131,7 @@ def bench_render(tmp: str, n: int = 256, size: int = 224) -> dict:
     import numba
     from PIL import Image
 
-    from pipeline import kernels
+    from labelstore.pipeline import kernels
 
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:375, 0:500]
