@@ -12,12 +12,17 @@ import sys
 import click
 
 import labelstore
-from labelstore.integrity import StoreError
+from labelstore.errors import LabelstoreError
 
 
 def _fail(msg: str) -> None:
     click.echo(f"error: {msg}", err=True)
     sys.exit(2)
+
+
+def _warn(msg: str | None) -> None:
+    if msg:
+        click.echo(f"warning: {msg}", err=True)
 
 
 class _Group(click.Group):
@@ -28,7 +33,7 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (StoreError, DecodeError, FileNotFoundError) as e:
+        except (LabelstoreError, DecodeError, FileNotFoundError) as e:
             _fail(str(e))
         except ValueError as e:
             if type(e).__module__.split(".")[0] in ("pipeline", "trainers", "labelstore"):
@@ -89,6 +94,7 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])
 @click.option("--similarity-mode", type=click.Choice(["dense", "embeddings", "batches"]), default="dense",
               show_default=True, help="(retrieval) how teacher similarities are stored.")
 @click.option("--teacher", required=True, help="Checkpoint .pt, built-in model name, or module:callable.")
+@click.option("--allow-untrained-teacher", is_flag=True, help="Accept a built-in model name (random weights) as teacher.")
 @click.option("--out", required=True, type=click.Path(), help="Store to write (a directory, *.zarr).")
 @click.option("--epochs", default=4, show_default=True, help="Epochs of views to label.")
 @click.option("--top-k", default=5, show_default=True)
@@ -113,11 +119,18 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])
 @click.option("--rank", default=0, show_default=True, help="This process's rank (several processes fill one store).")
 @click.option("--world-size", default=1, show_default=True)
 @click.option("--quiet", is_flag=True)
-def teach(task, data_spec, captions, questions, frames, frame_size, similarity_mode, teacher, out, epochs, top_k,
-          mc_passes, policy_name, crop_scale, image_size, seed, num_classes, batch_size, views_per_decode,
-          shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest, resume, overwrite, rank,
-          world_size, quiet) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
+def teach(task, data_spec, captions, questions, frames, frame_size, similarity_mode, teacher, allow_untrained_teacher,
+          out, epochs, top_k, mc_passes, policy_name, crop_scale, image_size, seed, num_classes, batch_size,
+          views_per_decode, shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest, resume, overwrite,
+          rank, world_size, quiet, as_json) -> None:
     """Run the teacher once over every (epoch, sample) view and write the label store."""
+    from pipeline import checks
+    from trainers.models import MODELS
+
+    checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
+    if task == "classification":
+        checks.check_policy_name(policy_name)
     if task == "retrieval":
         from trainers.retrieval import cli_teach_retrieval
 
@@ -126,6 +139,8 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
         r = cli_teach_retrieval(out, data_spec, captions, teacher, epochs=epochs, num_frames=frames,
                                 frame_size=frame_size, mode=similarity_mode, batch_size=batch_size, seed=seed,
                                 resume=resume, overwrite=overwrite, progress=not quiet)
+        if as_json:
+            return _echo_json({"store": out, **r})
         click.echo(f"{out}: {r['captions']} captions x {r['videos']} videos, {epochs} epochs, mode {r['mode']}, "
                    f"{r['seconds']:.1f}s ({r['pairs_per_s']:.0f} pairs/s), {'complete' if r['complete'] else 'incomplete'}")
         return
@@ -138,6 +153,8 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
         r = cli_teach_videoqa(out, data_spec, questions, teacher, epochs=epochs, top_k=top_k, mc_passes=mc_passes,
                               batch_size=batch_size, seed=seed, resume=resume, overwrite=overwrite,
                               progress=not quiet, **given)
+        if as_json:
+            return _echo_json({"store": out, **r})
         click.echo(f"{out}: {r['views']} views (K={r['top_k']}, T={mc_passes}) in {r['seconds']:.1f}s, "
                    f"{'complete' if r['complete'] else 'incomplete'}")
         return
@@ -149,12 +166,19 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
     source = open_source(data_spec)
     C = num_classes or len(source.classes)
     model, info = load_teacher(teacher, C)
+    _warn(checks.mc_without_dropout(model, mc_passes))
     policy = make_policy(policy_name, output_size=(image_size, image_size), crop_scale=crop_scale)
     cfg = TeachConfig(epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
                       views_per_decode=views_per_decode, shard_rows=shard_samples, chunk_rows=chunk_samples,
                       skip_bad=skip_bad, digests=not no_digest, decode_workers=workers)
     stats = run_teach(out, source, model, policy, cfg, teacher_info=info, num_classes=C, device=device, amp=amp,
                       resume=resume, overwrite=overwrite, rank=rank, world_size=world_size, progress=not quiet)
+    if stats["complete"]:
+        from labelstore.views import mean_topk_mass
+
+        _warn(checks.low_topk_mass(mean_topk_mass(labelstore.open(out)), top_k))
+    if as_json:
+        return _echo_json({"store": out, **stats})
     state = "complete" if stats["complete"] else "incomplete (other ranks still running)"
     click.echo(f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}")
 

@@ -42,6 +42,11 @@ def _client(scheduler: str | None):
     return Client(scheduler)
 
 
+def mean_topk_mass(store) -> float:
+    """mean over all (epoch, row) of sum_k topk_values: the share of the teacher's probability kept."""
+    return float(to_dask(store)["topk_values"].astype("float32").sum(-1).mean().compute())
+
+
 def classification_stats(store, scheduler: str | None = None, bins: int = 20) -> dict:
     """Per-epoch statistics of an image-classification store, computed with Dask.
 
