@@ -58,16 +58,19 @@ def _echo_json(obj) -> None:
 @click.option("--train", "n_train", default=2000, show_default=True)
 @click.option("--test", "n_test", default=500, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def data(kind: str, out: str, n_train: int, n_test: int, seed: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
+def data(kind: str, out: str, n_train: int, n_test: int, seed: int, as_json: bool) -> None:
     """Write a built-in generated dataset as real image files (ImageFolder layout) or HDF5."""
     from pipeline import images
 
     if kind == "shapes":
         train, test = images.make_shapes_dataset(out, n_train=n_train, n_test=n_test, seed=seed)
-        click.echo(f"wrote {train} ({n_train} images) and {test} ({n_test} images)")
+        r = {"train": str(train), "test": str(test), "n_train": n_train, "n_test": n_test}
+        msg = f"wrote {train} ({n_train} images) and {test} ({n_test} images)"
     else:
         images.make_hdf5_dataset(out, n_train, seed=seed)
-        click.echo(f"wrote {out} ({n_train} images)")
+        r, msg = {"train": str(out), "n_train": n_train}, f"wrote {out} ({n_train} images)"
+    click.echo(json.dumps(r) if as_json else msg)
 
 
 def load_teacher(spec: str, num_classes: int):
@@ -264,13 +267,21 @@ def inspect(store_path: str, as_json: bool, plot: str | None, scheduler: str | N
 @click.argument("store_path", type=click.Path(exists=True))
 @click.option("--data", "data_spec", required=True, help="The dataset the store was built from.")
 @click.option("--teacher", default=None, help="Recompute the teacher on replayed views (checkpoint / name / module:callable).")
+@click.option("--allow-untrained-teacher", is_flag=True, help="Accept a built-in model name (random weights) as teacher.")
 @click.option("--samples", default=64, show_default=True, help="Random (epoch, sample) views to replay.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--json", "as_json", is_flag=True)
-def verify(store_path, data_spec, teacher, samples, seed, device, as_json) -> None:
-    """Check fingerprints, chunk checksums, pixel identity of replayed views and (with --teacher) the labels."""
+def verify(store_path, data_spec, teacher, allow_untrained_teacher, samples, seed, device, as_json) -> None:
+    """Check fingerprints, chunk checksums, pixel identity of replayed views and (with --teacher) the labels.
+
+    Damage does not stop it: every damaged array and row range is listed, the other checks carry on,
+    and the exit status is 1."""
+    from pipeline import checks
     from pipeline.images import open_source
+    from trainers.models import MODELS
+
+    checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
     from pipeline.verify import verify as run_verify
 
     store = labelstore.open(store_path)
@@ -284,6 +295,8 @@ def verify(store_path, data_spec, teacher, samples, seed, device, as_json) -> No
         click.echo(f"chunk checksums: {f'{len(problems)} problems' if problems else 'ok'}")
         for p in problems:
             click.echo(f"  {p}")
+        for p in r["replay_problems"]:
+            click.echo(f"  replay: {p}")
         click.echo(f"replayed views: {r['digests_equal']}/{r['digests_checked']} pixel-identical (crc32c of the input)")
         if "teacher_mismatches" in r:
             click.echo(f"teacher recomputed on {r['views_checked']} views: {r['teacher_mismatches']} disagree with the "
@@ -323,9 +336,10 @@ def verify(store_path, data_spec, teacher, samples, seed, device, as_json) -> No
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--out", required=True, type=click.Path(), help="Directory for the checkpoint and metrics.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout (nothing else).")
 def train(task, store_path, data_spec, captions, questions, student, mode, loss, eval_questions, eval_captions, hot_k,
           cold_n, cold_scheme, alpha, online_teacher, eval_data, epochs, batch_size, lr, temperature, fill,
-          hard_weight, ferkd_low, ferkd_high, workers, seed, device, out) -> None:
+          hard_weight, ferkd_low, ferkd_high, workers, seed, device, out, as_json) -> None:
     """Train a student on the store's replayed views (from the cache, an online teacher, or no teacher)."""
     if mode == "online" and not online_teacher:
         _fail("--mode online needs --online-teacher SPEC")
@@ -336,6 +350,8 @@ def train(task, store_path, data_spec, captions, questions, student, mode, loss,
                                 mode="infonce" if mode == "none" else mode, online_teacher=online_teacher,
                                 eval_captions=eval_captions, epochs=epochs or 4, batch_size=batch_size, seed=seed,
                                 out=out, progress=True)
+        if as_json:
+            return _echo_json(m)
         click.echo(f"{mode}: {m['epochs']} epochs in {m['seconds']:.1f}s; eval {m.get('eval')} -> {out}")
         return
     if task == "videoqa":
@@ -349,6 +365,8 @@ def train(task, store_path, data_spec, captions, questions, student, mode, loss,
                               student_spec=student, eval_questions=eval_questions, epochs=epochs or 4,
                               batch_size=batch_size, hot_k=hot_k, cold_n=cold_n, scheme=cold_scheme, alpha=alpha,
                               seed=seed, out=out, progress=True)
+        if as_json:
+            return _echo_json(m)
         click.echo(f"{method} ({mode}): {m.get('seconds', 0):.1f}s; eval {m.get('eval')} -> {out}")
         return
     student = student or "cnn-tiny"
@@ -372,6 +390,8 @@ def train(task, store_path, data_spec, captions, questions, student, mode, loss,
                         ferkd={"low": ferkd_low, "high": ferkd_high, "epsilon": 0.1})
     m = train_student(model, store, data, cfg, eval_batches=(lambda: evals) if evals else None, teacher=teacher,
                       device=pick_device(device), out_dir=out)
+    if as_json:
+        return _echo_json(m)
     f = m["final"]
     acc = f" eval accuracy {f['eval_accuracy']:.4f}" if "eval_accuracy" in f else ""
     click.echo(f"{mode}: {len(m['history'])} epochs in {m['seconds']:.1f}s, loss {f.get('loss', float('nan')):.4f}{acc}"

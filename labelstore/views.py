@@ -102,10 +102,19 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
 
 def inspect_store(store, scheduler: str | None = None) -> dict:
     """The statistics `labelstore inspect` prints, for the store's task."""
+    from .errors import StoreError
+    from .integrity import verify_chunks
+
     stats = globals().get(f"{store.task}_stats")  # classification_stats, retrieval_stats, videoqa_stats
-    if stats is not None:
+    if stats is None:
+        raise StoreError(f"{store.path}: inspect does not know task {store.task!r}")
+    try:
         return stats(store, scheduler=scheduler)
-    raise ValueError(f"{store.path}: inspect does not know task {store.task!r}")
+    except Exception:
+        problems = verify_chunks(store.group)
+        if not problems:
+            raise  # not damage: a bug, keep the traceback
+        raise StoreError(f"{store.path}: damaged, cannot compute statistics: {'; '.join(problems)}") from None
 
 
 def plot_stats(stats: dict, path: str) -> None:
