@@ -239,17 +239,40 @@ def info(store_path: str, as_json: bool) -> None:
 @main.command()
 @click.argument("store_path", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--plot", type=click.Path(), default=None, help="Write a PNG of the statistics.")
+@click.option("--plot", type=click.Path(), default=None, help="Write a PNG of the per-epoch statistics.")
+@click.option("--report", type=click.Path(), default=None,
+              help="Write a self-contained HTML report (figures + tables); classification stores.")
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address (default: local threads).")
 @click.option("--allow-incomplete", is_flag=True)
-def inspect(store_path: str, as_json: bool, plot: str | None, scheduler: str | None, allow_incomplete: bool) -> None:
-    """Per-epoch label statistics computed with Dask from the Zarr arrays."""
-    from labelstore.views import inspect_store, plot_stats
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def inspect(store_path: str, as_json: bool, plot: str | None, report: str | None, scheduler: str | None,
+            allow_incomplete: bool, quiet: bool) -> None:
+    """Per-epoch label statistics computed with Dask from the Zarr arrays (progress on stderr)."""
+    import contextlib
+
+    from dask.diagnostics import ProgressBar
+
+    from labelstore.views import classification_details, inspect_store, plot_stats
 
     store = labelstore.open(store_path, allow_incomplete=allow_incomplete)
-    stats = inspect_store(store, scheduler=scheduler)
+    progress = contextlib.nullcontext() if quiet or scheduler else ProgressBar(out=sys.stderr)
+    with progress:
+        stats = inspect_store(store, scheduler=scheduler)
+        details = classification_details(store, scheduler=scheduler) if store.task == "classification" else None
+    if details:
+        from pipeline.checks import low_topk_mass
+
+        _warn(low_topk_mass(sum(stats["per_epoch"]["topk_mass"]) / len(stats["per_epoch"]["topk_mass"]), store.top_k))
+        stats["details"] = details
     if plot:
         plot_stats(stats, plot)
+    if report:
+        from labelstore import report as rep
+
+        info = store_info(store)
+        names = (info.get("dataset") or {}).get("classes") or [str(c) for c in range(store.num_classes)]
+        figs = rep.classification_figures(stats, details, info, names) if details else {}
+        rep.write_html(report, info, stats, details, figs, names)
     if as_json:
         return _echo_json(stats)
     per = stats["per_epoch"]
@@ -259,8 +282,14 @@ def inspect(store_path: str, as_json: bool, plot: str | None, scheduler: str | N
         click.echo(f"{e:>5}  " + "  ".join(f"{per[k][e]:>15.4f}" for k in keys))
     for name, h in stats.get("histograms", {}).items():
         click.echo(f"{name}: counts {h['counts']}")
+    if details:
+        click.echo(f"ECE {details['ece']:.4f}; FerKD bands (<{details['ferkd']['low']}, between, "
+                   f">{details['ferkd']['high']}): {details['ferkd']['below']}, {details['ferkd']['between']}, "
+                   f"{details['ferkd']['above']}")
     if plot:
         click.echo(f"plot written to {plot}")
+    if report:
+        click.echo(f"report written to {report}")
 
 
 @main.command()
