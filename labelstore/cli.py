@@ -267,12 +267,9 @@ def inspect(store_path: str, as_json: bool, plot: str | None, report: str | None
     if plot:
         plot_stats(stats, plot)
     if report:
-        from labelstore import report as rep
+        from labelstore.report import write_report
 
-        info = store_info(store)
-        names = (info.get("dataset") or {}).get("classes") or [str(c) for c in range(store.num_classes)]
-        figs = rep.classification_figures(stats, details, info, names) if details else {}
-        rep.write_html(report, info, stats, details, figs, names)
+        write_report(report, store_info(store), stats, details)
     if as_json:
         return _echo_json(stats)
     per = stats["per_epoch"]

@@ -143,3 +143,10 @@ def write_html(path: str, info: dict, stats: dict, details: dict | None, figures
     with open(path, "w") as f:
         f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>labelstore inspect</title>"
                 f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_report(path: str, info: dict, stats: dict, details: dict | None) -> None:
+    """The HTML report of a store from its `info` (cli.store_info), inspect stats and classification_details."""
+    names = (info.get("dataset") or {}).get("classes") or [str(c) for c in range(info.get("num_classes") or 0)]
+    figs = classification_figures(stats, details, info, names) if details else {}
+    write_html(path, info, stats, details, figs, names)
