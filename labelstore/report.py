@@ -32,7 +32,7 @@ def _png(fig) -> bytes:
 def title_of(info: dict) -> str:
     """'store · teacher · dataset' for figure titles."""
     t, d = info.get("teacher") or {}, info.get("dataset") or {}
-    return f"{info.get('path')} · teacher {t.get('name')} · data {d.get('root') or d.get('kind')}"
+    return f"{info.get('path')}\nteacher {t.get('name')} · data {d.get('root') or d.get('kind')}"
 
 
 def classification_figures(stats: dict, details: dict, info: dict, class_names: list[str]) -> dict[str, bytes]:
@@ -49,9 +49,11 @@ def classification_figures(stats: dict, details: dict, info: dict, class_names: 
         ax.set_ylabel(units.get(name, f"{name} (probability)"))
         if name not in units:
             ax.set_ylim(0, 1)
+        else:  # from 0: a change in the 3rd decimal must not look dramatic
+            ax.set_ylim(0, max(vals) * 1.1 or 1)
         ax.set_title(name)
         ax.set_xticks(range(len(vals)))
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(title.replace("\n", " · "), fontsize=8)
     figs["per_epoch"] = _png(fig)
 
     C = len(details["per_class_accuracy"])
@@ -67,7 +69,7 @@ def classification_figures(stats: dict, details: dict, info: dict, class_names: 
     figs["per_class"] = _png(fig)
 
     cm = np.asarray(details["confusion"], float)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = plt.subplots(figsize=(6, 5))
     im = ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), vmin=0, vmax=1, cmap="Blues")
     ax.set_xticks(x, class_names, rotation=90)
     ax.set_yticks(x, class_names)
@@ -104,7 +106,7 @@ def classification_figures(stats: dict, details: dict, info: dict, class_names: 
     figs["gt_prob"] = _png(fig)
 
     if "mc_std_correct" in details:
-        fig, ax = plt.subplots(figsize=(4, 3.5))
+        fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.bar(["teacher right", "teacher wrong"], [details["mc_std_correct"], details["mc_std_wrong"]])
         ax.set_ylabel("mean std over MC passes of top-1 prob")
         ax.set_title(f"MC-dropout uncertainty vs correctness\n{title}", fontsize=8)
