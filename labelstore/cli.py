@@ -29,7 +29,7 @@ class _Group(click.Group):
     """Known user errors (bad input, mismatched stores) print one clear line, not a traceback."""
 
     def invoke(self, ctx):
-        from pipeline.images import DecodeError
+        from labelstore.pipeline.images import DecodeError
 
         try:
             return super().invoke(ctx)
@@ -61,7 +61,7 @@ def _echo_json(obj) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
 def data(kind: str, out: str, n_train: int, n_test: int, seed: int, as_json: bool) -> None:
     """Write a built-in generated dataset as real image files (ImageFolder layout) or HDF5."""
-    from pipeline import images
+    from labelstore.pipeline import images
 
     if kind == "shapes":
         train, test = images.make_shapes_dataset(out, n_train=n_train, n_test=n_test, seed=seed)
@@ -75,9 +75,9 @@ def data(kind: str, out: str, n_train: int, n_test: int, seed: int, as_json: boo
 
 def load_teacher(spec: str, num_classes: int):
     """(model, teacher_info) for a built-in name, checkpoint path or module:callable."""
-    from pipeline.teacher import weights_hash
-    from trainers.models import count_params
-    from trainers.spec import load_model
+    from labelstore.pipeline.teacher import weights_hash
+    from labelstore.trainers.models import count_params
+    from labelstore.trainers.spec import load_model
 
     model = load_model(spec, num_classes=num_classes)
     return model, {"name": spec, "weights_sha256": weights_hash(model), "params": count_params(model)}
@@ -128,14 +128,14 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
           views_per_decode, shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest, resume, overwrite,
           rank, world_size, quiet, as_json) -> None:
     """Run the teacher once over every (epoch, sample) view and write the label store."""
-    from pipeline import checks
-    from trainers.models import MODELS
+    from labelstore.pipeline import checks
+    from labelstore.trainers.models import MODELS
 
     checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
     if task == "classification":
         checks.check_policy_name(policy_name)
     if task == "retrieval":
-        from trainers.retrieval import cli_teach_retrieval
+        from labelstore.trainers.retrieval import cli_teach_retrieval
 
         if not captions:
             _fail("--task retrieval needs --captions FILE")
@@ -148,7 +148,7 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
                    f"{r['seconds']:.1f}s ({r['pairs_per_s']:.0f} pairs/s), {'complete' if r['complete'] else 'incomplete'}")
         return
     if task == "videoqa":
-        from trainers.videoqa import cli_teach_videoqa
+        from labelstore.trainers.videoqa import cli_teach_videoqa
 
         if not questions:
             _fail("--task videoqa needs --questions FILE")
@@ -161,10 +161,10 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
         click.echo(f"{out}: {r['views']} views (K={r['top_k']}, T={mc_passes}) in {r['seconds']:.1f}s, "
                    f"{'complete' if r['complete'] else 'incomplete'}")
         return
-    from pipeline.augment import make_policy
-    from pipeline.images import open_source
-    from pipeline.teach import TeachConfig
-    from pipeline.teach import teach as run_teach
+    from labelstore.pipeline.augment import make_policy
+    from labelstore.pipeline.images import open_source
+    from labelstore.pipeline.teach import TeachConfig
+    from labelstore.pipeline.teach import teach as run_teach
 
     source = open_source(data_spec)
     C = num_classes or len(source.classes)
@@ -260,7 +260,7 @@ def inspect(store_path: str, as_json: bool, plot: str | None, report: str | None
         stats = inspect_store(store, scheduler=scheduler)
         details = classification_details(store, scheduler=scheduler) if store.task == "classification" else None
     if details:
-        from pipeline.checks import low_topk_mass
+        from labelstore.pipeline.checks import low_topk_mass
 
         _warn(low_topk_mass(sum(stats["per_epoch"]["topk_mass"]) / len(stats["per_epoch"]["topk_mass"]), store.top_k))
         stats["details"] = details
@@ -303,12 +303,12 @@ def verify(store_path, data_spec, teacher, allow_untrained_teacher, samples, see
 
     Damage does not stop it: every damaged array and row range is listed, the other checks carry on,
     and the exit status is 1."""
-    from pipeline import checks
-    from pipeline.images import open_source
-    from trainers.models import MODELS
+    from labelstore.pipeline import checks
+    from labelstore.pipeline.images import open_source
+    from labelstore.trainers.models import MODELS
 
     checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
-    from pipeline.verify import verify as run_verify
+    from labelstore.pipeline.verify import verify as run_verify
 
     store = labelstore.open(store_path)
     model = load_teacher(teacher, store.num_classes)[0] if teacher else None
@@ -370,7 +370,7 @@ def train(task, store_path, data_spec, captions, questions, student, mode, loss,
     if mode == "online" and not online_teacher:
         _fail("--mode online needs --online-teacher SPEC")
     if task == "retrieval":
-        from trainers.retrieval import cli_train_retrieval
+        from labelstore.trainers.retrieval import cli_train_retrieval
 
         m = cli_train_retrieval(store_path, data_spec, captions, student_spec=student,
                                 mode="infonce" if mode == "none" else mode, online_teacher=online_teacher,
@@ -381,7 +381,7 @@ def train(task, store_path, data_spec, captions, questions, student, mode, loss,
         click.echo(f"{mode}: {m['epochs']} epochs in {m['seconds']:.1f}s; eval {m.get('eval')} -> {out}")
         return
     if task == "videoqa":
-        from trainers.videoqa import cli_train_videoqa
+        from labelstore.trainers.videoqa import cli_train_videoqa
 
         if not questions:
             _fail("--task videoqa needs --questions FILE")
@@ -399,11 +399,11 @@ def train(task, store_path, data_spec, captions, questions, student, mode, loss,
     loss = loss or "fkd"
     if loss not in ("fkd", "ferkd", "adl"):
         _fail(f"--loss {loss} is not a classification loss (fkd, ferkd, adl)")
-    from pipeline.images import open_source
-    from pipeline.teacher import pick_device
-    from trainers.demo import eval_batches
-    from trainers.distill import DistillConfig, train_student
-    from trainers.spec import load_model
+    from labelstore.pipeline.images import open_source
+    from labelstore.pipeline.teacher import pick_device
+    from labelstore.trainers.demo import eval_batches
+    from labelstore.trainers.distill import DistillConfig, train_student
+    from labelstore.trainers.spec import load_model
 
     store = labelstore.open(store_path)
     data = open_source(data_spec)
@@ -433,16 +433,16 @@ def train(task, store_path, data_spec, captions, questions, student, mode, loss,
 def demo(task: str, out: str, seed: int, quiet: bool) -> None:
     """The end-to-end demo on built-in generated data (a few CPU minutes)."""
     if task == "classification":
-        from trainers.demo import run_demo
+        from labelstore.trainers.demo import run_demo
 
         run_demo(out, seed=seed, progress=not quiet, echo=click.echo)
     elif task == "retrieval":
-        from trainers.retrieval_demo import run_retrieval_demo
+        from labelstore.trainers.retrieval_demo import run_retrieval_demo
 
         r = run_retrieval_demo(out, seed=seed, progress=not quiet)
         click.echo(r["table"])
     else:
-        from trainers.videoqa import run_videoqa_demo
+        from labelstore.trainers.videoqa import run_videoqa_demo
 
         r = run_videoqa_demo(out, seed=seed, progress=not quiet)
         click.echo(r["table"])
@@ -454,7 +454,7 @@ def demo(task: str, out: str, seed: int, quiet: bool) -> None:
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the results as JSON.")
 def bench(images: int, only_image: bool, json_out: str | None) -> None:
     """Throughput and size ratios, measured side by side in one run."""
-    from trainers.bench import run_bench
+    from labelstore.trainers.bench import run_bench
 
     r = run_bench(n_images=images, echo=click.echo, extra=not only_image)
     if json_out:

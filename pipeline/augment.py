@@ -2,7 +2,7 @@
 
 A view of sample `i` in epoch `e` is a pure function of (source image, params), and the
 params are a pure function of (seed, e, i, source shape, num_samples), drawn from the
-counter-based RNG in :mod:`pipeline.rng`. The teacher samples and records the params; a
+counter-based RNG in :mod:`labelstore.pipeline.rng`. The teacher samples and records the params; a
 student replays the identical pixels from the recorded params with :meth:`Policy.render`.
 
 Ops are small frozen dataclasses:
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import rng
+from labelstore.pipeline import rng
 
 __all__ = [
     "IMAGENET_MEAN",

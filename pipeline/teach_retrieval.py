@@ -242,7 +242,7 @@ def teach_retrieval(
     """
     if mode not in MODES:
         raise ValueError(f"teach_retrieval: mode must be one of {MODES}, got {mode!r}")
-    from trainers.retrieval_models import is_dual_encoder
+    from labelstore.trainers.retrieval_models import is_dual_encoder
 
     if mode == "embeddings" and not is_dual_encoder(teacher):
         raise ValueError(f"teach_retrieval: mode 'embeddings' needs a dual-encoder teacher (video_embedding, "

@@ -12,7 +12,7 @@ decoded once (the union of the frames all epochs need), and per epoch and batch 
 
 MC dropout: when the teacher has `.features(frames, q_ids, q_mask)` and `.head(feats)`, the
 backbone runs once and only the head runs T times (dropout layers in train mode, everything else
-in eval mode); otherwise the whole teacher runs T times. The passes are pipeline.teacher's
+in eval mode); otherwise the whole teacher runs T times. The passes are labelstore.pipeline.teacher's
 (`mc_head_passes`, the same code as `mc_forward`): pass t draws its masks under a forked RNG seeded
 by mix(mc_seed(seed, epoch, first row of the batch), t), so a resumed store is identical to an
 uninterrupted one, and `teacher_targets` on the replayed inputs of a stored batch reproduces it
@@ -49,7 +49,7 @@ class TeacherOutputError(ValueError):
 
 
 # --------------------------------------------------------------------------------------
-# MC dropout (pipeline.teacher: set_mc_dropout, mc_head_passes)
+# MC dropout (labelstore.pipeline.teacher: set_mc_dropout, mc_head_passes)
 # --------------------------------------------------------------------------------------
 
 # how MC masks are seeded; kept in teach_config so a store is never resumed under another scheme
@@ -70,7 +70,7 @@ def mc_forward_qa(model: nn.Module, frames: torch.Tensor, q_ids: torch.Tensor, q
 
     head_only (default: the model has `.features` and `.head`): feats computed once (eval mode),
     the head run T times with its dropout layers in train mode; otherwise the whole model runs
-    T times. The passes are pipeline.teacher.mc_head_passes(..., seed): pass t seeded by
+    T times. The passes are labelstore.pipeline.teacher.mc_head_passes(..., seed): pass t seeded by
     mix(seed, t) inside a forked RNG (the caller's RNG state is untouched; pass t does not depend
     on T). The model's train/eval flags are restored on return.
     """

@@ -121,7 +121,7 @@ def mc_head_passes(
     (set_mc_dropout(model, True)) and restores the flags afterwards. `head` may be a model's head
     (feats computed once by its backbone) or the whole model (feats = its inputs). device: the
     generator to seed (default: the device of the first input tensor). Shared by mc_forward and
-    the VideoQA teacher stage (pipeline.teach_videoqa.mc_forward_qa). passes must be >= 1.
+    the VideoQA teacher stage (labelstore.pipeline.teach_videoqa.mc_forward_qa). passes must be >= 1.
     """
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")

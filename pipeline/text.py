@@ -236,7 +236,7 @@ def check_videos(
     file stems are accepted in place of relative paths).
     """
     if not isinstance(video_ids, Mapping):
-        from pipeline.video import video_index
+        from labelstore.pipeline.video import video_index
 
         video_ids = video_index(video_ids)
     rows: list[int] = []

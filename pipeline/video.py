@@ -2,7 +2,7 @@
 
 A video view is the list of `m` frame indices drawn for (epoch, video). The indices are
 a pure function of (seed, epoch, sample id, number of frames) through the counter-based
-RNG in `pipeline.rng`, so they do not depend on batch size, order, worker count or resume
+RNG in `labelstore.pipeline.rng`, so they do not depend on batch size, order, worker count or resume
 point. The teacher stage records them ("frames/indices", int16 [m]) and a student replays
 the identical view by decoding exactly those frames.
 
@@ -28,8 +28,8 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 
 from labelstore.errors import DataError
-from pipeline import rng
-from pipeline.images import src_shapes
+from labelstore.pipeline import rng
+from labelstore.pipeline.images import src_shapes
 
 __all__ = [
     "FrameSampler",

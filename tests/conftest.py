@@ -23,8 +23,8 @@ NUM_CLASSES = 10
 def make_teacher_checkpoint(path: Path, seed: int = 0, dropout: float = 0.3) -> Path:
     """A cnn-tiny teacher with dropout and well-separated logits (head weights scaled up, so top-k
     orderings are not near-ties), saved as a checkpoint: identical weights in every process."""
-    from trainers.models import build_model
-    from trainers.spec import save_checkpoint
+    from labelstore.trainers.models import build_model
+    from labelstore.trainers.spec import save_checkpoint
 
     g = torch.random.fork_rng(devices=[])
     with g:
@@ -38,8 +38,8 @@ def make_teacher_checkpoint(path: Path, seed: int = 0, dropout: float = 0.3) -> 
 
 
 def load_teacher(path) -> tuple[torch.nn.Module, dict]:
-    from pipeline.teacher import weights_hash
-    from trainers.spec import load_model
+    from labelstore.pipeline.teacher import weights_hash
+    from labelstore.trainers.spec import load_model
 
     model = load_model(str(path), num_classes=NUM_CLASSES)
     return model, {"name": str(path), "weights_sha256": weights_hash(model)}
@@ -54,8 +54,8 @@ def teach_store(out, source, teacher, policy: str = "crop-flip-jitter", image_si
 
     teacher: (model, info). overrides: TeachConfig fields or teach() keywords (resume, overwrite,
     rank, world_size)."""
-    from pipeline.augment import make_policy
-    from pipeline.teach import TeachConfig, teach
+    from labelstore.pipeline.augment import make_policy
+    from labelstore.pipeline.teach import TeachConfig, teach
 
     kw = {k: overrides.pop(k) for k in ("resume", "overwrite", "rank", "world_size") if k in overrides}
     cfg = TeachConfig(**{**DEFAULT_CFG, **overrides})
@@ -107,7 +107,7 @@ def corrupt_image(path) -> bytes:
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     """48 mixed-size (20..40 px) PNG/JPEG images in 10 class folders."""
-    from pipeline.images import make_shapes_dataset
+    from labelstore.pipeline.images import make_shapes_dataset
 
     train, _ = make_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_train=N_TRAIN, n_test=2, seed=0,
                                    min_size=20, max_size=40)
@@ -126,7 +126,7 @@ def teacher(teacher_ckpt):
 
 @pytest.fixture(scope="session")
 def source(shapes_dir):
-    from pipeline.images import ImageFolder
+    from labelstore.pipeline.images import ImageFolder
 
     return ImageFolder(shapes_dir)
 

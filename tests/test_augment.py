@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import augment as A
-from pipeline.augment import (
+from labelstore.pipeline import augment as A
+from labelstore.pipeline.augment import (
     POLICY_NAMES,
     ColorJitter,
     CutMix,

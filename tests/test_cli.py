@@ -17,8 +17,8 @@ from conftest import assert_same_arrays, corrupt_image, make_teacher_checkpoint,
 
 import labelstore
 from labelstore.integrity import StoreError, view_digest
-from pipeline.images import HDF5Images, ImageFolder, make_shapes_dataset
-from pipeline.replay import replay_inputs
+from labelstore.pipeline.images import HDF5Images, ImageFolder, make_shapes_dataset
+from labelstore.pipeline.replay import replay_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 _EXE = Path(sys.executable).with_name("labelstore")
@@ -84,7 +84,7 @@ def full_store(work, data_dir, ckpt) -> Path:
 
 
 def test_teach_info_inspect(full_store, data_dir, ckpt, work):
-    from trainers.spec import load_checkpoint
+    from labelstore.trainers.spec import load_checkpoint
 
     store = labelstore.open(full_store)
     assert store.complete and (store.epochs, store.num_samples, store.top_k, store.mc_passes) == (4, N, 3, 2)

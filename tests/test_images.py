@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.augment import make_policy
-from pipeline.images import (
+from labelstore.pipeline.augment import make_policy
+from labelstore.pipeline.images import (
     SHAPE_CLASSES,
     ArrayImages,
     DecodeError,

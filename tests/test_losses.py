@@ -1,4 +1,4 @@
-"""Tests for trainers.losses.
+"""Tests for labelstore.trainers.losses.
 
 Expected values are computed independently with plain Python / numpy loops over the
 formulas in docs/losses.md, never by calling the code under test.
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from trainers.losses import (
+from labelstore.trainers.losses import (
     AttentionalFrameAggregation,
     adl_loss,
     adl_select_unlabeled,

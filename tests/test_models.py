@@ -1,4 +1,4 @@
-"""Tests for trainers.models, trainers.spec, pipeline.teacher and trainers.fit (CPU, ~10 s)."""
+"""Tests for labelstore.trainers.models, labelstore.trainers.spec, labelstore.pipeline.teacher and labelstore.trainers.fit (CPU, ~10 s)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from trainers.fit import TensorBatches, evaluate, lr_factor, seed_everything, train_classifier
-from trainers.models import MODELS, ResNetS, SmallCNN, build_model, count_flops, count_params
-from pipeline.teacher import autocast_context, has_dropout, mc_forward, pick_device, set_mc_dropout, weights_hash
+from labelstore.trainers.fit import TensorBatches, evaluate, lr_factor, seed_everything, train_classifier
+from labelstore.trainers.models import MODELS, ResNetS, SmallCNN, build_model, count_flops, count_params
+from labelstore.pipeline.teacher import autocast_context, has_dropout, mc_forward, pick_device, set_mc_dropout, weights_hash
 from labelstore.errors import ConfigError
-from trainers.spec import load_checkpoint, load_model, save_checkpoint
+from labelstore.trainers.spec import load_checkpoint, load_model, save_checkpoint
 
 torch.set_num_threads(2)
 
@@ -96,7 +96,7 @@ def test_load_model_builtin_and_callable():
     m = load_model("resnet-s", num_classes=3, dropout=0.1)
     assert isinstance(m, ResNetS) and m.head[-1].out_features == 3 and m.head[0].p == 0.1
     assert load_model("cnn-tiny").head[-1].out_features == 10
-    m = load_model("trainers.models:SmallCNN", num_classes=4, widths=(8, 16))
+    m = load_model("labelstore.trainers.models:SmallCNN", num_classes=4, widths=(8, 16))
     assert isinstance(m, SmallCNN) and m.head[-1].out_features == 4
     assert m(torch.randn(2, 3, 16, 16)).shape == (2, 4)
 
@@ -157,11 +157,11 @@ def test_checkpoint_roundtrip_and_hash(tmp_path):
     m.eval()
     path = tmp_path / "ckpt" / "teacher.pt"
     kwargs = {"widths": (8, 16), "blocks": (1, 1), "num_classes": 5, "dropout": 0.5}
-    digest = save_checkpoint(path, m, "trainers.models:ResNetS", kwargs, extra={"epochs": 3, "acc": 0.9})
+    digest = save_checkpoint(path, m, "labelstore.trainers.models:ResNetS", kwargs, extra={"epochs": 3, "acc": 0.9})
     assert digest == weights_hash(m)
 
     ckpt = load_checkpoint(path)
-    assert ckpt["extra"] == {"epochs": 3, "acc": 0.9} and ckpt["spec"] == "trainers.models:ResNetS"
+    assert ckpt["extra"] == {"epochs": 3, "acc": 0.9} and ckpt["spec"] == "labelstore.trainers.models:ResNetS"
     m2 = load_model(str(path))
     assert weights_hash(m2) == weights_hash(m) and not m2.training
     x = torch.randn(4, 3, 16, 16)

@@ -9,8 +9,8 @@ from conftest import N_TRAIN, copy_dataset, corrupt_image, read_arrays, teach_st
 
 import labelstore
 from labelstore.integrity import view_digest
-from pipeline.images import ImageFolder
-from pipeline.replay import ReplayLoader, replay_inputs
+from labelstore.pipeline.images import ImageFolder
+from labelstore.pipeline.replay import ReplayLoader, replay_inputs
 
 POLICIES = ("none", "crop-flip", "crop-flip-jitter", "cutmix", "mixup", "selfmix")
 EPOCHS = 2

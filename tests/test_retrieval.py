@@ -12,12 +12,12 @@ import torch
 import labelstore
 from labelstore.integrity import view_digest
 from labelstore.views import inspect_store
-from pipeline import builtin_video as bv
-from pipeline.teach_retrieval import dense_similarity, plan_batches, teach_retrieval
-from pipeline.text import CaptionsError, Tokenizer, read_captions
-from pipeline.video import FeatureH5, FrameSampler, VideoDecodeError, VideoFolder, VideoPolicy
-from trainers.retrieval import retrieval_metrics, train_retrieval_student
-from trainers.retrieval_models import CrossModalTeacher, HolisticStudent
+from labelstore.pipeline import builtin_video as bv
+from labelstore.pipeline.teach_retrieval import dense_similarity, plan_batches, teach_retrieval
+from labelstore.pipeline.text import CaptionsError, Tokenizer, read_captions
+from labelstore.pipeline.video import FeatureH5, FrameSampler, VideoDecodeError, VideoFolder, VideoPolicy
+from labelstore.trainers.retrieval import retrieval_metrics, train_retrieval_student
+from labelstore.trainers.retrieval_models import CrossModalTeacher, HolisticStudent
 
 torch.set_num_threads(1)
 M = 8  # frames per view

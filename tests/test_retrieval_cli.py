@@ -1,4 +1,4 @@
-"""The retrieval CLI entry points (trainers.retrieval.cli_teach_retrieval / cli_train_retrieval), called
+"""The retrieval CLI entry points (labelstore.trainers.retrieval.cli_teach_retrieval / cli_train_retrieval), called
 directly on tiny generated data with real checkpoints and real stores."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import torch
 
 import labelstore
 from labelstore.integrity import StoreError, StoreMismatch
-from pipeline import builtin_video as bv
-from pipeline.teach_retrieval import teach_retrieval
-from pipeline.teacher import weights_hash
-from pipeline.text import Tokenizer, read_captions
-from pipeline.video import FrameSampler, VideoFolder, VideoPolicy
-from trainers.retrieval import (STUDENT_SPEC, TEACHER_SPEC, cli_teach_retrieval, cli_train_retrieval,
+from labelstore.pipeline import builtin_video as bv
+from labelstore.pipeline.teach_retrieval import teach_retrieval
+from labelstore.pipeline.teacher import weights_hash
+from labelstore.pipeline.text import Tokenizer, read_captions
+from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
+from labelstore.trainers.retrieval import (STUDENT_SPEC, TEACHER_SPEC, cli_teach_retrieval, cli_train_retrieval,
                                 save_retrieval_checkpoint)
-from trainers.retrieval_models import CrossModalTeacher, HolisticStudent
-from trainers.spec import load_checkpoint, load_model, save_checkpoint
+from labelstore.trainers.retrieval_models import CrossModalTeacher, HolisticStudent
+from labelstore.trainers.spec import load_checkpoint, load_model, save_checkpoint
 
 torch.set_num_threads(1)
 M, SIZE, B = 8, 32, 8
@@ -131,7 +131,7 @@ def test_clear_errors(env, tmp_path):
         cli_teach_retrieval(tmp_path / "x.zarr", d["videos"], d["captions_train"], "nope/teacher.pt", progress=False)
     with pytest.raises(ValueError, match="NoSuchModel"):
         cli_teach_retrieval(tmp_path / "x.zarr", d["videos"], d["captions_train"],
-                            "trainers.retrieval_models:NoSuchModel", progress=False)
+                            "labelstore.trainers.retrieval_models:NoSuchModel", progress=False)
     with pytest.raises(FileNotFoundError, match="missing_caps.jsonl"):
         cli_teach_retrieval(tmp_path / "x.zarr", d["videos"], tmp_path / "missing_caps.jsonl", env["ckpt"], progress=False)
     with pytest.raises(FileNotFoundError, match="no_videos_here"):

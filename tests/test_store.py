@@ -26,9 +26,9 @@ from conftest import (
 
 import labelstore
 from labelstore.integrity import StoreError, StoreMismatch, verify_chunks, view_digest
-from pipeline.images import DecodeError, ImageFolder, make_shapes_dataset
-from pipeline.replay import ReplayLoader, check_data
-from pipeline.teach import TeacherOutputError
+from labelstore.pipeline.images import DecodeError, ImageFolder, make_shapes_dataset
+from labelstore.pipeline.replay import ReplayLoader, check_data
+from labelstore.pipeline.teach import TeacherOutputError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "store-format.md"
 
@@ -418,7 +418,7 @@ def test_verify_chunks_finds_flipped_byte_and_truncated_shard(tmp_path, base_sto
 
 # ----------------------------------------------------------------------------- configuration
 def test_impossible_config_refused_before_writing(tmp_path, source, teacher):
-    from pipeline.teach import TeachConfigError
+    from labelstore.pipeline.teach import TeachConfigError
 
     out = tmp_path / "s.zarr"
     with pytest.raises(TeachConfigError, match="top_k"):

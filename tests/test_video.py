@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import builtin_video as bv
-from pipeline.text import (
+from labelstore.pipeline import builtin_video as bv
+from labelstore.pipeline.text import (
     AnswerVocab,
     Caption,
     CaptionsError,
@@ -24,7 +24,7 @@ from pipeline.text import (
     read_captions,
     read_questions,
 )
-from pipeline.video import FeatureH5, FrameSampler, VideoDecodeError, VideoFolder, VideoPolicy, video_index
+from labelstore.pipeline.video import FeatureH5, FrameSampler, VideoDecodeError, VideoFolder, VideoPolicy, video_index
 
 # --------------------------------------------------------------------------------------
 # FrameSampler

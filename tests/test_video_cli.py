@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import labelstore
-from pipeline.builtin_video import make_retrieval_dataset, make_videoqa_dataset
-from pipeline.text import AnswerVocab, Tokenizer, read_captions, read_questions
+from labelstore.pipeline.builtin_video import make_retrieval_dataset, make_videoqa_dataset
+from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_captions, read_questions
 
 ROOT = Path(__file__).resolve().parents[1]
 _EXE = Path(sys.executable).with_name("labelstore")
@@ -36,8 +36,8 @@ def info_and_inspect(store: Path, task: str) -> dict:
 
 
 def test_retrieval_teach_info_inspect_train(tmp_path):
-    from trainers.retrieval import TEACHER_SPEC, save_retrieval_checkpoint
-    from trainers.retrieval_models import CrossModalTeacher
+    from labelstore.trainers.retrieval import TEACHER_SPEC, save_retrieval_checkpoint
+    from labelstore.trainers.retrieval_models import CrossModalTeacher
 
     d = make_retrieval_dataset(tmp_path / "data", n_train=10, n_test=4, frames=8, size=32)
     tok = Tokenizer.build(c.text for c in read_captions(d["captions_train"]))
@@ -61,8 +61,8 @@ def test_retrieval_teach_info_inspect_train(tmp_path):
 
 
 def test_videoqa_teach_info_inspect_train(tmp_path):
-    from trainers.videoqa import TEACHER_SPEC, save_videoqa_checkpoint
-    from trainers.videoqa_models import videoqa_teacher
+    from labelstore.trainers.videoqa import TEACHER_SPEC, save_videoqa_checkpoint
+    from labelstore.trainers.videoqa_models import videoqa_teacher
 
     d = make_videoqa_dataset(tmp_path / "data", n_train=10, n_test=4, frames=8, size=32)
     qs = read_questions(d["questions_train"])

@@ -11,12 +11,12 @@ import torch
 import labelstore
 from labelstore.integrity import StoreError
 from labelstore.views import inspect_store
-from pipeline import builtin_video as bv
-from pipeline.teach_videoqa import ClipCache, frame_indices, mc_seed, prepare_questions, teach_videoqa, teacher_targets
-from pipeline.text import AnswerVocab, QuestionsError, Tokenizer, read_questions
-from pipeline.video import FrameSampler, VideoFolder, VideoPolicy
-from trainers.videoqa import evaluate_videoqa, train_videoqa_student
-from trainers.videoqa_models import VideoQAClassifier
+from labelstore.pipeline import builtin_video as bv
+from labelstore.pipeline.teach_videoqa import ClipCache, frame_indices, mc_seed, prepare_questions, teach_videoqa, teacher_targets
+from labelstore.pipeline.text import AnswerVocab, QuestionsError, Tokenizer, read_questions
+from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
+from labelstore.trainers.videoqa import evaluate_videoqa, train_videoqa_student
+from labelstore.trainers.videoqa_models import VideoQAClassifier
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""VideoQA CLI entry points (trainers.videoqa.cli_teach_videoqa / cli_train_videoqa) and the shared MC passes."""
+"""VideoQA CLI entry points (labelstore.trainers.videoqa.cli_teach_videoqa / cli_train_videoqa) and the shared MC passes."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import torch
 
 import labelstore
 from labelstore.integrity import StoreError
-from pipeline import builtin_video as bv
-from pipeline.teach_videoqa import ClipCache, mc_forward_qa, mc_seed, prepare_questions, teacher_targets
-from pipeline.teacher import weights_hash
-from pipeline.text import AnswerVocab, Tokenizer, read_questions
-from pipeline.video import FrameSampler, VideoFolder, VideoPolicy
-from trainers.spec import load_model, save_checkpoint
-from trainers.videoqa import cli_teach_videoqa, cli_train_videoqa
-from trainers.videoqa_models import VideoQAClassifier
+from labelstore.pipeline import builtin_video as bv
+from labelstore.pipeline.teach_videoqa import ClipCache, mc_forward_qa, mc_seed, prepare_questions, teacher_targets
+from labelstore.pipeline.teacher import weights_hash
+from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_questions
+from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
+from labelstore.trainers.spec import load_model, save_checkpoint
+from labelstore.trainers.videoqa import cli_teach_videoqa, cli_train_videoqa
+from labelstore.trainers.videoqa_models import VideoQAClassifier
 
 torch.set_num_threads(1)
 
 M, SIZE = 8, 32
-SPEC = "trainers.videoqa_models:VideoQAClassifier"
+SPEC = "labelstore.trainers.videoqa_models:VideoQAClassifier"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_teach_writes_a_readable_store(env):
 
 def test_teach_from_callable_builds_vocab(env, tmp_path):
     st = cli_teach_videoqa(tmp_path / "c.zarr", env["videos"], env["questions_train"],
-                           "trainers.videoqa_models:videoqa_teacher", epochs=1, mc_passes=2, batch_size=64, progress=False)
+                           "labelstore.trainers.videoqa_models:videoqa_teacher", epochs=1, mc_passes=2, batch_size=64, progress=False)
     assert st["complete"] and st["vocab_source"] == str(env["questions_train"])
     assert labelstore.open(str(tmp_path / "c.zarr")).num_classes == len(env["vocab"])
 
@@ -91,7 +91,7 @@ def test_hot_plus_cold_larger_than_k(env):
 
 
 @pytest.mark.parametrize("spec", ["no_such_module_xyz:build", "missing_teacher.pt", "resnet-m",
-                                  "trainers.videoqa_models:nope"])
+                                  "labelstore.trainers.videoqa_models:nope"])
 def test_bad_teacher_spec_is_named(env, tmp_path, spec):
     with pytest.raises(ValueError, match=spec.replace(".", r"\.")):
         cli_teach_videoqa(tmp_path / "x.zarr", env["videos"], env["questions_train"], spec, epochs=1, progress=False)
@@ -109,7 +109,7 @@ def test_teach_frames_mismatch_with_checkpoint(env, tmp_path):
 
 def test_mc_passes_shared_and_reproducible(env):
     """Stored MC values recompute exactly; the head-only path equals the whole model run T times
-    (pipeline.teacher.mc_head_passes, one seed per pass); RNG state and module flags are untouched."""
+    (labelstore.pipeline.teacher.mc_head_passes, one seed per pass); RNG state and module flags are untouched."""
     teacher = load_model(env["ckpt"])
     store = labelstore.open(env["store"])
     videos = VideoFolder(env["videos"])

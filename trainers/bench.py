@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 import labelstore
-from pipeline.augment import make_policy
-from pipeline.images import ImageFolder, make_shapes_dataset
-from pipeline.replay import replay_inputs
-from pipeline.teach import TeachConfig, teach
-from pipeline.teacher import weights_hash
+from labelstore.pipeline.augment import make_policy
+from labelstore.pipeline.images import ImageFolder, make_shapes_dataset
+from labelstore.pipeline.replay import replay_inputs
+from labelstore.pipeline.teach import TeachConfig, teach
+from labelstore.pipeline.teacher import weights_hash
 
 from .distill import DistillConfig, train_student
 from .losses import bench_sinkhorn

@@ -21,10 +21,10 @@ import labelstore
 from labelstore.cli import store_info
 from labelstore.report import write_report
 from labelstore.views import classification_details, inspect_store
-from pipeline.augment import eval_policy, make_policy
-from pipeline.images import ImageFolder, make_shapes_dataset
-from pipeline.teach import TeachConfig, teach
-from pipeline.teacher import weights_hash
+from labelstore.pipeline.augment import eval_policy, make_policy
+from labelstore.pipeline.images import ImageFolder, make_shapes_dataset
+from labelstore.pipeline.teach import TeachConfig, teach
+from labelstore.pipeline.teacher import weights_hash
 
 from .distill import DistillConfig, train_student
 from .fit import TensorBatches, evaluate, seed_everything, train_classifier

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pipeline.replay import ReplayLoader
+from labelstore.pipeline.replay import ReplayLoader
 
 from . import losses
 from .fit import DEFAULT_LR, DEFAULT_WD, evaluate, lr_factor, make_optimizer
@@ -37,8 +37,8 @@ class DistillConfig:
     loss: str = "fkd"  # fkd | ferkd | adl
     epochs: int = 0  # 0 = the store's epochs (student epoch e replays store epoch e mod E)
     batch_size: int = 128
-    optimizer: str = "adamw"  # sgd | adamw (trainers.fit.make_optimizer)
-    lr: float | None = None  # None: the optimizer's default in trainers.fit
+    optimizer: str = "adamw"  # sgd | adamw (labelstore.trainers.fit.make_optimizer)
+    lr: float | None = None  # None: the optimizer's default in labelstore.trainers.fit
     weight_decay: float | None = None
     temperature: float = 1.0
     fill: str = "marginal"
@@ -122,7 +122,7 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
                     probs = teacher(x).float().softmax(1)
                 teacher_seconds += time.perf_counter() - t1
             loss, info = student_loss(student(x), t, cfg, C, probs)
-            for g in opt.param_groups:  # warmup then cosine over all steps, as trainers.fit
+            for g in opt.param_groups:  # warmup then cosine over all steps, as labelstore.trainers.fit
                 g["lr"] = lr * lr_factor(step / max(steps, 1))
             opt.zero_grad(set_to_none=True)
             loss.backward()

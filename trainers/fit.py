@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.teacher import autocast_context, autocast_dtype, pick_device
+from labelstore.pipeline.teacher import autocast_context, autocast_dtype, pick_device
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 

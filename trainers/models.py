@@ -7,7 +7,7 @@ split in two so that MC dropout can reuse the backbone:
     head(f)     -> [B, C]        Dropout(p) -> Linear(F, C)
     forward(x)  =  head(features(x))
 
-`pipeline.teacher.mc_forward` runs `features` once and `head` T times.
+`labelstore.pipeline.teacher.mc_forward` runs `features` once and `head` T times.
 
 Registry (FLOPs are multiply-accumulates for one 3x32x32 image, see count_flops):
 
@@ -18,7 +18,7 @@ Registry (FLOPs are multiply-accumulates for one 3x32x32 image, see count_flops)
     resnet-m   teacher  32, 64, 128     2, 2, 3    0.3      ~0.99M  ~125M  (4.7x resnet-s)
     resnet-l   teacher  64, 128, 256    2, 2, 2    0.3      ~2.8M   ~421M
 
-(exact numbers: `python -m trainers.models`)
+(exact numbers: `python -m labelstore.trainers.models`)
 """
 
 from __future__ import annotations

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 
 import labelstore
-from pipeline.teach_retrieval import (FrameCache, as_policy, caption_rows, check_feature_dim, load_captions, plan_batches,
+from labelstore.pipeline.teach_retrieval import (FrameCache, as_policy, caption_rows, check_feature_dim, load_captions, plan_batches,
                                       render_inputs, teach_retrieval)
-from pipeline.teacher import weights_hash
-from pipeline.text import Caption, Tokenizer, read_captions
-from pipeline.video import FeatureH5, FrameSampler, VideoFolder, VideoPolicy
-from trainers.losses.teachclip import infonce_sym, teachclip_loss
+from labelstore.pipeline.teacher import weights_hash
+from labelstore.pipeline.text import Caption, Tokenizer, read_captions
+from labelstore.pipeline.video import FeatureH5, FrameSampler, VideoFolder, VideoPolicy
+from labelstore.trainers.losses.teachclip import infonce_sym, teachclip_loss
 
 TRAIN_MODES = ("cache", "online", "infonce")
 
@@ -236,7 +236,7 @@ def similarity_matrix(model: torch.nn.Module, videos, captions, tokenizer: Token
                       frame_size: tuple[int, int] = (32, 32), text_max_len: int = 32, batch_size: int = 64,
                       policy: VideoPolicy | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(sim float32 [Nc, Nv] over the captions' videos, caption_video int [Nc]); frames: uniform sampling."""
-    from pipeline.teach_retrieval import dense_similarity, repr_cat
+    from labelstore.pipeline.teach_retrieval import dense_similarity, repr_cat
 
     caps, path = load_captions(captions)
     src_rows, cv = caption_rows(videos, caps, path)
@@ -285,15 +285,15 @@ def evaluate_retrieval(model: torch.nn.Module, videos, captions, tokenizer: Toke
 # Checkpoints and the CLI entry points (`labelstore teach/train --task retrieval`)
 # --------------------------------------------------------------------------------------
 
-TEACHER_SPEC = "trainers.retrieval_models:CrossModalTeacher"
-STUDENT_SPEC = "trainers.retrieval_models:HolisticStudent"
+TEACHER_SPEC = "labelstore.trainers.retrieval_models:CrossModalTeacher"
+STUDENT_SPEC = "labelstore.trainers.retrieval_models:HolisticStudent"
 
 
 def save_retrieval_checkpoint(path: str | os.PathLike, model: torch.nn.Module, spec: str, kwargs: dict,
                               tokenizer: Tokenizer, num_frames: int, frame_size: int, **extra) -> str:
     """save_checkpoint(path, model, spec, kwargs, extra={"tokenizer", "num_frames", "frame_size", **extra}),
     then check that load_model(path) rebuilds identical weights (weights_hash); returns str(path)."""
-    from trainers.spec import load_model, save_checkpoint
+    from labelstore.trainers.spec import load_model, save_checkpoint
 
     save_checkpoint(path, model, spec, kwargs, extra={"tokenizer": tokenizer.to_json(), "num_frames": int(num_frames),
                                                       "frame_size": int(frame_size), **extra})
@@ -310,7 +310,7 @@ def open_video_source(path: str | os.PathLike):
 def _load_spec(spec: str, what: str) -> tuple[torch.nn.Module, dict | None]:
     """(model, checkpoint dict or None): a checkpoint file is read once (load_checkpoint), anything else
     goes through load_model. Errors are re-raised with `what` (e.g. "--teacher") and the spec named."""
-    from trainers.spec import load_checkpoint, load_model, model_from_checkpoint
+    from labelstore.trainers.spec import load_checkpoint, load_model, model_from_checkpoint
 
     try:
         if isinstance(spec, (str, os.PathLike)) and os.path.isfile(spec):
@@ -436,7 +436,7 @@ def cli_train_retrieval(
             sspec, skw = str(student_spec), {}
         frame_side = policy.frame_size[0]
     else:
-        from trainers.retrieval_models import HolisticStudent
+        from labelstore.trainers.retrieval_models import HolisticStudent
 
         frame_side = _frame_square(policy, store_path)
         fdim = int(videos.dim) if isinstance(videos, FeatureH5) else None

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 import labelstore
-from pipeline import builtin_video as bv
-from pipeline.teach_retrieval import dense_similarity, repr_cat, teach_retrieval
-from pipeline.text import Tokenizer, read_captions
-from pipeline.video import FrameSampler, VideoFolder, VideoPolicy
-from trainers.retrieval import (STUDENT_SPEC, TEACHER_SPEC, evaluate_retrieval, save_retrieval_checkpoint,
+from labelstore.pipeline import builtin_video as bv
+from labelstore.pipeline.teach_retrieval import dense_similarity, repr_cat, teach_retrieval
+from labelstore.pipeline.text import Tokenizer, read_captions
+from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
+from labelstore.trainers.retrieval import (STUDENT_SPEC, TEACHER_SPEC, evaluate_retrieval, save_retrieval_checkpoint,
                                 train_retrieval_student)
-from trainers.retrieval_models import CrossModalTeacher, HolisticStudent
+from labelstore.trainers.retrieval_models import CrossModalTeacher, HolisticStudent
 
 
 def _table(rows: list[dict]) -> str:
@@ -138,7 +138,7 @@ def bench_retrieval(threads: int = 1, n_train: int = 200, epochs: int = 2, batch
                                 batch_size=batch_size, overwrite=True)
         store = labelstore.open(path)
         # bare teacher: the same frames (already decoded) and computation, nothing stored
-        from pipeline.teach_retrieval import FrameCache, caption_rows, render_inputs
+        from labelstore.pipeline.teach_retrieval import FrameCache, caption_rows, render_inputs
 
         src_rows, cv = caption_rows(videos, caps)
         cache = FrameCache(videos)

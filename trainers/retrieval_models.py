@@ -1,7 +1,7 @@
 """Built-in text-to-video retrieval models: a cross-modal teacher and a holistic TeachCLIP student.
 
-Both follow the retrieval-model protocol used by `pipeline.teach_retrieval` and
-`trainers.retrieval` (B videos, N texts, m frames, D embedding size):
+Both follow the retrieval-model protocol used by `labelstore.pipeline.teach_retrieval` and
+`labelstore.trainers.retrieval` (B videos, N texts, m frames, D embedding size):
 
     encode_video(x)            x: frames float [B, m, 3, H, W] or features [B, m, F] -> video_repr
     encode_text(ids, mask)     ids int64 [N, L], mask bool [N, L]                    -> text_repr
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.losses.teachclip import AttentionalFrameAggregation
+from labelstore.trainers.losses.teachclip import AttentionalFrameAggregation
 
 MAX_SCALE = 100.0
 

@@ -2,7 +2,7 @@
 
 A *spec* names a model in one of three ways:
 
-    "resnet-m"                   a built-in model from trainers.models.MODELS
+    "resnet-m"                   a built-in model from labelstore.trainers.models.MODELS
     "my_pkg.teachers:build"      import my_pkg.teachers, call build(**kw) -> nn.Module
     "runs/teacher.pt"            a checkpoint written by save_checkpoint
 
@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from labelstore.errors import ConfigError
-from pipeline.teacher import _hash_state, _unwrap
-from trainers.models import MODELS, build_model
+from labelstore.pipeline.teacher import _hash_state, _unwrap
+from labelstore.trainers.models import MODELS, build_model
 
 CHECKPOINT_FORMAT = 1
 
@@ -137,7 +137,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:
         raise ConfigError(f"checkpoint {str(path)!r}: cannot read it with torch.load(weights_only=True): {e}") from e
     if not isinstance(ckpt, dict) or not {"spec", "kwargs", "state_dict"} <= ckpt.keys():
-        raise ConfigError(f"checkpoint {str(path)!r}: not written by trainers.spec.save_checkpoint (needs spec, kwargs, state_dict)")
+        raise ConfigError(f"checkpoint {str(path)!r}: not written by labelstore.trainers.spec.save_checkpoint (needs spec, kwargs, state_dict)")
     expected = ckpt.get("weights_sha256")
     if expected is not None and _hash_state(ckpt["state_dict"]) != expected:
         raise ConfigError(f"checkpoint {str(path)!r}: state_dict does not match its stored weights_sha256 (corrupted file?)")

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 import labelstore
 from labelstore.integrity import StoreError, StoreMismatch
-from pipeline import rng
-from pipeline.teach_videoqa import (
+from labelstore.pipeline import rng
+from labelstore.pipeline.teach_videoqa import (
     ClipCache,
     QASet,
     frame_indices,
@@ -46,9 +46,9 @@ from pipeline.teach_videoqa import (
     teacher_targets,
     video_grouped_order,
 )
-from pipeline.text import AnswerVocab, Question, Tokenizer
-from pipeline.video import FrameSampler, VideoPolicy
-from trainers.losses import (
+from labelstore.pipeline.text import AnswerVocab, Question, Tokenizer
+from labelstore.pipeline.video import FrameSampler, VideoPolicy
+from labelstore.trainers.losses import (
     kd_kl,
     mc_pair_uncertainty,
     radi_listwise_loss,
@@ -345,9 +345,9 @@ def train_videoqa_student(
 
 
 def _setup(out_dir: Path, n_train: int, n_test: int, frames: int, size: int, seed: int):
-    from pipeline.builtin_video import make_videoqa_dataset
-    from pipeline.text import read_questions
-    from pipeline.video import VideoFolder
+    from labelstore.pipeline.builtin_video import make_videoqa_dataset
+    from labelstore.pipeline.text import read_questions
+    from labelstore.pipeline.video import VideoFolder
 
     data = make_videoqa_dataset(out_dir / "data", n_train=n_train, n_test=n_test, frames=frames, size=size, seed=seed)
     videos = VideoFolder(data["videos"])
@@ -368,7 +368,7 @@ def run_videoqa_demo(out_dir: str | os.PathLike, seed: int = 0, progress: bool =
     CE + RADI (store); CE + RADI (online teacher). Returns {"table", "rows", "teacher", "teach",
     "seconds", "config"}; rows hold acc_annotated / acc_any on the test questions and train seconds.
     """
-    from trainers.videoqa_models import videoqa_student, videoqa_teacher
+    from labelstore.trainers.videoqa_models import videoqa_student, videoqa_teacher
 
     cfg = {**DEMO, **overrides}
     t_all = time.perf_counter()
@@ -398,7 +398,7 @@ def run_videoqa_demo(out_dir: str | os.PathLike, seed: int = 0, progress: bool =
                             {"num_tokens": len(tokenizer), "num_answers": len(vocab), "num_frames": m, "frame_size": cfg["size"]},
                             tokenizer, vocab, m, cfg["size"])
 
-    from pipeline.teach_videoqa import teach_videoqa
+    from labelstore.pipeline.teach_videoqa import teach_videoqa
 
     store_path = str(out_dir / "videoqa.zarr")
     st = teach_videoqa(store_path, videos, data["questions_train"], tokenizer, vocab, teacher, sampler,
@@ -433,8 +433,8 @@ def run_videoqa_demo(out_dir: str | os.PathLike, seed: int = 0, progress: bool =
 def bench_videoqa(mc_passes: int = 8, seed: int = 0) -> dict:
     """Teacher-stage views/s with T MC passes, head-only vs the whole teacher T times; and the student
     step from the store vs with the online teacher (T passes). Small built-in data; < 60 s on 2 cores."""
-    from pipeline.teach_videoqa import teach_videoqa
-    from trainers.videoqa_models import videoqa_student, videoqa_teacher
+    from labelstore.pipeline.teach_videoqa import teach_videoqa
+    from labelstore.trainers.videoqa_models import videoqa_student, videoqa_teacher
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -474,16 +474,16 @@ def bench_videoqa(mc_passes: int = 8, seed: int = 0) -> dict:
 # CLI entry points (plain arguments; labelstore/cli.py wires the options)
 # --------------------------------------------------------------------------------------
 
-TEACHER_SPEC = "trainers.videoqa_models:videoqa_teacher"
-STUDENT_SPEC = "trainers.videoqa_models:videoqa_student"
+TEACHER_SPEC = "labelstore.trainers.videoqa_models:videoqa_teacher"
+STUDENT_SPEC = "labelstore.trainers.videoqa_models:videoqa_student"
 
 
 def save_videoqa_checkpoint(path, model: nn.Module, spec: str, kwargs: dict, tokenizer: Tokenizer, vocab: AnswerVocab,
                             num_frames: int, frame_size: int, extra: dict | None = None) -> str:
     """save_checkpoint with the VideoQA extras (tokenizer, vocab, num_frames, frame_size); checks that
-    load_model(path) rebuilds the same weights (pipeline.teacher.weights_hash). Returns the hash."""
-    from pipeline.teacher import weights_hash
-    from trainers.spec import load_model, save_checkpoint
+    load_model(path) rebuilds the same weights (labelstore.pipeline.teacher.weights_hash). Returns the hash."""
+    from labelstore.pipeline.teacher import weights_hash
+    from labelstore.trainers.spec import load_model, save_checkpoint
 
     digest = save_checkpoint(path, model, spec, kwargs, extra={"tokenizer": tokenizer.to_json(), "vocab": vocab.to_json(),
                                                                "num_frames": int(num_frames), "frame_size": int(frame_size),
@@ -502,8 +502,8 @@ def _videoqa_model(spec: str, role: str, *, num_tokens: int | None = None, num_a
     import importlib
     import inspect
 
-    from trainers.models import MODELS
-    from trainers.spec import _looks_like_path, load_checkpoint, load_model, model_from_checkpoint
+    from labelstore.trainers.models import MODELS
+    from labelstore.trainers.spec import _looks_like_path, load_checkpoint, load_model, model_from_checkpoint
 
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"{role} spec must be a non-empty string, got {spec!r}")
@@ -578,12 +578,12 @@ def cli_teach_videoqa(
     num_frames/frame_size must match the checkpoint's extra when it records them. Returns
     teach_videoqa's dict plus {"store", "num_questions", "num_answers", "teacher"}.
     """
-    from pipeline.teach_videoqa import teach_videoqa
-    from pipeline.teacher import weights_hash
-    from pipeline.text import read_questions
-    from pipeline.video import VideoFolder
+    from labelstore.pipeline.teach_videoqa import teach_videoqa
+    from labelstore.pipeline.teacher import weights_hash
+    from labelstore.pipeline.text import read_questions
+    from labelstore.pipeline.video import VideoFolder
 
-    from trainers.spec import _looks_like_path
+    from labelstore.trainers.spec import _looks_like_path
 
     log = _cli_log(progress)
     videos = VideoFolder(videos_dir)
@@ -658,8 +658,8 @@ def cli_train_videoqa(
     """
     import json
 
-    from pipeline.teacher import weights_hash
-    from pipeline.video import VideoFolder
+    from labelstore.pipeline.teacher import weights_hash
+    from labelstore.pipeline.video import VideoFolder
 
     if method not in METHODS or mode not in MODES:
         raise ValueError(f"method must be one of {METHODS} and mode one of {MODES}, got {method!r}, {mode!r}")
