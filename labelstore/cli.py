@@ -12,12 +12,17 @@ import sys
 import click
 
 import labelstore
-from labelstore.integrity import StoreError
+from labelstore.errors import LabelstoreError
 
 
 def _fail(msg: str) -> None:
     click.echo(f"error: {msg}", err=True)
     sys.exit(2)
+
+
+def _warn(msg: str | None) -> None:
+    if msg:
+        click.echo(f"warning: {msg}", err=True)
 
 
 class _Group(click.Group):
@@ -28,7 +33,7 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (StoreError, DecodeError, FileNotFoundError) as e:
+        except (LabelstoreError, DecodeError, FileNotFoundError) as e:
             _fail(str(e))
         except ValueError as e:
             if type(e).__module__.split(".")[0] in ("pipeline", "trainers", "labelstore"):
@@ -67,16 +72,19 @@ def _use_storage_options(store: str, text: str | None) -> None:
 @click.option("--train", "n_train", default=2000, show_default=True)
 @click.option("--test", "n_test", default=500, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def data(kind: str, out: str, n_train: int, n_test: int, seed: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
+def data(kind: str, out: str, n_train: int, n_test: int, seed: int, as_json: bool) -> None:
     """Write a built-in generated dataset as real image files (ImageFolder layout) or HDF5."""
     from labelstore.pipeline import images
 
     if kind == "shapes":
         train, test = images.make_shapes_dataset(out, n_train=n_train, n_test=n_test, seed=seed)
-        click.echo(f"wrote {train} ({n_train} images) and {test} ({n_test} images)")
+        r = {"train": str(train), "test": str(test), "n_train": n_train, "n_test": n_test}
+        msg = f"wrote {train} ({n_train} images) and {test} ({n_test} images)"
     else:
         images.make_hdf5_dataset(out, n_train, seed=seed)
-        click.echo(f"wrote {out} ({n_train} images)")
+        r, msg = {"train": str(out), "n_train": n_train}, f"wrote {out} ({n_train} images)"
+    click.echo(json.dumps(r) if as_json else msg)
 
 
 def load_teacher(spec: str, num_classes: int):
@@ -103,6 +111,7 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])
 @click.option("--similarity-mode", type=click.Choice(["dense", "embeddings", "batches"]), default="dense",
               show_default=True, help="(retrieval) how teacher similarities are stored.")
 @click.option("--teacher", required=True, help="Checkpoint .pt, built-in model name, or module:callable.")
+@click.option("--allow-untrained-teacher", is_flag=True, help="Accept a built-in model name (random weights) as teacher.")
 @click.option("--out", required=True, type=STORE, help="Store to write: a directory (*.zarr) or a URL (s3://...).")
 @STORAGE_OPTIONS
 @click.option("--epochs", default=4, show_default=True, help="Epochs of views to label.")
@@ -129,17 +138,23 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])
               help="This process's rank (several processes fill one store; default: $RANK or 0).")
 @click.option("--world-size", type=int, default=None, help="Processes filling the store (default: $WORLD_SIZE or 1).")
 @click.option("--quiet", is_flag=True)
-def teach(task, data_spec, captions, questions, frames, frame_size, similarity_mode, teacher, out, storage_options,
-          epochs, top_k, mc_passes, policy_name, crop_scale, image_size, seed, num_classes, batch_size, views_per_decode,
-          shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest, resume, overwrite, rank,
-          world_size, quiet) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
+def teach(task, data_spec, captions, questions, frames, frame_size, similarity_mode, teacher, allow_untrained_teacher,
+          out, storage_options, epochs, top_k, mc_passes, policy_name, crop_scale, image_size, seed, num_classes,
+          batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest, resume,
+          overwrite, rank, world_size, quiet, as_json) -> None:
     """Run the teacher once over every (epoch, sample) view and write the label store.
 
     Several processes fill one store: `torchrun --nproc_per_node N --no-python labelstore teach ...`
     (RANK / WORLD_SIZE / LOCAL_RANK from the environment, each on cuda:LOCAL_RANK when present),
     or one process per --rank with the same --world-size."""
+    from labelstore.pipeline import checks
     from labelstore.pipeline.dist import dist_env, local_device
+    from labelstore.trainers.models import MODELS
 
+    checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
+    if task == "classification":
+        checks.check_policy_name(policy_name)
     _use_storage_options(out, storage_options)
     rank, world_size, local_rank = dist_env(rank, world_size)
     device = local_device(local_rank, device)
@@ -153,6 +168,8 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
         r = cli_teach_retrieval(out, data_spec, captions, teacher, epochs=epochs, num_frames=frames,
                                 frame_size=frame_size, mode=similarity_mode, batch_size=batch_size, seed=seed,
                                 resume=resume, overwrite=overwrite, progress=not quiet)
+        if as_json:
+            return _echo_json({"store": out, **r})
         click.echo(f"{out}: {r['captions']} captions x {r['videos']} videos, {epochs} epochs, mode {r['mode']}, "
                    f"{r['seconds']:.1f}s ({r['pairs_per_s']:.0f} pairs/s), {'complete' if r['complete'] else 'incomplete'}")
         return
@@ -165,6 +182,8 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
         r = cli_teach_videoqa(out, data_spec, questions, teacher, epochs=epochs, top_k=top_k, mc_passes=mc_passes,
                               batch_size=batch_size, seed=seed, resume=resume, overwrite=overwrite,
                               progress=not quiet, **given)
+        if as_json:
+            return _echo_json({"store": out, **r})
         click.echo(f"{out}: {r['views']} views (K={r['top_k']}, T={mc_passes}) in {r['seconds']:.1f}s, "
                    f"{'complete' if r['complete'] else 'incomplete'}")
         return
@@ -176,6 +195,7 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
     source = open_source(data_spec)
     C = num_classes or len(source.classes)
     model, info = load_teacher(teacher, C)
+    _warn(checks.mc_without_dropout(model, mc_passes))
     policy = make_policy(policy_name, output_size=(image_size, image_size), crop_scale=crop_scale)
     cfg = TeachConfig(epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
                       views_per_decode=views_per_decode, shard_rows=shard_samples, chunk_rows=chunk_samples,
@@ -185,6 +205,12 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
             out, source, policy, cfg, info, C, resume=resume, overwrite=overwrite))
     stats = run_teach(out, source, model, policy, cfg, teacher_info=info, num_classes=C, device=device, amp=amp,
                       resume=resume, overwrite=overwrite, rank=rank, world_size=world_size, progress=not quiet)
+    if stats["complete"]:
+        from labelstore.views import mean_topk_mass
+
+        _warn(checks.low_topk_mass(mean_topk_mass(labelstore.open(out)), top_k))
+    if as_json:
+        return _echo_json({"store": out, **stats})
     state = "complete" if stats["complete"] else "incomplete (other ranks still running)"
     click.echo(f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}")
 
@@ -262,19 +288,39 @@ def info(store_path: str, storage_options: str | None, as_json: bool) -> None:
 @click.argument("store_path", type=STORE)
 @STORAGE_OPTIONS
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--plot", type=click.Path(), default=None, help="Write a PNG of the statistics.")
+@click.option("--plot", type=click.Path(), default=None, help="Write a PNG of the per-epoch statistics.")
+@click.option("--report", type=click.Path(), default=None,
+              help="Write a self-contained HTML report (figures + tables); classification stores.")
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address (default: local threads).")
 @click.option("--allow-incomplete", is_flag=True)
-def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: str | None, scheduler: str | None,
-            allow_incomplete: bool) -> None:
-    """Per-epoch label statistics computed with Dask from the Zarr arrays."""
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: str | None, report: str | None,
+            scheduler: str | None, allow_incomplete: bool, quiet: bool) -> None:
+    """Per-epoch label statistics computed with Dask from the Zarr arrays (progress on stderr)."""
+    import contextlib
+
+    from dask.diagnostics import ProgressBar
+
+    from labelstore.views import classification_details, inspect_store, plot_stats
+
     _use_storage_options(store_path, storage_options)
-    from labelstore.views import inspect_store, plot_stats
 
     store = labelstore.open(store_path, allow_incomplete=allow_incomplete)
-    stats = inspect_store(store, scheduler=scheduler)
+    progress = contextlib.nullcontext() if quiet or scheduler else ProgressBar(out=sys.stderr)
+    with progress:
+        stats = inspect_store(store, scheduler=scheduler)
+        details = classification_details(store, scheduler=scheduler) if store.task == "classification" else None
+    if details:
+        from labelstore.pipeline.checks import low_topk_mass
+
+        _warn(low_topk_mass(sum(stats["per_epoch"]["topk_mass"]) / len(stats["per_epoch"]["topk_mass"]), store.top_k))
+        stats["details"] = details
     if plot:
         plot_stats(stats, plot)
+    if report:
+        from labelstore.report import write_report
+
+        write_report(report, store_info(store), stats, details)
     if as_json:
         return _echo_json(stats)
     per = stats["per_epoch"]
@@ -284,8 +330,14 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
         click.echo(f"{e:>5}  " + "  ".join(f"{per[k][e]:>15.4f}" for k in keys))
     for name, h in stats.get("histograms", {}).items():
         click.echo(f"{name}: counts {h['counts']}")
+    if details:
+        click.echo(f"ECE {details['ece']:.4f}; FerKD bands (<{details['ferkd']['low']}, between, "
+                   f">{details['ferkd']['high']}): {details['ferkd']['below']}, {details['ferkd']['between']}, "
+                   f"{details['ferkd']['above']}")
     if plot:
         click.echo(f"plot written to {plot}")
+    if report:
+        click.echo(f"report written to {report}")
 
 
 @main.command()
@@ -293,14 +345,23 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
 @STORAGE_OPTIONS
 @click.option("--data", "data_spec", required=True, help="The dataset the store was built from.")
 @click.option("--teacher", default=None, help="Recompute the teacher on replayed views (checkpoint / name / module:callable).")
+@click.option("--allow-untrained-teacher", is_flag=True, help="Accept a built-in model name (random weights) as teacher.")
 @click.option("--samples", default=64, show_default=True, help="Random (epoch, sample) views to replay.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--json", "as_json", is_flag=True)
-def verify(store_path, storage_options, data_spec, teacher, samples, seed, device, as_json) -> None:
-    """Check fingerprints, chunk checksums, pixel identity of replayed views and (with --teacher) the labels."""
-    _use_storage_options(store_path, storage_options)
+def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teacher, samples, seed, device,
+           as_json) -> None:
+    """Check fingerprints, chunk checksums, pixel identity of replayed views and (with --teacher) the labels.
+
+    Damage does not stop it: every damaged array and row range is listed, the other checks carry on,
+    and the exit status is 1."""
+    from labelstore.pipeline import checks
     from labelstore.pipeline.images import open_source
+    from labelstore.trainers.models import MODELS
+
+    checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
+    _use_storage_options(store_path, storage_options)
     from labelstore.pipeline.verify import verify as run_verify
 
     store = labelstore.open(store_path)
@@ -314,6 +375,8 @@ def verify(store_path, storage_options, data_spec, teacher, samples, seed, devic
         click.echo(f"chunk checksums: {f'{len(problems)} problems' if problems else 'ok'}")
         for p in problems:
             click.echo(f"  {p}")
+        for p in r["replay_problems"]:
+            click.echo(f"  replay: {p}")
         click.echo(f"replayed views: {r['digests_equal']}/{r['digests_checked']} pixel-identical (crc32c of the input)")
         if "teacher_mismatches" in r:
             click.echo(f"teacher recomputed on {r['views_checked']} views: {r['teacher_mismatches']} disagree with the "
@@ -354,9 +417,10 @@ def verify(store_path, storage_options, data_spec, teacher, samples, seed, devic
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--out", required=True, type=click.Path(), help="Directory for the checkpoint and metrics.json.")
-def train(task, store_path, storage_options, data_spec, captions, questions, student, mode, loss, eval_questions, eval_captions, hot_k,
-          cold_n, cold_scheme, alpha, online_teacher, eval_data, epochs, batch_size, lr, temperature, fill,
-          hard_weight, ferkd_low, ferkd_high, workers, seed, device, out) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout (nothing else).")
+def train(task, store_path, storage_options, data_spec, captions, questions, student, mode, loss, eval_questions,
+          eval_captions, hot_k, cold_n, cold_scheme, alpha, online_teacher, eval_data, epochs, batch_size, lr,
+          temperature, fill, hard_weight, ferkd_low, ferkd_high, workers, seed, device, out, as_json) -> None:
     """Train a student on the store's replayed views (from the cache, an online teacher, or no teacher).
 
     Under `torchrun --nproc_per_node N --no-python labelstore train ...` (classification) the student
@@ -375,6 +439,8 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
                                 mode="infonce" if mode == "none" else mode, online_teacher=online_teacher,
                                 eval_captions=eval_captions, epochs=epochs or 4, batch_size=batch_size, seed=seed,
                                 out=out, progress=True)
+        if as_json:
+            return _echo_json(m)
         click.echo(f"{mode}: {m['epochs']} epochs in {m['seconds']:.1f}s; eval {m.get('eval')} -> {out}")
         return
     if task == "videoqa":
@@ -388,6 +454,8 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
                               student_spec=student, eval_questions=eval_questions, epochs=epochs or 4,
                               batch_size=batch_size, hot_k=hot_k, cold_n=cold_n, scheme=cold_scheme, alpha=alpha,
                               seed=seed, out=out, progress=True)
+        if as_json:
+            return _echo_json(m)
         click.echo(f"{method} ({mode}): {m.get('seconds', 0):.1f}s; eval {m.get('eval')} -> {out}")
         return
     student = student or "cnn-tiny"
@@ -415,6 +483,8 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
                           device=pick_device(local_device(local_rank, device)), out_dir=out)
     if rank:
         return
+    if as_json:
+        return _echo_json(m)
     f = m["final"]
     acc = f" eval accuracy {f['eval_accuracy']:.4f}" if "eval_accuracy" in f else ""
     click.echo(f"{mode}: {len(m['history'])} epochs in {m['seconds']:.1f}s, loss {f.get('loss', float('nan')):.4f}{acc}"

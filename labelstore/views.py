@@ -61,6 +61,11 @@ def _client(scheduler: str | None):
     return Client(scheduler)
 
 
+def mean_topk_mass(store) -> float:
+    """mean over all (epoch, row) of sum_k topk_values: the share of the teacher's probability kept."""
+    return float(to_dask(store)["topk_values"].astype("float32").sum(-1).mean().compute())
+
+
 def classification_stats(store, scheduler: str | None = None, bins: int = 20) -> dict:
     """Per-epoch statistics of an image-classification store, computed with Dask.
 
@@ -116,10 +121,19 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
 
 def inspect_store(store, scheduler: str | None = None) -> dict:
     """The statistics `labelstore inspect` prints, for the store's task."""
+    from .errors import StoreError
+    from .integrity import verify_chunks
+
     stats = globals().get(f"{store.task}_stats")  # classification_stats, retrieval_stats, videoqa_stats
-    if stats is not None:
+    if stats is None:
+        raise StoreError(f"{store.path}: inspect does not know task {store.task!r}")
+    try:
         return stats(store, scheduler=scheduler)
-    raise ValueError(f"{store.path}: inspect does not know task {store.task!r}")
+    except Exception:
+        problems = verify_chunks(store.group)
+        if not problems:
+            raise  # not damage: a bug, keep the traceback
+        raise StoreError(f"{store.path}: damaged, cannot compute statistics: {'; '.join(problems)}") from None
 
 
 def plot_stats(stats: dict, path: str) -> None:
@@ -223,3 +237,74 @@ def retrieval_stats(store, scheduler: str | None = None) -> dict:
         "per_epoch": {k: [float(x) for x in np.atleast_1d(v)] for k, v in stats.items()},
         "histograms": {"argmax_frame": {"edges": np.arange(m + 1).tolist(), "counts": np.asarray(hist).tolist()}},
     }
+
+
+def classification_details(store, scheduler: str | None = None, bins: int = 10, ferkd=(0.05, 0.95)) -> dict:
+    """What a researcher looks at, over all epochs' views with gt >= 0 and not skipped, computed with Dask:
+
+      per_class_accuracy[c] = mean over views of class c of [top1 == c]
+      per_class_gt_prob[c]  = mean over views of class c of gt_prob
+      confusion[c, j]       = number of views of true class c whose teacher top-1 is j
+      reliability           = `bins` equal bins of confidence p1 = topk_values[..., 0] on [0, 1]:
+                              count, mean confidence and accuracy per bin;
+                              ECE = sum_b (n_b / n) |acc_b - conf_b|
+      gt_prob_hist          = 20 bins on [0, 1]; ferkd_bands = share of views with gt_prob < low,
+                              in [low, high], > high (FerKD thresholds, as in `labelstore train`)
+      mc_std_correct / mc_std_wrong = mean std over MC passes of the top-1 prob, for views the
+                              teacher gets right / wrong (when MC passes were recorded)
+    """
+    a = store.to_dask()
+    C = store.num_classes
+    gt = a["gt"].astype("int64")  # [N]
+    E = a["topk_indices"].shape[0]
+    N = gt.shape[0]
+    flat = lambda x: x.ravel().rechunk(N)  # noqa: E731  [E, N] -> [E*N], one block per epoch (bincount needs equal blocks)
+    w = flat(da.broadcast_to(((gt >= 0) & ~a["skipped"])[None], (E, N))).astype("float64")  # [E*N] 1 = counted
+    g = flat(da.broadcast_to(da.maximum(gt, 0)[None], (E, N)))  # [E*N]
+    top1 = da.clip(flat(a["topk_indices"][..., 0].astype("int64")), 0, C - 1)  # [E*N]
+    p1 = flat(a["topk_values"][..., 0].astype("float64"))  # [E*N] top-1 probability
+    gp = flat(a["gt_prob"].astype("float64"))  # [E*N]
+    right = (top1 == g).astype("float64") * w
+    low, high = ferkd
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    b = da.clip(da.digitize(p1, edges[1:-1]), 0, bins - 1)
+    todo = {
+        "n_class": da.bincount(g, weights=w, minlength=C),
+        "right_class": da.bincount(g, weights=right, minlength=C),
+        "gp_class": da.bincount(g, weights=gp * w, minlength=C),
+        "confusion": da.bincount(g * C + top1, weights=w, minlength=C * C),
+        "bin_n": da.bincount(b, weights=w, minlength=bins),
+        "bin_conf": da.bincount(b, weights=p1 * w, minlength=bins),
+        "bin_right": da.bincount(b, weights=right, minlength=bins),
+        "gp_hist": da.histogram(gp, bins=20, range=(0.0, 1.0), weights=w)[0],
+        "bands": da.stack([((gp < low) * w).sum(), (((gp >= low) & (gp <= high)) * w).sum(), ((gp > high) * w).sum()]),
+    }
+    if "mc_values" in a:
+        sd = flat(a["mc_values"][..., 0].astype("float64").std(axis=2))  # [E*N] std over passes
+        todo["mc_right"] = (sd * right).sum()
+        todo["mc_wrong"] = (sd * (w - right)).sum()
+        todo["n_right"] = right.sum()
+    with _client(scheduler):
+        r = dask.compute(todo)[0]
+    n = max(int(r["n_class"].sum()), 1)
+    nc = np.maximum(r["n_class"], 1)
+    nb = np.maximum(r["bin_n"], 1)
+    acc_b, conf_b = r["bin_right"] / nb, r["bin_conf"] / nb
+    out = {
+        "views": int(round(float(r["n_class"].sum()))),
+        "per_class_accuracy": (r["right_class"] / nc).tolist(),
+        "per_class_gt_prob": (r["gp_class"] / nc).tolist(),
+        "per_class_views": r["n_class"].astype(int).tolist(),
+        "confusion": r["confusion"].reshape(C, C).astype(int).tolist(),
+        "reliability": {"edges": edges.tolist(), "count": r["bin_n"].astype(int).tolist(), "confidence": conf_b.tolist(),
+                        "accuracy": acc_b.tolist()},
+        "ece": float((r["bin_n"] / n * np.abs(acc_b - conf_b)).sum()),
+        "gt_prob_hist": {"edges": np.linspace(0, 1, 21).tolist(), "counts": r["gp_hist"].astype(int).tolist()},
+        "ferkd": {"low": low, "high": high, "below": int(r["bands"][0]), "between": int(r["bands"][1]),
+                  "above": int(r["bands"][2])},
+    }
+    if "mc_right" in r:
+        nr = float(r["n_right"])
+        out["mc_std_correct"] = float(r["mc_right"] / max(nr, 1))
+        out["mc_std_wrong"] = float(r["mc_wrong"] / max(n - nr, 1))
+    return out

@@ -5,6 +5,8 @@ Checks, in order:
   2. every chunk and shard index passes its crc32c (every shard of every array is decoded);
   3. for n random (epoch, sample) views, the replayed input's crc32c equals the stored
      view_digest (pixel identity, no teacher needed);
+  Damage does not stop it: every damaged array and row range is listed (chunk_problems), views
+  whose records cannot be read are listed (replay_problems), and the other checks carry on.
   4. with a teacher: its outputs on the replayed views give the stored top-k classes, with
      probabilities within float16 rounding (|p - stored| <= 2^-10 max(p, 2^-14) + 1e-4).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from labelstore.errors import StoreError
 from labelstore.integrity import verify_chunks, view_digest
 
 from .replay import check_data, replay_inputs
@@ -24,9 +27,12 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
            device: str | None = None) -> dict:
     """Returns a report dict; `report["ok"]` is False when any check failed."""
     check_data(store, data)
-    report: dict = {"chunk_problems": verify_chunks(store.group)}
+    report: dict = {"chunk_problems": verify_chunks(store.group), "replay_problems": []}
     g = np.random.default_rng(seed)
-    skipped = store.group["skipped"][:]
+    try:
+        skipped = store.group["skipped"][:]
+    except Exception:  # noqa: BLE001 - damaged; already listed in chunk_problems
+        skipped = np.zeros(store.num_samples, bool)
     candidates = np.nonzero(~skipped)[0]
     n = min(samples, store.epochs * len(candidates))
     epochs = g.integers(0, store.epochs, n)
@@ -38,8 +44,12 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
         teacher = teacher.to(dev).eval()
     for e in np.unique(epochs):
         idx = ids[epochs == e]
-        x = replay_inputs(store, data, int(e), idx)
-        rec = store.read(int(e), idx, include_rows=False)
+        try:
+            x = replay_inputs(store, data, int(e), idx)
+            rec = store.read(int(e), idx, include_rows=False)
+        except StoreError as err:  # a damaged shard: list it, go on with the other epochs
+            report["replay_problems"].append(f"epoch {int(e)} ({len(idx)} views not checked): {err}")
+            continue
         if "view_digest" in rec:
             digests_ok += sum(int(view_digest(v)) == int(d) for v, d in zip(x.numpy(), rec["view_digest"]))
             checked += len(idx)
@@ -60,6 +70,6 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
     report.update({"views_checked": int(n), "digests_checked": checked, "digests_equal": digests_ok})
     if teacher is not None:
         report.update({"teacher_mismatches": topk_mismatch, "max_abs_prob_diff": value_err})
-    report["ok"] = (not report["chunk_problems"] and digests_ok == checked
+    report["ok"] = (not report["chunk_problems"] and not report["replay_problems"] and digests_ok == checked
                     and report.get("teacher_mismatches", 0) == 0)
     return report

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
+from labelstore.errors import DataError
 from labelstore.pipeline import rng
 from labelstore.pipeline.images import src_shapes
 
@@ -243,7 +244,7 @@ def video_index(ids: Iterable[str]) -> dict[str, int]:
             out[key] = row
     if dups:
         shown = "; ".join(f"{k!r}: {v}" for k, v in list(dups.items())[:10])
-        raise ValueError(f"video_index: {len(dups)} video id(s) are ambiguous (same stem in several files): {shown}")
+        raise DataError(f"video_index: {len(dups)} video id(s) are ambiguous (same stem in several files): {shown}")
     return out
 
 
@@ -300,7 +301,7 @@ class VideoFolder:
         files = [p for p in self.root.rglob("*") if p.suffix.lower() in self.exts and p.is_file()]
         self.ids: list[str] = sorted(p.relative_to(self.root).as_posix() for p in files)
         if not self.ids:
-            raise ValueError(f"VideoFolder: no videos with extensions {self.exts} under {self.root}")
+            raise DataError(f"VideoFolder: no videos with extensions {self.exts} under {self.root}")
         self._nframes: dict[int, int] = {}
         self._ptsidx: dict[int, tuple[np.ndarray, np.ndarray, dict[int, int]] | None] = {}
         self._local = threading.local()
@@ -551,18 +552,18 @@ class FeatureH5:
 
                 f.visititems(visit)
         except OSError as e:
-            raise ValueError(f"FeatureH5: cannot read {self.path} as HDF5 ({e})") from e
+            raise DataError(f"FeatureH5: cannot read {self.path} as HDF5 ({e})") from e
         self.ids: list[str] = sorted(names)
         if not self.ids:
-            raise ValueError(f"FeatureH5: {self.path} contains no datasets")
+            raise DataError(f"FeatureH5: {self.path} contains no datasets")
         self._shapes = shapes
         self._dtypes = dtypes
         for name in self.ids:
             shp = shapes[name]
             if len(shp) != 2 or shp[0] < 1:
-                raise ValueError(f"FeatureH5: {self.path}: dataset {name!r} has shape {shp}; expected [n_frames >= 1, D]")
+                raise DataError(f"FeatureH5: {self.path}: dataset {name!r} has shape {shp}; expected [n_frames >= 1, D]")
             if not np.issubdtype(np.dtype(dtypes[name]), np.number):
-                raise ValueError(f"FeatureH5: {self.path}: dataset {name!r} has non-numeric dtype {dtypes[name]}")
+                raise DataError(f"FeatureH5: {self.path}: dataset {name!r} has non-numeric dtype {dtypes[name]}")
         d0 = shapes[self.ids[0]][1]
         for name in self.ids:
             if shapes[name][1] != d0:

@@ -12,6 +12,7 @@ import torch.nn as nn
 from labelstore.trainers.fit import TensorBatches, evaluate, lr_factor, seed_everything, train_classifier
 from labelstore.trainers.models import MODELS, ResNetS, SmallCNN, build_model, count_flops, count_params
 from labelstore.pipeline.teacher import autocast_context, has_dropout, mc_forward, pick_device, set_mc_dropout, weights_hash
+from labelstore.errors import ConfigError
 from labelstore.trainers.spec import load_checkpoint, load_model, save_checkpoint
 
 torch.set_num_threads(2)
@@ -133,11 +134,11 @@ def test_load_model_user_module_and_errors(tmp_path, monkeypatch):
     assert load_model("my_teachers:with_classes", num_classes=5)(torch.randn(2, 3, 8, 8)).shape == (2, 5)
     assert load_model("my_teachers:Holder.build", num_classes=2)(torch.randn(1, 3, 8, 8)).shape == (1, 2)
 
-    with pytest.raises(TypeError, match="my_teachers:not_a_module.*nn.Module"):
+    with pytest.raises(ConfigError, match="my_teachers:not_a_module.*nn.Module"):
         load_model("my_teachers:not_a_module")
-    with pytest.raises(AttributeError, match="my_teachers:nope.*'nope'"):
+    with pytest.raises(ConfigError, match="my_teachers:nope.*'nope'"):
         load_model("my_teachers:nope")
-    with pytest.raises(ImportError, match="no_such_pkg_xyz:build"):
+    with pytest.raises(ConfigError, match="no_such_pkg_xyz:build"):
         load_model("no_such_pkg_xyz:build")
     with pytest.raises(ValueError, match="'resnet-zz'.*resnet-s"):
         load_model("resnet-zz")

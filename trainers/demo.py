@@ -5,7 +5,7 @@
 3. run the teacher stage once (several epochs of views, top-5, MC-dropout passes);
 4. train the same student three ways on the same replayed views — from the cache, with the
    teacher run online, without a teacher — and print one table;
-5. `inspect` the store with Dask and write a plot.
+5. `inspect` the store with Dask and write the HTML report (report.html).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 import labelstore
-from labelstore.views import inspect_store, plot_stats
+from labelstore.cli import store_info
+from labelstore.report import write_report
+from labelstore.views import classification_details, inspect_store
 from labelstore.pipeline.augment import eval_policy, make_policy
 from labelstore.pipeline.images import ImageFolder, make_shapes_dataset
 from labelstore.pipeline.teach import TeachConfig, teach
@@ -118,14 +120,14 @@ def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: in
             r["teacher_seconds_avoided"] = online["teacher_seconds"]
 
     istats = inspect_store(store)
-    plot = os.path.join(out, "inspect.png")
-    plot_stats(istats, plot)
+    plot = os.path.join(out, "report.html")  # `labelstore inspect STORE --report`
+    write_report(plot, store_info(store), istats, classification_details(store))
     results = {
         "teacher": {"model": teacher, "accuracy": teacher_acc, "flops": flops_t, "train_seconds": timings["teacher_train"]},
         "student": {"model": student, "flops": flops_s}, "rows": rows,
         "store": {"path": store_path, "bytes": int(sum(store.nbytes_on_disk().values())),
                   "bytes_per_view": store.bytes_per_view(), "views": stats["views"], "teach_seconds": stats["seconds"]},
-        "inspect": istats["per_epoch"], "plot": plot, "seconds": time.perf_counter() - t_all,
+        "inspect": istats["per_epoch"], "report": plot, "seconds": time.perf_counter() - t_all,
     }
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

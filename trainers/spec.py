@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from labelstore.errors import ConfigError
 from labelstore.pipeline.teacher import _hash_state, _unwrap
 from labelstore.trainers.models import MODELS, build_model
 
@@ -59,26 +60,30 @@ def _load_callable_spec(spec: str, num_classes: int | None, kw: dict) -> nn.Modu
     try:
         kw = {**spec_arguments(query), **kw}
     except ValueError as e:
-        raise ValueError(f"model spec {spec!r}: cannot parse the arguments after '?': {e}") from None
+        raise ConfigError(f"model spec {spec!r}: cannot parse the arguments after '?': {e}") from None
     module_name, _, attr_path = target.partition(":")
     if not module_name or not attr_path:
-        raise ValueError(f"model spec {spec!r}: expected 'module:callable'")
+        raise ConfigError(f"model spec {spec!r}: expected 'module:callable'")
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ImportError(f"model spec {spec!r}: cannot import module {module_name!r}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - ImportError, or whatever the module raises while importing
+        raise ConfigError(f"model spec {spec!r}: cannot import module {module_name!r}: {type(e).__name__}: {e}") from e
     for part in attr_path.split("."):
         if not hasattr(obj, part):
-            raise AttributeError(f"model spec {spec!r}: {obj.__name__ if hasattr(obj, '__name__') else obj!r} has no attribute {part!r}")
+            raise ConfigError(f"model spec {spec!r}: {obj.__name__ if hasattr(obj, '__name__') else obj!r} has no attribute {part!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise TypeError(f"model spec {spec!r}: {attr_path!r} is not callable")
+        raise ConfigError(f"model spec {spec!r}: {attr_path!r} is not callable")
+    kw = dict(kw)
     # num_classes is forwarded only to callables that accept it (or **kwargs)
     if num_classes is not None and _accepts_kwarg(obj, "num_classes"):
         kw.setdefault("num_classes", num_classes)
-    model = obj(**kw)
+    try:
+        model = obj(**kw)
+    except Exception as e:  # noqa: BLE001 - the user's builder failed: name the spec
+        raise ConfigError(f"model spec {spec!r}: {attr_path}(**{kw}) raised {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model spec {spec!r}: {attr_path}(**{kw}) returned {type(model).__name__}, expected a torch.nn.Module")
+        raise ConfigError(f"model spec {spec!r}: {attr_path}(**{kw}) returned {type(model).__name__}, expected a torch.nn.Module")
     return model
 
 
@@ -98,7 +103,7 @@ def load_model(spec: str, num_classes: int | None = None, **kw) -> nn.Module:
     mode for checkpoints.
     """
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+        raise ConfigError(f"model spec must be a non-empty string, got {spec!r}")
     if spec in MODELS:
         return build_model(spec, **({} if num_classes is None else {"num_classes": num_classes}), **kw)
     if _looks_like_path(spec):
@@ -108,7 +113,7 @@ def load_model(spec: str, num_classes: int | None = None, **kw) -> nn.Module:
         return model_from_checkpoint(ckpt, num_classes=num_classes, source=spec, **kw)
     if ":" in spec:
         return _load_callable_spec(spec, num_classes, kw)
-    raise ValueError(
+    raise ConfigError(
         f"unknown model spec {spec!r}: expected a built-in model ({', '.join(sorted(MODELS))}), "
         "'module:callable', or a checkpoint path ending in .pt"
     )
@@ -152,12 +157,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {str(path)!r}: cannot read it with torch.load(weights_only=True): {e}") from e
+        raise ConfigError(f"checkpoint {str(path)!r}: cannot read it with torch.load(weights_only=True): {e}") from e
     if not isinstance(ckpt, dict) or not {"spec", "kwargs", "state_dict"} <= ckpt.keys():
-        raise ValueError(f"checkpoint {str(path)!r}: not written by labelstore.trainers.spec.save_checkpoint (needs spec, kwargs, state_dict)")
+        raise ConfigError(f"checkpoint {str(path)!r}: not written by labelstore.trainers.spec.save_checkpoint (needs spec, kwargs, state_dict)")
     expected = ckpt.get("weights_sha256")
     if expected is not None and _hash_state(ckpt["state_dict"]) != expected:
-        raise ValueError(f"checkpoint {str(path)!r}: state_dict does not match its stored weights_sha256 (corrupted file?)")
+        raise ConfigError(f"checkpoint {str(path)!r}: state_dict does not match its stored weights_sha256 (corrupted file?)")
     return ckpt
 
 
@@ -166,11 +171,11 @@ def model_from_checkpoint(ckpt: dict, num_classes: int | None = None, source: st
     kwargs = dict(ckpt["kwargs"])
     stored_nc = kwargs.pop("num_classes", None)
     if num_classes is not None and stored_nc is not None and num_classes != stored_nc:
-        raise ValueError(f"model spec {source!r}: checkpoint has num_classes={stored_nc}, but num_classes={num_classes} was requested")
+        raise ConfigError(f"model spec {source!r}: checkpoint has num_classes={stored_nc}, but num_classes={num_classes} was requested")
     kwargs.update(kw)
     model = load_model(ckpt["spec"], num_classes if num_classes is not None else stored_nc, **kwargs)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
-        raise ValueError(f"model spec {source!r}: weights do not fit {ckpt['spec']!r} with kwargs {kwargs}: {e}") from e
+        raise ConfigError(f"model spec {source!r}: weights do not fit {ckpt['spec']!r} with kwargs {kwargs}: {e}") from e
     return model.eval()
