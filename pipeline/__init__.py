@@ -1,5 +1,5 @@
 """Data sources, augmentation record/replay, the teacher stages and the replay loader."""
 
-from .replay import ReplayLoader, replay_inputs
+from .replay import ReplayDataset, ReplayLoader, replay_inputs
 
-__all__ = ["ReplayLoader", "replay_inputs"]
+__all__ = ["ReplayDataset", "ReplayLoader", "replay_inputs"]

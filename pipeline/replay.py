@@ -68,6 +68,92 @@ def replay_inputs(store, data, epoch: int, indices, policy: Policy | None = None
     return torch.stack(out) if out else torch.empty((0, 3, *policy.output_size))
 
 
+def targets(policy: Policy, rec: dict, prec: dict, partners: np.ndarray, b: slice = slice(None)) -> dict[str, torch.Tensor]:
+    """Targets of rows `b` of a block of records `rec` (partner records `prec`, row-aligned).
+
+    index [n] int64; topk_values [n,K] float32; topk_indices [n,K] int64; gt [n] int64; gt_prob [n]
+    float32; mc_values [n,T,K] float32 (when recorded); mix_weight [n] float32 (the own sample's
+    share of a mixed view, 1 if unmixed); partner [n] int64 and partner_gt [n] int64 (-1 if unmixed).
+    """
+    t = {"index": torch.from_numpy(rec["index"][b].astype(np.int64))}
+    t["topk_values"] = torch.from_numpy(rec["topk_values"][b].astype(np.float32))
+    t["topk_indices"] = torch.from_numpy(rec["topk_indices"][b].astype(np.int64))
+    t["gt"] = torch.from_numpy(rec["gt"][b].astype(np.int64))
+    t["gt_prob"] = torch.from_numpy(rec["gt_prob"][b].astype(np.float32))
+    if "mc_values" in rec:
+        t["mc_values"] = torch.from_numpy(rec["mc_values"][b].astype(np.float32))
+    p = partners[b]
+    params = _params(rec, policy)
+    t["mix_weight"] = torch.from_numpy(policy.mix_weight_array({k: v[b] for k, v in params.items()}, len(p))
+                                       .astype(np.float32))
+    t["partner"] = torch.from_numpy(p)
+    t["partner_gt"] = torch.from_numpy(np.where(p >= 0, prec["gt"][b].astype(np.int64), -1))
+    return t
+
+
+class ReplayDataset(torch.utils.data.Dataset):
+    """Map-style dataset over one store epoch's recorded views (skipped samples left out).
+
+        ds = ReplayDataset(store, data, epoch=0)
+        sampler = DistributedSampler(ds, num_replicas=W, rank=r)
+        loader = DataLoader(ds, batch_size=128, sampler=sampler, num_workers=4, pin_memory=True,
+                            persistent_workers=True)
+        for e in range(epochs):
+            ds.set_epoch(e % store.epochs); sampler.set_epoch(e)
+            for x, t in loader: ...        # x [B,3,H,W] float32, t: dict as `targets`
+
+    Item j = (view of row rows[j] float32 [3,H,W], its targets: `targets` of that one row). The
+    epoch's records are read whole (a few tens of bytes per view) in each process that renders, the
+    first time it needs them after `set_epoch`; the epoch lives in shared memory, so persistent
+    DataLoader workers follow `set_epoch` of the main process without being rebuilt.
+    """
+
+    def __init__(self, store, data, epoch: int = 0, indices=None, check: bool = True):
+        import multiprocessing
+
+        if check:
+            check_data(store, data)
+        self.store, self.data, self.policy = store, data, store_policy(store)
+        skipped = store.group["skipped"][:]
+        base = np.arange(store.num_samples) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.rows = base[~skipped[base]]
+        self._epoch = multiprocessing.Value("i", int(epoch), lock=False)  # shared with DataLoader workers
+        self._loaded: tuple[int, dict, dict, np.ndarray] | None = None
+        self.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        if not 0 <= epoch < self.store.epochs:
+            raise IndexError(f"{self.store.path}: epoch {epoch} out of range (store has {self.store.epochs} epochs)")
+        self._epoch.value = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _records(self) -> tuple[dict, dict, np.ndarray]:
+        e = self.epoch
+        if self._loaded is None or self._loaded[0] != e:
+            rec = self.store.read(e, self.rows)
+            partners = self.policy.partners(_params(rec, self.policy), len(self.rows))
+            prec = self.store.read(e, np.maximum(partners, 0))
+            self._loaded = (e, rec, prec, partners)
+        return self._loaded[1:]
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rec, prec, partners = self._records()
+        params, pparams = _params(rec, self.policy), _params(prec, self.policy)
+        i, q = int(self.rows[j]), int(partners[j])
+        x = self.policy.render(self.data.load(i), _rows(params, j), self.data.load(q) if q >= 0 else None,
+                               _rows(pparams, j) if q >= 0 else None)
+        return x, {k: v[0] for k, v in targets(self.policy, rec, prec, partners, slice(j, j + 1)).items()}
+
+    def __getstate__(self):  # workers re-read the records of the shared epoch themselves
+        return {**self.__dict__, "_loaded": None}
+
+
 class _RenderDataset(torch.utils.data.Dataset):
     """Item = (sample id, its param row, partner id, partner row) -> rendered view. Workers decode."""
 
@@ -83,12 +169,11 @@ class _RenderDataset(torch.utils.data.Dataset):
 
 
 class ReplayLoader:
-    """Batches (x [B,3,H,W] float32, targets) of one epoch's recorded views.
+    """Batches (x [B,3,H,W] float32, targets) of one epoch's recorded views (targets: see `targets`).
 
-    targets: index [B] int64; topk_values [B,K] float32; topk_indices [B,K] int64; gt [B] int64;
-    gt_prob [B] float32; mc_values [B,T,K] float32 (when recorded); mix_weight [B] float32 (the
-    own sample's share of a mixed view, 1 if unmixed); partner [B] int64 (-1 if unmixed);
-    partner_gt [B] int64 (-1 if unmixed).
+    The convenience loader for one process: records are read window by window, one window ahead on
+    a thread. For a standard DataLoader (samplers, DistributedSampler, pin_memory, persistent
+    workers) use ReplayDataset.
 
     Skipped samples (undecodable at teacher time) are left out. `indices` restricts the epoch to
     a subset. `window` = batches whose records are read together, one window ahead.
@@ -154,24 +239,9 @@ class ReplayLoader:
         for x in loader:
             ids, rec, prec, partners = windows[0]
             b = slice(pos, pos + len(x))
-            yield x, self._targets(rec, prec, partners, b)
+            yield x, targets(self.policy, rec, prec, partners, b)
             pos += len(x)
             if pos >= len(ids):
                 windows.pop(0)
                 pos = 0
 
-    def _targets(self, rec: dict, prec: dict, partners: np.ndarray, b: slice) -> dict[str, torch.Tensor]:
-        t = {"index": torch.from_numpy(rec["index"][b].astype(np.int64))}
-        t["topk_values"] = torch.from_numpy(rec["topk_values"][b].astype(np.float32))
-        t["topk_indices"] = torch.from_numpy(rec["topk_indices"][b].astype(np.int64))
-        t["gt"] = torch.from_numpy(rec["gt"][b].astype(np.int64))
-        t["gt_prob"] = torch.from_numpy(rec["gt_prob"][b].astype(np.float32))
-        if "mc_values" in rec:
-            t["mc_values"] = torch.from_numpy(rec["mc_values"][b].astype(np.float32))
-        p = partners[b]
-        params = _params(rec, self.policy)
-        t["mix_weight"] = torch.from_numpy(self.policy.mix_weight_array({k: v[b] for k, v in params.items()}, len(p))
-                                           .astype(np.float32))
-        t["partner"] = torch.from_numpy(p)
-        t["partner_gt"] = torch.from_numpy(np.where(p >= 0, prec["gt"][b].astype(np.int64), -1))
-        return t

@@ -10,7 +10,7 @@ from conftest import N_TRAIN, copy_dataset, corrupt_image, read_arrays, teach_st
 import labelstore
 from labelstore.integrity import view_digest
 from labelstore.pipeline.images import ImageFolder
-from labelstore.pipeline.replay import ReplayLoader, replay_inputs
+from labelstore.pipeline.replay import ReplayDataset, ReplayLoader, replay_inputs
 
 POLICIES = ("none", "crop-flip", "crop-flip-jitter", "cutmix", "mixup", "selfmix")
 EPOCHS = 2
@@ -142,3 +142,32 @@ def test_replay_loader_yields_recorded_views_once(skip_store, batch_size, shuffl
         again = np.concatenate([t["index"].numpy() for _, t in ReplayLoader(
             store, src, epoch=epoch, batch_size=64, shuffle=True, seed=3, num_workers=0)])
         np.testing.assert_array_equal(again, seen)
+
+
+def test_replay_dataset_with_distributed_sampler_and_persistent_workers(skip_store):
+    """A standard DataLoader over ReplayDataset: DistributedSampler shares, pin_memory, persistent workers
+    that follow set_epoch; every view is the teacher's (digest) with its stored targets."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    store, src, bad_row = skip_store
+    ds = ReplayDataset(store, src, epoch=0)
+    assert len(ds) == N_TRAIN - 1
+    loaders = [DataLoader(ds, batch_size=8, sampler=DistributedSampler(ds, num_replicas=2, rank=r, shuffle=True, seed=5),
+                          num_workers=2, pin_memory=True, persistent_workers=True) for r in range(2)]
+    for epoch in range(EPOCHS):
+        ds.set_epoch(epoch)
+        rec = store.read(epoch)
+        seen = []
+        for loader in loaders:
+            loader.sampler.set_epoch(epoch)
+            for x, t in loader:
+                i = t["index"].numpy()
+                np.testing.assert_array_equal(_digests(x), rec["view_digest"][i])
+                np.testing.assert_array_equal(t["topk_indices"].numpy(), rec["topk_indices"][i].astype(np.int64))
+                np.testing.assert_array_equal(t["partner"].numpy(), rec["cutmix/partner"][i].astype(np.int64))
+                seen.append(i)
+        seen = np.concatenate(seen)  # two ranks: every row once (DistributedSampler pads to equal shares)
+        assert set(seen.tolist()) == {r for r in range(N_TRAIN) if r != bad_row}
+        assert len(seen) == 2 * -(-(N_TRAIN - 1) // 2)
+    with pytest.raises(IndexError, match="epoch 9 out of range"):
+        ds.set_epoch(9)
