@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import torch
 
+from labelstore.errors import ConfigError
 from labelstore.trainers.spec import load_model, spec_arguments
 
 FACTORY = textwrap.dedent('''
@@ -50,7 +51,7 @@ def test_timm_style_factory_with_arguments(timm_like):
     assert model(torch.zeros(2, 3, 4, 4)).shape == (2, 7)
     load_model("timm_like_models:create_model?name=vit&depth=1", num_classes=5, depth=2)  # keywords win
     assert timm_like.CALLS[-1]["depth"] == 2 and timm_like.CALLS[-1]["name"] == "vit"
-    with pytest.raises(TypeError, match="name"):  # the factory's required argument is missing
+    with pytest.raises(ConfigError, match="timm_like_models:create_model.*name"):  # the factory's required argument is missing
         load_model("timm_like_models:create_model", num_classes=5)
     with pytest.raises(ValueError, match="after '\\?'"):
         load_model("timm_like_models:create_model?oops", num_classes=5)

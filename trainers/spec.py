@@ -74,7 +74,6 @@ def _load_callable_spec(spec: str, num_classes: int | None, kw: dict) -> nn.Modu
         obj = getattr(obj, part)
     if not callable(obj):
         raise ConfigError(f"model spec {spec!r}: {attr_path!r} is not callable")
-    kw = dict(kw)
     # num_classes is forwarded only to callables that accept it (or **kwargs)
     if num_classes is not None and _accepts_kwarg(obj, "num_classes"):
         kw.setdefault("num_classes", num_classes)
