@@ -27,6 +27,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image, ImageDraw
+from labelstore.errors import DataError
 
 __all__ = [
     "EXTENSIONS",
@@ -46,7 +47,7 @@ EXTENSIONS = (".jpg", ".jpeg", ".png")
 _FULL_HASH_LIMIT = 1 << 30  # HDF5 sources below 1 GiB are hashed completely
 
 
-class DecodeError(ValueError):
+class DecodeError(DataError):
     """An image could not be read or decoded; the message names the file (or HDF5 row)."""
 
     def __init__(self, path, reason: str):

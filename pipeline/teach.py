@@ -28,6 +28,7 @@ import torch
 
 import labelstore
 from labelstore import schema, writer
+from labelstore.errors import ConfigError, TeacherOutputError
 from labelstore.integrity import StoreMismatch, json_digest, view_digest
 
 from . import rng
@@ -36,12 +37,8 @@ from .prefetch import prefetch
 from .teacher import autocast_context, mc_forward, pick_device
 
 
-class TeacherOutputError(ValueError):
-    """The teacher returned NaN/inf for some views."""
-
-
-class TeachConfigError(ValueError):
-    """An impossible configuration, refused before anything is written."""
+# One error hierarchy (labelstore.errors); TeachConfigError is the shared ConfigError under its old name.
+TeachConfigError = ConfigError
 
 
 def check_config(cfg: "TeachConfig", num_classes: int) -> None:

@@ -32,6 +32,7 @@ import zarr
 
 import labelstore
 from labelstore import schema, writer
+from labelstore.errors import TeacherOutputError
 from labelstore.integrity import StoreMismatch, json_digest, view_digest
 
 from . import rng
@@ -43,8 +44,11 @@ from .video import FeatureH5, FrameSampler, VideoFolder, VideoPolicy
 MODES = ("embeddings", "dense", "batches")
 
 
-class TeacherOutputError(ValueError):
-    """The teacher returned a wrong shape or NaN/inf."""
+
+
+def is_dual_encoder(model) -> bool:
+    """Duck-typed: a dual encoder embeds videos and texts separately and has a learned similarity scale."""
+    return all(hasattr(model, a) for a in ("video_embedding", "text_embedding", "similarity_scale"))
 
 
 # --------------------------------------------------------------------------------------
@@ -155,11 +159,6 @@ def repr_take(r, idx):
 
 def _rows(r) -> int:
     return len(r) if isinstance(r, torch.Tensor) else len(r[0])
-
-
-def is_dual_encoder(model: torch.nn.Module) -> bool:
-    """A dual-encoder retrieval model: s(c, v) = similarity_scale * <text_embedding(c), video_embedding(v)>."""
-    return all(hasattr(model, a) for a in ("video_embedding", "text_embedding", "similarity_scale"))
 
 
 def teacher_info(teacher: torch.nn.Module, name: str | None = None) -> dict:

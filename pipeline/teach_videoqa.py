@@ -35,6 +35,7 @@ import torch.nn as nn
 
 import labelstore
 from labelstore import schema, writer
+from labelstore.errors import TeacherOutputError
 from labelstore.integrity import StoreMismatch, json_digest
 
 from . import rng
@@ -44,8 +45,6 @@ from .text import AnswerVocab, Question, Tokenizer, check_answers, check_videos,
 from .video import FrameSampler, VideoPolicy
 
 
-class TeacherOutputError(ValueError):
-    """The teacher returned NaN/inf, or a number of answers other than the vocabulary size."""
 
 
 # --------------------------------------------------------------------------------------

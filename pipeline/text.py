@@ -12,6 +12,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from labelstore.errors import DataError
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -35,7 +36,7 @@ __all__ = [
 _MAX_REPORTED = 10
 
 
-class TextFileError(ValueError):
+class TextFileError(DataError):
     """Malformed captions/questions file. `.errors` holds (line, message) pairs (at most 10 shown)."""
 
     def __init__(self, message: str, errors: Sequence[tuple[int, str]] = ()) -> None:

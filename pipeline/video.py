@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
-
 from labelstore.errors import DataError
+
 from labelstore.pipeline import rng
 from labelstore.pipeline.images import src_shapes
 
@@ -49,7 +49,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _INT16_MAX = np.iinfo(np.int16).max
 
 
-class VideoDecodeError(ValueError):
+class VideoDecodeError(DataError):
     """A video file is missing, unreadable, has no video stream or fewer frames than requested."""
 
 
