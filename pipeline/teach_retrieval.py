@@ -44,8 +44,6 @@ from .video import FeatureH5, FrameSampler, VideoFolder, VideoPolicy
 MODES = ("embeddings", "dense", "batches")
 
 
-
-
 def is_dual_encoder(model) -> bool:
     """Duck-typed: a dual encoder embeds videos and texts separately and has a learned similarity scale."""
     return all(hasattr(model, a) for a in ("video_embedding", "text_embedding", "similarity_scale"))
