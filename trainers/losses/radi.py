@@ -174,6 +174,17 @@ def radi_pairwise_loss(
 DEFAULT_ALPHA = {"exp": 0.005, "zipf": 1.0}
 
 
+def _check_partial_list(scheme: str, alpha: float | None, hot_k: int, cold_n: int, n: int, what: str) -> float:
+    """Validate a partial-list request over n candidates per row; returns alpha (the scheme's default if None)."""
+    if scheme not in DEFAULT_ALPHA:
+        raise ValueError(f"scheme must be one of {tuple(DEFAULT_ALPHA)}, got {scheme!r}")
+    if hot_k < 0 or cold_n < 0:
+        raise ValueError(f"hot_k and cold_n must be >= 0, got {hot_k}, {cold_n}")
+    if hot_k + cold_n > n:
+        raise ValueError(f"hot_k + cold_n = {hot_k + cold_n} exceeds the {n} {what} per row")
+    return DEFAULT_ALPHA[scheme] if alpha is None else alpha
+
+
 def sample_partial_list(
     teacher_scores: Tensor,
     hot_k: int,
@@ -191,14 +202,8 @@ def sample_partial_list(
         P(r) ∝ r^(-alpha)        scheme="zipf"  (default alpha 1.0)
     using torch.multinomial(replacement=False, generator=generator).
     """
-    if scheme not in DEFAULT_ALPHA:
-        raise ValueError(f"scheme must be one of {tuple(DEFAULT_ALPHA)}, got {scheme!r}")
     B, V = teacher_scores.shape
-    if hot_k < 0 or cold_n < 0:
-        raise ValueError(f"hot_k and cold_n must be >= 0, got {hot_k}, {cold_n}")
-    if hot_k + cold_n > V:
-        raise ValueError(f"hot_k + cold_n = {hot_k + cold_n} exceeds the {V} candidates per row")
-    alpha = DEFAULT_ALPHA[scheme] if alpha is None else alpha
+    alpha = _check_partial_list(scheme, alpha, hot_k, cold_n, V, "candidates")
     order = torch.argsort(teacher_scores, dim=1, descending=True, stable=True)  # [B, V]
     ranks = torch.arange(hot_k, device=order.device).expand(B, hot_k)  # [B, hot_k]
     if cold_n > 0:
@@ -235,16 +240,10 @@ def sample_cold_full_ranking(
     Unlike sample_partial_list, which ranks the cold part r = 1, 2, ... from the best of the
     rest, k here is the absolute rank; the exp law is the same either way, the zipf law is not.
     """
-    if scheme not in DEFAULT_ALPHA:
-        raise ValueError(f"scheme must be one of {tuple(DEFAULT_ALPHA)}, got {scheme!r}")
     if teacher_probs.dim() != 2:
         raise ValueError(f"teacher_probs must be [B, A], got shape {tuple(teacher_probs.shape)}")
     B, A = teacher_probs.shape
-    if hot_k < 0 or cold_n < 0:
-        raise ValueError(f"hot_k and cold_n must be >= 0, got {hot_k}, {cold_n}")
-    if hot_k + cold_n > A:
-        raise ValueError(f"hot_k + cold_n = {hot_k + cold_n} exceeds the {A} answers per row")
-    alpha = DEFAULT_ALPHA[scheme] if alpha is None else alpha
+    alpha = _check_partial_list(scheme, alpha, hot_k, cold_n, A, "answers")
     order = torch.argsort(teacher_probs, dim=1, descending=True, stable=True)  # [B, A] ids by rank
     ranks = torch.arange(hot_k, device=order.device).expand(B, hot_k)  # [B, hot_k] 0-based
     if cold_n > 0:
