@@ -29,14 +29,12 @@ class _Group(click.Group):
     """Known user errors (bad input, mismatched stores) print one clear line, not a traceback."""
 
     def invoke(self, ctx):
-        from labelstore.pipeline.images import DecodeError
-
         try:
             return super().invoke(ctx)
-        except (LabelstoreError, DecodeError, FileNotFoundError) as e:
+        except (LabelstoreError, FileNotFoundError) as e:  # DecodeError etc. are DataError
             _fail(str(e))
-        except ValueError as e:
-            if type(e).__module__.split(".")[0] in ("pipeline", "trainers", "labelstore"):
+        except ValueError as e:  # a plain ValueError raised by our own code (pipeline/trainers install under labelstore.)
+            if type(e).__module__.split(".")[0] == "labelstore":
                 _fail(str(e))
             raise
 
