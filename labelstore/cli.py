@@ -26,7 +26,23 @@ def _warn(msg: str | None) -> None:
 
 
 class _Group(click.Group):
-    """Known user errors (bad input, mismatched stores) print one clear line, not a traceback."""
+    """Known user errors (bad input, mismatched stores, bad options) print one `error:` line, exit 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs.pop("standalone_mode", None)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:  # `labelstore` alone: the help, as click prints it
+            click.echo(e.format_message(), err=True)
+            sys.exit(2)
+        except click.UsageError as e:  # bad option value, missing option, unknown command: no usage dump
+            cmd = e.ctx.command_path if e.ctx is not None else "labelstore"
+            _fail(f"{cmd}: {e.format_message()} (see {cmd} --help)")
+        except click.ClickException as e:
+            _fail(e.format_message())
+        except click.Abort:
+            _fail("aborted")
+        sys.exit(rv if isinstance(rv, int) else 0)  # --help / --version return their exit code
 
     def invoke(self, ctx):
         try:
@@ -47,6 +63,13 @@ def main() -> None:
 
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _stdout_to_stderr(on: bool):
+    """With --json: everything the command prints along the way goes to stderr, so stdout is the JSON alone."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr) if on else contextlib.nullcontext()
 
 
 STORE = click.Path()  # a local path or a URL (s3://, gs://, memory://): existence is checked when opened
@@ -495,36 +518,40 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path())
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo(task: str, out: str, seed: int, quiet: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout (the log goes to stderr).")
+def demo(task: str, out: str, seed: int, quiet: bool, as_json: bool) -> None:
     """The end-to-end demo on built-in generated data (a few CPU minutes)."""
-    if task == "classification":
-        from labelstore.trainers.demo import run_demo
+    with _stdout_to_stderr(as_json):
+        if task == "classification":
+            from labelstore.trainers.demo import run_demo
 
-        run_demo(out, seed=seed, progress=not quiet, echo=click.echo)
-    elif task == "retrieval":
-        from labelstore.trainers.retrieval_demo import run_retrieval_demo
+            r = run_demo(out, seed=seed, progress=not quiet, echo=click.echo)
+        elif task == "retrieval":
+            from labelstore.trainers.retrieval_demo import run_retrieval_demo
 
-        r = run_retrieval_demo(out, seed=seed, progress=not quiet)
-        click.echo(r["table"])
-    else:
-        from labelstore.trainers.videoqa import run_videoqa_demo
+            r = run_retrieval_demo(out, seed=seed, progress=not quiet)
+            click.echo(r["table"])
+        else:
+            from labelstore.trainers.videoqa import run_videoqa_demo
 
-        r = run_videoqa_demo(out, seed=seed, progress=not quiet)
-        click.echo(r["table"])
+            r = run_videoqa_demo(out, seed=seed, progress=not quiet)
+            click.echo(r["table"])
+    if as_json:
+        _echo_json(r)
 
 
 @main.command()
 @click.option("--images", default=2048, show_default=True, help="Images of the built-in data to run on.")
 @click.option("--only-image", is_flag=True, help="Skip the video tasks' figures.")
-@click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the results as JSON.")
-def bench(images: int, only_image: bool, json_out: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout (the log goes to stderr).")
+def bench(images: int, only_image: bool, as_json: bool) -> None:
     """Throughput and size ratios, measured side by side in one run."""
     from labelstore.trainers.bench import run_bench
 
-    r = run_bench(n_images=images, echo=click.echo, extra=not only_image)
-    if json_out:
-        with open(json_out, "w") as f:
-            json.dump(r, f, indent=2, default=str)
+    with _stdout_to_stderr(as_json):
+        r = run_bench(n_images=images, echo=click.echo, extra=not only_image)
+    if as_json:
+        _echo_json(r)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""The gallery of `labelstore inspect --report --data DIR`: replayed views of chosen samples as plain arrays.
+
+labelstore/report.py draws them; it never imports this package, so everything here comes out as
+uint8 images, numbers and strings.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import torch
+
+from labelstore.views import to_dask
+
+from .replay import check_data, replay_inputs, store_policy
+
+KINDS = ("hardest", "easiest", "uncertain")
+
+
+def view_to_uint8(x: torch.Tensor, policy) -> np.ndarray:
+    """A rendered view [3, H, W] as uint8 [H, W, 3] for display.
+
+    Normalised float32 views are undone: pixel = round(255 * clip(x * std + mean, 0, 1)).
+    """
+    if x.dtype == torch.uint8:
+        return x.permute(1, 2, 0).numpy().copy()
+    mean = torch.tensor(policy.mean).view(3, 1, 1)
+    std = torch.tensor(policy.std).view(3, 1, 1)
+    return (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def pick_views(store, n: int = 4) -> dict[str, list[tuple[int, int, float]]]:
+    """kind -> [(epoch, row, score)]: the n samples (one view each) at the extremes, computed with Dask.
+
+    Over views with gt >= 0 that were not skipped, per sample the most extreme epoch of
+      hardest   : lowest gt_prob (teacher probability of the ground-truth class)
+      easiest   : highest gt_prob
+      uncertain : largest std over the MC passes of the top-1 probability; without MC passes the
+                  smallest top-1 margin p1 - p2 (score = -margin, so larger = more uncertain)
+    """
+    a = to_dask(store)
+    valid = (a["gt"].astype("int64") >= 0) & ~a["skipped"]  # [N]
+    gp = a["gt_prob"].astype("float64")  # [E, N]
+    if "mc_values" in a:
+        unc = a["mc_values"][..., 0].astype("float64").std(axis=2)  # [E, N] std over passes of top-1 prob
+    else:
+        v = a["topk_values"].astype("float64")  # [E, N, K]
+        unc = -(v[..., 0] - v[..., 1]) if v.shape[-1] > 1 else -v[..., 0]
+    todo = {}
+    for kind, score, largest in (("hardest", gp, False), ("easiest", gp, True), ("uncertain", unc, True)):
+        s = da.where(valid[None], score if largest else -score, -np.inf)  # [E, N] larger = more extreme
+        todo[kind] = (s.max(0), s.argmax(0), 1.0 if largest else -1.0)  # [N] per sample: extreme, its epoch
+    (todo,) = dask.compute(todo)
+    out = {}
+    for kind, (best, epochs, sign) in todo.items():
+        rows = np.argsort(-best, kind="stable")[:n]  # ties: lower row first
+        out[kind] = [(int(epochs[r]), int(r), float(sign * best[r])) for r in rows if np.isfinite(best[r])]
+    return out
+
+
+def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
+    """kind -> entries for report.gallery_figure, one per view of pick_views(store, n).
+
+    Entry: epoch, row, sample_id, source uint8 [h, w, 3] (the decoded source image), box (y, x, h, w)
+    of the recorded random-resized crop in source pixels (None without one), flipped (bool or None),
+    partner (the sample mixed in, -1 if none), view uint8 [H, W, 3] (the replayed view), gt (class
+    name), gt_prob, top [(class name, probability)] (the stored top-3), score (what it was picked by).
+    """
+    check_data(store, data)
+    policy = store_policy(store)
+    names = store.attrs.get("classes") or [str(c) for c in range(store.num_classes)]
+    ids = store.ids
+    out = {}
+    for kind, picks in pick_views(store, n).items():
+        out[kind] = []
+        for epoch, row, score in picks:
+            rec = store.read(epoch, np.array([row]), include_rows=True)
+            view = replay_inputs(store, data, epoch, [row], policy)[0]  # [3, H, W]
+            partners = policy.partners({k: rec[k] for k in policy.param_spec()}, 1)
+            box = rec.get("rrc/box")
+            flip = rec.get("flip/flag")
+            k = min(3, rec["topk_values"].shape[1])
+            out[kind].append({
+                "epoch": epoch, "row": row, "sample_id": str(ids[row]), "source": data.load(row),
+                "box": [int(v) for v in box[0]] if box is not None else None,
+                "flipped": bool(flip[0]) if flip is not None else None, "partner": int(partners[0]),
+                "view": view_to_uint8(view, policy), "gt": names[int(rec["gt"][0])],
+                "gt_prob": float(rec["gt_prob"][0]), "score": score,
+                "top": [(names[int(c)], float(p)) for c, p in zip(rec["topk_indices"][0, :k], rec["topk_values"][0, :k])],
+            })
+    return out
