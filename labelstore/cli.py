@@ -311,37 +311,55 @@ def info(store_path: str, storage_options: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--plot", type=click.Path(), default=None, help="Write a PNG of the per-epoch statistics.")
 @click.option("--report", type=click.Path(), default=None,
-              help="Write a self-contained HTML report (figures + tables); classification stores.")
+              help="Write a self-contained HTML report (figures + tables).")
+@click.option("--data", "data_spec", default=None,
+              help="(with --report, classification) the dataset the store was built from: adds a gallery of "
+                   "replayed views (hardest, easiest, most uncertain).")
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address (default: local threads).")
 @click.option("--allow-incomplete", is_flag=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: str | None, report: str | None,
-            scheduler: str | None, allow_incomplete: bool, quiet: bool) -> None:
+            data_spec: str | None, scheduler: str | None, allow_incomplete: bool, quiet: bool) -> None:
     """Per-epoch label statistics computed with Dask from the Zarr arrays (progress on stderr)."""
     import contextlib
 
     from dask.diagnostics import ProgressBar
 
-    from labelstore.views import classification_details, inspect_store, plot_stats
+    from labelstore import views
 
     _use_storage_options(store_path, storage_options)
-
+    if data_spec and not report:
+        _fail("--data adds the gallery to the HTML report: give --report FILE too")
     store = labelstore.open(store_path, allow_incomplete=allow_incomplete)
+    if data_spec and store.task != "classification":
+        _fail(f"--data: the gallery of replayed views is for classification stores; {store_path} is {store.task}")
     progress = contextlib.nullcontext() if quiet or scheduler else ProgressBar(out=sys.stderr)
     with progress:
-        stats = inspect_store(store, scheduler=scheduler)
-        details = classification_details(store, scheduler=scheduler) if store.task == "classification" else None
-    if details:
+        stats = views.inspect_store(store, scheduler=scheduler)
+        details = None
+        if store.task == "classification":
+            details = views.classification_details(store, scheduler=scheduler)
+        elif report and store.task == "retrieval":  # what only the report shows
+            details = views.retrieval_details(store)
+        elif report:
+            details = views.videoqa_details(store, scheduler=scheduler)
+    if store.task == "classification":
         from labelstore.pipeline.checks import low_topk_mass
 
         _warn(low_topk_mass(sum(stats["per_epoch"]["topk_mass"]) / len(stats["per_epoch"]["topk_mass"]), store.top_k))
         stats["details"] = details
     if plot:
-        plot_stats(stats, plot)
+        views.plot_stats(stats, plot)
     if report:
         from labelstore.report import write_report
 
-        write_report(report, store_info(store), stats, details)
+        gallery = None
+        if data_spec:
+            from labelstore.pipeline.gallery import view_gallery
+            from labelstore.pipeline.images import open_source
+
+            gallery = view_gallery(store, open_source(data_spec))
+        write_report(report, store_info(store), stats, details, gallery)
     if as_json:
         return _echo_json(stats)
     per = stats["per_epoch"]

@@ -307,4 +307,95 @@ def classification_details(store, scheduler: str | None = None, bins: int = 10, 
         nr = float(r["n_right"])
         out["mc_std_correct"] = float(r["mc_right"] / max(nr, 1))
         out["mc_std_wrong"] = float(r["mc_wrong"] / max(n - nr, 1))
+        out["mc_views_correct"], out["mc_views_wrong"] = int(round(nr)), int(round(n - nr))
     return out
+
+
+def retrieval_details(store, videos: int = 3, block: int = 12, epoch: int = 0) -> dict:
+    """What the report shows of a retrieval store, from epoch `epoch`:
+
+      heatmaps : for the first `videos` videos with captions, frame_scores[epoch, c, :] of each of
+                 their captions c (captions x frame slots; a softmax over the frames, rows sum to 1)
+                 and the frame indices of the view
+      block    : teacher similarity s(c, v) of one caption of each of `block` videos (rows) against
+                 those videos (columns), so the matching pairs are the diagonal: `similarity`
+                 (dense), logit_scale * <text_emb, video_emb> (embeddings), or the first stored
+                 batch (batches: [i, j] = s(caption i, video of caption j))
+    """
+    g, a = store.group, store.attrs
+    cv = g["caption_video"][:].astype(np.int64)  # [Nc]
+    text = np.asarray(g["caption_text"][:], dtype=object)
+    ids = store.ids
+    heat = []
+    for v in [int(v) for v in dict.fromkeys(cv.tolist()) if v >= 0][:videos]:
+        caps = np.flatnonzero(cv == v)
+        heat.append({"video": str(ids[v]), "captions": [str(text[c]) for c in caps],
+                     "frames": g["aug/frames/indices"][epoch, v].tolist(),
+                     "scores": g["frame_scores"].oindex[epoch, caps, :].astype(np.float64).tolist()})
+    mode = a.get("similarity_mode")
+    if mode == "batches":
+        caps = g["batch_captions"][epoch, 0].astype(np.int64)  # [B]
+        caps = caps[caps >= 0][:block]
+        s = g["batch_similarity"][epoch, 0].astype(np.float64)[: len(caps), : len(caps)]
+        where = "first stored batch"
+    else:
+        first = {}
+        for c, v in enumerate(cv.tolist()):
+            first.setdefault(v, c)
+        caps = np.asarray([first[v] for v in sorted(first) if v >= 0][:block], dtype=np.int64)
+        vids = cv[caps]
+        if mode == "dense":
+            s = g["similarity"].oindex[epoch, caps, vids].astype(np.float64)
+        else:  # embeddings
+            t = g["text_emb"].oindex[caps, :].astype(np.float64)  # [b, D]
+            ve = g["video_emb"].oindex[epoch, vids, :].astype(np.float64)  # [b, D]
+            s = float(a["logit_scale"]) * t @ ve.T
+        where = "one caption per video"
+    return {"epoch": epoch, "mode": mode, "heatmaps": heat,
+            "block": {"captions": [str(text[c]) for c in caps], "videos": [str(ids[v]) for v in cv[caps]],
+                      "similarity": s.tolist(), "rows": where}}
+
+
+def videoqa_details(store, scheduler: str | None = None, n: int = 4, epoch: int = 0, show_k: int = 5) -> dict:
+    """What the report shows of a VideoQA store:
+
+      rankings    : the teacher's top-`show_k` answers with probabilities at epoch `epoch` for the n
+                    questions with the lowest and the n with the highest gt_prob there
+      gt_rank_hist: over all epochs and questions with gt >= 0, counts of the rank (1..K) of the
+                    annotated answer in the stored top-K, and of "not in the top-K" (last bin)
+      gt_prob_hist: 20 bins on [0, 1] of gt_prob over the same views (computed with Dask)
+    """
+    g = store.group
+    names = store.attrs.get("classes") or [str(c) for c in range(store.num_classes)]
+    a = to_dask(store)
+    gt = a["gt"].astype("int64")  # [N]
+    valid = gt >= 0
+    idx = a["topk_indices"].astype("int64")  # [E, N, K]
+    K = idx.shape[-1]
+    hit = idx == gt[None, :, None]  # [E, N, K]
+    rank = da.where(hit.any(-1), hit.argmax(-1), K)  # [E, N] 0-based, K = not stored
+    w = da.broadcast_to(valid[None], rank.shape).astype("float64")
+    gp = da.nan_to_num(a["gt_prob"].astype("float64"))
+    todo = {"rank": da.bincount(rank.ravel(), weights=w.ravel(), minlength=K + 1),
+            "gp": da.histogram(gp, bins=20, range=(0.0, 1.0), weights=w)[0]}
+    with _client(scheduler):
+        (r,) = dask.compute(todo)
+    gt_np = g["gt"][:].astype(np.int64)
+    gp_e = g["gt_prob"][epoch].astype(np.float64)  # [N]
+    rows = np.flatnonzero(gt_np >= 0)
+    order = rows[np.argsort(gp_e[rows], kind="stable")]
+    ids = store.ids
+    vals, inds = g["topk_values"][epoch], g["topk_indices"][epoch]
+
+    def ranking(q: int, kind: str) -> dict:
+        return {"kind": kind, "row": int(q), "video": str(ids[q]), "answer": names[int(gt_np[q])],
+                "gt_prob": float(gp_e[q]),
+                "top": [(names[int(c)], float(p)) for c, p in zip(inds[q, :show_k], vals[q, :show_k])]}
+
+    hard = order[:n]
+    easy = [q for q in order[::-1][:n] if q not in set(hard.tolist())]
+    return {"epoch": epoch, "top_k": K,
+            "rankings": [ranking(q, "lowest gt_prob") for q in hard] + [ranking(q, "highest gt_prob") for q in easy],
+            "gt_rank_hist": {"labels": [str(k + 1) for k in range(K)] + [f">{K}"],
+                             "counts": r["rank"].astype(int).tolist()},
+            "gt_prob_hist": {"edges": np.linspace(0, 1, 21).tolist(), "counts": r["gp"].astype(int).tolist()}}

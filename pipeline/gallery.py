@@ -30,33 +30,34 @@ def view_to_uint8(x: torch.Tensor, policy) -> np.ndarray:
     return (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def pick_views(store, n: int = 4) -> dict[str, list[tuple[int, int, float]]]:
-    """kind -> [(epoch, row, score)]: the n samples (one view each) at the extremes, computed with Dask.
+def pick_views(store, n: int = 4) -> tuple[dict[str, list[tuple[int, int, float]]], str]:
+    """(kind -> [(epoch, row, score)], the uncertainty measure): the n samples (one view each) at the
+    extremes, computed with Dask; score = gt_prob, or the uncertainty measure for "uncertain".
 
     Over views with gt >= 0 that were not skipped, per sample the most extreme epoch of
       hardest   : lowest gt_prob (teacher probability of the ground-truth class)
       easiest   : highest gt_prob
       uncertain : largest std over the MC passes of the top-1 probability; without MC passes the
-                  smallest top-1 margin p1 - p2 (score = -margin, so larger = more uncertain)
+                  smallest top-1 margin p1 - p2
     """
     a = to_dask(store)
     valid = (a["gt"].astype("int64") >= 0) & ~a["skipped"]  # [N]
     gp = a["gt_prob"].astype("float64")  # [E, N]
     if "mc_values" in a:
-        unc = a["mc_values"][..., 0].astype("float64").std(axis=2)  # [E, N] std over passes of top-1 prob
+        measure, unc, most = "MC std", a["mc_values"][..., 0].astype("float64").std(axis=2), True  # [E, N]
     else:
         v = a["topk_values"].astype("float64")  # [E, N, K]
-        unc = -(v[..., 0] - v[..., 1]) if v.shape[-1] > 1 else -v[..., 0]
+        measure, unc, most = "top-1 margin", v[..., 0] - (v[..., 1] if v.shape[-1] > 1 else 0), False
     todo = {}
-    for kind, score, largest in (("hardest", gp, False), ("easiest", gp, True), ("uncertain", unc, True)):
-        s = da.where(valid[None], score if largest else -score, -np.inf)  # [E, N] larger = more extreme
+    for kind, value, largest in (("hardest", gp, False), ("easiest", gp, True), ("uncertain", unc, most)):
+        s = da.where(valid[None], value if largest else -value, -np.inf)  # [E, N] larger = more extreme
         todo[kind] = (s.max(0), s.argmax(0), 1.0 if largest else -1.0)  # [N] per sample: extreme, its epoch
     (todo,) = dask.compute(todo)
     out = {}
     for kind, (best, epochs, sign) in todo.items():
         rows = np.argsort(-best, kind="stable")[:n]  # ties: lower row first
         out[kind] = [(int(epochs[r]), int(r), float(sign * best[r])) for r in rows if np.isfinite(best[r])]
-    return out
+    return out, measure
 
 
 def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
@@ -65,14 +66,16 @@ def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
     Entry: epoch, row, sample_id, source uint8 [h, w, 3] (the decoded source image), box (y, x, h, w)
     of the recorded random-resized crop in source pixels (None without one), flipped (bool or None),
     partner (the sample mixed in, -1 if none), view uint8 [H, W, 3] (the replayed view), gt (class
-    name), gt_prob, top [(class name, probability)] (the stored top-3), score (what it was picked by).
+    name), gt_prob, top [(class name, probability)] (the stored top-3), score and measure (what it
+    was picked by: gt_prob, "MC std" or "top-1 margin").
     """
     check_data(store, data)
     policy = store_policy(store)
     names = store.attrs.get("classes") or [str(c) for c in range(store.num_classes)]
     ids = store.ids
     out = {}
-    for kind, picks in pick_views(store, n).items():
+    picks_of, measure = pick_views(store, n)
+    for kind, picks in picks_of.items():
         out[kind] = []
         for epoch, row, score in picks:
             rec = store.read(epoch, np.array([row]), include_rows=True)
@@ -86,7 +89,7 @@ def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
                 "box": [int(v) for v in box[0]] if box is not None else None,
                 "flipped": bool(flip[0]) if flip is not None else None, "partner": int(partners[0]),
                 "view": view_to_uint8(view, policy), "gt": names[int(rec["gt"][0])],
-                "gt_prob": float(rec["gt_prob"][0]), "score": score,
+                "gt_prob": float(rec["gt_prob"][0]), "score": score, "measure": "gt_prob" if kind != "uncertain" else measure,
                 "top": [(names[int(c)], float(p)) for c, p in zip(rec["topk_indices"][0, :k], rec["topk_values"][0, :k])],
             })
     return out
