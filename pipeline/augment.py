@@ -31,8 +31,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from labelstore.integrity import view_digest
+from labelstore.pipeline import kernels as K
 from labelstore.pipeline import rng
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "MixUp",
     "Op",
     "Policy",
+    "Views",
     "RandomResizedCrop",
     "Resize",
     "SelfMix",
@@ -61,10 +63,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Bump when the pixel semantics of render() change: views recorded under another render
 # version cannot be replayed bit-identically.
-RENDER_VERSION = 1
+RENDER_VERSION = 2  # 2: uint8 views from the integer kernels of pipeline/kernels.py
 
 _MAX_SIDE = 65535  # boxes are stored as uint16
-_GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _GAMMA_ATTEMPTS = 16  # Marsaglia-Tsang attempts per gamma draw (P(all rejected) < 1e-20)
 
 
@@ -192,31 +193,12 @@ def _partners(seed: int, epoch: int, ids: np.ndarray, stream: int, num_samples: 
     return r + (r >= ids)
 
 
-def _to_float(x) -> torch.Tensor:
-    """uint8 HWC ndarray -> float32 [3, H, W] in [0, 1]; float tensors pass through."""
-    if isinstance(x, torch.Tensor):
-        return x
-    t = torch.from_numpy(np.array(x, dtype=np.uint8, copy=True))
-    return t.permute(2, 0, 1).to(torch.float32).div_(255.0)
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear antialiased resize of float [3, h, w]; identity when the size already matches."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x.contiguous()
-    return F.interpolate(x[None].contiguous(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-
-
-def _crop(img: np.ndarray, box, who: str) -> np.ndarray:
+def _check_box(box, src_hw, who: str) -> tuple[int, int, int, int]:
     y, x, h, w = (int(v) for v in box)
-    H, W = img.shape[:2]
+    H, W = (int(v) for v in src_hw)
     if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
         raise ValueError(f"{who}: box (y={y}, x={x}, h={h}, w={w}) is not inside the {H}x{W} source")
-    return img[y : y + h, x : x + w]
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    return _GRAY[0] * x[0] + _GRAY[1] * x[1] + _GRAY[2] * x[2]
+    return y, x, h, w
 
 
 # --------------------------------------------------------------------------- ops
@@ -257,17 +239,16 @@ class Resize(Op):
     name: str = "resize"
     GEOMETRY: ClassVar[bool] = True
 
-    def apply(self, image: np.ndarray, params: dict, output_size) -> torch.Tensor:
-        oh, ow = output_size
-        if self.keep_aspect:
-            H, W = image.shape[:2]
-            if W * oh > H * ow:  # too wide
-                w = max(1, round(H * ow / oh))
-                image = image[:, (W - w) // 2 : (W - w) // 2 + w]
-            else:
-                h = max(1, round(W * oh / ow))
-                image = image[(H - h) // 2 : (H - h) // 2 + h]
-        return _resize(_to_float(image), (oh, ow))
+    def box(self, params: dict, src_hw, output_size) -> tuple[int, int, int, int]:
+        """(y, x, h, w) of the source that is resized to the output."""
+        (H, W), (oh, ow) = src_hw, output_size
+        if not self.keep_aspect:
+            return 0, 0, H, W
+        if W * oh > H * ow:  # too wide
+            w = max(1, round(H * ow / oh))
+            return 0, (W - w) // 2, H, w
+        h = max(1, round(W * oh / ow))
+        return (H - h) // 2, 0, h, W
 
 
 @dataclass(frozen=True)
@@ -293,8 +274,8 @@ class RandomResizedCrop(Op):
         u = rng.uniform(seed, epoch, ids, self._stream("box"), 22)
         return {"box": _rrc_boxes(u, s[:, 0], s[:, 1], self.scale, self.ratio).astype(np.uint16)}
 
-    def apply(self, image: np.ndarray, params: dict, output_size) -> torch.Tensor:
-        return _resize(_to_float(_crop(image, params["box"], self.name)), tuple(output_size))
+    def box(self, params: dict, src_hw, output_size) -> tuple[int, int, int, int]:
+        return _check_box(params["box"], src_hw, self.name)
 
 
 @dataclass(frozen=True)
@@ -314,13 +295,8 @@ class HorizontalFlip(Op):
         ids = _as_ids(ids)
         return {"flag": rng.uniform(seed, epoch, ids, self._stream("flag"))[:, 0] < self.p}
 
-    def apply(self, x, params):
-        """Reverse the columns of a uint8 HWC array or a float [3, H, W] tensor."""
-        if not bool(params["flag"]):
-            return x
-        if isinstance(x, torch.Tensor):
-            return torch.flip(x, dims=(-1,))
-        return x[:, ::-1]
+    def program(self, params: dict, src_hw, output_size) -> list[tuple]:
+        return [(K.OP_FLIP,)] if bool(params["flag"]) else []
 
 
 @dataclass(frozen=True)
@@ -350,18 +326,10 @@ class ColorJitter(Op):
         f = lo + (1.0 + x - lo) * u
         return {"factors": f.astype(np.float16)}
 
-    def apply(self, x, params) -> torch.Tensor:
-        x = _to_float(x)
-        b, c, s = (float(v) for v in np.asarray(params["factors"], dtype=np.float32))
-        if b != 1.0:
-            x = (x * b).clamp_(0.0, 1.0)
-        if c != 1.0:
-            # mean in float64 numpy: torch reductions may depend on the thread count
-            m = float(np.float32(_gray(x).numpy().astype(np.float64).mean()))
-            x = (c * x + (1.0 - c) * m).clamp_(0.0, 1.0)
-        if s != 1.0:
-            x = (s * x + (1.0 - s) * _gray(x)[None]).clamp_(0.0, 1.0)
-        return x
+    def program(self, params: dict, src_hw, output_size) -> list[tuple]:
+        """Factors as Q11 integers (exact for float16 factors < 32), see pipeline/kernels.py."""
+        q = [int(np.float64(v) * 2048) for v in np.asarray(params["factors"], dtype=np.float16)]
+        return [] if q == [2048, 2048, 2048] else [(K.OP_JITTER, *q)]
 
 
 @dataclass(frozen=True)
@@ -406,16 +374,13 @@ class SelfMix(Op):
         paste[~on] = 0
         return {"box2": box2.astype(np.uint16), "paste": paste.astype(np.uint16), "apply": on}
 
-    def apply(self, view: torch.Tensor, params: dict, source: np.ndarray) -> torch.Tensor:
+    def program(self, params: dict, src_hw, output_size) -> list[tuple]:
         if not bool(params["apply"]):
-            return view
+            return []
         y, x, h, w = (int(v) for v in params["paste"])
-        if h < 1 or w < 1 or y + h > view.shape[1] or x + w > view.shape[2]:
-            raise ValueError(f"{self.name}: paste box {(y, x, h, w)} is not inside the {tuple(view.shape[1:])} view")
-        patch = _resize(_to_float(_crop(source, params["box2"], self.name)), (h, w))
-        out = view.clone()
-        out[:, y : y + h, x : x + w] = patch
-        return out
+        if h < 1 or w < 1 or y + h > output_size[0] or x + w > output_size[1]:
+            raise ValueError(f"{self.name}: paste box {(y, x, h, w)} is not inside the {tuple(output_size)} view")
+        return [(K.OP_PASTE, *_check_box(params["box2"], src_hw, self.name), y, x, h, w)]
 
 
 class _Mixing(Op):
@@ -468,14 +433,6 @@ class CutMix(_Mixing):
             "lam": kept.astype(np.float16),
         }
 
-    def apply(self, own: torch.Tensor, partner: torch.Tensor, params: dict) -> torch.Tensor:
-        y, x, h, w = (int(v) for v in params["box"])
-        if h == 0 or w == 0:
-            return own
-        out = own.clone()
-        out[:, y : y + h, x : x + w] = partner[:, y : y + h, x : x + w]
-        return out
-
     def weights(self, params: dict, output_size) -> np.ndarray:
         """float64 [N] kept fraction, exact from the box (not the float16-rounded lam)."""
         box = np.asarray(params["box"]).astype(np.int64).reshape(-1, 4)
@@ -502,60 +459,48 @@ class MixUp(_Mixing):
         lam = np.where(on, _beta(seed, epoch, ids, self._stream("lam"), self.alpha), 1.0)
         return {"partner": np.where(on, partner, -1).astype(np.int32), "lam": lam.astype(np.float16)}
 
-    def apply(self, own: torch.Tensor, partner: torch.Tensor, params: dict) -> torch.Tensor:
-        lam = float(np.float32(params["lam"]))
-        return lam * own + (1.0 - lam) * partner
-
     def weights(self, params: dict, output_size) -> np.ndarray:
         """float64 [N] own weight: exactly the float32 lam used by apply."""
         lam = np.asarray(params["lam"]).astype(np.float32).astype(np.float64).reshape(-1)
         return np.where(np.asarray(params["partner"]).reshape(-1) < 0, 1.0, lam)
 
 
-_OP_TYPES: dict[str, type[Op]] = {
-    c.__name__: c for c in (Resize, RandomResizedCrop, HorizontalFlip, ColorJitter, SelfMix, CutMix, MixUp)
-}
+_OP_TYPES: dict[str, type[Op]] = {}
 
 
-def register_op(cls: type[Op]) -> type[Op]:
-    """Make a user's Op subclass replayable: policies record it as {"type": cls.__name__, "config": ...}.
+def register_op(cls: type) -> type:
+    """Class decorator: make a recordable Op subclass replayable (Policy.from_json finds it by class name).
 
-    Use as a class decorator; register it again (import the module that defines it) in every process
-    that opens a store recorded with it. A name taken by another class is refused.
+    A user's op is a frozen dataclass subclass of Op with a unique `name` field, `param_spec()`,
+    `sample(...)` (see the module docstring) and `apply_u8(view, params)`, which edits one
+    uint8 [3, H, W] view in place, a pure function of (view, params). User ops run after the
+    built-in base ops (and before a mixing op), per view, in policy order. Register the class
+    again (import its module) in every process that opens a store using it.
     """
     if not (isinstance(cls, type) and issubclass(cls, Op)):
-        raise TypeError(f"register_op takes an Op subclass, got {cls!r}")
-    known = _OP_TYPES.get(cls.__name__)
-    if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"op type {cls.__name__!r} is already registered by {known.__module__}.{known.__qualname__}")
+        raise TypeError(f"register_op needs an Op subclass, got {cls!r}")
+    have = _OP_TYPES.get(cls.__name__)
+    if have is not None and have is not cls and (have.__module__, have.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"op type {cls.__name__!r} is already registered by {have.__module__}")
     _OP_TYPES[cls.__name__] = cls
     return cls
+
+
+for _cls in (Resize, RandomResizedCrop, HorizontalFlip, ColorJitter, SelfMix, CutMix, MixUp):
+    register_op(_cls)
 
 
 def op_from_json(d: dict) -> Op:
     cls = _OP_TYPES.get(d.get("type"))
     if cls is None:
-        raise ValueError(
-            f"unknown op type {d.get('type')!r}; known: {sorted(_OP_TYPES)}. If it is your own Op subclass, "
-            "import the module that defines it (decorated with @labelstore.pipeline.augment.register_op) before opening the store"
-        )
+        raise ValueError(f"unknown op type {d.get('type')!r}: a user op must be registered with "
+                         f"labelstore.pipeline.augment.register_op (import the module defining it) before the "
+                         f"policy is loaded; registered: {sorted(_OP_TYPES)}")
     return cls(**d.get("config", {}))
 
 
-def to_input(views: torch.Tensor, partner: torch.Tensor | None, lam: torch.Tensor | None,
-             mean, std, device) -> torch.Tensor:
-    """uint8 views [B, 3, H, W] -> the model's float32 input [B, 3, H, W] on device (teacher and student alike).
-
-    x = v / 255; with a MixUp partner: x = lam * x + (1 - lam) * partner / 255 (lam float32 [B]);
-    then (x - mean) / std per channel. Runs after the transfer, so only uint8 crosses the bus.
-    """
-    x = views.to(device, non_blocking=True).float().div_(255.0)
-    if partner is not None:
-        lam = lam.to(device, torch.float32).view(-1, 1, 1, 1)
-        x = lam * x + (1.0 - lam) * partner.to(device, non_blocking=True).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return (x - m) / s
+def _is_user_op(op: Op) -> bool:
+    return hasattr(op, "apply_u8")
 
 
 # --------------------------------------------------------------------------- policy
@@ -597,6 +542,11 @@ class Policy:
         mix = [i for i, op in enumerate(ops) if op.MIXING]
         if len(mix) > 1 or (mix and mix[0] != len(ops) - 1):
             raise ValueError(f"at most one mixing op (CutMix/MixUp), and it must be last; got {names}")
+        user = [i for i, op in enumerate(ops) if _is_user_op(op)]
+        if user and any(not ops[i].MIXING and not _is_user_op(ops[i]) for i in range(user[0], len(ops))):
+            raise ValueError(f"user ops (apply_u8) must follow every built-in base op; got {names}")
+        if user and user[0] < geo[0]:
+            raise ValueError(f"user ops must come after the geometry op; got {names}")
         for i, op in enumerate(ops):
             if isinstance(op, SelfMix) and i < geo[0]:
                 raise ValueError(f"{op.name} must come after the geometry op")
@@ -659,49 +609,82 @@ class Policy:
             out[k] = v
         return out
 
-    def _base_view(self, image: np.ndarray, row: dict) -> torch.Tensor:
-        image = _check_image(image)
-        x = image
+    def _program(self, src_hw, row: dict) -> list[tuple]:
+        """Kernel program of the base (unmixed) view: a flip before the geometry op mirrors its box."""
+        prog, pre_flip, geo_done = [], False, False
         for op in self.ops:
-            if op.MIXING:
+            if op.MIXING or _is_user_op(op):
                 continue
             p = self._op_params(op, row)
             if op.GEOMETRY:
-                x = op.apply(x, p, self.output_size)
-            elif isinstance(op, SelfMix):
-                x = op.apply(_to_float(x), p, image)
+                y, x, h, w = op.box(p, src_hw, self.output_size)
+                if pre_flip:
+                    x = int(src_hw[1]) - x - w
+                prog.append((K.OP_RESIZE, y, x, h, w, int(pre_flip)))
+                geo_done = True
+            elif isinstance(op, HorizontalFlip) and not geo_done:
+                pre_flip ^= bool(p["flag"])
             else:
-                x = op.apply(x, p)
-        return _to_float(x)
+                prog += op.program(p, src_hw, self.output_size)
+        return prog
+
+    def render_batch(self, images: list, rows: dict, partner_images=None, partner_rows=None) -> "Views":
+        """uint8 views of a batch, rendered in parallel without the GIL (pipeline/kernels.py).
+
+        images: N uint8 [H, W, 3] sources; rows: {param key: array [N, ...]} aligned with images;
+        partner_images / partner_rows: the partner sample's source and params per view (None
+        where a view is not mixed). CutMix is pasted here; MixUp is blended later by to_input.
+        """
+        n = len(images)
+        H, W = self.output_size
+        srcs = [_check_image(im) for im in images]
+        rowdicts = [{k: v[i] for k, v in rows.items()} for i in range(n)]
+        progs = [self._program(im.shape[:2], r) for im, r in zip(srcs, rowdicts)]
+        mixed = np.zeros(0, np.int64)
+        if self._mix is not None:
+            mixed = np.nonzero(self.partners(rows, n) >= 0)[0]
+            for i in mixed.tolist():
+                if partner_images is None or partner_rows is None or partner_images[i] is None:
+                    raise ValueError(f"{self._mix.name}: view {i} is mixed with another sample "
+                                     "but its partner image/row were not given")
+                srcs.append(_check_image(partner_images[i]))
+                rowdicts.append({k: v[i] for k, v in partner_rows.items()})
+                progs.append(self._program(srcs[-1].shape[:2], rowdicts[-1]))
+        prog = np.zeros((len(srcs), max([len(p) for p in progs], default=0) + 1, K.OP_WIDTH), np.int64)
+        for b, p in enumerate(progs):
+            for k, op in enumerate(p):
+                prog[b, k, : len(op)] = op
+        out = np.zeros((len(srcs), 3, H, W), np.uint8)
+        if len(srcs):
+            flat, offsets, shapes = K.pack_sources(srcs)
+            K.render_views(flat, offsets, shapes, np.arange(len(srcs), dtype=np.int64), prog, out)
+        for op in self.ops:
+            if _is_user_op(op):
+                for b, r in enumerate(rowdicts):
+                    op.apply_u8(out[b], self._op_params(op, r))
+        x = out[:n]
+        if isinstance(self._mix, CutMix):
+            partner = np.zeros_like(x)
+            partner[mixed] = out[n:]
+            boxes = np.asarray(rows[f"{self._mix.name}/box"]).astype(np.int64).reshape(n, 4)
+            boxes[self.partners(rows, n) < 0] = 0
+            K.paste_boxes(x, partner, boxes)
+        if isinstance(self._mix, MixUp):
+            partner = np.zeros_like(x)
+            partner[mixed] = out[n:]
+            lam = self.mix_weight_array(rows, n).astype(np.float32)
+            return Views(torch.from_numpy(x), torch.from_numpy(partner), torch.from_numpy(lam))
+        return Views(torch.from_numpy(x), None, None)
+
+    def to_input(self, views: "Views", device=None) -> torch.Tensor:
+        """float32 [B, 3, H, W] model input of a rendered batch, on `device` (see to_input)."""
+        return to_input(views.x, views.partner, views.lam, self.mean, self.std, device)
 
     def render(self, image: np.ndarray, row: dict, partner_image=None, partner_row=None) -> torch.Tensor:
-        """float32 [3, out_H, out_W] normalised view: a pure function of its inputs."""
-        with torch.no_grad():
-            x = self._base_view(image, row)
-            mix = self._mix
-            if mix is not None:
-                p = self._op_params(mix, row)
-                if int(p["partner"]) >= 0:
-                    if partner_image is None or partner_row is None:
-                        raise ValueError(
-                            f"{mix.name}: view is mixed with sample {int(p['partner'])} "
-                            "but partner_image/partner_row were not given"
-                        )
-                    x = mix.apply(x, self._base_view(partner_image, partner_row), p)
-            mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-            std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-            return ((x - mean) / std).contiguous()
-
-    def render_batch(self, images: list, rows: dict, partner_images=None, partner_rows=None) -> torch.Tensor:
-        """Stack of render() per view: rows / partner_rows are {key: array[N, ...]} aligned with images."""
-        n = len(images)
-        out = torch.empty((n, 3, *self.output_size), dtype=torch.float32)
-        for i in range(n):
-            row = {k: v[i] for k, v in rows.items()}
-            pimg = partner_images[i] if partner_images is not None else None
-            prow = {k: v[i] for k, v in partner_rows.items()} if partner_rows is not None else None
-            out[i] = self.render(images[i], row, pimg, prow)
-        return out
+        """float32 [3, out_H, out_W] normalised view of one sample (render_batch + to_input)."""
+        rows = {k: np.asarray(v)[None] for k, v in row.items()}
+        prows = {k: np.asarray(v)[None] for k, v in partner_row.items()} if partner_row is not None else None
+        return self.to_input(self.render_batch([image], rows, [partner_image], prows))[0]
 
     # ---- serialisation
 
@@ -738,6 +721,43 @@ def _check_image(image) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be [H, W, 3] uint8, got shape {image.shape}")
     return image
+
+
+@dataclass
+class Views:
+    """A rendered batch: x uint8 [B, 3, H, W]; for MixUp also partner uint8 [B, 3, H, W] (zeros
+    where unmixed) and lam float32 [B] (the own view's weight, 1 where unmixed)."""
+
+    x: torch.Tensor
+    partner: torch.Tensor | None = None
+    lam: torch.Tensor | None = None
+
+    def digests(self) -> np.ndarray:
+        """uint32 [B] crc32c of the uint8 view; a mixed MixUp view: of own bytes + partner bytes + lam float32."""
+        x = self.x.numpy()
+        if self.partner is None:
+            return np.array([view_digest(v) for v in x], np.uint32)
+        p, lam = self.partner.numpy(), self.lam.numpy()
+        return np.array([view_digest(x[i]) if lam[i] == 1.0 else
+                         view_digest(np.concatenate([x[i].ravel(), p[i].ravel(), lam[i : i + 1].view(np.uint8)]))
+                         for i in range(len(x))], np.uint32)
+
+
+def to_input(x: torch.Tensor, partner: torch.Tensor | None, lam: torch.Tensor | None, mean, std,
+             device=None) -> torch.Tensor:
+    """uint8 views [B, 3, H, W] -> float32 model input on `device` (teacher and student alike).
+
+    v = lam * x + (1 - lam) * partner   (MixUp; v = x without a partner)
+    out = (v / 255 - mean) / std = (v - 255 mean) / (255 std)
+    """
+    device = device if device is not None else x.device
+    v = x.to(device, non_blocking=True).float()
+    if partner is not None:
+        w = lam.to(device, non_blocking=True).float().view(-1, 1, 1, 1)
+        v = w * v + (1.0 - w) * partner.to(device, non_blocking=True).float()
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+    return (v - m) / s
 
 
 POLICY_NAMES = ("none", "crop-flip", "crop-flip-jitter", "cutmix", "mixup", "selfmix")

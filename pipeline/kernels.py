@@ -1,201 +1,273 @@
-"""numba uint8 view kernels: integer arithmetic only, so the same parameters give the same bytes
-on any CPU (x86, ARM), any SIMD width and any numba thread count.
+"""uint8 view kernels (numba, nogil): integer arithmetic only, so the same stored params give the
+same bytes on any CPU, SIMD width and thread count.
 
-Views are uint8 [3, H, W] (CHW). Normalisation (and MixUp blending) happen later on the consumer's
-device; these kernels only move and filter bytes.
+Resize (crop box (y, x, h, w) of a uint8 HWC source -> (oh, ow)) is a separable triangle
+(bilinear) filter, antialiased when downscaling, with integer weights. In units of
+1 / (2*out) source pixels, output i has centre c_i = (2i+1)*n, source pixel j has centre
+(2j+1)*out and the filter radius is R = 2*max(n, out) (n = source length). Raw weight
 
-Resize (antialiased triangle filter, Pillow-style support, exact integer weights). For output pixel i
-of an axis resized from n_in to n_out, with D = 2 * max(n_in, n_out):
+    w_ij = max(0, R - |(2j+1)*out - (2i+1)*n|)                       (integers)
 
-    r_j = max(0, D - |(2j + 1) * n_out - (2i + 1) * n_in|)        source pixel j in [0, n_in)
-    w_j = floor(r_j * 2^14 / sum_j r_j), remainder added to the first largest w_j  (sum w_j = 2^14)
+quantised to Q14: q_ij = floor(w_ij * 2^14 / sum_j w_ij), the remainder added to the
+largest q (first in j order), so sum_j q_ij = 2^14 exactly. Each pass rounds to uint8:
+v = (sum_j q_ij * s_j + 2^13) >> 14 (horizontal pass first, then vertical).
 
-(r_j is the triangle filter of radius max(n_in/n_out, 1) at the distance between the pixel centres,
-scaled by 2 * n_out or 2 * n_in to an integer.) Horizontal pass first, rounded to uint8:
-t = (sum_j w_j * p_j + 2^13) >> 14, then the vertical pass the same way.
+Colour jitter (factors f in Q11: fq = f * 2048, exact for float16 factors in [0, 2)):
+    gray(p)    = (4899 r + 9617 g + 1868 b + 2^13) >> 14
+    brightness : v = clamp((fq*v + 2^10) >> 11)
+    contrast   : m = floor((sum gray * 2048 + n/2) / n)  (mean gray in Q11, exact integers)
+                 v = clamp((fq*v*2048 + (2048-fq)*m + 2^21) >> 22)
+    saturation : v = clamp((fq*v + (2048-fq)*gray + 2^10) >> 11)
+(>> is floor division by a power of two; clamp to [0, 255]).
 
-Colour jitter on uint8 with Q8 factors f (factor * 256, rounded), in this order, each clipped to [0, 255]:
-    brightness  p' = (p * fb + 128) >> 8
-    contrast    m = (sum over pixels of 77 R + 150 G + 29 B) // (256 * H * W)   (exact integer mean)
-                p' = m + (((p - m) * fc + 128) >> 8)
-    saturation  g = (77 R + 150 G + 29 B + 128) >> 8                          (per pixel)
-                p' = g + (((p - g) * fs + 128) >> 8)
-(>> is an arithmetic shift: floor division by a power of two, also for negative numbers.)
+A batch is rendered by `render_views` over a per-view program of int64 ops (prange over
+views, no GIL): see the OP_* codes.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
 
-WEIGHT_BITS = 14
-_ONE = 1 << WEIGHT_BITS
-_HALF = 1 << (WEIGHT_BITS - 1)
+# numba's own thread pool: unlike GNU OpenMP it survives fork() (DataLoader workers). It runs one
+# parallel launch at a time, so a process renders batches from one thread (the teacher stage's
+# producer thread, the replay loader).
+numba.config.THREADING_LAYER = "workqueue"
+
+Q = 14
+ONE = 1 << Q
+GRAY_Q14 = (4899, 9617, 1868)  # sums to 2^14
+
+# program op codes; each op is 9 int64: code + 8 args
+OP_END, OP_RESIZE, OP_FLIP, OP_JITTER, OP_PASTE = 0, 1, 2, 3, 4
+OP_WIDTH = 9
 
 
-@njit(nogil=True, cache=True)
-def axis_weights(n_in: int, n_out: int):
-    """Integer filter taps for one axis: (start int64 [n_out], w int32 [n_out, K]); sum of each row = 2^14.
-
-    Zero taps stay in the row; start + K never passes n_in when K <= n_in."""
-    D = 2 * max(n_in, n_out)
-    K = min(D // n_out + 2, n_in)
-    start = np.empty(n_out, np.int64)
-    w = np.zeros((n_out, K), np.int64)
-    for i in range(n_out):
-        c2 = (2 * i + 1) * n_in
-        j0 = (c2 - D) // (2 * n_out)
-        if j0 < 0:
-            j0 = 0
-        if j0 > n_in - K:
-            j0 = max(0, n_in - K)
-        start[i] = j0
+@numba.njit(cache=True, nogil=True)
+def filter_weights(n: int, out: int):
+    """Q14 weights of resizing length n -> out: (start int64 [out], weights int64 [out, K])."""
+    R = 2 * max(n, out)
+    K = R // out + 3
+    starts = np.zeros(out, np.int64)
+    weights = np.zeros((out, K), np.int64)
+    raw = np.zeros(K, np.int64)
+    for i in range(out):
+        c = (2 * i + 1) * n
+        lo = max(0, (c - R) // (2 * out) - 1)
+        hi = min(n - 1, (c + R) // (2 * out) + 1)
+        first = -1
+        total = 0
+        k = 0
+        for j in range(lo, hi + 1):
+            d = abs((2 * j + 1) * out - c)
+            w = R - d
+            if w > 0:
+                if first < 0:
+                    first = j
+                raw[k] = w
+                total += w
+                k += 1
+        starts[i] = first
         s = 0
-        for k in range(K):
-            j = j0 + k
-            if j < n_in:
-                d = (2 * j + 1) * n_out - c2
-                if d < 0:
-                    d = -d
-                r = D - d
-                if r > 0:
-                    w[i, k] = r
-                    s += r
-        tot = 0
         best = 0
-        for k in range(K):
-            w[i, k] = w[i, k] * _ONE // s
-            tot += w[i, k]
-            if w[i, k] > w[i, best]:
-                best = k
-        w[i, best] += _ONE - tot
-    return start, w.astype(np.int32)
+        for t in range(k):
+            q = raw[t] * ONE // total
+            weights[i, t] = q
+            s += q
+            if raw[t] > raw[best]:
+                best = t
+        weights[i, best] += ONE - s
+    return starts, weights
 
 
-@njit(nogil=True, cache=True)
-def _crop_resize_into(src, y, x, h, w, flip, out):
-    """src uint8 [H, W, 3]; box (y, x, h, w); out uint8 [3, oh, ow] (written); flip reverses columns."""
-    oh, ow = out.shape[1], out.shape[2]
-    hs, hw = axis_weights(w, ow)
-    vs, vw = axis_weights(h, oh)
-    kh, kv = hw.shape[1], vw.shape[1]
-    tmp = np.empty((h, ow, 3), np.uint8)
+@numba.njit(cache=True, nogil=True)
+def resize_into(src, y, x, h, w, dst, dy, dx, oh, ow):
+    """Resize src[y:y+h, x:x+w] (uint8 HWC) into dst[:, dy:dy+oh, dx:dx+ow] (uint8 CHW).
+
+    int32 accumulators suffice: sum_j q_ij * 255 <= 2^14 * 255 < 2^31.
+    """
+    hs, hw_ = filter_weights(w, ow)
+    vs, vw = filter_weights(h, oh)
+    hq, vq = hw_.astype(np.int32), vw.astype(np.int32)
+    KH, KV = hq.shape[1], vq.shape[1]
+    half = np.int32(ONE >> 1)
+    tmp = np.empty((h, ow * 3), np.int32)  # horizontal pass, already rounded to 0..255
     for r in range(h):
-        for ox in range(ow):
-            j0 = x + hs[ox]
-            a0 = _HALF
-            a1 = _HALF
-            a2 = _HALF
-            for k in range(kh):
-                wk = hw[ox, k]
-                a0 += wk * np.int32(src[y + r, j0 + k, 0])
-                a1 += wk * np.int32(src[y + r, j0 + k, 1])
-                a2 += wk * np.int32(src[y + r, j0 + k, 2])
-            tmp[r, ox, 0] = a0 >> WEIGHT_BITS
-            tmp[r, ox, 1] = a1 >> WEIGHT_BITS
-            tmp[r, ox, 2] = a2 >> WEIGHT_BITS
-    for oy in range(oh):
-        r0 = vs[oy]
-        for ox in range(ow):
-            dx = ow - 1 - ox if flip else ox
-            a0 = _HALF
-            a1 = _HALF
-            a2 = _HALF
-            for k in range(kv):
-                wk = vw[oy, k]
-                a0 += wk * np.int32(tmp[r0 + k, ox, 0])
-                a1 += wk * np.int32(tmp[r0 + k, ox, 1])
-                a2 += wk * np.int32(tmp[r0 + k, ox, 2])
-            out[0, oy, dx] = a0 >> WEIGHT_BITS
-            out[1, oy, dx] = a1 >> WEIGHT_BITS
-            out[2, oy, dx] = a2 >> WEIGHT_BITS
-
-
-def crop_resize(src: np.ndarray, box, out_size: tuple[int, int], flip: bool = False) -> np.ndarray:
-    """One view: uint8 [H, W, 3] source, box (y, x, h, w) -> uint8 [3, oh, ow]."""
-    y, x, h, w = (int(v) for v in box)
-    _check_box(src.shape, y, x, h, w)
-    out = np.empty((3, int(out_size[0]), int(out_size[1])), np.uint8)
-    _crop_resize_into(np.ascontiguousarray(src, dtype=np.uint8), y, x, h, w, bool(flip), out)
-    return out
-
-
-@njit(nogil=True, parallel=True, cache=True)
-def _crop_resize_batch(flat, offsets, shapes, boxes, flips, out):
-    for b in prange(out.shape[0]):
-        H, W = shapes[b, 0], shapes[b, 1]
-        src = flat[offsets[b] : offsets[b] + H * W * 3].reshape((H, W, 3))
-        _crop_resize_into(src, boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3], flips[b], out[b])
-
-
-def crop_resize_batch(images: list, boxes: np.ndarray, flips: np.ndarray, out_size) -> np.ndarray:
-    """Many views in parallel (numba threads, no GIL): uint8 HWC images, boxes int [B, 4] (y, x, h, w),
-    flips bool [B] -> uint8 [B, 3, oh, ow]. Same bytes as crop_resize per view, for any thread count."""
-    B = len(images)
-    boxes = np.asarray(boxes, np.int64).reshape(B, 4)
-    flips = np.asarray(flips, np.bool_).reshape(B)
-    shapes = np.array([im.shape[:2] for im in images], np.int64).reshape(B, 2)
-    for im, bx in zip(images, boxes):
-        if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 [H, W, 3], got {im.dtype} {im.shape}")
-        _check_box(im.shape, *bx)
-    sizes = shapes[:, 0] * shapes[:, 1] * 3
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    flat = np.concatenate([np.ascontiguousarray(im).reshape(-1) for im in images]) if B else np.empty(0, np.uint8)
-    out = np.empty((B, 3, int(out_size[0]), int(out_size[1])), np.uint8)
-    if B:
-        _crop_resize_batch(flat, offsets, shapes, boxes, flips, out)
-    return out
-
-
-def _check_box(shape, y, x, h, w) -> None:
-    H, W = shape[:2]
-    if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
-        raise ValueError(f"box (y={y}, x={x}, h={h}, w={w}) is not inside the {H}x{W} source")
-
-
-def q8(factor) -> np.ndarray:
-    """Jitter factors (float) -> Q8 integers round(factor * 256) (int64); round half to even, IEEE-exact."""
-    return np.rint(np.asarray(factor, np.float64) * 256.0).astype(np.int64)
-
-
-@njit(nogil=True, cache=True)
-def jitter_(v, fb, fc, fs):
-    """In place on uint8 [3, H, W]: brightness, contrast, saturation with Q8 factors (formulas: module doc)."""
-    H, W = v.shape[1], v.shape[2]
-    for c in range(3):
-        for i in range(H):
-            for j in range(W):
-                p = (np.int64(v[c, i, j]) * fb + 128) >> 8
-                v[c, i, j] = min(255, max(0, p))
-    s = 0
-    for i in range(H):
-        for j in range(W):
-            s += 77 * np.int64(v[0, i, j]) + 150 * np.int64(v[1, i, j]) + 29 * np.int64(v[2, i, j])
-    m = s // (256 * H * W)
-    for c in range(3):
-        for i in range(H):
-            for j in range(W):
-                p = m + (((np.int64(v[c, i, j]) - m) * fc + 128) >> 8)
-                v[c, i, j] = min(255, max(0, p))
-    for i in range(H):
-        for j in range(W):
-            g = (77 * np.int64(v[0, i, j]) + 150 * np.int64(v[1, i, j]) + 29 * np.int64(v[2, i, j]) + 128) >> 8
+        row = src[y + r]
+        for i in range(ow):
+            s0 = x + hs[i]
+            n = min(KH, w - hs[i])
+            a0 = half
+            a1 = half
+            a2 = half
+            for t in range(n):
+                q = hq[i, t]
+                a0 += q * np.int32(row[s0 + t, 0])
+                a1 += q * np.int32(row[s0 + t, 1])
+                a2 += q * np.int32(row[s0 + t, 2])
+            tmp[r, 3 * i] = a0 >> Q
+            tmp[r, 3 * i + 1] = a1 >> Q
+            tmp[r, 3 * i + 2] = a2 >> Q
+    acc = np.empty(ow * 3, np.int32)
+    for i in range(oh):
+        r0 = vs[i]
+        n = min(KV, h - r0)
+        acc[:] = half
+        for t in range(n):
+            q = vq[i, t]
+            src_row = tmp[r0 + t]
+            for k in range(ow * 3):
+                acc[k] += q * src_row[k]
+        for j in range(ow):
             for c in range(3):
-                p = g + (((np.int64(v[c, i, j]) - g) * fs + 128) >> 8)
-                v[c, i, j] = min(255, max(0, p))
+                dst[c, dy + i, dx + j] = acc[3 * j + c] >> Q
 
 
-@njit(nogil=True, cache=True)
-def paste_(own, other, y, x, h, w):
-    """In place: own[:, y:y+h, x:x+w] = other[:, y:y+h, x:x+w] (CutMix / SelfMix box), uint8 [3, H, W]."""
-    for c in range(3):
-        for i in range(y, y + h):
-            for j in range(x, x + w):
-                own[c, i, j] = other[c, i, j]
+@numba.njit(cache=True, nogil=True)
+def flip_(view):
+    """Reverse the columns of a uint8 CHW view in place."""
+    W = view.shape[2]
+    for c in range(view.shape[0]):
+        for i in range(view.shape[1]):
+            for j in range(W // 2):
+                a = view[c, i, j]
+                view[c, i, j] = view[c, i, W - 1 - j]
+                view[c, i, W - 1 - j] = a
 
 
-def set_threads(n: int) -> None:
-    """Numba thread count for the batch kernels (results do not depend on it)."""
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+@numba.njit(cache=True, nogil=True)
+def _clamp(v):
+    return 0 if v < 0 else (255 if v > 255 else v)
+
+
+@numba.njit(cache=True, nogil=True)
+def _gray(view, i, j):
+    return (GRAY_Q14[0] * np.int64(view[0, i, j]) + GRAY_Q14[1] * np.int64(view[1, i, j])
+            + GRAY_Q14[2] * np.int64(view[2, i, j]) + (ONE >> 1)) >> Q
+
+
+@numba.njit(cache=True, nogil=True)
+def jitter_(view, bq, cq, sq):
+    """Brightness, contrast, saturation (Q11 factors; 2048 = identity) in place on uint8 CHW."""
+    H, W = view.shape[1], view.shape[2]
+    if bq != 2048:
+        for c in range(3):
+            for i in range(H):
+                for j in range(W):
+                    view[c, i, j] = _clamp((bq * np.int64(view[c, i, j]) + 1024) >> 11)
+    if cq != 2048:
+        total = 0
+        for i in range(H):
+            for j in range(W):
+                total += _gray(view, i, j)
+        n = H * W
+        m = (total * 2048 + n // 2) // n
+        for c in range(3):
+            for i in range(H):
+                for j in range(W):
+                    view[c, i, j] = _clamp((cq * np.int64(view[c, i, j]) * 2048 + (2048 - cq) * m + (1 << 21)) >> 22)
+    if sq != 2048:
+        for i in range(H):
+            for j in range(W):
+                g = _gray(view, i, j)
+                for c in range(3):
+                    view[c, i, j] = _clamp((sq * np.int64(view[c, i, j]) + (2048 - sq) * g + 1024) >> 11)
+
+
+@numba.njit(cache=True, nogil=True)
+def _run(flat, offset, sh, sw, prog, view):
+    src = flat[offset : offset + sh * sw * 3].reshape((sh, sw, 3))
+    oh, ow = view.shape[1], view.shape[2]
+    for k in range(prog.shape[0]):
+        a = prog[k]
+        code = a[0]
+        if code == OP_END:
+            break
+        elif code == OP_RESIZE:
+            resize_into(src, a[1], a[2], a[3], a[4], view, 0, 0, oh, ow)
+            if a[5] != 0:
+                flip_(view)
+        elif code == OP_FLIP:
+            flip_(view)
+        elif code == OP_JITTER:
+            jitter_(view, a[1], a[2], a[3])
+        elif code == OP_PASTE:
+            resize_into(src, a[1], a[2], a[3], a[4], view, a[5], a[6], a[7], a[8])
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def render_views(flat, offsets, shapes, src_of, progs, out):
+    """out[b] (uint8 [3, H, W]) = program progs[b] (int64 [n_ops, 9]) run on source src_of[b].
+
+    Sources are packed in `flat` (uint8): source s is flat[offsets[s]:][:H*W*3] with
+    (H, W) = shapes[s]. Views are independent: prange over b, results do not depend on the
+    thread count.
+    """
+    for b in numba.prange(out.shape[0]):
+        s = src_of[b]
+        _run(flat, offsets[s], shapes[s, 0], shapes[s, 1], progs[b], out[b])
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def paste_boxes(out, partner, boxes):
+    """CutMix: out[b, :, y:y+h, x:x+w] = partner[b, :, y:y+h, x:x+w] for boxes[b] = (y, x, h, w)."""
+    for b in numba.prange(out.shape[0]):
+        y, x, h, w = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3]
+        for c in range(3):
+            for i in range(y, y + h):
+                for j in range(x, x + w):
+                    out[b, c, i, j] = partner[b, c, i, j]
+
+
+def pack_sources(images: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 HWC images -> (flat uint8, offsets int64 [S], shapes int64 [S, 2])."""
+    shapes = np.array([im.shape[:2] for im in images], np.int64).reshape(-1, 2)
+    sizes = shapes[:, 0] * shapes[:, 1] * 3
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(images) else np.zeros(0, np.int64)
+    flat = np.empty(int(sizes.sum()), np.uint8)
+    for im, o, n in zip(images, offsets.tolist(), sizes.tolist()):
+        flat[o : o + n] = np.ascontiguousarray(im).reshape(-1)
+    return flat, offsets, shapes
+
+
+# --------------------------------------------------------------------------- pure numpy reference
+
+
+def reference_weights(n: int, out: int) -> np.ndarray:
+    """Dense Q14 weight matrix [out, n] of the docstring's formula (python ints, no numba)."""
+    R = 2 * max(n, out)
+    m = np.zeros((out, n), np.int64)
+    for i in range(out):
+        raw = np.array([max(0, R - abs((2 * j + 1) * out - (2 * i + 1) * n)) for j in range(n)], np.int64)
+        q = raw * ONE // raw.sum()
+        q[int(np.argmax(raw))] += ONE - q.sum()
+        m[i] = q
+    return m
+
+
+def reference_resize(src: np.ndarray, box, size) -> np.ndarray:
+    """Pure-numpy resize of src[y:y+h, x:x+w] (uint8 HWC) -> uint8 [3, oh, ow]."""
+    y, x, h, w = box
+    oh, ow = size
+    crop = src[y : y + h, x : x + w].astype(np.int64)
+    tmp = (np.einsum("ow,hwc->hoc", reference_weights(w, ow), crop) + (ONE >> 1)) >> Q
+    out = (np.einsum("ph,hoc->poc", reference_weights(h, oh), tmp) + (ONE >> 1)) >> Q
+    return out.transpose(2, 0, 1).astype(np.uint8)
+
+
+def reference_jitter(view: np.ndarray, bq: int, cq: int, sq: int) -> np.ndarray:
+    """Pure-numpy colour jitter of a uint8 CHW view (the docstring's formulas)."""
+    v = view.astype(np.int64)
+
+    def gray(v):
+        return (GRAY_Q14[0] * v[0] + GRAY_Q14[1] * v[1] + GRAY_Q14[2] * v[2] + (ONE >> 1)) >> Q
+
+    if bq != 2048:
+        v = np.clip((bq * v + 1024) >> 11, 0, 255)
+    if cq != 2048:
+        n = v.shape[1] * v.shape[2]
+        m = (int(gray(v).sum()) * 2048 + n // 2) // n
+        v = np.clip((cq * v * 2048 + (2048 - cq) * m + (1 << 21)) >> 22, 0, 255)
+    if sq != 2048:
+        v = np.clip((sq * v + (2048 - sq) * gray(v)[None] + 1024) >> 11, 0, 255)
+    return v.astype(np.uint8)

@@ -1,7 +1,8 @@
 """Replay: the exact views the teacher labelled, with their cached targets.
 
     loader = ReplayLoader(store, data, epoch=3, batch_size=128, shuffle=True, num_workers=2)
-    for x, t in loader:     # x [B,3,H,W] float32; t: dict of tensors (see ReplayLoader)
+    for x, t in loader:     # x [B,3,H,W] uint8; t: dict of tensors (see ReplayLoader)
+        x = loader.policy.to_input(Views(x, t.get("view_partner"), t.get("view_lam")), device)
         ...
 
 Records are read window by window (a few batches at a time, only the chunks those samples
@@ -20,7 +21,7 @@ import torch
 
 from labelstore.integrity import StoreMismatch
 
-from .augment import Policy
+from .augment import Policy, Views
 from .prefetch import prefetch
 
 TARGET_KEYS = ("topk_values", "topk_indices", "gt", "gt_prob", "mc_values")
@@ -50,22 +51,32 @@ def _params(rec: dict, policy: Policy) -> dict:
     return {k: rec[k] for k in policy.param_spec()}
 
 
-def replay_inputs(store, data, epoch: int, indices, policy: Policy | None = None) -> torch.Tensor:
-    """float32 [n, 3, H, W]: the views of `indices` at `epoch`, in order, as the teacher got them."""
+def replay_views(store, data, epoch: int, indices, policy: Policy | None = None) -> Views:
+    """uint8 views of `indices` at `epoch`, in order, exactly as the teacher got them."""
     policy = policy or store_policy(store)
     idx = np.asarray(indices, dtype=np.int64)
-    rec = store.read(epoch, idx, include_rows=False)
-    params = _params(rec, policy)
+    params = _params(store.read(epoch, idx, include_rows=False), policy)
     partners = policy.partners(params, len(idx))
-    prec = store.read(epoch, np.maximum(partners, 0), include_rows=False)
-    pparams = _params(prec, policy)
-    out = []
-    for j, i in enumerate(idx.tolist()):
-        q = int(partners[j])
-        pimg = data.load(q) if q >= 0 else None
-        prow = _rows(pparams, j) if q >= 0 else None
-        out.append(policy.render(data.load(i), _rows(params, j), pimg, prow))
-    return torch.stack(out) if out else torch.empty((0, 3, *policy.output_size))
+    pparams = _params(store.read(epoch, np.maximum(partners, 0), include_rows=False), policy)
+    return policy.render_batch([data.load(int(i)) for i in idx], params,
+                               [data.load(int(q)) if q >= 0 else None for q in partners], pparams)
+
+
+def replay_inputs(store, data, epoch: int, indices, policy: Policy | None = None) -> torch.Tensor:
+    """float32 [n, 3, H, W]: the teacher's input for the views of `indices` at `epoch`."""
+    policy = policy or store_policy(store)
+    return policy.to_input(replay_views(store, data, epoch, indices, policy))
+
+
+def _numba_one_thread(worker_id: int) -> None:
+    """DataLoader workers render one batch each on one core (the workers are the parallelism)."""
+    import numba
+
+    numba.set_num_threads(1)
+
+
+def _same(v):
+    return v
 
 
 def targets(policy: Policy, rec: dict, prec: dict, partners: np.ndarray, b: slice = slice(None)) -> dict[str, torch.Tensor]:
@@ -100,9 +111,10 @@ class ReplayDataset(torch.utils.data.Dataset):
                             persistent_workers=True)
         for e in range(epochs):
             ds.set_epoch(e % store.epochs); sampler.set_epoch(e)
-            for x, t in loader: ...        # x [B,3,H,W] float32, t: dict as `targets`
+            for x, t in loader:            # x [B,3,H,W] uint8, t: dict as `targets`
+                x = to_input(x, t.get("view_partner"), t.get("view_lam"), policy.mean, policy.std, dev)
 
-    Item j = (view of row rows[j] float32 [3,H,W], its targets: `targets` of that one row). The
+    Item j = (view of row rows[j] uint8 [3,H,W], its targets: `targets` of that one row). The
     epoch's records are read whole (a few tens of bytes per view) in each process that renders, the
     first time it needs them after `set_epoch`; the epoch lives in shared memory, so persistent
     DataLoader workers follow `set_epoch` of the main process without being rebuilt.
@@ -144,18 +156,21 @@ class ReplayDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rec, prec, partners = self._records()
-        params, pparams = _params(rec, self.policy), _params(prec, self.policy)
-        i, q = int(self.rows[j]), int(partners[j])
-        x = self.policy.render(self.data.load(i), _rows(params, j), self.data.load(q) if q >= 0 else None,
-                               _rows(pparams, j) if q >= 0 else None)
-        return x, {k: v[0] for k, v in targets(self.policy, rec, prec, partners, slice(j, j + 1)).items()}
+        spec = self.policy.param_spec()
+        q = int(partners[j])
+        v = self.policy.render_batch([self.data.load(int(self.rows[j]))], {k: rec[k][j : j + 1] for k in spec},
+                                     [self.data.load(q) if q >= 0 else None], {k: prec[k][j : j + 1] for k in spec})
+        t = {k: x[0] for k, x in targets(self.policy, rec, prec, partners, slice(j, j + 1)).items()}
+        if v.partner is not None:
+            t["view_partner"], t["view_lam"] = v.partner[0], v.lam[0]
+        return v.x[0], t
 
     def __getstate__(self):  # workers re-read the records of the shared epoch themselves
         return {**self.__dict__, "_loaded": None}
 
 
 class _RenderDataset(torch.utils.data.Dataset):
-    """Item = (sample id, its param row, partner id, partner row) -> rendered view. Workers decode."""
+    """Item = a batch [(sample id, its param row, partner id, partner row)] -> (x, partner, lam) uint8 views."""
 
     def __init__(self, data, policy: Policy):
         self.data, self.policy = data, policy
@@ -163,13 +178,21 @@ class _RenderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, item) -> torch.Tensor:
-        i, row, q, prow = item
-        return self.policy.render(self.data.load(i), row, self.data.load(q) if q >= 0 else None, prow)
+    def __getitem__(self, batch):
+        rows = {k: np.stack([it[1][k] for it in batch]) for k in self.policy.param_spec()}
+        prows = {k: np.stack([it[3][k] if it[3] is not None else np.zeros_like(it[1][k]) for it in batch])
+                 for k in self.policy.param_spec()}
+        v = self.policy.render_batch([self.data.load(it[0]) for it in batch], rows,
+                                     [self.data.load(it[2]) if it[2] >= 0 else None for it in batch], prows)
+        return v.x, v.partner, v.lam
 
 
 class ReplayLoader:
-    """Batches (x [B,3,H,W] float32, targets) of one epoch's recorded views (targets: see `targets`).
+    """Batches (x [B,3,H,W] uint8, targets) of one epoch's recorded views.
+
+    The consumer makes the model input on its device:
+    `to_input(x, t.get("view_partner"), t.get("view_lam"), policy.mean, policy.std, device)`
+    (view_partner uint8 [B,3,H,W] and view_lam float32 [B] come only with a MixUp policy).
 
     The convenience loader for one process: records are read window by window, one window ahead on
     a thread. For a standard DataLoader (samplers, DistributedSampler, pin_memory, persistent
@@ -231,17 +254,19 @@ class ReplayLoader:
                 yield w
 
         loader = torch.utils.data.DataLoader(
-            _RenderDataset(self.data, self.policy), batch_sampler=self._items(tee()),
-            num_workers=self.num_workers, collate_fn=torch.stack,
+            _RenderDataset(self.data, self.policy), sampler=self._items(tee()), batch_size=None,
+            num_workers=self.num_workers, collate_fn=_same, worker_init_fn=_numba_one_thread,
             persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
         )
         pos = 0  # position inside windows[0]
-        for x in loader:
+        for x, partner, lam in loader:
             ids, rec, prec, partners = windows[0]
             b = slice(pos, pos + len(x))
-            yield x, targets(self.policy, rec, prec, partners, b)
+            t = targets(self.policy, rec, prec, partners, b)
+            if partner is not None:
+                t["view_partner"], t["view_lam"] = partner, lam
+            yield x, t
             pos += len(x)
             if pos >= len(ids):
                 windows.pop(0)
                 pos = 0
-

@@ -8,7 +8,7 @@ per epoch one whole shard of each array handed to the background writer:
   topk_values [E,N,K] f16 = top-k of softmax(teacher(x))    topk_indices [E,N,K]
   gt_prob     [E,N]   f16 = softmax(teacher(x))[gt]         (NaN when gt = -1)
   mc_values   [E,N,T,K] f16 = softmax(teacher_t(x))[topk_indices], dropout layers only in train mode
-  view_digest [E,N]   u32 = crc32c(x as float32 bytes)
+  view_digest [E,N]   u32 = crc32c of the uint8 view (Views.digests)
   aug/<op>/<param> [E,N,...] = the parameters of the view, in their storage dtype
 
 Decoding and rendering run one unit ahead of the teacher on a background thread; writes run
@@ -29,7 +29,7 @@ import torch
 import labelstore
 from labelstore import schema, writer
 from labelstore.errors import ConfigError, TeacherOutputError
-from labelstore.integrity import StoreMismatch, json_digest, view_digest
+from labelstore.integrity import StoreMismatch, json_digest
 
 from . import rng
 from .images import DecodeError
@@ -173,15 +173,15 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
             p_pos = {q: j for j, q in enumerate(uniq.tolist())}
             for j0 in range(0, len(rows), cfg.batch_size):
                 sel = np.arange(j0, min(len(rows), j0 + cfg.batch_size))
-                xs = []
-                for j in sel.tolist():
-                    if not ok[j]:
-                        continue
-                    row = {k: v[j] for k, v in params.items()}
-                    q = int(partners[j])
-                    prow = {k: v[p_pos[q]] for k, v in p_params.items()} if q >= 0 else None
-                    xs.append(policy.render(images[int(rows[j])], row, images.get(q), prow))
-                x = torch.stack(xs) if xs else None  # [b, 3, H, W] float32
+                keep = sel[ok[sel]]
+                views = None
+                if len(keep):
+                    qs = partners[keep].tolist()
+                    views = policy.render_batch(  # uint8, all cores, no GIL
+                        [images[int(rows[j])] for j in keep.tolist()], {k: v[keep] for k, v in params.items()},
+                        [images.get(q) if q >= 0 else None for q in qs],
+                        {k: v[[p_pos.get(q, 0) for q in qs]] for k, v in p_params.items()} if len(uniq) else None)
+                x = views
                 yield ("batch", (g, p), e, rows, sel[ok[sel]], x)
             yield ("epoch", (g, p), e, rows, params, None)
         yield ("unit", (g, p), None, rows, hw, ~ok)
@@ -238,10 +238,10 @@ def teach(
                     continue
                 ids = rows[sel]
                 if cfg.digests:
-                    acc["view_digest"][sel] = [view_digest(v) for v in x.numpy()]
+                    acc["view_digest"][sel] = x.digests()
                 mc_seed = int(rng.mix64(np.uint64(cfg.seed) ^ rng.mix64(np.uint64(e * 1_000_003 + int(ids[0])))))
                 with torch.inference_mode(), autocast_context(dev, amp):
-                    logits, mc_logits = mc_forward(teacher, x.to(dev, non_blocking=True), T, mc_seed)
+                    logits, mc_logits = mc_forward(teacher, policy.to_input(x, dev), T, mc_seed)
                 logits = logits.float()
                 if logits.shape[1] != num_classes:
                     raise TeacherOutputError(f"teacher returned {logits.shape[1]} classes, the store expects {num_classes}")

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from labelstore.errors import StoreError
-from labelstore.integrity import verify_chunks, view_digest
+from labelstore.integrity import verify_chunks
 
-from .replay import check_data, replay_inputs
+from .replay import check_data, replay_views, store_policy
 from .teacher import pick_device
 
 
@@ -38,6 +38,7 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
     epochs = g.integers(0, store.epochs, n)
     ids = candidates[g.integers(0, len(candidates), n)]
     digests_ok, checked = 0, 0
+    policy = store_policy(store)
     topk_mismatch, value_err = 0, 0.0
     dev = pick_device(device)
     if teacher is not None:
@@ -45,17 +46,17 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
     for e in np.unique(epochs):
         idx = ids[epochs == e]
         try:
-            x = replay_inputs(store, data, int(e), idx)
+            views = replay_views(store, data, int(e), idx, policy)
             rec = store.read(int(e), idx, include_rows=False)
         except StoreError as err:  # a damaged shard: list it, go on with the other epochs
             report["replay_problems"].append(f"epoch {int(e)} ({len(idx)} views not checked): {err}")
             continue
         if "view_digest" in rec:
-            digests_ok += sum(int(view_digest(v)) == int(d) for v, d in zip(x.numpy(), rec["view_digest"]))
+            digests_ok += int((views.digests() == rec["view_digest"]).sum())
             checked += len(idx)
         if teacher is not None:
             with torch.inference_mode():
-                p = teacher(x.to(dev)).float().softmax(1).cpu()
+                p = teacher(policy.to_input(views, dev)).float().softmax(1).cpu()
             K = store.top_k
             stored_v = torch.from_numpy(rec["topk_values"].astype(np.float32))
             stored_i = torch.from_numpy(rec["topk_indices"].astype(np.int64))

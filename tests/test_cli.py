@@ -16,9 +16,9 @@ import pytest
 from conftest import assert_same_arrays, corrupt_image, make_teacher_checkpoint, read_arrays
 
 import labelstore
-from labelstore.integrity import StoreError, view_digest
+from labelstore.integrity import StoreError
 from labelstore.pipeline.images import HDF5Images, ImageFolder, make_shapes_dataset
-from labelstore.pipeline.replay import replay_inputs
+from labelstore.pipeline.replay import replay_views
 
 ROOT = Path(__file__).resolve().parents[1]
 _EXE = Path(sys.executable).with_name("labelstore")
@@ -192,8 +192,7 @@ def test_hdf5_source_end_to_end(work, ckpt):
     src = HDF5Images(h5)
     assert store.group["gt"][:].tolist() == np.asarray(src.labels).tolist()
     assert store.group["source_hw"][:].tolist() == [[32, 32]] * 24
-    x = replay_inputs(store, src, 1, np.arange(24))
-    np.testing.assert_array_equal([view_digest(v) for v in x.numpy()], store.read(1)["view_digest"])
+    np.testing.assert_array_equal(replay_views(store, src, 1, np.arange(24)).digests(), store.read(1)["view_digest"])
     shutil.rmtree(out)
 
 

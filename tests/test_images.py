@@ -273,7 +273,7 @@ def test_folder_views_render_end_to_end(shapes_root):
     part = pol.partners(p)
     images = [src.load(i) for i in ids]
     prow = {k: v[np.maximum(part, 0)] for k, v in p.items()}
-    views = pol.render_batch(images, p, [images[j] if j >= 0 else None for j in part], prow)
+    views = pol.to_input(pol.render_batch(images, p, [images[j] if j >= 0 else None for j in part], prow))
     assert views.shape == (len(src), 3, 32, 32) and bool(np.isfinite(views.numpy()).all())
     # normalised with ImageNet statistics: roughly centred
     assert abs(float(views.mean())) < 1.0

@@ -10,7 +10,7 @@ from conftest import N_TRAIN, copy_dataset, corrupt_image, read_arrays, teach_st
 import labelstore
 from labelstore.integrity import view_digest
 from labelstore.pipeline.images import ImageFolder
-from labelstore.pipeline.replay import ReplayDataset, ReplayLoader, replay_inputs
+from labelstore.pipeline.replay import ReplayDataset, ReplayLoader, replay_inputs, replay_views
 
 POLICIES = ("none", "crop-flip", "crop-flip-jitter", "cutmix", "mixup", "selfmix")
 EPOCHS = 2
@@ -41,7 +41,7 @@ def test_replay_inputs_reproduce_teacher_views(policy, policy_stores, source, te
         x = replay_inputs(store, source, epoch, idx)
         assert x.dtype == torch.float32 and x.shape == (N_TRAIN, 3, SIZE, SIZE)
         rec = store.read(epoch, idx)
-        np.testing.assert_array_equal(_digests(x), rec["view_digest"])
+        np.testing.assert_array_equal(replay_views(store, source, epoch, idx).digests(), rec["view_digest"])
         with torch.no_grad():
             probs = model(x).softmax(1)
         vals, ind = probs.topk(store.top_k, dim=1)
@@ -162,6 +162,7 @@ def test_replay_dataset_with_distributed_sampler_and_persistent_workers(skip_sto
             loader.sampler.set_epoch(epoch)
             for x, t in loader:
                 i = t["index"].numpy()
+                assert x.dtype == torch.uint8 and x.shape == (len(i), 3, SIZE, SIZE)
                 np.testing.assert_array_equal(_digests(x), rec["view_digest"][i])
                 np.testing.assert_array_equal(t["topk_indices"].numpy(), rec["topk_indices"][i].astype(np.int64))
                 np.testing.assert_array_equal(t["partner"].numpy(), rec["cutmix/partner"][i].astype(np.int64))

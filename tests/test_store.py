@@ -27,7 +27,7 @@ from conftest import (
 import labelstore
 from labelstore.integrity import StoreError, StoreMismatch, verify_chunks, view_digest
 from labelstore.pipeline.images import DecodeError, ImageFolder, make_shapes_dataset
-from labelstore.pipeline.replay import ReplayLoader, check_data
+from labelstore.pipeline.replay import ReplayLoader, check_data, replay_inputs
 from labelstore.pipeline.teach import TeacherOutputError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "store-format.md"
@@ -114,7 +114,7 @@ def test_teach_store_matches_documented_format(base_store, source, teacher):
     assert {"format", "format_version", "teacher", "layout", "state", "completed"} <= set(keys)
     missing = [k for k in keys if k not in attrs]
     assert not missing, missing
-    assert attrs["format"] == "labelstore" and attrs["format_version"] == 1 and attrs["state"] == "complete"
+    assert attrs["format"] == "labelstore" and attrs["format_version"] == 2 and attrs["state"] == "complete"
     assert attrs["task"] == "classification" and attrs["classes"] == source.classes
     assert attrs["teacher"]["weights_sha256"] == teacher[1]["weights_sha256"]
     assert {"kind", "num_samples", "digest", "root"} <= attrs["dataset"].keys()
@@ -317,10 +317,10 @@ class NaNForViews(torch.nn.Module):
 
 
 def test_nan_teacher_output_names_samples(tmp_path, source, teacher, base_store):
-    stored = zarr.open_group(str(base_store), mode="r")["view_digest"]
     model, info = teacher
     bad_rows = [9, 12]  # one batch of 8 (rows 8..15)
-    wrapped = NaNForViews(model, [stored[0, r] for r in bad_rows])
+    x = replay_inputs(labelstore.open(base_store), source, 0, bad_rows)  # the teacher's float inputs
+    wrapped = NaNForViews(model, [view_digest(v) for v in x.numpy()])
     with pytest.raises(TeacherOutputError) as ei:
         teach_store(tmp_path / "nan.zarr", source, (wrapped, info))
     msg = str(ei.value)
@@ -362,10 +362,10 @@ def test_resume_with_another_teacher_refused(tmp_path, source, teacher):
 
 
 def test_other_format_version_refused(tmp_path, base_store):
-    copy = tmp_path / "v2.zarr"
+    copy = tmp_path / "v1.zarr"
     shutil.copytree(base_store, copy)
-    zarr.open_group(str(copy), mode="r+").attrs["format_version"] = 2
-    with pytest.raises(StoreMismatch, match="version 2"):
+    zarr.open_group(str(copy), mode="r+").attrs["format_version"] = 1  # float32 view digests (render version 1)
+    with pytest.raises(StoreMismatch, match="store format version 1, this labelstore reads version 2"):
         labelstore.open(copy)
     with pytest.raises(StoreMismatch, match="version"):
         labelstore.open(copy, allow_incomplete=True)

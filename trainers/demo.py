@@ -38,7 +38,7 @@ def render_all(source, policy, seed: int, epoch: int, images: list | None = None
     ids = np.arange(len(images))
     hw = np.array([im.shape[:2] for im in images])
     params = policy.sample(seed, epoch, ids, hw, len(images))
-    x = policy.render_batch(images, params)
+    x = policy.to_input(policy.render_batch(images, params))
     return x, torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
 
 

@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from labelstore.pipeline.dist import epoch_share
+from labelstore.pipeline.augment import to_input
 from labelstore.pipeline.replay import ReplayLoader
 from labelstore.pipeline.teacher import weights_hash
 
@@ -137,7 +138,8 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
         seen = []
         bar = tqdm(loader, disable=not progress or rank > 0, desc=f"{cfg.mode} epoch {e}", unit="batch", leave=False)
         for x, t in bar:
-            x = x.to(dev, non_blocking=True)
+            x = to_input(x, t.pop("view_partner", None), t.pop("view_lam", None), loader.policy.mean,
+                         loader.policy.std, dev)  # uint8 -> normalised float32 on the device
             t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
             probs = None
             if cfg.mode == "online":
