@@ -140,7 +140,7 @@ GALLERY_TITLES = {
 
 
 def gallery_figure(kind: str, entries: list[dict], title: str) -> bytes:
-    """One row per entry (pipeline.gallery.view_gallery): the source image with the recorded crop box,
+    """One row per entry (labelstore.pipeline.gallery.view_gallery): the source image with the recorded crop box,
     the replayed view, and the stored top-3 classes with their probabilities (ground truth in green)."""
     from matplotlib.patches import Rectangle
 
@@ -309,7 +309,7 @@ def write_html(path: str, info: dict, sections: list[str], figures: dict[str, by
 def write_report(path: str, info: dict, stats: dict, details: dict | None, gallery: dict[str, list[dict]] | None = None) -> None:
     """The HTML report of a store from its `info` (cli.store_info), inspect stats, the task's details
     (views.classification_details / retrieval_details / videoqa_details) and, for classification with
-    the dataset at hand, the gallery of replayed views (pipeline.gallery.view_gallery)."""
+    the dataset at hand, the gallery of replayed views (labelstore.pipeline.gallery.view_gallery)."""
     task = info.get("task")
     sections, figs = [_per_epoch_table(stats)], {}
     if task == "classification" and details:

@@ -13,21 +13,22 @@ import torch
 
 from labelstore.views import to_dask
 
-from .replay import check_data, replay_inputs, store_policy
+from .augment import Views
+from .replay import check_data, replay_views, store_policy
 
 KINDS = ("hardest", "easiest", "uncertain")
 
 
-def view_to_uint8(x: torch.Tensor, policy) -> np.ndarray:
-    """A rendered view [3, H, W] as uint8 [H, W, 3] for display.
+def view_to_uint8(views: Views, j: int) -> np.ndarray:
+    """View j of a rendered batch as uint8 [H, W, 3] for display.
 
-    Normalised float32 views are undone: pixel = round(255 * clip(x * std + mean, 0, 1)).
+    A MixUp view is blended as the teacher saw it: round(lam * x + (1 - lam) * partner).
     """
-    if x.dtype == torch.uint8:
-        return x.permute(1, 2, 0).numpy().copy()
-    mean = torch.tensor(policy.mean).view(3, 1, 1)
-    std = torch.tensor(policy.std).view(3, 1, 1)
-    return (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    x = views.x[j]  # uint8 [3, H, W]
+    if views.partner is not None and float(views.lam[j]) != 1.0:
+        lam = float(views.lam[j])
+        x = (lam * x.float() + (1.0 - lam) * views.partner[j].float()).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 0).numpy().copy()
 
 
 def pick_views(store, n: int = 4) -> tuple[dict[str, list[tuple[int, int, float]]], str]:
@@ -79,7 +80,7 @@ def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
         out[kind] = []
         for epoch, row, score in picks:
             rec = store.read(epoch, np.array([row]), include_rows=True)
-            view = replay_inputs(store, data, epoch, [row], policy)[0]  # [3, H, W]
+            views = replay_views(store, data, epoch, [row], policy)
             partners = policy.partners({k: rec[k] for k in policy.param_spec()}, 1)
             box = rec.get("rrc/box")
             flip = rec.get("flip/flag")
@@ -88,7 +89,7 @@ def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
                 "epoch": epoch, "row": row, "sample_id": str(ids[row]), "source": data.load(row),
                 "box": [int(v) for v in box[0]] if box is not None else None,
                 "flipped": bool(flip[0]) if flip is not None else None, "partner": int(partners[0]),
-                "view": view_to_uint8(view, policy), "gt": names[int(rec["gt"][0])],
+                "view": view_to_uint8(views, 0), "gt": names[int(rec["gt"][0])],
                 "gt_prob": float(rec["gt_prob"][0]), "score": score, "measure": "gt_prob" if kind != "uncertain" else measure,
                 "top": [(names[int(c)], float(p)) for c, p in zip(rec["topk_indices"][0, :k], rec["topk_values"][0, :k])],
             })

@@ -5,7 +5,7 @@
 3. run the teacher stage once (several epochs of views, top-5, MC-dropout passes);
 4. train the same student three ways on the same replayed views — from the cache, with the
    teacher run online, without a teacher — and print one table;
-5. `inspect` the store with Dask and write the HTML report (report.html).
+5. `inspect` the store with Dask and write the HTML report (report.html, with the gallery of replayed views).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from labelstore.cli import store_info
 from labelstore.report import write_report
 from labelstore.views import classification_details, inspect_store
 from labelstore.pipeline.augment import eval_policy, make_policy
+from labelstore.pipeline.gallery import view_gallery
 from labelstore.pipeline.images import ImageFolder, make_shapes_dataset
 from labelstore.pipeline.teach import TeachConfig, teach
 from labelstore.pipeline.teacher import weights_hash
@@ -121,7 +122,7 @@ def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: in
 
     istats = inspect_store(store)
     plot = os.path.join(out, "report.html")  # `labelstore inspect STORE --report`
-    write_report(plot, store_info(store), istats, classification_details(store))
+    write_report(plot, store_info(store), istats, classification_details(store), view_gallery(store, train))
     results = {
         "teacher": {"model": teacher, "accuracy": teacher_acc, "flops": flops_t, "train_seconds": timings["teacher_train"]},
         "student": {"model": student, "flops": flops_s}, "rows": rows,
