@@ -369,7 +369,7 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
         click.echo(f"{e:>5}  " + "  ".join(f"{per[k][e]:>15.4f}" for k in keys))
     for name, h in stats.get("histograms", {}).items():
         click.echo(f"{name}: counts {h['counts']}")
-    if details:
+    if store.task == "classification":
         click.echo(f"ECE {details['ece']:.4f}; FerKD bands (<{details['ferkd']['low']}, between, "
                    f">{details['ferkd']['high']}): {details['ferkd']['below']}, {details['ferkd']['between']}, "
                    f"{details['ferkd']['above']}")

@@ -373,10 +373,12 @@ def videoqa_details(store, scheduler: str | None = None, n: int = 4, epoch: int 
     idx = a["topk_indices"].astype("int64")  # [E, N, K]
     K = idx.shape[-1]
     hit = idx == gt[None, :, None]  # [E, N, K]
-    rank = da.where(hit.any(-1), hit.argmax(-1), K)  # [E, N] 0-based, K = not stored
-    w = da.broadcast_to(valid[None], rank.shape).astype("float64")
-    gp = da.nan_to_num(a["gt_prob"].astype("float64"))
-    todo = {"rank": da.bincount(rank.ravel(), weights=w.ravel(), minlength=K + 1),
+    E, N = hit.shape[:2]
+    flat = lambda x: x.ravel().rechunk(N)  # noqa: E731  [E, N] -> [E*N], one block per epoch (bincount needs equal blocks)
+    rank = flat(da.where(hit.any(-1), hit.argmax(-1), K))  # [E*N] 0-based, K = not stored
+    w = flat(da.broadcast_to(valid[None], (E, N))).astype("float64")  # [E*N] 1 = counted
+    gp = flat(da.nan_to_num(a["gt_prob"].astype("float64")))  # [E*N]
+    todo = {"rank": da.bincount(rank, weights=w, minlength=K + 1),
             "gp": da.histogram(gp, bins=20, range=(0.0, 1.0), weights=w)[0]}
     with _client(scheduler):
         (r,) = dask.compute(todo)
