@@ -23,7 +23,8 @@ def _plt():
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # figures made with layout="constrained" lay themselves out
+        fig.tight_layout()
     fig.savefig(buf, format="png", dpi=90)
     _plt().close(fig)
     return buf.getvalue()
@@ -180,18 +181,22 @@ def gallery_figure(kind: str, entries: list[dict], title: str) -> bytes:
 
 def retrieval_figures(stats: dict, details: dict, info: dict) -> dict[str, bytes]:
     """name -> PNG: per-epoch curves, frame-score heat maps per caption, a similarity block, argmax-frame histogram."""
+    from matplotlib.patches import Rectangle
+
     plt = _plt()
     title = title_of(info)
     figs = {"per_epoch": per_epoch_figure(stats["per_epoch"], title)}
     heat = details["heatmaps"]
-    fig, axes = plt.subplots(len(heat), 1, figsize=(8, 0.9 + 0.45 * sum(len(h["captions"]) + 2 for h in heat)),
-                             squeeze=False, gridspec_kw={"height_ratios": [len(h["captions"]) + 1 for h in heat]})
+    fig, axes = plt.subplots(len(heat), 1, figsize=(9, 0.9 + 0.45 * sum(len(h["captions"]) + 2 for h in heat)),
+                             squeeze=False, gridspec_kw={"height_ratios": [len(h["captions"]) + 1 for h in heat]},
+                             layout="constrained")
     for ax, h in zip(axes[:, 0], heat):
         im = ax.imshow(np.asarray(h["scores"]), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_yticks(range(len(h["captions"])), [_short(c, 40) for c in h["captions"]], fontsize=7)
         ax.set_xticks(range(len(h["frames"])), [str(f) for f in h["frames"]], fontsize=7)
         ax.set_xlabel("frame index of the view (sampled frames, in order)", fontsize=7)
-        ax.set_title(f"video {h['video']}: teacher frame scores per caption (softmax over frames)", fontsize=8)
+        ax.set_title(f"video {h['video']}: teacher frame scores per caption (softmax over the "
+                     f"{len(h['frames'])} frames; uniform = {1 / len(h['frames']):.3f})", fontsize=8)
         fig.colorbar(im, ax=ax, label="frame score", fraction=0.03)
     fig.suptitle(f"epoch {details['epoch']} · {title.replace(chr(10), ' · ')}", fontsize=8)
     figs["frame_scores"] = _png(fig)
@@ -200,13 +205,15 @@ def retrieval_figures(stats: dict, details: dict, info: dict) -> dict[str, bytes
     s = np.asarray(b["similarity"])
     fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(s, cmap="magma")
+    for i in range(min(s.shape)):  # the matching (caption, video) pairs
+        ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="cyan", linewidth=1.2))
     ax.set_xticks(range(len(b["videos"])), b["videos"], rotation=90, fontsize=6)
     ax.set_yticks(range(len(b["captions"])), [_short(c, 30) for c in b["captions"]], fontsize=6)
     ax.set_xlabel("video")
     ax.set_ylabel(f"caption ({b['rows']})")
     fig.colorbar(im, ax=ax, label="teacher similarity s(caption, video) (logit)")
     ax.set_title(f"similarity block, epoch {details['epoch']}, mode {details['mode']}; "
-                 f"matching pairs on the diagonal\n{title}", fontsize=8)
+                 f"matching pairs on the diagonal (cyan)\n{title}", fontsize=8)
     figs["similarity_block"] = _png(fig)
 
     h = stats["histograms"]["argmax_frame"]
@@ -226,8 +233,11 @@ def videoqa_figures(stats: dict, details: dict, info: dict) -> dict[str, bytes]:
     title = title_of(info)
     figs = {"per_epoch": per_epoch_figure(stats["per_epoch"], title)}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, h, what in ((axes[0], stats["histograms"]["top1_prob"], "teacher top-1 answer probability"),
-                        (axes[1], details["gt_prob_hist"], "teacher probability of the annotated answer")):
+    for ax, h, what, who in ((axes[0], stats["histograms"]["top1_prob"], "teacher top-1 answer probability",
+                              "all questions"),
+                             (axes[1], details["gt_prob_hist"], "teacher probability of the annotated answer",
+                              "questions with an in-vocabulary answer")):
+        ax.set_title(who, fontsize=8)
         e = np.asarray(h["edges"])
         ax.bar(e[:-1], h["counts"], np.diff(e), align="edge", edgecolor="k")
         ax.set_xlim(0, 1)
@@ -240,7 +250,8 @@ def videoqa_figures(stats: dict, details: dict, info: dict) -> dict[str, bytes]:
     axes[2].set_xticks(ticks, [r["labels"][i] for i in ticks], fontsize=7)
     axes[2].set_xlabel(f"rank of the annotated answer in the stored top-{details['top_k']} (red: not stored)", fontsize=8)
     axes[2].set_ylabel("questions x epochs")
-    fig.suptitle(f"all epochs, questions with an in-vocabulary answer · {title.replace(chr(10), ' · ')}", fontsize=8)
+    axes[2].set_title("questions with an in-vocabulary answer", fontsize=8)
+    fig.suptitle(f"all epochs · {title.replace(chr(10), ' · ')}", fontsize=8)
     figs["answer_distributions"] = _png(fig)
     return figs
 
