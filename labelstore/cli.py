@@ -20,6 +20,16 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
+def _raised_in_labelstore(e: BaseException) -> bool:
+    """Whether `e` is one of our classes or was raised (last frame of its traceback) by a labelstore module."""
+    if type(e).__module__.split(".")[0] == "labelstore":
+        return True
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] == "labelstore"
+
+
 def _warn(msg: str | None) -> None:
     if msg:
         click.echo(f"warning: {msg}", err=True)
@@ -49,10 +59,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (LabelstoreError, FileNotFoundError) as e:  # DecodeError etc. are DataError
             _fail(str(e))
-        except ValueError as e:  # a plain ValueError raised by our own code (pipeline/trainers install under labelstore.)
-            if type(e).__module__.split(".")[0] == "labelstore":
+        except ValueError as e:  # raised by our own code: a message for the user (pipeline/trainers install under labelstore.)
+            if _raised_in_labelstore(e):
                 _fail(str(e))
-            raise
+            raise  # from a library: a bug, keep the traceback
 
 
 @click.group(cls=_Group)

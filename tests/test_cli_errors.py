@@ -147,3 +147,104 @@ def test_damaged_store(env):
     assert_user_error(run("inspect", bad, check=False), "bad.zarr", "damaged", "topk_values[")
     assert_user_error(run("train", "--store", bad, "--data", env["data"], "--out", env["w"] / "o", "--epochs", "1",
                           check=False), "bad.zarr", "verify")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["teach", "--epochs", "abc"], ["labelstore teach", "--epochs", "'abc' is not a valid integer"]),
+    (["teach", "--teacher", "t.pt", "--out", "x.zarr"], ["labelstore teach", "Missing option", "--data"]),
+    (["teach", "--task", "segmentation"], ["--task", "'segmentation'"]),
+    (["inspect", "s.zarr", "--bogus"], ["labelstore inspect", "No such option", "--bogus"]),
+    (["info"], ["labelstore info", "Missing argument", "STORE_PATH"]),
+    (["teachh"], ["No such command", "'teachh'"]),
+    (["train", "--store", "s.zarr", "--data", "d", "--out", "o", "--crop-scale", "1"], ["--crop-scale"]),
+])
+def test_click_usage_errors(args, words):
+    """Bad option values, missing options / arguments, unknown options / commands: one line, no usage dump."""
+    line = assert_user_error(run(*args, check=False), *words)
+    assert "Usage:" not in line
+
+
+def test_help_and_version_still_exit_0():
+    assert run("--version").stdout.startswith("labelstore, version")
+    assert "Usage: labelstore inspect" in run("inspect", "--help").stdout
+
+
+@pytest.fixture(scope="module")
+def videos(env) -> Path:
+    from labelstore.pipeline import builtin_video as bv
+
+    d = bv.make_videoqa_dataset(env["w"] / "vqa", n_train=3, n_test=1, frames=4, size=16, seed=0)
+    return Path(d["videos"])
+
+
+VQA_TEACHER = "labelstore.trainers.videoqa_models:VideoQAClassifier"
+
+
+@pytest.fixture(scope="module")
+def ret_ckpt(env) -> str:
+    import torch
+
+    from labelstore.pipeline.text import Tokenizer
+    from labelstore.trainers.retrieval import TEACHER_SPEC, save_retrieval_checkpoint
+    from labelstore.trainers.retrieval_models import CrossModalTeacher
+
+    tok = Tokenizer.build(["a red square"])
+    kw = {"vocab_size": len(tok), "dim": 16, "frame_size": 16, "num_frames": 4}
+    torch.manual_seed(0)
+    return save_retrieval_checkpoint(env["w"] / "ret.pt", CrossModalTeacher(**kw), TEACHER_SPEC, kw, tok, 4, 16)
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("q_bad.jsonl", '{"video_id": "train_00000.mp4", "question": "what?", "answer": "red"}\n{oops\n', ["q_bad.jsonl:2"]),
+    ("q_cols.csv", "video_id,question\ntrain_00000.mp4,what colour?\n", ["q_cols.csv", "answer"]),
+    ("q_answers.jsonl", '{"video_id": "train_00000.mp4", "question": "what?", "answer": "red", "answers": ["blue"]}\n',
+     ["q_answers.jsonl:1", "'red'"]),
+    ("q_video.jsonl", '{"video_id": "no_such_video.mp4", "question": "what?", "answer": "red"}\n',
+     ["q_video.jsonl", "no_such_video.mp4"]),
+    ("q_empty.jsonl", "", ["q_empty.jsonl", "no questions"]),
+])
+def test_malformed_questions_file_through_teach(env, videos, name, text, words):
+    (env["w"] / name).write_text(text)
+    p = run("teach", "--task", "videoqa", "--data", videos, "--questions", env["w"] / name, "--teacher", VQA_TEACHER,
+            "--out", env["w"] / "qa.zarr", "--epochs", "1", "--quiet", check=False)
+    assert_user_error(p, *words)
+    assert not (env["w"] / "qa.zarr").exists()
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("c_bad.csv", "video_id,caption\ntrain_00000.mp4,a red square\ntrain_00001.mp4\n", ["c_bad.csv:3"]),
+    ("c_cols.jsonl", '{"video": "train_00000.mp4", "caption": "a red square"}\n', ["c_cols.jsonl:1", "video_id"]),
+    ("c_video.jsonl", '{"video_id": "missing.mp4", "caption": "a red square"}\n', ["c_video.jsonl", "missing.mp4"]),
+    ("c_none.jsonl", None, ["c_none.jsonl", "does not exist"]),
+])
+def test_malformed_captions_file_through_teach(env, videos, ret_ckpt, name, text, words):
+    if text is not None:
+        (env["w"] / name).write_text(text)
+    p = run("teach", "--task", "retrieval", "--data", videos, "--captions", env["w"] / name, "--teacher",
+            ret_ckpt, "--out", env["w"] / "ret.zarr", "--epochs", "1", "--quiet", check=False)
+    assert_user_error(p, *words)
+    assert not (env["w"] / "ret.zarr").exists()
+
+
+def test_unknown_teacher_for_a_video_task(env, videos):
+    (env["w"] / "c_ok.jsonl").write_text('{"video_id": "train_00000.mp4", "caption": "a red square"}\n')
+    p = run("teach", "--task", "retrieval", "--data", videos, "--captions", env["w"] / "c_ok.jsonl", "--teacher",
+            "no-such-model", "--out", env["w"] / "ret.zarr", "--quiet", check=False)
+    assert_user_error(p, "teacher 'no-such-model'", "unknown model spec")
+
+
+def test_inspect_gallery_errors(env, videos):
+    r = env["w"] / "r.html"
+    assert_user_error(run("inspect", env["store"], "--data", env["data"], check=False), "--data", "--report")
+    p = run("data", "shapes", "--out", env["w"] / "other", "--train", "12", "--test", "1", "--json")
+    other = json.loads(p.stdout)["train"]
+    assert_user_error(run("inspect", env["store"], "--report", r, "--data", other, check=False),
+                      "s.zarr", "built from another dataset")
+    assert_user_error(run("inspect", env["store"], "--report", r, "--data", env["w"] / "nowhere", check=False), "nowhere")
+
+
+def test_json_on_bench():
+    p = run("bench", "--images", "16", "--only-image", "--json")
+    r = json.loads(p.stdout)  # stdout: the JSON alone; the log went to stderr
+    assert r["images"] == 16 and r["teacher_stage"]["ratio"] > 0
+    assert "1. teacher stage" in p.stderr
