@@ -135,8 +135,8 @@ def classification_figures(stats: dict, details: dict, info: dict, class_names: 
 GALLERY_TITLES = {
     "hardest": "hardest views: lowest teacher probability of the ground truth (gt_prob)",
     "easiest": "easiest views: highest gt_prob",
-    "uncertain": "most uncertain views: largest std of the top-1 probability over MC passes "
-                 "(without MC passes: smallest top-1 margin p1 - p2)",
+    "uncertain MC std": "most uncertain views: largest std of the top-1 probability over the MC-dropout passes",
+    "uncertain top-1 margin": "most uncertain views: smallest top-1 margin p1 - p2 (no MC passes recorded)",
 }
 
 
@@ -159,7 +159,7 @@ def gallery_figure(kind: str, entries: list[dict], title: str) -> bytes:
         a_src.set_title(f"{e['sample_id']} ({sw}x{sh})\nepoch {e['epoch']}, crop box in red", fontsize=7)
         a_view.imshow(e["view"], interpolation="nearest")
         vh, vw = e["view"].shape[:2]
-        extra = [s for s, on in (("flipped (after the crop)", e["flipped"]), (f"mixed with row {e['partner']}", e["partner"] >= 0)) if on]
+        extra = [s for s, on in (("flipped (after the crop)", e["flipped"]), (f"mixed with row {e['partner']} (own share {e['mix_weight']:.2f})", e["partner"] >= 0)) if on]
         a_view.set_title(f"replayed view {vw}x{vh}" + (f"\n{', '.join(extra)}" if extra else ""), fontsize=7)
         for ax in (a_src, a_view):
             ax.set_xticks([])
@@ -175,7 +175,8 @@ def gallery_figure(kind: str, entries: list[dict], title: str) -> bytes:
         a_top.tick_params(axis="x", labelsize=7)
         a_top.set_title(f"gt {e['gt']}: gt_prob {e['gt_prob']:.3f}" + ("" if e["gt"] in names else " (not in top-3)")
                         + (f"; {e['measure']} {e['score']:.3f}" if kind == "uncertain" else ""), fontsize=7)
-    fig.suptitle(f"{GALLERY_TITLES.get(kind, kind)}\n{title.replace(chr(10), ' · ')}", fontsize=8)
+    heading = GALLERY_TITLES.get(kind if kind != "uncertain" else f"uncertain {entries[0]['measure']}", kind)
+    fig.suptitle(f"{heading}\n{title.replace(chr(10), ' · ')}", fontsize=8)
     return _png(fig)
 
 
