@@ -13,7 +13,7 @@ import torch
 
 from labelstore.views import to_dask
 
-from .augment import Views
+from .augment import HorizontalFlip, RandomResizedCrop, Views
 from .replay import check_data, replay_views, store_policy
 
 KINDS = ("hardest", "easiest", "uncertain")
@@ -66,12 +66,15 @@ def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
 
     Entry: epoch, row, sample_id, source uint8 [h, w, 3] (the decoded source image), box (y, x, h, w)
     of the recorded random-resized crop in source pixels (None without one), flipped (bool or None),
-    partner (the sample mixed in, -1 if none), mix_weight (the own sample's share of the view, 1 unmixed), view uint8 [H, W, 3] (the replayed view), gt (class
-    name), gt_prob, top [(class name, probability)] (the stored top-3), score and measure (what it
-    was picked by: gt_prob, "MC std" or "top-1 margin").
+    partner (the sample mixed in, -1 if none), mix_weight (the own sample's share of the view, 1 if
+    unmixed), view uint8 [H, W, 3] (the replayed view), gt (class name), gt_prob, top [(class name,
+    probability)] (the stored top-3), score and measure (what it was picked by: gt_prob, "MC std" or
+    "top-1 margin").
     """
     check_data(store, data)
     policy = store_policy(store)
+    crop = next((f"{op.name}/box" for op in policy.ops if isinstance(op, RandomResizedCrop)), None)
+    flip = next((f"{op.name}/flag" for op in policy.ops if isinstance(op, HorizontalFlip)), None)
     names = store.attrs.get("classes") or [str(c) for c in range(store.num_classes)]
     ids = store.ids
     out = {}
@@ -83,16 +86,15 @@ def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
             views = replay_views(store, data, epoch, [row], policy)
             params = {k: rec[k] for k in policy.param_spec()}
             partners = policy.partners(params, 1)
-            box = rec.get("rrc/box")
-            flip = rec.get("flip/flag")
             k = min(3, rec["topk_values"].shape[1])
             out[kind].append({
                 "epoch": epoch, "row": row, "sample_id": str(ids[row]), "source": data.load(row),
-                "box": [int(v) for v in box[0]] if box is not None else None,
-                "flipped": bool(flip[0]) if flip is not None else None, "partner": int(partners[0]),
+                "box": [int(v) for v in rec[crop][0]] if crop else None,
+                "flipped": bool(rec[flip][0]) if flip else None, "partner": int(partners[0]),
                 "mix_weight": float(policy.mix_weight_array(params, 1)[0]),
                 "view": view_to_uint8(views, 0), "gt": names[int(rec["gt"][0])],
-                "gt_prob": float(rec["gt_prob"][0]), "score": score, "measure": "gt_prob" if kind != "uncertain" else measure,
+                "gt_prob": float(rec["gt_prob"][0]), "score": score,
+                "measure": "gt_prob" if kind != "uncertain" else measure,
                 "top": [(names[int(c)], float(p)) for c, p in zip(rec["topk_indices"][0, :k], rec["topk_values"][0, :k])],
             })
     return out
