@@ -49,6 +49,8 @@ UNBOUNDED = ("entropy", "frame_entropy", "mc_spread")
 
 def per_epoch_figure(per: dict[str, list[float]], title: str) -> bytes:
     """One panel per statistic against the epoch; probabilities on [0, 1], the others from 0."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     fig, axes = plt.subplots(1, len(per), figsize=(3.2 * len(per), 3.2), squeeze=False)
     for ax, (name, vals) in zip(axes[0], per.items()):
@@ -58,7 +60,7 @@ def per_epoch_figure(per: dict[str, list[float]], title: str) -> bytes:
         top = 1 if name not in UNBOUNDED else max(max(vals) * 1.15, 1e-3)  # from 0: small changes look small
         ax.set_ylim(0, top)
         ax.set_title(name, fontsize=9)
-        ax.set_xticks(range(len(vals)))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))  # whole epochs, readable at any count
     fig.suptitle(title.replace("\n", " · "), fontsize=8)
     return _png(fig)
 
@@ -95,18 +97,18 @@ def classification_figures(stats: dict, details: dict, info: dict, class_names: 
 
     rel = details["reliability"]
     e = np.asarray(rel["edges"])
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.bar(e[:-1], rel["accuracy"], np.diff(e), align="edge", edgecolor="k", label="accuracy (number: views in the bin)")
-    for x0, a, c in zip(e[:-1], rel["accuracy"], rel["count"]):
-        if c:
-            ax.text(x0 + 0.05, a + 0.01, str(c), ha="center", va="bottom", fontsize=6)
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.5, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(e[:-1], rel["accuracy"], np.diff(e), align="edge", edgecolor="k", label="accuracy")
     ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("teacher top-1 probability (confidence)")
     ax.set_ylabel("top-1 accuracy")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     ax.set_title(f"reliability, ECE = {details['ece']:.3f}\n{title}", fontsize=8)
+    ax_n.bar(e[:-1], rel["count"], np.diff(e), align="edge", edgecolor="k", color="tab:gray")
+    ax_n.set_ylabel("views", fontsize=8)
+    ax_n.tick_params(axis="y", labelsize=7)
+    ax_n.set_xlabel("teacher top-1 probability (confidence)")
     figs["reliability"] = _png(fig)
 
     h, fk = details["gt_prob_hist"], details["ferkd"]
