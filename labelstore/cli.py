@@ -516,12 +516,14 @@ def demo(task: str, out: str, seed: int, quiet: bool) -> None:
 @main.command()
 @click.option("--images", default=2048, show_default=True, help="Images of the built-in data to run on.")
 @click.option("--only-image", is_flag=True, help="Skip the video tasks' figures.")
+@click.option("--size", default=32, show_default=True,
+              help="View size of figures 1-3 (32: the shapes data; larger: 500x375 JPEGs, e.g. 224 on a GPU).")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the results as JSON.")
-def bench(images: int, only_image: bool, json_out: str | None) -> None:
+def bench(images: int, only_image: bool, size: int, json_out: str | None) -> None:
     """Throughput and size ratios, measured side by side in one run."""
     from labelstore.trainers.bench import run_bench
 
-    r = run_bench(n_images=images, echo=click.echo, extra=not only_image)
+    r = run_bench(n_images=images, echo=click.echo, extra=not only_image, size=size)
     if json_out:
         with open(json_out, "w") as f:
             json.dump(r, f, indent=2, default=str)
