@@ -514,6 +514,37 @@ def demo(task: str, out: str, seed: int, quiet: bool) -> None:
 
 
 @main.command()
+@click.argument("task", type=click.Choice(["classification"]))
+@click.option("--out", default="runs/experiment-classification", show_default=True, type=click.Path(),
+              help="Setup (data, teacher, store) and one JSON per (arm, seed); a rerun resumes from them.")
+@click.option("--seeds", default=5, show_default=True, help="Seeds per arm (0..N-1), shared by all arms.")
+@click.option("--arms", default="none,cache,online,ferkd,adl", show_default=True, help="Comma-separated arms.")
+@click.option("--reference", default="none", show_default=True, help="Arm the paired differences are taken against.")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
+def experiment(task: str, out: str, seeds: int, arms: str, reference: str, quiet: bool, as_json: bool) -> None:
+    """Train students N seeds per arm, paired by seed; mean and 95 % interval per arm."""
+    import os
+    import shlex
+
+    from labelstore.trainers.experiment import format_table, run_experiment, save_json
+    from labelstore.trainers.experiment_classification import make_arms, setup
+
+    log = (lambda m: click.echo(m, err=True)) if not quiet else None
+    meta = setup(out, echo=log or (lambda m: None))
+    names = [a.strip() for a in arms.split(",") if a.strip()]
+    result = run_experiment(make_arms(meta, names), list(range(seeds)), "accuracy", reference, out_dir=out, log=log)
+    result["teacher_accuracy"] = meta["teacher_accuracy"]
+    invocation = "labelstore experiment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    save_json(result, os.path.join(out, "result.json"), invocation)
+    if as_json:
+        _echo_json({"invocation": invocation, **result})
+    else:
+        click.echo(format_table(result, invocation))
+        click.echo(f"teacher ({meta['teacher_model']}) test accuracy: {meta['teacher_accuracy']:.3f}")
+
+
+@main.command()
 @click.option("--images", default=2048, show_default=True, help="Images of the built-in data to run on.")
 @click.option("--only-image", is_flag=True, help="Skip the video tasks' figures.")
 @click.option("--size", default=32, show_default=True,
