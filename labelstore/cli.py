@@ -464,11 +464,13 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
     from labelstore.pipeline.teacher import pick_device
     from labelstore.trainers.demo import eval_batches
     from labelstore.trainers.distill import DistillConfig, train_student
+    from labelstore.trainers.fit import seed_everything
     from labelstore.trainers.spec import load_model
 
     store = labelstore.open(store_path)
     data = open_source(data_spec)
     teacher = load_model(online_teacher, num_classes=store.num_classes) if mode == "online" else None
+    seed_everything(seed)  # the student's initialisation is a function of --seed
     model = load_model(student, num_classes=store.num_classes)
     size = tuple(store.attrs["policy"]["output_size"])
     evals = eval_batches(open_source(eval_data), size) if eval_data else None
