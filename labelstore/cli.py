@@ -515,11 +515,13 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
     from labelstore.pipeline.teacher import pick_device
     from labelstore.trainers.demo import eval_batches
     from labelstore.trainers.distill import DistillConfig, train_student
+    from labelstore.trainers.fit import seed_everything
     from labelstore.trainers.spec import load_model
 
     store = labelstore.open(store_path)
     data = open_source(data_spec)
     teacher = load_model(online_teacher, num_classes=store.num_classes) if mode == "online" else None
+    seed_everything(seed)  # the student's initialisation is a function of --seed
     model = load_model(student, num_classes=store.num_classes)
     size = tuple(store.attrs["policy"]["output_size"])
     evals = eval_batches(open_source(eval_data), size) if eval_data else None
@@ -569,15 +571,48 @@ def demo(task: str, out: str, seed: int, quiet: bool, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("task", type=click.Choice(["classification"]))
+@click.option("--out", default="runs/experiment-classification", show_default=True, type=click.Path(),
+              help="Setup (data, teacher, store) and one JSON per (arm, seed); a rerun resumes from them.")
+@click.option("--seeds", default=5, show_default=True, help="Seeds per arm (0..N-1), shared by all arms.")
+@click.option("--arms", default="none,cache,online,ferkd,adl", show_default=True, help="Comma-separated arms.")
+@click.option("--reference", default="none", show_default=True, help="Arm the paired differences are taken against.")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
+def experiment(task: str, out: str, seeds: int, arms: str, reference: str, quiet: bool, as_json: bool) -> None:
+    """Train students N seeds per arm, paired by seed; mean and 95 % interval per arm."""
+    import os
+    import shlex
+
+    from labelstore.trainers.experiment import format_table, run_experiment, save_json
+    from labelstore.trainers.experiment_classification import make_arms, setup
+
+    log = (lambda m: click.echo(m, err=True)) if not quiet else None
+    meta = setup(out, echo=log or (lambda m: None))
+    names = [a.strip() for a in arms.split(",") if a.strip()]
+    result = run_experiment(make_arms(meta, names), list(range(seeds)), "accuracy", reference, out_dir=out, log=log)
+    result["teacher_accuracy"] = meta["teacher_accuracy"]
+    invocation = "labelstore experiment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    save_json(result, os.path.join(out, "result.json"), invocation)
+    if as_json:
+        _echo_json({"invocation": invocation, **result})
+    else:
+        click.echo(format_table(result, invocation))
+        click.echo(f"teacher ({meta['teacher_model']}) test accuracy: {meta['teacher_accuracy']:.3f}")
+
+
+@main.command()
 @click.option("--images", default=2048, show_default=True, help="Images of the built-in data to run on.")
 @click.option("--only-image", is_flag=True, help="Skip the video tasks' figures.")
+@click.option("--size", default=32, show_default=True,
+              help="View size of figures 1-3 (32: the shapes data; larger: 500x375 JPEGs, e.g. 224 on a GPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout (the log goes to stderr).")
-def bench(images: int, only_image: bool, as_json: bool) -> None:
+def bench(images: int, only_image: bool, size: int, as_json: bool) -> None:
     """Throughput and size ratios, measured side by side in one run."""
     from labelstore.trainers.bench import run_bench
 
     with _stdout_to_stderr(as_json):
-        r = run_bench(n_images=images, echo=click.echo, extra=not only_image)
+        r = run_bench(n_images=images, echo=click.echo, extra=not only_image, size=size)
     if as_json:
         _echo_json(r)
 

@@ -757,7 +757,7 @@ def to_input(x: torch.Tensor, partner: torch.Tensor | None, lam: torch.Tensor | 
         v = w * v + (1.0 - w) * partner.to(device, non_blocking=True).float()
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
-    return (v - m) / s
+    return v.sub_(m).div_(s)  # in place: the same values as (v - m) / s, one allocation
 
 
 POLICY_NAMES = ("none", "crop-flip", "crop-flip-jitter", "cutmix", "mixup", "selfmix")

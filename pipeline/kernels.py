@@ -26,6 +26,8 @@ views, no GIL): see the OP_* codes.
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
@@ -81,26 +83,44 @@ def filter_weights(n: int, out: int):
 
 
 @numba.njit(cache=True, nogil=True)
+def _fixed_taps(starts, weights, n):
+    """The same filter with every output reading exactly K taps inside [0, n): a start too close to
+    the end moves left and its weights move right (zeros fill in), so the inner loops have one
+    fixed length. Returns (starts int64 [out], weights int32 [out, K])."""
+    out, K = weights.shape
+    K = min(K, n)
+    s2 = np.empty(out, np.int64)
+    w2 = np.zeros((out, K), np.int32)
+    for i in range(out):
+        st = min(starts[i], n - K)
+        s2[i] = st
+        for t in range(weights.shape[1]):
+            if weights[i, t] != 0:
+                w2[i, starts[i] - st + t] = weights[i, t]
+    return s2, w2
+
+
+@numba.njit(cache=True, nogil=True)
 def resize_into(src, y, x, h, w, dst, dy, dx, oh, ow):
     """Resize src[y:y+h, x:x+w] (uint8 HWC) into dst[:, dy:dy+oh, dx:dx+ow] (uint8 CHW).
 
     int32 accumulators suffice: sum_j q_ij * 255 <= 2^14 * 255 < 2^31.
     """
-    hs, hw_ = filter_weights(w, ow)
-    vs, vw = filter_weights(h, oh)
-    hq, vq = hw_.astype(np.int32), vw.astype(np.int32)
+    hs0, hw0 = filter_weights(w, ow)
+    vs0, vw0 = filter_weights(h, oh)
+    hs, hq = _fixed_taps(hs0, hw0, w)
+    vs, vq = _fixed_taps(vs0, vw0, h)
     KH, KV = hq.shape[1], vq.shape[1]
     half = np.int32(ONE >> 1)
     tmp = np.empty((h, ow * 3), np.int32)  # horizontal pass, already rounded to 0..255
     for r in range(h):
-        row = src[y + r]
+        row = src[y + r, x : x + w]
         for i in range(ow):
-            s0 = x + hs[i]
-            n = min(KH, w - hs[i])
+            s0 = hs[i]
             a0 = half
             a1 = half
             a2 = half
-            for t in range(n):
+            for t in range(KH):
                 q = hq[i, t]
                 a0 += q * np.int32(row[s0 + t, 0])
                 a1 += q * np.int32(row[s0 + t, 1])
@@ -111,9 +131,8 @@ def resize_into(src, y, x, h, w, dst, dy, dx, oh, ow):
     acc = np.empty(ow * 3, np.int32)
     for i in range(oh):
         r0 = vs[i]
-        n = min(KV, h - r0)
         acc[:] = half
-        for t in range(n):
+        for t in range(KV):
             q = vq[i, t]
             src_row = tmp[r0 + t]
             for k in range(ow * 3):
@@ -219,12 +238,23 @@ def paste_boxes(out, partner, boxes):
                     out[b, c, i, j] = partner[b, c, i, j]
 
 
+_buffers = threading.local()  # one reusable packing buffer per rendering thread
+
+
 def pack_sources(images: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 HWC images -> (flat uint8, offsets int64 [S], shapes int64 [S, 2])."""
+    """uint8 HWC images -> (flat uint8, offsets int64 [S], shapes int64 [S, 2]).
+
+    `flat` is a view of this thread's reusable buffer (valid until the thread's next call): a fresh
+    100+ MB allocation per batch would cost more in page faults than the rendering itself.
+    """
     shapes = np.array([im.shape[:2] for im in images], np.int64).reshape(-1, 2)
     sizes = shapes[:, 0] * shapes[:, 1] * 3
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(images) else np.zeros(0, np.int64)
-    flat = np.empty(int(sizes.sum()), np.uint8)
+    total = int(sizes.sum())
+    buf = getattr(_buffers, "flat", None)
+    if buf is None or len(buf) < total:
+        buf = _buffers.flat = np.empty(max(total, 2 * len(buf) if buf is not None else 0), np.uint8)
+    flat = buf[:total]
     for im, o, n in zip(images, offsets.tolist(), sizes.tolist()):
         flat[o : o + n] = np.ascontiguousarray(im).reshape(-1)
     return flat, offsets, shapes

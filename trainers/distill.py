@@ -10,8 +10,11 @@ Soft losses (`loss=`), with q the teacher distribution over C classes:
   "fkd"   soft_label_ce: -sum_c q_c log softmax(s/T)_c, q rebuilt from top-k ("marginal" or
           "renorm" fill);
   "ferkd" FerKD label adaptation from the stored gt probability (drop / soften / keep);
-  "adl"   adl_loss(mode="softmax") on the dense q;
-plus `hard_weight` x CE with the ground truth (mixed views: w·CE(gt) + (1-w)·CE(partner gt)).
+  "adl"   adl_loss on the dense q: adl_mode "binary" (the paper: one sigmoid per class, the
+          Σ q^θ normaliser) or "softmax";
+plus `hard_weight` x the hard-label term: CE with the ground truth (mixed views: w·CE(gt) +
+(1-w)·CE(partner gt)); with ADL's binary mode the per-class BCE against the same (mixed) one-hot
+target, summed over classes, as the paper's detection loss is per class.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class DistillConfig:
     temperature: float = 1.0
     fill: str = "marginal"
     hard_weight: float = 0.0
+    adl_mode: str = "binary"  # binary | softmax (loss="adl")
     ferkd: dict = field(default_factory=lambda: {"low": 0.05, "high": 0.95, "epsilon": 0.1})
     num_workers: int = 0
     seed: int = 0
@@ -60,6 +64,18 @@ def _hard_ce(logits: torch.Tensor, t: dict) -> torch.Tensor:
     ce = ce + F.cross_entropy(logits, pg.clamp(min=0), reduction="none") * (1 - w) * (pg >= 0)
     m = gt >= 0
     return ce[m].mean() if m.any() else logits.sum() * 0
+
+
+def _hard_bce(logits: torch.Tensor, t: dict) -> torch.Tensor:
+    """Per-class sigmoid BCE against y = w·onehot(gt) + (1-w)·onehot(partner_gt), summed over
+    classes, mean over labelled views (0 if none)."""
+    gt, pg, w = t["gt"], t["partner_gt"], t["mix_weight"]
+    C = logits.shape[1]
+    y = F.one_hot(gt.clamp(min=0), C).float() * w[:, None]
+    y = y + F.one_hot(pg.clamp(min=0), C).float() * ((1 - w) * (pg >= 0))[:, None]
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(1)
+    m = gt >= 0
+    return bce[m].mean() if m.any() else logits.sum() * 0
 
 
 def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes: int,
@@ -76,7 +92,7 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
         loss = losses.soft_label_ce(logits, vals, idx, fill=cfg.fill, temperature=cfg.temperature)
     elif cfg.loss == "adl":
         q = losses.dense_soft_labels(vals, idx, num_classes, fill=cfg.fill)
-        loss = losses.adl_loss(logits, q, mode="softmax")
+        loss = losses.adl_loss(logits, q, mode=cfg.adl_mode)
     elif cfg.loss == "ferkd":
         gt_prob = t["gt_prob"] if teacher_probs is None else teacher_probs.gather(1, t["gt"].clamp(min=0)[:, None])[:, 0]
         q, keep, info = losses.ferkd_targets(vals, idx, t["gt"], gt_prob, num_classes, fill=cfg.fill, **cfg.ferkd)
@@ -85,7 +101,8 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
     else:
         raise ValueError(f"unknown loss {cfg.loss!r}: choose fkd, ferkd or adl")
     if cfg.hard_weight:
-        loss = loss + cfg.hard_weight * _hard_ce(logits, t)
+        hard = _hard_bce if cfg.loss == "adl" and cfg.adl_mode == "binary" else _hard_ce
+        loss = loss + cfg.hard_weight * hard(logits, t)
     return loss, info
 
 
