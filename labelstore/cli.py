@@ -21,13 +21,18 @@ def _fail(msg: str) -> None:
 
 
 def _raised_in_labelstore(e: BaseException) -> bool:
-    """Whether `e` is one of our classes or was raised (last frame of its traceback) by a labelstore module."""
+    """Whether `e` is one of our classes, or a message we wrote: raised by a `raise` statement of a
+    labelstore module (the last frame of its traceback), not by a library or a failed unpacking."""
+    import linecache
+
     if type(e).__module__.split(".")[0] == "labelstore":
         return True
     tb = e.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] == "labelstore"
+    if tb is None or str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] != "labelstore":
+        return False
+    return linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip().startswith("raise")
 
 
 def _warn(msg: str | None) -> None:
