@@ -74,3 +74,9 @@ def epoch_share(rows: np.ndarray, epoch_seed: list[int], rank: int, world_size: 
     if len(order):
         order = np.resize(order, n)  # wraps around
     return order[rank::world_size]
+
+
+def rank_units(units: list[tuple[int, int]], rank: int, world_size: int) -> list[tuple[int, int]]:
+    """This rank's work units (epoch group g, partition p) of a store shared by world_size ranks:
+    those with p % world_size == rank (a partition's rows are decoded by one rank only)."""
+    return [u for u in units if u[1] % world_size == rank]
