@@ -27,8 +27,8 @@ import torch
 
 import labelstore
 from labelstore import schema, writer
-from labelstore.errors import ConfigError, TeacherOutputError  # noqa: F401 (TeacherOutputError: re-exported)
-from labelstore.integrity import StoreMismatch, json_digest
+from labelstore.errors import ConfigError
+from labelstore.integrity import json_digest
 
 from . import rng
 from .images import DecodeError

@@ -1,4 +1,4 @@
-"""VideoQA CLI entry points (labelstore.trainers.videoqa.cli_teach_videoqa / cli_train_videoqa) and the shared MC passes."""
+"""VideoQA CLI entry points (labelstore.trainers.videoqa_cli.cli_teach_videoqa / cli_train_videoqa) and the shared MC passes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from labelstore.pipeline.teacher import weights_hash
 from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_questions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
 from labelstore.trainers.spec import load_model, save_checkpoint
-from labelstore.trainers.videoqa import cli_teach_videoqa, cli_train_videoqa
+from labelstore.trainers.videoqa_cli import cli_teach_videoqa, cli_train_videoqa
 from labelstore.trainers.videoqa_models import VideoQAClassifier
 
 torch.set_num_threads(1)

@@ -177,3 +177,8 @@ def bench_retrieval(threads: int = 1, n_train: int = 200, epochs: int = 2, batch
             "videos": len(src_rows),
             "epochs": epochs,
         }
+
+
+def demo_command(out: str, seed: int, progress: bool, echo) -> None:
+    """`labelstore demo --task retrieval` (labelstore.trainers.tasks)."""
+    echo(run_retrieval_demo(out, seed=seed, progress=progress)["table"])
