@@ -11,7 +11,8 @@ import torch
 import labelstore
 from labelstore.integrity import StoreError
 from labelstore.pipeline import builtin_video as bv
-from labelstore.pipeline.teach_videoqa import ClipCache, mc_forward_qa, mc_seed, prepare_questions, teacher_targets
+from labelstore.pipeline.teach_videoqa import mc_forward_qa, mc_seed, teacher_targets
+from labelstore.pipeline.videoqa_data import ClipCache, prepare_questions
 from labelstore.pipeline.teacher import weights_hash
 from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_questions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 import labelstore
-from labelstore.pipeline.teach_retrieval import (FrameCache, as_policy, caption_rows, check_feature_dim, load_captions, plan_batches,
-                                      render_inputs)
+from labelstore.pipeline.retrieval_data import (FrameCache, as_policy, caption_rows, check_feature_dim, load_captions,
+                                                plan_batches, render_inputs)
 from labelstore.pipeline.text import Caption, Tokenizer
 from labelstore.pipeline.video import FrameSampler, VideoPolicy
 from labelstore.trainers.losses.teachclip import infonce_sym, teachclip_loss

@@ -138,7 +138,7 @@ def bench_retrieval(threads: int = 1, n_train: int = 200, epochs: int = 2, batch
                                 batch_size=batch_size, overwrite=True)
         store = labelstore.open(path)
         # bare teacher: the same frames (already decoded) and computation, nothing stored
-        from labelstore.pipeline.teach_retrieval import FrameCache, caption_rows, render_inputs
+        from labelstore.pipeline.retrieval_data import FrameCache, caption_rows, render_inputs
 
         src_rows, cv = caption_rows(videos, caps)
         cache = FrameCache(videos)

@@ -35,15 +35,8 @@ import torch.nn.functional as F
 import labelstore
 from labelstore.integrity import StoreError, StoreMismatch
 from labelstore.pipeline import rng
-from labelstore.pipeline.teach_videoqa import (
-    ClipCache,
-    QASet,
-    frame_indices,
-    mc_seed,
-    prepare_questions,
-    teacher_targets,
-    video_grouped_order,
-)
+from labelstore.pipeline.teach_videoqa import mc_seed, teacher_targets
+from labelstore.pipeline.videoqa_data import ClipCache, QASet, frame_indices, prepare_questions, video_grouped_order
 from labelstore.pipeline.text import AnswerVocab, Question, Tokenizer
 from labelstore.pipeline.video import FrameSampler, VideoPolicy
 from labelstore.trainers.losses import (

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import labelstore
 from labelstore.errors import ConfigError
-from labelstore.pipeline.teach_videoqa import ClipCache
+from labelstore.pipeline.videoqa_data import ClipCache
 from labelstore.pipeline.text import AnswerVocab, Tokenizer
 from labelstore.pipeline.video import FrameSampler, VideoPolicy
 from labelstore.trainers.videoqa import METHODS, MODES, _open, check_store_k, evaluate_videoqa, train_videoqa_student

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelstore.pipeline.teach_videoqa import ClipCache, prepare_questions
+from labelstore.pipeline.videoqa_data import ClipCache, prepare_questions
 from labelstore.pipeline.text import AnswerVocab, Tokenizer
 from labelstore.pipeline.video import FrameSampler
 from labelstore.trainers.videoqa import evaluate_videoqa, train_videoqa_classifier, train_videoqa_student
