@@ -21,8 +21,8 @@ from labelstore.pipeline import builtin_video as bv
 from labelstore.pipeline.teach_retrieval import dense_similarity, repr_cat, teach_retrieval
 from labelstore.pipeline.text import Tokenizer, read_captions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
-from labelstore.trainers.retrieval import (STUDENT_SPEC, TEACHER_SPEC, evaluate_retrieval, save_retrieval_checkpoint,
-                                train_retrieval_student)
+from labelstore.trainers.retrieval import evaluate_retrieval, train_retrieval_student
+from labelstore.trainers.retrieval_cli import STUDENT_SPEC, TEACHER_SPEC, save_retrieval_checkpoint
 from labelstore.trainers.retrieval_models import CrossModalTeacher, HolisticStudent
 
 
