@@ -125,15 +125,12 @@ def data(kind: str, out: str, n_train: int, n_test: int, seed: int, as_json: boo
 
 def load_teacher(spec: str, num_classes: int):
     """(model, teacher_info) for a built-in name, checkpoint path or module:callable."""
-    from labelstore.pipeline.teacher import weights_hash
-    from labelstore.trainers.models import count_params
-    from labelstore.trainers.spec import load_model
+    from labelstore.trainers.spec import load_teacher as load
 
-    model = load_model(spec, num_classes=num_classes)
-    return model, {"name": spec, "weights_sha256": weights_hash(model), "params": count_params(model)}
+    return load(spec, num_classes)
 
 
-TASKS = click.Choice(["classification", "retrieval", "videoqa"])
+TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.trainers.tasks.TASKS (tests/test_cli.py)
 
 
 @main.command()
@@ -187,85 +184,18 @@ def teach(task, data_spec, captions, questions, frames, frame_size, similarity_m
     from labelstore.pipeline import checks
     from labelstore.pipeline.dist import dist_env, local_device
     from labelstore.trainers.models import MODELS
+    from labelstore.trainers.tasks import check_ranks, entry_point
 
     checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
-    if task == "classification":
-        checks.check_policy_name(policy_name)
     _use_storage_options(out, storage_options)
     rank, world_size, local_rank = dist_env(rank, world_size)
-    device = local_device(local_rank, device)
-    if world_size > 1 and task != "classification":
-        _fail(f"--task {task} is taught by one process (world size {world_size} given)")
-    if task == "retrieval":
-        from labelstore.trainers.retrieval import cli_teach_retrieval
-
-        if not captions:
-            _fail("--task retrieval needs --captions FILE")
-        r = cli_teach_retrieval(out, data_spec, captions, teacher, epochs=epochs, num_frames=frames,
-                                frame_size=frame_size, mode=similarity_mode, batch_size=batch_size, seed=seed,
-                                resume=resume, overwrite=overwrite, progress=not quiet)
-        if as_json:
-            return _echo_json({"store": out, **r})
-        click.echo(f"{out}: {r['captions']} captions x {r['videos']} videos, {epochs} epochs, mode {r['mode']}, "
-                   f"{r['seconds']:.1f}s ({r['pairs_per_s']:.0f} pairs/s), {'complete' if r['complete'] else 'incomplete'}")
-        return
-    if task == "videoqa":
-        from labelstore.trainers.videoqa import cli_teach_videoqa
-
-        if not questions:
-            _fail("--task videoqa needs --questions FILE")
-        given = {k: v for k, v in (("num_frames", frames), ("frame_size", frame_size)) if v is not None}
-        r = cli_teach_videoqa(out, data_spec, questions, teacher, epochs=epochs, top_k=top_k, mc_passes=mc_passes,
-                              batch_size=batch_size, seed=seed, resume=resume, overwrite=overwrite,
-                              progress=not quiet, **given)
-        if as_json:
-            return _echo_json({"store": out, **r})
-        click.echo(f"{out}: {r['views']} views (K={r['top_k']}, T={mc_passes}) in {r['seconds']:.1f}s, "
-                   f"{'complete' if r['complete'] else 'incomplete'}")
-        return
-    from labelstore.pipeline.augment import make_policy
-    from labelstore.pipeline.images import open_source
-    from labelstore.pipeline.teach import TeachConfig, open_or_create
-    from labelstore.pipeline.teach import teach as run_teach
-
-    source = open_source(data_spec)
-    C = num_classes or len(source.classes)
-    model, info = load_teacher(teacher, C)
-    _warn(checks.mc_without_dropout(model, mc_passes))
-    policy = make_policy(policy_name, output_size=(image_size, image_size), crop_scale=crop_scale)
-    cfg = TeachConfig(epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
-                      views_per_decode=views_per_decode, shard_rows=shard_samples, chunk_rows=chunk_samples,
-                      skip_bad=skip_bad, digests=not no_digest, decode_workers=workers)
-    if world_size > 1:  # rank 0 creates (or replaces, or checks) the store first; the others then join it
-        resume, overwrite = _create_on_rank0(out, rank, world_size, local_rank, lambda: open_or_create(
-            out, source, policy, cfg, info, C, resume=resume, overwrite=overwrite))
-    stats = run_teach(out, source, model, policy, cfg, teacher_info=info, num_classes=C, device=device, amp=amp,
-                      resume=resume, overwrite=overwrite, rank=rank, world_size=world_size, progress=not quiet)
-    if stats["complete"]:
-        from labelstore.views import mean_topk_mass
-
-        _warn(checks.low_topk_mass(mean_topk_mass(labelstore.open(out)), top_k))
+    check_ranks(task, "teach", world_size)
+    options = {**click.get_current_context().params, "rank": rank, "world_size": world_size,
+               "local_rank": local_rank, "device": local_device(local_rank, device)}
+    stats, line = entry_point(task, "teach")(options, _warn)
     if as_json:
         return _echo_json({"store": out, **stats})
-    state = "complete" if stats["complete"] else "incomplete (other ranks still running)"
-    click.echo(f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}")
-
-
-def _create_on_rank0(out: str, rank: int, world_size: int, local_rank: int, create) -> tuple[bool, bool]:
-    """Rank 0 runs `create()`; every rank returns once the store exists, with the (resume, overwrite)
-    flags that join it. Under torchrun the ranks meet at a barrier; started by hand, ranks > 0 wait
-    for the store's state to leave "creating" (so pass --overwrite with torchrun, or to a fresh path)."""
-    from labelstore.writer import wait_for_store
-    from labelstore.pipeline.dist import barrier, process_group
-
-    with process_group(world_size, local_rank) as together:
-        if rank == 0:
-            create()
-        if together:
-            barrier()
-        elif rank > 0:
-            wait_for_store(out)
-    return True, False
+    click.echo(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,98 +409,33 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
 
     Under `torchrun --nproc_per_node N --no-python labelstore train ...` (classification) the student
     trains with DistributedDataParallel, each rank on its share of every epoch; rank 0 writes --out."""
-    from labelstore.pipeline.dist import dist_env, local_device, process_group
+    from labelstore.pipeline.dist import dist_env
+    from labelstore.trainers.tasks import check_ranks, entry_point
 
     _use_storage_options(store_path, storage_options)
-    if task != "classification" and dist_env()[1] > 1:
-        _fail(f"--task {task} trains in one process (torchrun / WORLD_SIZE > 1 given)")
+    check_ranks(task, "train", dist_env()[1])
     if mode == "online" and not online_teacher:
         _fail("--mode online needs --online-teacher SPEC")
-    if task == "retrieval":
-        from labelstore.trainers.retrieval import cli_train_retrieval
-
-        m = cli_train_retrieval(store_path, data_spec, captions, student_spec=student,
-                                mode="infonce" if mode == "none" else mode, online_teacher=online_teacher,
-                                eval_captions=eval_captions, epochs=epochs or 4, batch_size=batch_size, seed=seed,
-                                out=out, progress=True)
-        if as_json:
-            return _echo_json(m)
-        click.echo(f"{mode}: {m['epochs']} epochs in {m['seconds']:.1f}s; eval {m.get('eval')} -> {out}")
-        return
-    if task == "videoqa":
-        from labelstore.trainers.videoqa import cli_train_videoqa
-
-        if not questions:
-            _fail("--task videoqa needs --questions FILE")
-        method = "ce" if mode == "none" else (loss or "radi")
-        m = cli_train_videoqa(store_path, data_spec, questions, method=method,
-                              mode="cache" if mode == "none" else mode, online_teacher=online_teacher,
-                              student_spec=student, eval_questions=eval_questions, epochs=epochs or 4,
-                              batch_size=batch_size, hot_k=hot_k, cold_n=cold_n, scheme=cold_scheme, alpha=alpha,
-                              seed=seed, out=out, progress=True)
-        if as_json:
-            return _echo_json(m)
-        click.echo(f"{method} ({mode}): {m.get('seconds', 0):.1f}s; eval {m.get('eval')} -> {out}")
-        return
-    student = student or "cnn-tiny"
-    loss = loss or "fkd"
-    if loss not in ("fkd", "ferkd", "adl"):
-        _fail(f"--loss {loss} is not a classification loss (fkd, ferkd, adl)")
-    from labelstore.pipeline.images import open_source
-    from labelstore.pipeline.teacher import pick_device
-    from labelstore.trainers.demo import eval_batches
-    from labelstore.trainers.distill import DistillConfig, train_student
-    from labelstore.trainers.fit import seed_everything
-    from labelstore.trainers.spec import load_model
-
-    store = labelstore.open(store_path)
-    data = open_source(data_spec)
-    teacher = load_model(online_teacher, num_classes=store.num_classes) if mode == "online" else None
-    seed_everything(seed)  # the student's initialisation is a function of --seed
-    model = load_model(student, num_classes=store.num_classes)
-    size = tuple(store.attrs["policy"]["output_size"])
-    evals = eval_batches(open_source(eval_data), size) if eval_data else None
-    cfg = DistillConfig(mode=mode, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
-                        fill=fill, hard_weight=hard_weight, num_workers=workers, seed=seed,
-                        ferkd={"low": ferkd_low, "high": ferkd_high, "epsilon": 0.1})
-    rank, world_size, local_rank = dist_env()
-    with process_group(world_size, local_rank):
-        m = train_student(model, store, data, cfg, eval_batches=(lambda: evals) if evals else None, teacher=teacher,
-                          device=pick_device(local_device(local_rank, device)), out_dir=out)
-    if rank:
+    metrics, line = entry_point(task, "train")(click.get_current_context().params, _warn)
+    if metrics is None:  # a rank other than 0
         return
     if as_json:
-        return _echo_json(m)
-    f = m["final"]
-    acc = f" eval accuracy {f['eval_accuracy']:.4f}" if "eval_accuracy" in f else ""
-    click.echo(f"{mode}: {len(m['history'])} epochs in {m['seconds']:.1f}s, loss {f.get('loss', float('nan')):.4f}{acc}"
-               f" -> {out}/metrics.json")
+        return _echo_json(metrics)
+    click.echo(line)
 
 
 @main.command()
-@click.option("--task", type=click.Choice(["classification", "retrieval", "videoqa"]), default="classification",
-              show_default=True)
+@click.option("--task", type=TASKS, default="classification", show_default=True)
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path())
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout (the log goes to stderr).")
 def demo(task: str, out: str, seed: int, quiet: bool, as_json: bool) -> None:
     """The end-to-end demo on built-in generated data (a few CPU minutes)."""
+    from labelstore.trainers.tasks import entry_point
+
     with _stdout_to_stderr(as_json):
-        if task == "classification":
-            from labelstore.trainers.demo import run_demo
-
-            r = run_demo(out, seed=seed, progress=not quiet, echo=click.echo)
-        elif task == "retrieval":
-            from labelstore.trainers.retrieval_demo import run_retrieval_demo
-
-            r = run_retrieval_demo(out, seed=seed, progress=not quiet)
-            click.echo(r["table"])
-        else:
-            from labelstore.trainers.videoqa import run_videoqa_demo
-
-            r = run_videoqa_demo(out, seed=seed, progress=not quiet)
-            click.echo(r["table"])
+        r = entry_point(task, "demo")(out, seed, not quiet, click.echo)
     if as_json:
         _echo_json(r)
 

@@ -74,3 +74,25 @@ def epoch_share(rows: np.ndarray, epoch_seed: list[int], rank: int, world_size: 
     if len(order):
         order = np.resize(order, n)  # wraps around
     return order[rank::world_size]
+
+
+def rank_units(units: list[tuple[int, int]], rank: int, world_size: int) -> list[tuple[int, int]]:
+    """This rank's work units (epoch group g, partition p) of a store shared by world_size ranks:
+    those with p % world_size == rank (a partition's rows are decoded by one rank only)."""
+    return [u for u in units if u[1] % world_size == rank]
+
+
+def create_on_rank0(out: str, rank: int, world_size: int, local_rank: int, create) -> tuple[bool, bool]:
+    """Rank 0 runs `create()`; every rank returns once the store exists, with the (resume, overwrite)
+    flags that join it. Under torchrun the ranks meet at a barrier; started by hand, ranks > 0 wait
+    for the store's state to leave "creating" (so pass --overwrite with torchrun, or to a fresh path)."""
+    from labelstore.writer import wait_for_store
+
+    with process_group(world_size, local_rank) as together:
+        if rank == 0:
+            create()
+        if together:
+            barrier()
+        elif rank > 0:
+            wait_for_store(out)
+    return True, False

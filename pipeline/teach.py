@@ -19,7 +19,6 @@ seed/epoch/partition/batch).
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -28,12 +27,12 @@ import torch
 
 import labelstore
 from labelstore import schema, writer
-from labelstore.errors import ConfigError, TeacherOutputError
-from labelstore.integrity import StoreMismatch, json_digest
+from labelstore.errors import ConfigError
+from labelstore.integrity import json_digest
 
 from . import rng
 from .images import DecodeError
-from .prefetch import prefetch
+from .stage import Item, check_teacher_output, open_store, run_stage
 from .teacher import autocast_context, mc_forward, pick_device
 
 
@@ -97,40 +96,16 @@ def store_attrs(source, policy, cfg: TeachConfig, teacher_info: dict, num_classe
     }
 
 
-def _check_resume(group, want: dict, path: str) -> None:
-    have = group.attrs.asdict()
-    for key in ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epochs", "seed"):
-        if have.get(key) != want[key]:
-            raise StoreMismatch(f"{path}: cannot resume: {key} is {have.get(key)!r} in the store, {want[key]!r} now")
-    checks = {"dataset": ("digest", "num_samples"), "teacher": ("weights_sha256",), "policy": ("digest",)}
-    for key, fields in checks.items():
-        for f in fields:
-            if have[key].get(f) != want[key].get(f):
-                raise StoreMismatch(f"{path}: cannot resume: {key} {f} differs (store {have[key].get(f)!r}, "
-                                    f"now {want[key].get(f)!r}): another {key} than the one the store was started with")
-    for f in _RESUME_FIELDS:
-        if have["teach_config"].get(f) != want["teach_config"][f]:
-            raise StoreMismatch(f"{path}: cannot resume: {f} is {have['teach_config'].get(f)!r} in the store, "
-                                f"{want['teach_config'][f]!r} now")
+RESUME_KEYS = ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epochs", "seed", "dataset.digest",
+               "dataset.num_samples", "teacher.weights_sha256", "policy.digest",
+               *(f"teach_config.{f}" for f in _RESUME_FIELDS))
 
 
 def open_or_create(path: str, source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int,
                    resume: bool = False, overwrite: bool = False, join: bool = False):
     """The zarr group to fill: a new store, or (resume / join) the existing one after checking it matches."""
-    attrs = store_attrs(source, policy, cfg, teacher_info, num_classes)
-
-    def build(at: str) -> None:
-        specs = schema.classification_arrays(
-            num_samples=len(source), epochs=cfg.epochs, num_classes=num_classes, top_k=cfg.top_k,
-            mc_passes=cfg.mc_passes, aug_spec=policy.param_spec(), digests=cfg.digests,
-        )
-        groups = -(-cfg.epochs // cfg.group_size)
-        group = writer.create(at, specs, attrs, chunk_rows=cfg.chunk_rows, shard_rows=cfg.shard_rows, epoch_groups=groups)
-        group["sample_id"][:] = np.asarray(source.ids, dtype=str)
-        group["gt"][:] = np.asarray(source.labels)
-
-    return writer.open_or_create(path, build, lambda g: _check_resume(g, attrs, path), resume=resume,
-                                 overwrite=overwrite, join=join)
+    task = ClassificationTask(source, policy, cfg, teacher_info, num_classes)
+    return open_store(task, path, resume=resume, overwrite=overwrite, join=join)
 
 
 def _decode(source, rows: np.ndarray, pool: ThreadPoolExecutor, skip_bad: bool) -> tuple[dict, np.ndarray]:
@@ -182,11 +157,101 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
                         [images.get(q) if q >= 0 else None for q in qs],
                         {k: v[[p_pos.get(q, 0) for q in qs]] for k, v in p_params.items()} if len(uniq) else None)
                 x = views
-                yield ("batch", (g, p), e, rows, sel[ok[sel]], x)
-            yield ("epoch", (g, p), e, rows, params, None)
-        yield ("unit", (g, p), None, rows, hw, ~ok)
+                yield Item("batch", (g, p), e, rows, (sel[ok[sel]], x))
+            yield Item("epoch", (g, p), e, rows, params)
+        yield Item("unit", (g, p), None, rows, (hw, ~ok))
         # drop the partners decoded for this unit, keep memory bounded by one unit
         images = None
+
+
+class ClassificationTask:
+    """Rows are images; a unit (epoch group g, partition p) decodes its images once for the group's epochs."""
+
+    name, count_unit, resume_keys = schema.CLASSIFICATION, "view", RESUME_KEYS
+
+    def __init__(self, source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int,
+                 teacher: torch.nn.Module | None = None, device: str | None = None, amp: bool | None = None):
+        self.source, self.policy, self.cfg, self.num_classes = source, policy, cfg, num_classes
+        self.dev = pick_device(device)
+        self.teacher = teacher.to(self.dev).eval() if teacher is not None else None
+        self.amp = amp
+        self.attrs = store_attrs(source, policy, cfg, teacher_info, num_classes)
+        self.specs = schema.classification_arrays(
+            num_samples=len(source), epochs=cfg.epochs, num_classes=num_classes, top_k=cfg.top_k,
+            mc_passes=cfg.mc_passes, aug_spec=policy.param_spec(), digests=cfg.digests,
+        )
+        self.gt = np.asarray(source.labels, dtype=np.int64)
+        self._idx_dtype = next(s.dtype for s in self.specs if s.name == "topk_indices")
+        self._acc: dict[str, np.ndarray] = {}  # the current epoch's records of the unit
+
+    def build(self, at: str) -> None:
+        cfg = self.cfg
+        groups = -(-cfg.epochs // cfg.group_size)
+        group = writer.create(at, self.specs, self.attrs, chunk_rows=cfg.chunk_rows, shard_rows=cfg.shard_rows,
+                              epoch_groups=groups)
+        group["sample_id"][:] = np.asarray(self.source.ids, dtype=str)
+        group["gt"][:] = np.asarray(self.source.labels)
+
+    def work(self, units) -> int:
+        N, S = len(self.source), self.cfg.shard_rows
+        return sum(min(N, (p + 1) * S) - p * S for _, p in units) * self.cfg.group_size
+
+    def inputs(self, units, pool):
+        return _views(self.source, self.policy, self.cfg, units, len(self.source), pool)
+
+    def label(self, item: Item):
+        cfg, rows, e = self.cfg, item.rows, item.epoch
+        if item.kind == "epoch":
+            if not self._acc:  # a unit of only skipped rows
+                return [], 0
+            start = int(rows[0])
+            writes = [(name, start, data, e) for name, data in self._acc.items()]
+            writes += [(f"aug/{key}", start, data, e) for key, data in item.data.items()]
+            self._acc = {}
+            return writes, 0
+        if item.kind == "unit":  # per-row arrays (first epoch group only); the driver then flags the unit done
+            hw, skipped = item.data
+            if item.unit[0] == 0:
+                return [("source_hw", int(rows[0]), hw.astype(np.uint16), None), ("skipped", int(rows[0]), skipped, None)], 0
+            return [], 0
+        n, K, T = len(rows), cfg.top_k, cfg.mc_passes
+        if not self._acc:
+            self._acc = {"topk_values": np.zeros((n, K), np.float16), "topk_indices": np.zeros((n, K), self._idx_dtype),
+                         "gt_prob": np.full(n, np.nan, np.float16)}
+            if T:
+                self._acc["mc_values"] = np.zeros((n, T, K), np.float16)
+            if cfg.digests:
+                self._acc["view_digest"] = np.zeros(n, np.uint32)
+        sel, x = item.data  # x: uint8 Views of rows[sel], or None when all of them were skipped
+        if x is None:
+            return [], 0
+        ids = rows[sel]
+        if cfg.digests:
+            self._acc["view_digest"][sel] = x.digests()
+        out = self.targets(x, e, ids)
+        for name, data in out.items():
+            self._acc[name][sel] = data
+        return [], len(ids)
+
+    def targets(self, x, epoch: int, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The records of one batch of views: top-k of p = softmax(teacher(x)), p[gt], MC top-k values."""
+        T, K, dev = self.cfg.mc_passes, self.cfg.top_k, self.dev
+        mc_seed = int(rng.mix64(np.uint64(self.cfg.seed) ^ rng.mix64(np.uint64(epoch * 1_000_003 + int(ids[0])))))
+        with torch.inference_mode(), autocast_context(dev, self.amp):
+            logits, mc_logits = mc_forward(self.teacher, self.policy.to_input(x, dev), T, mc_seed)
+        logits = logits.float()
+        check_teacher_output(logits, epoch, ids, lambda i: self.source.ids[i], columns=(self.num_classes, "classes"))
+        probs = logits.softmax(1)
+        vals, idx = probs.topk(K, dim=1)
+        gt = torch.as_tensor(self.gt[ids], device=dev)
+        gp = probs.gather(1, gt.clamp(min=0)[:, None])[:, 0].masked_fill(gt < 0, float("nan"))
+        out = {"topk_values": vals.cpu().numpy(), "topk_indices": idx.cpu().numpy(), "gt_prob": gp.cpu().numpy()}
+        if T:
+            out["mc_values"] = mc_logits.float().softmax(-1).gather(2, idx[:, None, :].expand(-1, T, -1)).cpu().numpy()  # [b, T, K]
+        return out
+
+    def stats(self, count: int, seconds: float) -> dict:
+        return {"views": count, "views_per_s": count / max(seconds, 1e-9)}
 
 
 def teach(
@@ -207,77 +272,7 @@ def teach(
     progress: bool = True,
 ) -> dict:
     """Fill the store at `out`. Returns run statistics (views, seconds, views/s, complete)."""
-    from tqdm import tqdm
-
     check_config(cfg, num_classes)
-    dev = pick_device(device)
-    group = open_or_create(out, source, policy, cfg, teacher_info, num_classes, resume, overwrite, join=world_size > 1)
-    units = [u for u in writer.pending_units(group) if u[1] % world_size == rank]
-    N, K, T = len(source), cfg.top_k, cfg.mc_passes
-    gt_all = np.asarray(source.labels, dtype=np.int64)
-    teacher = teacher.to(dev).eval()
-    S, V = cfg.shard_rows, cfg.group_size
-    total = sum(min(N, (p + 1) * S) - p * S for _, p in units) * V
-    bar = tqdm(total=total, unit="view", disable=not progress, desc="teach", smoothing=0.1)
-    t0, n_views = time.perf_counter(), 0
-    acc: dict[str, np.ndarray] = {}
-    with ThreadPoolExecutor(cfg.decode_workers) as pool, writer.BackgroundWriter(group) as bg:
-        for kind, unit, e, rows, a, b in prefetch(_views(source, policy, cfg, units, N, pool), depth=4):
-            n = len(rows)
-            if kind == "batch":
-                if not acc:
-                    acc = {"topk_values": np.zeros((n, K), np.float16),
-                           "topk_indices": np.zeros((n, K), group["topk_indices"].dtype),
-                           "gt_prob": np.full(n, np.nan, np.float16)}
-                    if T:
-                        acc["mc_values"] = np.zeros((n, T, K), np.float16)
-                    if cfg.digests:
-                        acc["view_digest"] = np.zeros(n, np.uint32)
-                sel, x = a, b
-                if x is None:
-                    continue
-                ids = rows[sel]
-                if cfg.digests:
-                    acc["view_digest"][sel] = x.digests()
-                mc_seed = int(rng.mix64(np.uint64(cfg.seed) ^ rng.mix64(np.uint64(e * 1_000_003 + int(ids[0])))))
-                with torch.inference_mode(), autocast_context(dev, amp):
-                    logits, mc_logits = mc_forward(teacher, policy.to_input(x, dev), T, mc_seed)
-                logits = logits.float()
-                if logits.shape[1] != num_classes:
-                    raise TeacherOutputError(f"teacher returned {logits.shape[1]} classes, the store expects {num_classes}")
-                finite = torch.isfinite(logits).all(1).cpu().numpy()
-                if not finite.all():
-                    badids = ids[~finite][:10].tolist()
-                    names = [source.ids[i] for i in badids]
-                    raise TeacherOutputError(f"teacher output is NaN/inf at epoch {e} for samples {badids} ({names})")
-                probs = logits.softmax(1)
-                vals, idx = probs.topk(K, dim=1)
-                gt = torch.as_tensor(gt_all[ids], device=dev)
-                gp = probs.gather(1, gt.clamp(min=0)[:, None])[:, 0].masked_fill(gt < 0, float("nan"))
-                acc["topk_values"][sel] = vals.cpu().numpy()
-                acc["topk_indices"][sel] = idx.cpu().numpy()
-                acc["gt_prob"][sel] = gp.cpu().numpy()
-                if T:
-                    mp = mc_logits.float().softmax(-1).gather(2, idx[:, None, :].expand(-1, T, -1))  # [b, T, K]
-                    acc["mc_values"][sel] = mp.cpu().numpy()
-                n_views += len(ids)
-                bar.update(len(sel))
-            elif kind == "epoch":
-                if not acc:  # a unit of only skipped rows
-                    continue
-                start = int(rows[0])
-                for name, data in acc.items():
-                    bg.write(name, start, data, epoch=e)
-                for key, data in a.items():
-                    bg.write(f"aug/{key}", start, data, epoch=e)
-                acc = {}
-            else:  # unit finished: per-row arrays (first epoch group only), then the done flag
-                if unit[0] == 0:
-                    bg.write("source_hw", int(rows[0]), a.astype(np.uint16))
-                    bg.write("skipped", int(rows[0]), b)
-                bg.done(unit)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    complete = writer.finalize(group)
-    return {"views": n_views, "seconds": seconds, "views_per_s": n_views / max(seconds, 1e-9), "complete": complete,
-            "units": len(units)}
+    task = ClassificationTask(source, policy, cfg, teacher_info, num_classes, teacher, device, amp)
+    return run_stage(task, out, resume=resume, overwrite=overwrite, rank=rank, world_size=world_size,
+                     decode_workers=cfg.decode_workers, progress=progress)

@@ -19,11 +19,7 @@ Decoding and rendering run one epoch batch ahead of the teacher on a thread; wri
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,12 +29,12 @@ import zarr
 import labelstore
 from labelstore import schema, writer
 from labelstore.errors import TeacherOutputError
-from labelstore.integrity import StoreMismatch, json_digest, view_digest
+from labelstore.integrity import json_digest, view_digest
 
-from . import rng
-from .prefetch import prefetch
-from .teacher import weights_hash
-from .text import Caption, Tokenizer, check_videos, read_captions
+from .stage import Item, check_teacher_output, run_stage
+from .teacher import teacher_info
+from .retrieval_data import FrameCache, as_policy, caption_rows, check_feature_dim, load_captions, plan_batches, render_inputs
+from .text import Caption, Tokenizer
 from .video import FeatureH5, FrameSampler, VideoFolder, VideoPolicy
 
 MODES = ("embeddings", "dense", "batches")
@@ -47,96 +43,6 @@ MODES = ("embeddings", "dense", "batches")
 def is_dual_encoder(model) -> bool:
     """Duck-typed: a dual encoder embeds videos and texts separately and has a learned similarity scale."""
     return all(hasattr(model, a) for a in ("video_embedding", "text_embedding", "similarity_scale"))
-
-
-# --------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------
-
-
-def load_captions(captions: str | os.PathLike | Sequence[Caption]) -> tuple[list[Caption], str | None]:
-    """(captions, path or None). A path is read with `read_captions` (malformed lines raise CaptionsError)."""
-    if isinstance(captions, (str, os.PathLike)):
-        return read_captions(captions), str(captions)
-    return list(captions), None
-
-
-def caption_rows(videos, captions: Sequence[Caption], path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(src_rows int64 [Nv], caption_video int32 [Nc]).
-
-    src_rows: rows in the video source of the videos the captions refer to, in source order;
-    caption_video[c]: row of caption c's video in src_rows. Raises CaptionsError naming the
-    line and video of every caption whose video is not in the source.
-    """
-    rows = np.asarray(check_videos(captions, videos.index(), path), dtype=np.int64)  # [Nc] source rows
-    src_rows, inverse = np.unique(rows, return_inverse=True)
-    return src_rows, inverse.astype(np.int32)
-
-
-def as_policy(sampler: FrameSampler | VideoPolicy) -> VideoPolicy:
-    return sampler if isinstance(sampler, VideoPolicy) else VideoPolicy(sampler=sampler)
-
-
-class FrameCache:
-    """Frames of a video source, decoded once per video and kept in memory (up to `max_bytes`).
-
-    get(i, indices) returns exactly `videos.load_frames(i, indices)`: short videos (<= max_frames)
-    are decoded whole once and indexed, longer ones are decoded per call.
-    """
-
-    def __init__(self, videos, max_bytes: int = 2 << 30, max_frames: int = 256):
-        self.videos, self.max_bytes, self.max_frames = videos, max_bytes, max_frames
-        self._cache: dict[int, np.ndarray] = {}
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, i: int, indices: np.ndarray) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64)
-        full = self._cache.get(i)
-        if full is None:
-            (n,) = self.videos.src_shape(i)
-            if n > self.max_frames or self._bytes > self.max_bytes:
-                return self.videos.load_frames(i, idx)
-            full = self.videos.load_frames(i, np.arange(n))
-            with self._lock:
-                self._cache[i] = full
-                self._bytes += full.nbytes
-        if idx.size and (idx.min() < 0 or idx.max() >= len(full)):
-            raise IndexError(f"{self.videos}: video {i}: frame indices must be in [0, {len(full)})")
-        return full[idx]
-
-
-def render_inputs(videos, policy: VideoPolicy, frames: Sequence[np.ndarray]) -> torch.Tensor:
-    """Teacher/student input of a batch: images [B, m, 3, H, W] (rendered) or features [B, m, F]."""
-    if isinstance(videos, FeatureH5):
-        return torch.from_numpy(np.stack(frames).astype(np.float32))
-    return policy.render(np.stack(frames))
-
-
-def plan_batches(caption_video: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-    """int32 [nb, B] batch plan of one epoch: captions in a random order keyed by (seed, epoch), packed
-    greedily into batches of B captions of distinct videos; nb = Nc // B. A caption that would repeat a
-    video in the current batch waits for the next one. Slots that cannot be filled (only when some
-    video has more than nb captions left at the end) are -1; captions left over are not used in that epoch.
-    """
-    cv = np.asarray(caption_video)
-    Nc, B = len(cv), int(batch_size)
-    nb = Nc // B
-    u = rng.uniform(seed, epoch, np.arange(Nc), rng.stream_id("retrieval/batch_order"))[:, 0]
-    pending = list(np.argsort(u, kind="stable"))
-    plan = np.full((nb, B), -1, np.int32)
-    for b in range(nb):
-        seen: set[int] = set()
-        taken, waiting = [], []
-        k = 0
-        while k < len(pending) and len(taken) < B:
-            c = int(pending[k])
-            (waiting if int(cv[c]) in seen else taken).append(c)
-            seen.add(int(cv[c]))
-            k += 1
-        pending = waiting + pending[k:]
-        plan[b, : len(taken)] = taken
-    return plan
 
 
 # --------------------------------------------------------------------------------------
@@ -159,29 +65,13 @@ def _rows(r) -> int:
     return len(r) if isinstance(r, torch.Tensor) else len(r[0])
 
 
-def teacher_info(teacher: torch.nn.Module, name: str | None = None) -> dict:
-    return {"name": name or getattr(teacher, "name", type(teacher).__name__), "weights_sha256": weights_hash(teacher),
-            "params": int(sum(p.numel() for p in teacher.parameters()))}
-
-
-def check_feature_dim(videos, teacher: torch.nn.Module) -> None:
-    """A FeatureH5 source must match the model's feature dimension (ValueError naming file, dataset, both dims)."""
-    fdim = getattr(teacher, "feature_dim", None)
-    if isinstance(videos, FeatureH5):
-        if fdim is None:
-            raise ValueError(f"{videos.path}: the video source holds features (dimension {videos.dim}) but the "
-                             f"model {type(teacher).__name__} takes frames (no feature_dim)")
-        videos.check_dim(fdim)
-    elif fdim is not None:
-        raise ValueError(f"{videos}: the video source holds frames but the model {type(teacher).__name__} "
-                         f"takes features of dimension {fdim}")
-
-
 # --------------------------------------------------------------------------------------
 # The store
 # --------------------------------------------------------------------------------------
 
-_RESUME_KEYS = ("task", "epochs", "seed", "num_videos", "num_captions", "num_frames", "similarity_mode", "text_max_len")
+RESUME_KEYS = ("task", "epochs", "seed", "num_videos", "num_captions", "num_frames", "similarity_mode", "text_max_len",
+               "dataset.digest", "captions.digest", "teacher.weights_sha256", "policy.digest", "tokenizer.digest",
+               "teach_config.batch_size", "teach_config.chunk_rows", "teach_config.digests")
 
 
 def _create_array(group: zarr.Group, spec: schema.ArraySpec, chunk_rows: int) -> None:
@@ -199,18 +89,157 @@ def _create_array(group: zarr.Group, spec: schema.ArraySpec, chunk_rows: int) ->
     )
 
 
-def _check_resume(have: dict, want: dict, path: str) -> None:
-    for key in _RESUME_KEYS:
-        if have.get(key) != want.get(key):
-            raise StoreMismatch(f"{path}: cannot resume: {key} is {have.get(key)!r} in the store, {want.get(key)!r} now")
-    for key, field in (("dataset", "digest"), ("captions", "digest"), ("teacher", "weights_sha256"),
-                       ("policy", "digest"), ("tokenizer", "digest")):
-        if have[key].get(field) != want[key].get(field):
-            raise StoreMismatch(f"{path}: cannot resume: {key} {field} differs (store {have[key].get(field)!r}, "
-                                f"now {want[key].get(field)!r}): another {key} than the one the store was started with")
-    if have.get("teach_config") != want["teach_config"]:
-        raise StoreMismatch(f"{path}: cannot resume: teach_config is {have.get('teach_config')} in the store, "
-                            f"{want['teach_config']} now")
+class RetrievalTask:
+    """Rows are videos and captions; one work unit = one epoch (unit (e, 0)), written whole."""
+
+    name, count_unit, resume_keys = schema.RETRIEVAL, "pair", RESUME_KEYS
+
+    def __init__(self, videos, caps: list[Caption], cap_path: str | None, tokenizer: Tokenizer,
+                 teacher: torch.nn.Module, policy: VideoPolicy, *, epochs: int, seed: int, mode: str, batch_size: int,
+                 text_max_len: int, chunk_rows: int, teacher_name: str | None, digests: bool):
+        self.videos, self.caps, self.teacher, self.policy = videos, caps, teacher.eval(), policy
+        self.mode, self.batch_size, self.seed, self.digests, self.chunk_rows = mode, batch_size, int(seed), digests, chunk_rows
+        self.src_rows, self.caption_video = caption_rows(videos, caps, cap_path)
+        check_feature_dim(videos, teacher)
+        self.Nv, self.Nc, self.m, self.E = len(self.src_rows), len(caps), policy.num_frames, int(epochs)
+        self.n_frames = videos.src_shapes(self.src_rows)  # [Nv, 1]; a missing/unreadable file raises VideoDecodeError here
+        self.texts = [c.text for c in caps]
+        ids, mask = tokenizer.encode_batch(self.texts, text_max_len)
+        self.nb = self.Nc // batch_size if mode == "batches" else 0
+        if mode == "batches" and self.nb == 0:
+            raise ValueError(f"teach_retrieval: batch_size {batch_size} exceeds the {self.Nc} captions")
+        pol, tok = policy.to_json(), tokenizer.to_json()
+        self.attrs = {
+            "task": schema.RETRIEVAL,
+            "tool_version": labelstore.__version__,
+            "teacher": teacher_info(teacher, teacher_name),
+            "dataset": {**videos.fingerprint(), **videos.describe()},
+            "captions": {"path": cap_path, "num_captions": self.Nc, "digest": json_digest([[c.video_id, c.text] for c in caps])},
+            "policy": {**pol, "digest": json_digest(pol)},
+            "sampler": policy.sampler.to_json(),
+            "tokenizer": {**tok, "digest": json_digest(tok)},
+            "text_max_len": text_max_len,
+            "seed": self.seed,
+            "epochs": self.E,
+            "num_samples": self.Nv,
+            "num_videos": self.Nv,
+            "num_captions": self.Nc,
+            "num_frames": self.m,
+            "similarity_mode": mode,
+            "teach_config": {"batch_size": batch_size, "chunk_rows": chunk_rows, "digests": digests},
+        }
+        with torch.inference_mode():
+            self.t_all = repr_cat([teacher.encode_text(torch.from_numpy(ids[i:i + 256]), torch.from_numpy(mask[i:i + 256]))
+                                   for i in range(0, self.Nc, 256)])  # text_repr of every caption
+        self.embed_dim = 0
+        if mode == "embeddings":
+            self.embed_dim = int(teacher.text_embedding(repr_take(self.t_all, slice(0, 1))).shape[1])
+            self.attrs["logit_scale"] = teacher.similarity_scale()
+        if mode == "batches":
+            self.attrs["batch_size"] = batch_size
+            self.attrs["num_batches"] = self.nb
+        self.cache = FrameCache(videos)
+        self.cv_t = torch.from_numpy(self.caption_video.astype(np.int64))
+        self._parts: list = []  # video_repr batches of the current epoch
+        self._dig = np.zeros(self.Nv, np.uint32)
+        self._epochs_done = 0
+
+    def build(self, at: str) -> None:
+        specs = schema.retrieval_arrays(num_videos=self.Nv, num_captions=self.Nc, epochs=self.E, num_frames=self.m,
+                                        mode=self.mode, embed_dim=self.embed_dim, num_batches=self.nb,
+                                        batch_size=self.batch_size, digests=self.digests)
+        group = writer.create(at, [], self.attrs, chunk_rows=self.chunk_rows, shard_rows=self.chunk_rows, epoch_groups=self.E)
+        for spec in specs:
+            _create_array(group, spec, self.chunk_rows)
+        group.attrs["layout"] = {"chunk_rows": self.chunk_rows, "shard_rows": "all rows of one epoch",
+                                 "epoch_groups": self.E, "partitions": 1, "work_unit": "one epoch"}
+        group["sample_id"][:] = np.asarray([self.videos.ids[int(i)] for i in self.src_rows], dtype=str)
+        group["caption_video"][:] = self.caption_video
+        group["caption_text"][:] = np.asarray(self.texts, dtype=str)
+        if self.mode == "embeddings":
+            group["text_emb"][:] = self.teacher.text_embedding(self.t_all).float().numpy().astype(np.float16)
+
+    def pairs_per_epoch(self) -> int:
+        return self.Nc * (self.Nv if self.mode != "batches" else self.batch_size)
+
+    def work(self, units) -> int:
+        return len(units) * self.pairs_per_epoch()
+
+    def inputs(self, units, pool):
+        """Per unit (epoch e): the rendered views of batches of videos, then the epoch's frame indices."""
+        rows_all = np.arange(self.Nv)
+        for e, p in units:
+            idx = self.policy.sample(self.seed, e, rows_all, self.n_frames, self.Nv)["frames/indices"]  # int16 [Nv, m]
+            for s in range(0, self.Nv, self.batch_size):
+                rows = range(s, min(self.Nv, s + self.batch_size))
+                frames = list(pool.map(lambda r: self.cache.get(int(self.src_rows[r]), idx[r]), rows))
+                x = render_inputs(self.videos, self.policy, frames)  # [b, m, ...] float32
+                dig = np.array([view_digest(v) for v in x.numpy()], np.uint32) if self.digests else None
+                yield Item("batch", (e, p), e, rows_all, (s, x, dig))
+            yield Item("epoch", (e, p), e, rows_all, idx)
+            yield Item("unit", (e, p), None, rows_all)
+
+    def label(self, item: Item):
+        if item.kind == "batch":
+            s, x, d = item.data
+            with torch.inference_mode():
+                self._parts.append(self.teacher.encode_video(x))
+            if self.digests:
+                self._dig[s:s + len(d)] = d
+            return [], 0
+        if item.kind == "unit":
+            self._epochs_done += 1
+            return [], 0
+        e, v_all = item.epoch, repr_cat(self._parts)  # video_repr of every video (this epoch's view)
+        self._parts = []
+        with torch.inference_mode():
+            writes = [("aug/frames/indices", 0, item.data, e),
+                      ("frame_scores", 0, self.frame_scores(v_all, e).numpy().astype(np.float16), e)]
+            if self.digests:
+                writes.append(("view_digest", 0, self._dig.copy(), e))
+            writes += self.similarities(v_all, e)
+        return writes, self.pairs_per_epoch()
+
+    def _check(self, x: torch.Tensor, what: str, epoch: int) -> None:
+        rows = np.arange(len(x))
+        check_teacher_output(x, epoch, rows, lambda r: f"{self.caps[r].video_id}: {self.caps[r].text!r}" if r < self.Nc else "",
+                             what=what)
+
+    def frame_scores(self, v_all, e: int) -> torch.Tensor:
+        """float32 [Nc, m] = softmax over frames of teacher.frame_text_scores, in blocks of 256 captions."""
+        fs = []
+        for c0 in range(0, self.Nc, 256):
+            sl = slice(c0, min(self.Nc, c0 + 256))
+            r = self.teacher.frame_text_scores(repr_take(v_all, self.cv_t[sl]), repr_take(self.t_all, sl)).float()
+            if r.shape != (sl.stop - sl.start, self.m):
+                raise TeacherOutputError(f"frame_text_scores returned {tuple(r.shape)}, expected [{sl.stop - sl.start}, {self.m}]")
+            fs.append(r.softmax(-1))
+        fs = torch.cat(fs)
+        self._check(fs, "frame scores", e)
+        return fs
+
+    def similarities(self, v_all, e: int) -> list:
+        """The writes of the similarity mode (module docstring)."""
+        t = self.teacher
+        if self.mode == "embeddings":
+            return [("video_emb", 0, t.video_embedding(v_all).float().numpy().astype(np.float16), e)]
+        if self.mode == "dense":
+            sim = dense_similarity(t, v_all, self.t_all)  # [Nc, Nv]
+            self._check(sim, "similarity", e)
+            return [("similarity", 0, sim.numpy().astype(np.float16), e)]
+        B = self.batch_size
+        plan = plan_batches(self.caption_video, B, self.seed, e)  # [nb, B]
+        blocks = np.full((self.nb, B, B), np.nan, np.float16)
+        for b in range(self.nb):
+            sel = plan[b][plan[b] >= 0]
+            q = t.similarity(repr_take(v_all, self.cv_t[sel]), repr_take(self.t_all, sel)).float().T  # [B, B]
+            self._check(q, "similarity", e)
+            blocks[b, : len(sel), : len(sel)] = q.numpy()
+        return [("batch_captions", 0, plan, e), ("batch_similarity", 0, blocks, e)]
+
+    def stats(self, count: int, seconds: float) -> dict:
+        return {"videos": self.Nv * self._epochs_done, "captions": self.Nc, "pairs": count,
+                "pairs_per_s": count / max(seconds, 1e-9), "mode": self.mode}
 
 
 def teach_retrieval(
@@ -248,139 +277,11 @@ def teach_retrieval(
         raise ValueError(f"teach_retrieval: mode 'embeddings' needs a dual-encoder teacher (video_embedding, "
                          f"text_embedding, similarity_scale); {type(teacher).__name__} is cross-modal: use 'dense' or 'batches'")
     caps, cap_path = load_captions(captions)
-    src_rows, caption_video = caption_rows(videos, caps, cap_path)
-    check_feature_dim(videos, teacher)
-    policy = as_policy(sampler)
-    Nv, Nc, m, E = len(src_rows), len(caps), policy.num_frames, int(epochs)
-    n_frames = videos.src_shapes(src_rows)  # [Nv, 1]; a missing/unreadable file raises VideoDecodeError here
-    teacher = teacher.eval()
-    texts = [c.text for c in caps]
-    ids, mask = tokenizer.encode_batch(texts, text_max_len)
-    nb = Nc // batch_size if mode == "batches" else 0
-    if mode == "batches" and nb == 0:
-        raise ValueError(f"teach_retrieval: batch_size {batch_size} exceeds the {Nc} captions")
-
-    pol = policy.to_json()
-    tok = tokenizer.to_json()
-    cap_digest = json_digest([[c.video_id, c.text] for c in caps])
-    attrs = {
-        "task": schema.RETRIEVAL,
-        "tool_version": labelstore.__version__,
-        "teacher": teacher_info(teacher, teacher_name),
-        "dataset": {**videos.fingerprint(), **videos.describe()},
-        "captions": {"path": cap_path, "num_captions": Nc, "digest": cap_digest},
-        "policy": {**pol, "digest": json_digest(pol)},
-        "sampler": policy.sampler.to_json(),
-        "tokenizer": {**tok, "digest": json_digest(tok)},
-        "text_max_len": text_max_len,
-        "seed": int(seed),
-        "epochs": E,
-        "num_samples": Nv,
-        "num_videos": Nv,
-        "num_captions": Nc,
-        "num_frames": m,
-        "similarity_mode": mode,
-        "teach_config": {"batch_size": batch_size, "chunk_rows": chunk_rows, "digests": digests},
-    }
-    with torch.inference_mode():
-        t_all = repr_cat([teacher.encode_text(torch.from_numpy(ids[i:i + 256]), torch.from_numpy(mask[i:i + 256]))
-                          for i in range(0, Nc, 256)])  # text_repr of every caption
-    embed_dim = 0
-    if mode == "embeddings":
-        embed_dim = int(teacher.text_embedding(repr_take(t_all, slice(0, 1))).shape[1])
-        attrs["logit_scale"] = teacher.similarity_scale()
-    if mode == "batches":
-        attrs["batch_size"] = batch_size
-        attrs["num_batches"] = nb
-
-    def build(at: str) -> None:
-        specs = schema.retrieval_arrays(num_videos=Nv, num_captions=Nc, epochs=E, num_frames=m, mode=mode,
-                                        embed_dim=embed_dim, num_batches=nb, batch_size=batch_size, digests=digests)
-        group = writer.create(at, [], attrs, chunk_rows=chunk_rows, shard_rows=chunk_rows, epoch_groups=E)
-        for spec in specs:
-            _create_array(group, spec, chunk_rows)
-        group.attrs["layout"] = {"chunk_rows": chunk_rows, "shard_rows": "all rows of one epoch", "epoch_groups": E,
-                                 "partitions": 1, "work_unit": "one epoch"}
-        group["sample_id"][:] = np.asarray([videos.ids[int(i)] for i in src_rows], dtype=str)
-        group["caption_video"][:] = caption_video
-        group["caption_text"][:] = np.asarray(texts, dtype=str)
-        if mode == "embeddings":
-            group["text_emb"][:] = teacher.text_embedding(t_all).float().numpy().astype(np.float16)
-
-    group = writer.open_or_create(out, build, lambda g: _check_resume(g.attrs.asdict(), attrs, out),
-                                  resume=resume, overwrite=overwrite)
-
-    units = writer.pending_units(group)
-    if stop_after_units is not None:
-        units = units[:stop_after_units]
-    cache = FrameCache(videos)
-    cv_t = torch.from_numpy(caption_video.astype(np.int64))
-
-    def produce():
-        """Per unit: (epoch, indices [Nv, m]) then batches (start, x, digests)."""
-        with ThreadPoolExecutor(decode_workers) as pool:
-            for e, _ in units:
-                idx = policy.sample(seed, e, np.arange(Nv), n_frames, Nv)["frames/indices"]  # int16 [Nv, m]
-                yield ("epoch", e, idx, None)
-                for s in range(0, Nv, batch_size):
-                    rows = range(s, min(Nv, s + batch_size))
-                    frames = list(pool.map(lambda r: cache.get(int(src_rows[r]), idx[r]), rows))
-                    x = render_inputs(videos, policy, frames)  # [b, m, ...] float32
-                    dig = np.array([view_digest(v) for v in x.numpy()], np.uint32) if digests else None
-                    yield ("batch", s, x, dig)
-
-    t0, n_pairs = time.perf_counter(), 0
-    with writer.BackgroundWriter(group) as bg, contextlib.closing(prefetch(produce(), depth=4)) as it:
-        for e, _ in units:
-            kind, e2, idx, _ = next(it)
-            assert kind == "epoch" and e2 == e
-            parts, dig = [], np.zeros(Nv, np.uint32)
-            while sum(_rows(p) for p in parts) < Nv:
-                kind, s, x, d = next(it)
-                with torch.inference_mode():
-                    parts.append(teacher.encode_video(x))
-                if digests:
-                    dig[s:s + len(d)] = d
-            v_all = repr_cat(parts)  # video_repr of every video (this epoch's view)
-            with torch.inference_mode():
-                fs = []
-                for c0 in range(0, Nc, 256):
-                    sl = slice(c0, min(Nc, c0 + 256))
-                    r = teacher.frame_text_scores(repr_take(v_all, cv_t[sl]), repr_take(t_all, sl)).float()
-                    if r.shape != (sl.stop - sl.start, m):
-                        raise TeacherOutputError(f"frame_text_scores returned {tuple(r.shape)}, expected [{sl.stop - sl.start}, {m}]")
-                    fs.append(r.softmax(-1))
-                fs = torch.cat(fs)
-                _check_finite(fs, "frame scores", e, caps)
-                bg.write("aug/frames/indices", 0, idx, epoch=e)
-                bg.write("frame_scores", 0, fs.numpy().astype(np.float16), epoch=e)
-                if digests:
-                    bg.write("view_digest", 0, dig, epoch=e)
-                if mode == "embeddings":
-                    ve = teacher.video_embedding(v_all).float()
-                    bg.write("video_emb", 0, ve.numpy().astype(np.float16), epoch=e)
-                elif mode == "dense":
-                    sim = dense_similarity(teacher, v_all, t_all)  # [Nc, Nv]
-                    _check_finite(sim, "similarity", e, caps)
-                    bg.write("similarity", 0, sim.numpy().astype(np.float16), epoch=e)
-                else:
-                    plan = plan_batches(caption_video, batch_size, seed, e)  # [nb, B]
-                    blocks = np.full((nb, batch_size, batch_size), np.nan, np.float16)
-                    for b in range(nb):
-                        sel = plan[b][plan[b] >= 0]
-                        q = teacher.similarity(repr_take(v_all, cv_t[sel]), repr_take(t_all, sel)).float().T  # [B, B]
-                        _check_finite(q, "similarity", e, caps)
-                        blocks[b, : len(sel), : len(sel)] = q.numpy()
-                    bg.write("batch_captions", 0, plan, epoch=e)
-                    bg.write("batch_similarity", 0, blocks, epoch=e)
-            n_pairs += Nc * (Nv if mode != "batches" else batch_size)
-            bg.done((e, 0))
-            if progress:
-                print(f"teach_retrieval: epoch {e} done ({time.perf_counter() - t0:.1f}s)", flush=True)
-    seconds = time.perf_counter() - t0
-    complete = writer.finalize(group)
-    return {"units": len(units), "seconds": seconds, "videos": Nv * len(units), "captions": Nc,
-            "pairs": n_pairs, "pairs_per_s": n_pairs / max(seconds, 1e-9), "complete": complete, "mode": mode}
+    task = RetrievalTask(videos, caps, cap_path, tokenizer, teacher, as_policy(sampler), epochs=epochs, seed=seed,
+                         mode=mode, batch_size=batch_size, text_max_len=text_max_len, chunk_rows=chunk_rows,
+                         teacher_name=teacher_name, digests=digests)
+    return run_stage(task, out, resume=resume, overwrite=overwrite, max_units=stop_after_units,
+                     decode_workers=decode_workers, progress=progress)
 
 
 def dense_similarity(teacher: torch.nn.Module, v_all, t_all, block: int = 256) -> torch.Tensor:
@@ -393,11 +294,3 @@ def dense_similarity(teacher: torch.nn.Module, v_all, t_all, block: int = 256) -
             s = teacher.similarity(vb, repr_take(t_all, slice(c0, min(Nc, c0 + block)))).float()  # [nv, nc]
             out[c0:c0 + s.shape[1], v0:v0 + s.shape[0]] = s.T
     return out
-
-
-def _check_finite(x: torch.Tensor, what: str, epoch: int, caps: Sequence[Caption]) -> None:
-    bad = ~torch.isfinite(x).reshape(len(x), -1).all(1)
-    if bad.any():
-        rows = torch.nonzero(bad)[:5, 0].tolist()
-        named = [f"{caps[r].video_id}: {caps[r].text!r}" for r in rows if r < len(caps)]
-        raise TeacherOutputError(f"teacher {what} are NaN/inf at epoch {epoch} for rows {rows} ({named})")

@@ -23,10 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -35,14 +31,15 @@ import torch.nn as nn
 
 import labelstore
 from labelstore import schema, writer
-from labelstore.errors import TeacherOutputError
-from labelstore.integrity import StoreMismatch, json_digest
+from labelstore.integrity import json_digest
 
 from . import rng
-from .prefetch import prefetch
-from .teacher import mc_head_passes, set_mc_dropout, weights_hash
-from .text import AnswerVocab, Question, Tokenizer, check_answers, check_videos, read_questions
+from .stage import Item, check_teacher_output, run_stage
+from .teacher import mc_head_passes, set_mc_dropout
+from .teacher import teacher_info as describe_teacher
+from .text import AnswerVocab, Question, Tokenizer
 from .video import FrameSampler, VideoPolicy
+from .videoqa_data import ClipCache, QASet, frame_indices, prepare_questions
 
 
 
@@ -117,119 +114,91 @@ def teacher_targets(teacher: nn.Module, frames: torch.Tensor, q_ids: torch.Tenso
 
 
 # --------------------------------------------------------------------------------------
-# Questions and clips
+# The task (run by labelstore.pipeline.stage.run_stage)
 # --------------------------------------------------------------------------------------
 
-
-@dataclass
-class QASet:
-    """Questions resolved against a video source, a tokenizer and an answer vocabulary."""
-
-    questions: list[Question]
-    video_rows: np.ndarray  # int64 [N], row of each question's video
-    gt: np.ndarray  # int64 [N], annotated answer id, -1 outside the vocabulary
-    q_ids: np.ndarray  # int64 [N, L]
-    q_mask: np.ndarray  # bool [N, L]
-    digest: str  # sha256 of the questions file (or of the records' canonical JSON)
-    path: str | None
-
-    def __len__(self) -> int:
-        return len(self.questions)
-
-    def answer_sets(self, vocab: AnswerVocab) -> list[set[int]] | None:
-        """Acceptable answer ids per question (`answers` when every question has them), else None."""
-        if any(q.answers is None for q in self.questions):
-            return None
-        return [{k for k in (vocab.index(a) for a in q.answers) if k >= 0} for q in self.questions]
+_CONFIG_FIELDS = ("batch_size", "shard_rows", "chunk_rows", "max_len", "strict_answers", "mc_rng")
+RESUME_KEYS = ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epochs", "seed", "dataset.digest",
+               "teacher.weights_sha256", "policy.digest", "vocab", "tokenizer",
+               *(f"teach_config.{f}" for f in _CONFIG_FIELDS))
 
 
-def prepare_questions(videos, questions: str | os.PathLike | Sequence[Question], tokenizer: Tokenizer,
-                      vocab: AnswerVocab, *, strict_answers: bool = True, max_len: int = 16) -> QASet:
-    """Resolve questions: video rows (QuestionsError listing questions whose video is missing),
-    answer ids (strict_answers: QuestionsError listing answers outside the vocabulary; else gt = -1),
-    and question tokens."""
-    path = None
-    if isinstance(questions, (str, os.PathLike)):
-        path = str(questions)
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        questions = read_questions(path)
-    else:
-        questions = list(questions)
-        recs = [[q.video_id, q.question, q.answer, q.answers] for q in questions]
-        digest = json_digest(recs)
-    rows = np.asarray(check_videos(questions, videos.index(), path), dtype=np.int64)
-    check_answers(questions, vocab, path, strict=strict_answers)
-    gt = vocab.indices(q.answer for q in questions)
-    ids, mask = tokenizer.encode_batch([q.question for q in questions], max_len)
-    return QASet(questions, rows, gt, ids, mask, digest, path)
+class VideoQATask:
+    """Rows are questions; a unit decodes its videos once (the union of the frames all epochs need)."""
 
+    name, count_unit, resume_keys = schema.VIDEOQA, "view", RESUME_KEYS
 
-class ClipCache:
-    """Decoded frames per video row, and gathering of views [B, m] from them.
+    def __init__(self, videos, qa: QASet, tokenizer: Tokenizer, vocab: AnswerVocab, teacher: nn.Module,
+                 policy: VideoPolicy, cfg: dict, teacher_info: dict, head_only: bool | None):
+        self.videos, self.qa, self.vocab, self.teacher, self.policy = videos, qa, vocab, teacher.eval(), policy
+        self.cfg, self.head_only = cfg, head_only
+        self.attrs = _attrs(videos, qa, tokenizer, vocab, policy, teacher_info, cfg)
+        self.specs = schema.videoqa_arrays(num_questions=len(qa), epochs=cfg["epochs"], num_answers=len(vocab),
+                                           num_videos=len(videos), top_k=cfg["top_k"], mc_passes=cfg["mc_passes"],
+                                           num_frames=policy.sampler.num_frames)
+        self._idx_dtype = next(s.dtype for s in self.specs if s.name == "topk_indices")
+        self._acc: dict[str, np.ndarray] = {}  # the current epoch's records of the unit
 
-    `preload(v, frames)` decodes exactly those frames of video v (the teacher stage: the union
-    over a unit's epochs); `get` decodes whole videos on first use when `whole=True` (students on
-    short clips: decode once, replay every epoch from memory).
-    """
+    def build(self, at: str) -> None:
+        qa, c = self.qa, self.cfg
+        group = writer.create(at, self.specs, self.attrs, chunk_rows=c["chunk_rows"], shard_rows=c["shard_rows"],
+                              epoch_groups=1)
+        group["sample_id"][:] = np.asarray([self.videos.ids[v] for v in qa.video_rows], dtype=str)
+        group["gt"][:] = qa.gt
+        group["question_video"][:] = qa.video_rows.astype(np.int32)
 
-    def __init__(self, videos, whole: bool = True):
-        self.videos = videos
-        self.whole = whole
-        self._clips: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # v -> (sorted frame ids, uint8 [u, H, W, 3])
+    def _rows(self, p: int) -> np.ndarray:
+        S = self.cfg["shard_rows"]
+        return np.arange(p * S, min(len(self.qa), (p + 1) * S))
 
-    def preload(self, v: int, frames: np.ndarray) -> None:
-        frames = np.unique(np.asarray(frames, dtype=np.int64))
-        self._clips[v] = (frames, self.videos.load_frames(v, frames))
+    def work(self, units) -> int:
+        return sum(len(self._rows(p)) for _, p in units) * self.cfg["epochs"]
 
-    def get(self, video_rows: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """uint8 [B, m, H, W, 3]: frame indices[b, j] of video video_rows[b]."""
-        out = []
-        for v, idx in zip(np.asarray(video_rows).tolist(), np.asarray(indices, dtype=np.int64)):
-            if v not in self._clips:
-                if not self.whole:
-                    raise KeyError(f"video row {v} was not preloaded")
-                self.preload(v, np.arange(self.videos.src_shape(v)[0]))
-            have, frames = self._clips[v]
-            pos = np.searchsorted(have, idx)
-            if (pos >= len(have)).any() or (have[np.minimum(pos, len(have) - 1)] != idx).any():
-                raise KeyError(f"video row {v}: frames {idx.tolist()} were not all decoded")
-            out.append(frames[pos])
-        return np.stack(out)
+    def inputs(self, units, pool):
+        """Per unit: decode its videos once; per epoch and batch: the rendered shared views."""
+        c, videos, sampler = self.cfg, self.videos, self.policy.sampler
+        for g, p in units:
+            rows = self._rows(p)
+            vrows = self.qa.video_rows[rows]
+            idx = {e: frame_indices(sampler, c["seed"], e, videos, vrows) for e in range(c["epochs"])}  # e -> [n, m]
+            cache = ClipCache(videos, whole=False)
+            need = {int(v): np.concatenate([idx[e][vrows == v].ravel() for e in idx]) for v in np.unique(vrows)}
+            list(pool.map(lambda v: cache.preload(v, need[v]), need))
+            for e in range(c["epochs"]):
+                for j0 in range(0, len(rows), c["batch_size"]):
+                    sel = slice(j0, min(len(rows), j0 + c["batch_size"]))
+                    yield Item("batch", (g, p), e, rows, (sel, cache.shared_views(self.policy, vrows[sel], idx[e][sel])))
+                yield Item("epoch", (g, p), e, rows, idx[e])
+            yield Item("unit", (g, p), None, rows)
 
-    def views(self, policy: VideoPolicy, video_rows: np.ndarray, indices: np.ndarray) -> torch.Tensor:
-        """float32 [B, m, 3, h, w]: the rendered (resized, normalised) views."""
-        return policy.render(self.get(video_rows, indices))
+    def label(self, item: Item):
+        c, qa, e, n = self.cfg, self.qa, item.epoch, len(item.rows)
+        K, T = c["top_k"], c["mc_passes"]
+        if item.kind == "epoch":
+            start = int(item.rows[0])
+            writes = [(name, start, data, e) for name, data in self._acc.items()]
+            self._acc = {}
+            return writes + [("aug/frames/indices", start, item.data, e)], 0
+        if item.kind == "unit":
+            return [], 0
+        if not self._acc:
+            self._acc = {"topk_values": np.zeros((n, K), np.float16),
+                         "topk_indices": np.zeros((n, K), self._idx_dtype),
+                         "gt_prob": np.full(n, np.nan, np.float16)}
+            if T:
+                self._acc["mc_values"] = np.zeros((n, T, K), np.float16)
+        sel, (x, vi) = item.data  # shared clips [V, m, 3, h, w], question -> clip [b]
+        ids = item.rows[sel]
+        out = teacher_targets(self.teacher, x, torch.as_tensor(qa.q_ids[ids]), torch.as_tensor(qa.q_mask[ids]),
+                              torch.as_tensor(qa.gt[ids]), K, T, mc_seed(c["seed"], e, int(ids[0])), self.head_only, vi)
+        check_teacher_output(out["logits"], e, ids, lambda i: f"{qa.questions[i].video_id}: {qa.questions[i].question}",
+                             columns=(len(self.vocab), "answers"))
+        for name in self._acc:
+            self._acc[name][sel] = out[name].numpy()
+        return [], len(ids)
 
-    def shared_views(self, policy: VideoPolicy, video_rows: np.ndarray, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x float32 [V, m, 3, h, w], video_index int64 [B]): each distinct (video, frame indices)
-        view rendered once; question b's view is x[video_index[b]]."""
-        key = np.concatenate([np.asarray(video_rows, np.int64)[:, None], np.asarray(indices, np.int64)], axis=1)  # [B, 1+m]
-        uniq, inv = np.unique(key, axis=0, return_inverse=True)
-        return self.views(policy, uniq[:, 0], uniq[:, 1:]), torch.as_tensor(inv.reshape(-1), dtype=torch.int64)
-
-
-def video_grouped_order(video_rows: np.ndarray, seed: int, epoch: int) -> np.ndarray:
-    """A permutation of the questions keyed by (seed, epoch): videos in random order, each video's
-    questions together, so a batch encodes each of its clips once (see ClipCache.shared_views)."""
-    video_rows = np.asarray(video_rows, np.int64)
-    uniq = np.unique(video_rows)
-    rank = np.empty(int(uniq.max()) + 1, np.int64)
-    rank[np.random.default_rng([seed, epoch]).permutation(uniq)] = np.arange(len(uniq))
-    return np.argsort(rank[video_rows], kind="stable")
-
-
-def frame_indices(sampler: FrameSampler, seed: int, epoch: int, videos, video_rows: np.ndarray) -> np.ndarray:
-    """int16 [n, m]: the frames of each row's video in `epoch`, keyed by video row."""
-    uniq, inv = np.unique(np.asarray(video_rows, dtype=np.int64), return_inverse=True)
-    idx = sampler.sample(seed, epoch, uniq, videos.src_shapes(uniq), len(videos))["indices"]  # [u, m]
-    return idx[inv.reshape(-1)]
-
-
-# --------------------------------------------------------------------------------------
-# Store
-# --------------------------------------------------------------------------------------
-
-_RESUME_FIELDS = ("batch_size", "shard_rows", "chunk_rows", "max_len", "strict_answers", "mc_rng")
+    def stats(self, count: int, seconds: float) -> dict:
+        return {"views": count, "views_per_s": count / max(seconds, 1e-9), "top_k": self.cfg["top_k"]}
 
 
 def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_info: dict, cfg: dict) -> dict:
@@ -259,25 +228,8 @@ def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_inf
         "classes": list(vocab.answers),
         "top_k": cfg["top_k"],
         "mc_passes": cfg["mc_passes"],
-        "teach_config": {k: cfg[k] for k in _RESUME_FIELDS},
+        "teach_config": {k: cfg[k] for k in _CONFIG_FIELDS},
     }
-
-
-def _check_resume(have: dict, want: dict, path: str) -> None:
-    for key in ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epochs", "seed"):
-        if have.get(key) != want[key]:
-            raise StoreMismatch(f"{path}: cannot resume: {key} is {have.get(key)!r} in the store, {want[key]!r} now")
-    for key, f in (("dataset", "digest"), ("teacher", "weights_sha256"), ("policy", "digest")):
-        if have[key].get(f) != want[key].get(f):
-            raise StoreMismatch(f"{path}: cannot resume: {key} {f} differs (store {have[key].get(f)!r}, now "
-                                f"{want[key].get(f)!r}): another {key} than the one the store was started with")
-    for key in ("vocab", "tokenizer"):
-        if have.get(key) != want[key]:
-            raise StoreMismatch(f"{path}: cannot resume: the answer {key} differs from the store's")
-    for f in _RESUME_FIELDS:
-        if have["teach_config"].get(f) != want["teach_config"][f]:
-            raise StoreMismatch(f"{path}: cannot resume: {f} is {have['teach_config'].get(f)!r} in the store, "
-                                f"{want['teach_config'][f]!r} now")
 
 
 def teach_videoqa(
@@ -315,90 +267,14 @@ def teach_videoqa(
     answer is outside the vocabulary with gt = -1. max_units stops after that many work units
     (an interrupted run; finish it with resume=True). head_only: see mc_forward_qa.
     """
-    from tqdm import tqdm
-
     top_k = min(int(top_k), len(vocab))
     chunk_rows = chunk_rows or min(2048, shard_rows)
     qa = prepare_questions(videos, questions, tokenizer, vocab, strict_answers=strict_answers, max_len=max_len)
     policy = VideoPolicy(sampler=sampler, frame_size=tuple(frame_size))
     if teacher_info is None:
-        teacher_info = {"name": type(teacher).__name__, "weights_sha256": weights_hash(teacher),
-                        "params": int(sum(p.numel() for p in teacher.parameters()))}
+        teacher_info = describe_teacher(teacher, type(teacher).__name__)
     cfg = dict(seed=seed, epochs=epochs, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size, shard_rows=shard_rows,
                chunk_rows=chunk_rows, max_len=max_len, strict_answers=strict_answers, mc_rng=MC_RNG)
-    attrs = _attrs(videos, qa, tokenizer, vocab, policy, teacher_info, cfg)
-    N, K, T, S = len(qa), top_k, mc_passes, shard_rows
-    def build(at: str) -> None:
-        specs = schema.videoqa_arrays(num_questions=N, epochs=epochs, num_answers=len(vocab), num_videos=len(videos),
-                                      top_k=K, mc_passes=T, num_frames=sampler.num_frames)
-        group = writer.create(at, specs, attrs, chunk_rows=chunk_rows, shard_rows=shard_rows, epoch_groups=1)
-        group["sample_id"][:] = np.asarray([videos.ids[v] for v in qa.video_rows], dtype=str)
-        group["gt"][:] = qa.gt
-        group["question_video"][:] = qa.video_rows.astype(np.int32)
-
-    group = writer.open_or_create(out, build, lambda g: _check_resume(g.attrs.asdict(), attrs, out),
-                                  resume=resume, overwrite=overwrite)
-    units = writer.pending_units(group)
-    if max_units is not None:
-        units = units[:max_units]
-    teacher = teacher.eval()
-    idx_dtype = group["topk_indices"].dtype
-
-    def produce(pool: ThreadPoolExecutor):
-        """Per unit: decode its videos once; per epoch and batch: the rendered views."""
-        for g, p in units:
-            rows = np.arange(p * S, min(N, (p + 1) * S))
-            vrows = qa.video_rows[rows]
-            idx = {e: frame_indices(sampler, seed, e, videos, vrows) for e in range(epochs)}  # e -> [n, m]
-            cache = ClipCache(videos, whole=False)
-            uniq = np.unique(vrows)
-            need = {int(v): np.concatenate([idx[e][vrows == v].ravel() for e in range(epochs)]) for v in uniq}
-            list(pool.map(lambda v: cache.preload(v, need[v]), need))
-            for e in range(epochs):
-                for j0 in range(0, len(rows), batch_size):
-                    sel = slice(j0, min(len(rows), j0 + batch_size))
-                    yield "batch", (g, p), e, rows, sel, cache.shared_views(policy, vrows[sel], idx[e][sel])
-                yield "epoch", (g, p), e, rows, idx[e], None
-            yield "unit", (g, p), None, rows, None, None
-
-    bar = tqdm(total=len(units) * epochs, unit="unit-epoch", disable=not progress, desc="teach-videoqa")
-    t0, n_views, acc = time.perf_counter(), 0, {}
-    with ThreadPoolExecutor(decode_workers) as pool, writer.BackgroundWriter(group) as bg:
-        for kind, unit, e, rows, sel, xv in prefetch(produce(pool), depth=4):
-            n = len(rows)
-            if kind == "batch":
-                if not acc:
-                    acc = {"topk_values": np.zeros((n, K), np.float16), "topk_indices": np.zeros((n, K), idx_dtype),
-                           "gt_prob": np.full(n, np.nan, np.float16)}
-                    if T:
-                        acc["mc_values"] = np.zeros((n, T, K), np.float16)
-                ids = rows[sel]
-                q_ids, q_mask = torch.as_tensor(qa.q_ids[ids]), torch.as_tensor(qa.q_mask[ids])
-                gt = torch.as_tensor(qa.gt[ids])
-                x, vi = xv  # shared clips [V, m, 3, h, w], question -> clip [b]
-                out_ = teacher_targets(teacher, x, q_ids, q_mask, gt, K, T, mc_seed(seed, e, int(ids[0])), head_only, vi)
-                if out_["logits"].shape[1] != len(vocab):
-                    raise TeacherOutputError(f"teacher returned {out_['logits'].shape[1]} answers, the vocabulary has {len(vocab)}")
-                finite = torch.isfinite(out_["logits"]).all(1).numpy()
-                if not finite.all():
-                    bad = ids[~finite][:10].tolist()
-                    raise TeacherOutputError(
-                        f"teacher output is NaN/inf at epoch {e} for questions {bad} "
-                        f"({[(qa.questions[i].video_id, qa.questions[i].question) for i in bad]})")
-                for name in acc:
-                    acc[name][sel] = out_[name].numpy()
-                n_views += len(ids)
-            elif kind == "epoch":
-                start = int(rows[0])
-                for name, data in acc.items():
-                    bg.write(name, start, data, epoch=e)
-                bg.write("aug/frames/indices", start, sel, epoch=e)
-                acc = {}
-                bar.update(1)
-            else:
-                bg.done(unit)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    complete = writer.finalize(group)
-    return {"views": n_views, "seconds": seconds, "views_per_s": n_views / max(seconds, 1e-9), "complete": complete,
-            "units": len(units), "top_k": K}
+    task = VideoQATask(videos, qa, tokenizer, vocab, teacher, policy, cfg, teacher_info, head_only)
+    return run_stage(task, out, resume=resume, overwrite=overwrite, max_units=max_units,
+                     decode_workers=decode_workers, progress=progress)

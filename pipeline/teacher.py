@@ -56,6 +56,12 @@ def weights_hash(model: nn.Module) -> str:
 # MC dropout
 
 
+def teacher_info(teacher: nn.Module, name: str | None = None) -> dict:
+    """The store's "teacher" attribute: name (default: teacher.name, else its class), weights hash, parameter count."""
+    return {"name": name or getattr(teacher, "name", type(teacher).__name__), "weights_sha256": weights_hash(teacher),
+            "params": int(sum(p.numel() for p in teacher.parameters()))}
+
+
 def has_dropout(model: nn.Module) -> bool:
     """True if the model contains a dropout layer with p > 0 (i.e. MC passes can differ)."""
     return any(isinstance(m, DROPOUT_TYPES) and m.p > 0 for m in model.modules())

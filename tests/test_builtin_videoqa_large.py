@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from labelstore.pipeline import builtin_video as bv
-from labelstore.pipeline.teach_videoqa import prepare_questions
+from labelstore.pipeline.videoqa_data import prepare_questions
 from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_questions
 from labelstore.pipeline.video import VideoFolder
 

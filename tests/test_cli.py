@@ -224,3 +224,11 @@ def test_inspect_on_a_dask_distributed_cluster(full_store):
     for k, v in local["per_epoch"].items():
         np.testing.assert_allclose(remote["per_epoch"][k], v, rtol=1e-6)
     assert remote["histograms"] == local["histograms"]
+
+
+def test_task_choices_are_the_registry():
+    """`--task` offers exactly the registered tasks (the CLI keeps its list literal to import nothing)."""
+    from labelstore.cli import TASKS
+    from labelstore.trainers.tasks import TASKS as REGISTRY
+
+    assert list(TASKS.choices) == list(REGISTRY)

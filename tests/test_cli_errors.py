@@ -185,7 +185,7 @@ def ret_ckpt(env) -> str:
     import torch
 
     from labelstore.pipeline.text import Tokenizer
-    from labelstore.trainers.retrieval import TEACHER_SPEC, save_retrieval_checkpoint
+    from labelstore.trainers.retrieval_cli import TEACHER_SPEC, save_retrieval_checkpoint
     from labelstore.trainers.retrieval_models import CrossModalTeacher
 
     tok = Tokenizer.build(["a red square"])

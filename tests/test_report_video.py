@@ -18,10 +18,10 @@ from test_report import _pngs
 import labelstore
 from labelstore.pipeline import builtin_video as bv
 from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_captions, read_questions
-from labelstore.trainers.retrieval import TEACHER_SPEC, cli_teach_retrieval, save_retrieval_checkpoint
+from labelstore.trainers.retrieval_cli import TEACHER_SPEC, cli_teach_retrieval, save_retrieval_checkpoint
 from labelstore.trainers.retrieval_models import CrossModalTeacher
 from labelstore.trainers.spec import save_checkpoint
-from labelstore.trainers.videoqa import cli_teach_videoqa
+from labelstore.trainers.videoqa_cli import cli_teach_videoqa
 from labelstore.trainers.videoqa_models import VideoQAClassifier
 from labelstore.views import retrieval_details, videoqa_details
 

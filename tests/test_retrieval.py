@@ -13,7 +13,8 @@ import labelstore
 from labelstore.integrity import view_digest
 from labelstore.views import inspect_store
 from labelstore.pipeline import builtin_video as bv
-from labelstore.pipeline.teach_retrieval import dense_similarity, plan_batches, teach_retrieval
+from labelstore.pipeline.retrieval_data import plan_batches
+from labelstore.pipeline.teach_retrieval import dense_similarity, teach_retrieval
 from labelstore.pipeline.text import CaptionsError, Tokenizer, read_captions
 from labelstore.pipeline.video import FeatureH5, FrameSampler, VideoDecodeError, VideoFolder, VideoPolicy
 from labelstore.trainers.retrieval import retrieval_metrics, train_retrieval_student

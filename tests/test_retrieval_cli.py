@@ -1,4 +1,4 @@
-"""The retrieval CLI entry points (labelstore.trainers.retrieval.cli_teach_retrieval / cli_train_retrieval), called
+"""The retrieval CLI entry points (labelstore.trainers.retrieval_cli.cli_teach_retrieval / cli_train_retrieval), called
 directly on tiny generated data with real checkpoints and real stores."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from labelstore.pipeline.teach_retrieval import teach_retrieval
 from labelstore.pipeline.teacher import weights_hash
 from labelstore.pipeline.text import Tokenizer, read_captions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
-from labelstore.trainers.retrieval import (STUDENT_SPEC, TEACHER_SPEC, cli_teach_retrieval, cli_train_retrieval,
+from labelstore.trainers.retrieval_cli import (STUDENT_SPEC, TEACHER_SPEC, cli_teach_retrieval, cli_train_retrieval,
                                 save_retrieval_checkpoint)
 from labelstore.trainers.retrieval_models import CrossModalTeacher, HolisticStudent
 from labelstore.trainers.spec import load_checkpoint, load_model, save_checkpoint

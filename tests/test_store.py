@@ -28,7 +28,7 @@ import labelstore
 from labelstore.integrity import StoreError, StoreMismatch, verify_chunks, view_digest
 from labelstore.pipeline.images import DecodeError, ImageFolder, make_shapes_dataset
 from labelstore.pipeline.replay import ReplayLoader, check_data, replay_inputs
-from labelstore.pipeline.teach import TeacherOutputError
+from labelstore.errors import TeacherOutputError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "store-format.md"
 

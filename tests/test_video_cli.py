@@ -36,7 +36,7 @@ def info_and_inspect(store: Path, task: str) -> dict:
 
 
 def test_retrieval_teach_info_inspect_train(tmp_path):
-    from labelstore.trainers.retrieval import TEACHER_SPEC, save_retrieval_checkpoint
+    from labelstore.trainers.retrieval_cli import TEACHER_SPEC, save_retrieval_checkpoint
     from labelstore.trainers.retrieval_models import CrossModalTeacher
 
     d = make_retrieval_dataset(tmp_path / "data", n_train=10, n_test=4, frames=8, size=32)
@@ -61,7 +61,7 @@ def test_retrieval_teach_info_inspect_train(tmp_path):
 
 
 def test_videoqa_teach_info_inspect_train(tmp_path):
-    from labelstore.trainers.videoqa import TEACHER_SPEC, save_videoqa_checkpoint
+    from labelstore.trainers.videoqa_cli import TEACHER_SPEC, save_videoqa_checkpoint
     from labelstore.trainers.videoqa_models import videoqa_teacher
 
     d = make_videoqa_dataset(tmp_path / "data", n_train=10, n_test=4, frames=8, size=32)

@@ -12,7 +12,8 @@ import labelstore
 from labelstore.integrity import StoreError
 from labelstore.views import inspect_store
 from labelstore.pipeline import builtin_video as bv
-from labelstore.pipeline.teach_videoqa import ClipCache, frame_indices, mc_seed, prepare_questions, teach_videoqa, teacher_targets
+from labelstore.pipeline.teach_videoqa import mc_seed, teach_videoqa, teacher_targets
+from labelstore.pipeline.videoqa_data import ClipCache, frame_indices, prepare_questions
 from labelstore.pipeline.text import AnswerVocab, QuestionsError, Tokenizer, read_questions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
 from labelstore.trainers.videoqa import evaluate_videoqa, train_videoqa_student

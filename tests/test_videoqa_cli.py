@@ -1,4 +1,4 @@
-"""VideoQA CLI entry points (labelstore.trainers.videoqa.cli_teach_videoqa / cli_train_videoqa) and the shared MC passes."""
+"""VideoQA CLI entry points (labelstore.trainers.videoqa_cli.cli_teach_videoqa / cli_train_videoqa) and the shared MC passes."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import torch
 import labelstore
 from labelstore.integrity import StoreError
 from labelstore.pipeline import builtin_video as bv
-from labelstore.pipeline.teach_videoqa import ClipCache, mc_forward_qa, mc_seed, prepare_questions, teacher_targets
+from labelstore.pipeline.teach_videoqa import mc_forward_qa, mc_seed, teacher_targets
+from labelstore.pipeline.videoqa_data import ClipCache, prepare_questions
 from labelstore.pipeline.teacher import weights_hash
 from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_questions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
 from labelstore.trainers.spec import load_model, save_checkpoint
-from labelstore.trainers.videoqa import cli_teach_videoqa, cli_train_videoqa
+from labelstore.trainers.videoqa_cli import cli_teach_videoqa, cli_train_videoqa
 from labelstore.trainers.videoqa_models import VideoQAClassifier
 
 torch.set_num_threads(1)

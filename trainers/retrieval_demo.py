@@ -21,8 +21,8 @@ from labelstore.pipeline import builtin_video as bv
 from labelstore.pipeline.teach_retrieval import dense_similarity, repr_cat, teach_retrieval
 from labelstore.pipeline.text import Tokenizer, read_captions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
-from labelstore.trainers.retrieval import (STUDENT_SPEC, TEACHER_SPEC, evaluate_retrieval, save_retrieval_checkpoint,
-                                train_retrieval_student)
+from labelstore.trainers.retrieval import evaluate_retrieval, train_retrieval_student
+from labelstore.trainers.retrieval_cli import STUDENT_SPEC, TEACHER_SPEC, save_retrieval_checkpoint
 from labelstore.trainers.retrieval_models import CrossModalTeacher, HolisticStudent
 
 
@@ -138,7 +138,7 @@ def bench_retrieval(threads: int = 1, n_train: int = 200, epochs: int = 2, batch
                                 batch_size=batch_size, overwrite=True)
         store = labelstore.open(path)
         # bare teacher: the same frames (already decoded) and computation, nothing stored
-        from labelstore.pipeline.teach_retrieval import FrameCache, caption_rows, render_inputs
+        from labelstore.pipeline.retrieval_data import FrameCache, caption_rows, render_inputs
 
         src_rows, cv = caption_rows(videos, caps)
         cache = FrameCache(videos)
@@ -177,3 +177,10 @@ def bench_retrieval(threads: int = 1, n_train: int = 200, epochs: int = 2, batch
             "videos": len(src_rows),
             "epochs": epochs,
         }
+
+
+def demo_command(out: str, seed: int, progress: bool, echo) -> dict:
+    """`labelstore demo --task retrieval` (labelstore.trainers.tasks)."""
+    r = run_retrieval_demo(out, seed=seed, progress=progress)
+    echo(r["table"])
+    return r

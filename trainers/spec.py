@@ -178,3 +178,12 @@ def model_from_checkpoint(ckpt: dict, num_classes: int | None = None, source: st
     except RuntimeError as e:
         raise ConfigError(f"model spec {source!r}: weights do not fit {ckpt['spec']!r} with kwargs {kwargs}: {e}") from e
     return model.eval()
+
+
+def load_teacher(spec: str, num_classes: int) -> tuple[nn.Module, dict]:
+    """(model, teacher_info) for a built-in name, checkpoint path or module:callable."""
+    from labelstore.pipeline.teacher import weights_hash
+    from labelstore.trainers.models import count_params
+
+    model = load_model(spec, num_classes=num_classes)
+    return model, {"name": spec, "weights_sha256": weights_hash(model), "params": count_params(model)}

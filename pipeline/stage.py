@@ -1,0 +1,159 @@
+"""The teacher-stage driver: one loop that runs any task (classification, retrieval, VideoQA, yours).
+
+A task says WHAT is labelled; `run_stage` does the rest, the same way for every task:
+
+  open     writer.open_or_create(out, task.build, check):  a new store (built under the "creating"
+           protocol), or the existing one after `check_resume` compared the task's `resume_keys`
+  units    the pending work units (epoch group g, partition p) of this rank: p % world_size == rank
+  produce  task.inputs(units, pool) on a background thread (decode + render, `depth` items ahead)
+  label    task.label(item) on this thread (the teacher) -> the blocks to write and a view count
+  write    writer.BackgroundWriter: blocks on a writer thread; a unit is flagged done after its
+           item of kind "unit", so a killed run keeps every finished unit and resumes the rest
+  finalize writer.finalize -> {"units", "seconds", "complete", **task.stats(count, seconds)}
+
+The task interface (see docs/adding-a-task.md):
+
+  name: str                      store attribute "task" and the progress label
+  count_unit: str                what task.label counts ("view", "pair")
+  attrs: dict                    the store attributes (JSON)
+  resume_keys: tuple[str, ...]   attributes a resumed run must share, dotted for nested ones
+  build(at) -> None              create the arrays at path `at` (writer.create) and fill per-row ones
+  inputs(units, pool) -> Iterator[Item]    producer: a unit's items, its last of kind "unit"
+  label(item) -> (writes, count) consumer: writes = [(array, first row, block, epoch or None)]
+  work(units) -> int             total count of a run over `units` (progress bar)
+  stats(count, seconds) -> dict  the task's run statistics
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+import zarr
+
+from labelstore import writer
+from labelstore.errors import StoreMismatch, TeacherOutputError
+
+from .dist import rank_units
+from .prefetch import prefetch
+
+Write = tuple[str, int, np.ndarray, "int | None"]  # (array name, first row, block, epoch or None)
+
+
+@dataclass
+class Item:
+    """One piece of a work unit handed from the producer to the teacher.
+
+    kind: "batch" (teacher inputs of some rows), "epoch" (an epoch of the unit is complete) or
+    "unit" (the unit is complete: its done flag is set after this item's writes)."""
+
+    kind: str
+    unit: tuple[int, int]
+    epoch: int | None
+    rows: np.ndarray  # int64 [n]: the unit's rows
+    data: Any = None
+
+
+class Task(Protocol):
+    name: str
+    count_unit: str
+    attrs: dict
+    resume_keys: tuple[str, ...]
+
+    def build(self, at: str) -> None: ...
+    def inputs(self, units: list[tuple[int, int]], pool: ThreadPoolExecutor) -> Iterator[Item]: ...
+    def label(self, item: Item) -> tuple[list[Write], int]: ...
+    def work(self, units: list[tuple[int, int]]) -> int: ...
+    def stats(self, count: int, seconds: float) -> dict: ...
+
+
+# --------------------------------------------------------------------------------------
+# Resume and teacher-output checks, shared by every task
+# --------------------------------------------------------------------------------------
+
+
+def _lookup(attrs: dict, key: str) -> Any:
+    for part in key.split("."):
+        attrs = attrs.get(part) if isinstance(attrs, dict) else None
+    return attrs
+
+
+def check_resume(have: dict, want: dict, keys: Sequence[str], path: str) -> None:
+    """StoreMismatch naming the first of `keys` (dotted: "dataset.digest") where the store's
+    attributes `have` differ from this run's `want`."""
+    for key in keys:
+        a, b = _lookup(have, key), _lookup(want, key)
+        if a == b:
+            continue
+        head, _, field = key.partition(".")
+        if head == "teach_config":
+            msg = f"{field} is {a!r} in the store, {b!r} now"
+        elif field:
+            msg = (f"{head} {field} differs (store {a!r}, now {b!r}): another {head} than the one the store "
+                   "was started with")
+        elif isinstance(b, dict):
+            msg = f"the {key} differs from the store's"
+        else:
+            msg = f"{key} is {a!r} in the store, {b!r} now"
+        raise StoreMismatch(f"{path}: cannot resume: {msg}")
+
+
+def check_teacher_output(x: torch.Tensor, epoch: int, rows: np.ndarray, name: Callable[[int], str],
+                         what: str = "output", columns: tuple[int, str] | None = None) -> None:
+    """TeacherOutputError unless x [n, ...] (one record per row of `rows`) is finite and, when
+    columns = (width, noun) is given, has `width` columns. The NaN/inf message names the epoch
+    and up to 10 rows with name(row)."""
+    if columns is not None and x.shape[1] != columns[0]:
+        raise TeacherOutputError(f"teacher returned {x.shape[1]} {columns[1]}, the store expects {columns[0]}")
+    finite = torch.isfinite(x).reshape(len(x), -1).all(1).cpu().numpy()
+    if not finite.all():
+        bad = np.asarray(rows)[~finite][:10].tolist()
+        raise TeacherOutputError(f"teacher {what} is NaN/inf at epoch {epoch} for rows {bad} ({[name(r) for r in bad]})")
+
+
+# --------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------
+
+
+def open_store(task: Task, out: str, *, resume: bool = False, overwrite: bool = False,
+               join: bool = False) -> zarr.Group:
+    """The task's store at `out`: created atomically, or opened after check_resume."""
+    def check(group: zarr.Group) -> None:
+        check_resume(group.attrs.asdict(), task.attrs, task.resume_keys, out)
+
+    return writer.open_or_create(out, task.build, check, resume=resume, overwrite=overwrite, join=join)
+
+
+def run_stage(task: Task, out: str, *, resume: bool = False, overwrite: bool = False, rank: int = 0,
+              world_size: int = 1, max_units: int | None = None, decode_workers: int = 2,
+              progress: bool = False, depth: int = 4) -> dict:
+    """Fill the store at `out` with `task`'s labels (see the module docstring); returns run statistics.
+
+    max_units stops after that many of this rank's pending units (an interrupted run; resume=True
+    finishes it). world_size > 1: ranks share one store, each labelling its partitions.
+    """
+    from tqdm import tqdm
+
+    group = open_store(task, out, resume=resume, overwrite=overwrite, join=world_size > 1)
+    units = rank_units(writer.pending_units(group), rank, world_size)[:max_units]
+    bar = tqdm(total=task.work(units), unit=task.count_unit, disable=not progress, desc=f"teach-{task.name}",
+               smoothing=0.1)
+    t0, count = time.perf_counter(), 0
+    with ThreadPoolExecutor(decode_workers) as pool, writer.BackgroundWriter(group) as bg:
+        for item in prefetch(task.inputs(units, pool), depth=depth):
+            writes, n = task.label(item)
+            for name, start, block, epoch in writes:
+                bg.write(name, start, block, epoch=epoch)
+            if item.kind == "unit":
+                bg.done(item.unit)
+            count += n
+            bar.update(n)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    complete = writer.finalize(group)
+    return {**task.stats(count, seconds), "units": len(units), "seconds": seconds, "complete": complete}

@@ -1,0 +1,126 @@
+"""VideoQA data: questions resolved against a video source, decoded clips, per-epoch frame indices.
+
+Shared by the teacher stage (labelstore.pipeline.teach_videoqa) and the students
+(labelstore.trainers.videoqa): frames are keyed by (seed, epoch, VIDEO row), so all questions of a
+video see the same frames in an epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from labelstore.integrity import json_digest
+
+from .text import AnswerVocab, Question, Tokenizer, check_answers, check_videos, read_questions
+from .video import FrameSampler, VideoPolicy
+
+
+@dataclass
+class QASet:
+    """Questions resolved against a video source, a tokenizer and an answer vocabulary."""
+
+    questions: list[Question]
+    video_rows: np.ndarray  # int64 [N], row of each question's video
+    gt: np.ndarray  # int64 [N], annotated answer id, -1 outside the vocabulary
+    q_ids: np.ndarray  # int64 [N, L]
+    q_mask: np.ndarray  # bool [N, L]
+    digest: str  # sha256 of the questions file (or of the records' canonical JSON)
+    path: str | None
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def answer_sets(self, vocab: AnswerVocab) -> list[set[int]] | None:
+        """Acceptable answer ids per question (`answers` when every question has them), else None."""
+        if any(q.answers is None for q in self.questions):
+            return None
+        return [{k for k in (vocab.index(a) for a in q.answers) if k >= 0} for q in self.questions]
+
+
+def prepare_questions(videos, questions: str | os.PathLike | Sequence[Question], tokenizer: Tokenizer,
+                      vocab: AnswerVocab, *, strict_answers: bool = True, max_len: int = 16) -> QASet:
+    """Resolve questions: video rows (QuestionsError listing questions whose video is missing),
+    answer ids (strict_answers: QuestionsError listing answers outside the vocabulary; else gt = -1),
+    and question tokens."""
+    path = None
+    if isinstance(questions, (str, os.PathLike)):
+        path = str(questions)
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        questions = read_questions(path)
+    else:
+        questions = list(questions)
+        recs = [[q.video_id, q.question, q.answer, q.answers] for q in questions]
+        digest = json_digest(recs)
+    rows = np.asarray(check_videos(questions, videos.index(), path), dtype=np.int64)
+    check_answers(questions, vocab, path, strict=strict_answers)
+    gt = vocab.indices(q.answer for q in questions)
+    ids, mask = tokenizer.encode_batch([q.question for q in questions], max_len)
+    return QASet(questions, rows, gt, ids, mask, digest, path)
+
+
+class ClipCache:
+    """Decoded frames per video row, and gathering of views [B, m] from them.
+
+    `preload(v, frames)` decodes exactly those frames of video v (the teacher stage: the union
+    over a unit's epochs); `get` decodes whole videos on first use when `whole=True` (students on
+    short clips: decode once, replay every epoch from memory).
+    """
+
+    def __init__(self, videos, whole: bool = True):
+        self.videos = videos
+        self.whole = whole
+        self._clips: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # v -> (sorted frame ids, uint8 [u, H, W, 3])
+
+    def preload(self, v: int, frames: np.ndarray) -> None:
+        frames = np.unique(np.asarray(frames, dtype=np.int64))
+        self._clips[v] = (frames, self.videos.load_frames(v, frames))
+
+    def get(self, video_rows: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """uint8 [B, m, H, W, 3]: frame indices[b, j] of video video_rows[b]."""
+        out = []
+        for v, idx in zip(np.asarray(video_rows).tolist(), np.asarray(indices, dtype=np.int64)):
+            if v not in self._clips:
+                if not self.whole:
+                    raise KeyError(f"video row {v} was not preloaded")
+                self.preload(v, np.arange(self.videos.src_shape(v)[0]))
+            have, frames = self._clips[v]
+            pos = np.searchsorted(have, idx)
+            if (pos >= len(have)).any() or (have[np.minimum(pos, len(have) - 1)] != idx).any():
+                raise KeyError(f"video row {v}: frames {idx.tolist()} were not all decoded")
+            out.append(frames[pos])
+        return np.stack(out)
+
+    def views(self, policy: VideoPolicy, video_rows: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+        """float32 [B, m, 3, h, w]: the rendered (resized, normalised) views."""
+        return policy.render(self.get(video_rows, indices))
+
+    def shared_views(self, policy: VideoPolicy, video_rows: np.ndarray, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x float32 [V, m, 3, h, w], video_index int64 [B]): each distinct (video, frame indices)
+        view rendered once; question b's view is x[video_index[b]]."""
+        key = np.concatenate([np.asarray(video_rows, np.int64)[:, None], np.asarray(indices, np.int64)], axis=1)  # [B, 1+m]
+        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        return self.views(policy, uniq[:, 0], uniq[:, 1:]), torch.as_tensor(inv.reshape(-1), dtype=torch.int64)
+
+
+def video_grouped_order(video_rows: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of the questions keyed by (seed, epoch): videos in random order, each video's
+    questions together, so a batch encodes each of its clips once (see ClipCache.shared_views)."""
+    video_rows = np.asarray(video_rows, np.int64)
+    uniq = np.unique(video_rows)
+    rank = np.empty(int(uniq.max()) + 1, np.int64)
+    rank[np.random.default_rng([seed, epoch]).permutation(uniq)] = np.arange(len(uniq))
+    return np.argsort(rank[video_rows], kind="stable")
+
+
+def frame_indices(sampler: FrameSampler, seed: int, epoch: int, videos, video_rows: np.ndarray) -> np.ndarray:
+    """int16 [n, m]: the frames of each row's video in `epoch`, keyed by video row."""
+    uniq, inv = np.unique(np.asarray(video_rows, dtype=np.int64), return_inverse=True)
+    idx = sampler.sample(seed, epoch, uniq, videos.src_shapes(uniq), len(videos))["indices"]  # [u, m]
+    return idx[inv.reshape(-1)]

@@ -1,0 +1,84 @@
+"""The `labelstore teach|train|demo --task classification` entry points (labelstore.trainers.tasks).
+
+Each takes the options as the CLI parsed them (a dict) and returns (result, summary line).
+"""
+
+from __future__ import annotations
+
+import labelstore
+from labelstore.errors import ConfigError
+
+
+def teach_command(o: dict, warn) -> tuple[dict, str]:
+    from labelstore.pipeline import checks
+    from labelstore.pipeline.augment import make_policy
+    from labelstore.pipeline.dist import create_on_rank0
+    from labelstore.pipeline.images import open_source
+    from labelstore.pipeline.teach import TeachConfig, open_or_create, teach
+    from labelstore.trainers.spec import load_teacher
+
+    checks.check_policy_name(o["policy_name"])
+    out, rank, world_size = o["out"], o["rank"], o["world_size"]
+    source = open_source(o["data_spec"])
+    C = o["num_classes"] or len(source.classes)
+    model, info = load_teacher(o["teacher"], C)
+    warn(checks.mc_without_dropout(model, o["mc_passes"]))
+    policy = make_policy(o["policy_name"], output_size=(o["image_size"],) * 2, crop_scale=o["crop_scale"])
+    cfg = TeachConfig(epochs=o["epochs"], seed=o["seed"], top_k=o["top_k"], mc_passes=o["mc_passes"],
+                      batch_size=o["batch_size"], views_per_decode=o["views_per_decode"], shard_rows=o["shard_samples"],
+                      chunk_rows=o["chunk_samples"], skip_bad=o["skip_bad"], digests=not o["no_digest"],
+                      decode_workers=o["workers"])
+    resume, overwrite = o["resume"], o["overwrite"]
+    if world_size > 1:  # rank 0 creates (or replaces, or checks) the store first; the others then join it
+        resume, overwrite = create_on_rank0(out, rank, world_size, o["local_rank"], lambda: open_or_create(
+            out, source, policy, cfg, info, C, resume=resume, overwrite=overwrite))
+    stats = teach(out, source, model, policy, cfg, teacher_info=info, num_classes=C, device=o["device"], amp=o["amp"],
+                  resume=resume, overwrite=overwrite, rank=rank, world_size=world_size, progress=not o["quiet"])
+    if stats["complete"]:
+        from labelstore.views import mean_topk_mass
+
+        warn(checks.low_topk_mass(mean_topk_mass(labelstore.open(out)), o["top_k"]))
+    state = "complete" if stats["complete"] else "incomplete (other ranks still running)"
+    return stats, f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}"
+
+
+def train_command(o: dict, warn) -> tuple[dict | None, str]:
+    """Distillation of a classification student; under torchrun only rank 0 returns the metrics (others: None)."""
+    from labelstore.pipeline.dist import dist_env, local_device, process_group
+    from labelstore.pipeline.images import open_source
+    from labelstore.pipeline.teacher import pick_device
+    from labelstore.trainers.demo import eval_batches
+    from labelstore.trainers.distill import DistillConfig, train_student
+    from labelstore.trainers.fit import seed_everything
+    from labelstore.trainers.spec import load_model
+
+    mode, loss = o["mode"], o["loss"] or "fkd"
+    if loss not in ("fkd", "ferkd", "adl"):
+        raise ConfigError(f"--loss {loss} is not a classification loss (fkd, ferkd, adl)")
+    store = labelstore.open(o["store_path"])
+    data = open_source(o["data_spec"])
+    teacher = load_model(o["online_teacher"], num_classes=store.num_classes) if mode == "online" else None
+    seed_everything(o["seed"])  # the student's initialisation is a function of --seed
+    model = load_model(o["student"] or "cnn-tiny", num_classes=store.num_classes)
+    size = tuple(store.attrs["policy"]["output_size"])
+    evals = eval_batches(open_source(o["eval_data"]), size) if o["eval_data"] else None
+    cfg = DistillConfig(mode=mode, loss=loss, epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"],
+                        temperature=o["temperature"], fill=o["fill"], hard_weight=o["hard_weight"],
+                        num_workers=o["workers"], seed=o["seed"],
+                        ferkd={"low": o["ferkd_low"], "high": o["ferkd_high"], "epsilon": 0.1})
+    rank, world_size, local_rank = dist_env()
+    with process_group(world_size, local_rank):
+        m = train_student(model, store, data, cfg, eval_batches=(lambda: evals) if evals else None, teacher=teacher,
+                          device=pick_device(local_device(local_rank, o["device"])), out_dir=o["out"])
+    if rank:
+        return None, ""
+    f = m["final"]
+    acc = f" eval accuracy {f['eval_accuracy']:.4f}" if "eval_accuracy" in f else ""
+    return m, (f"{mode}: {len(m['history'])} epochs in {m['seconds']:.1f}s, loss {f.get('loss', float('nan')):.4f}{acc}"
+               f" -> {o['out']}/metrics.json")
+
+
+def demo_command(out: str, seed: int, progress: bool, echo) -> dict:
+    from labelstore.trainers.demo import run_demo
+
+    return run_demo(out, seed=seed, progress=progress, echo=echo)

@@ -1,0 +1,56 @@
+"""The task registry: task name -> the entry points `labelstore teach|train|demo --task NAME` runs.
+
+An entry point is "module:function", imported only when its command runs:
+
+  teach(options: dict, warn) -> (stats, summary line)       options: the CLI's parsed options, plus
+  train(options: dict, warn) -> (metrics or None, line)      rank / world_size / local_rank / device
+  demo(out, seed, progress, echo) -> dict (the results)
+
+`ranks`: whether the task's teach and train run as several processes (torchrun / --world-size).
+A new task adds one Entry here (docs/adding-a-task.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from labelstore.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Entry:
+    teach: str
+    train: str
+    demo: str
+    ranks: bool = False
+
+
+TASKS: dict[str, Entry] = {
+    "classification": Entry(teach="labelstore.trainers.classification_cli:teach_command",
+                            train="labelstore.trainers.classification_cli:train_command",
+                            demo="labelstore.trainers.classification_cli:demo_command", ranks=True),
+    "retrieval": Entry(teach="labelstore.trainers.retrieval_cli:teach_command",
+                       train="labelstore.trainers.retrieval_cli:train_command",
+                       demo="labelstore.trainers.retrieval_demo:demo_command"),
+    "videoqa": Entry(teach="labelstore.trainers.videoqa_cli:teach_command",
+                     train="labelstore.trainers.videoqa_cli:train_command",
+                     demo="labelstore.trainers.videoqa_demo:demo_command"),
+}
+
+
+def entry_point(task: str, command: str) -> Callable:
+    """The function behind `labelstore COMMAND --task TASK`."""
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r}: unknown task; choose one of {', '.join(TASKS)}")
+    module, _, name = getattr(TASKS[task], command).partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def check_ranks(task: str, command: str, world_size: int) -> None:
+    """ConfigError when a one-process task is started as several processes."""
+    if world_size > 1 and not TASKS[task].ranks:
+        if command == "teach":
+            raise ConfigError(f"--task {task} is taught by one process (world size {world_size} given)")
+        raise ConfigError(f"--task {task} trains in one process (torchrun / WORLD_SIZE > 1 given)")
