@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from labelstore.errors import DataError
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 

@@ -66,7 +66,7 @@ def test_same_bytes_for_any_thread_count_and_batch_size():
 
 
 def test_crop_flip_view_is_the_reference_resize():
-    pol, imgs = make_policy("crop-flip", SIZE), _images()
+    imgs = _images()
     p = {k: np.asarray(v) for k, v in json.loads((GOLDEN / "params.json").read_text())["crop-flip"].items()}
     x = _render("crop-flip").x.numpy()
     for i in range(3):

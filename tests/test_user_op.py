@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 from conftest import NUM_CLASSES
 
 USER_OP = textwrap.dedent('''

@@ -72,7 +72,7 @@ def test_teach_from_callable_builds_vocab(env, tmp_path):
 @pytest.mark.parametrize("method,mode", [("ce", "cache"), ("kd", "cache"), ("radi", "cache"), ("radi", "online")])
 def test_train_each_method_writes_metrics(env, tmp_path, method, mode):
     out = tmp_path / "run"
-    m = cli_train_videoqa(env["store"], env["videos"], env["questions_train"], method=method, mode=mode,
+    cli_train_videoqa(env["store"], env["videos"], env["questions_train"], method=method, mode=mode,
                           online_teacher=env["ckpt"] if mode == "online" else None, eval_questions=env["questions_test"],
                           epochs=1, batch_size=32, hot_k=4, cold_n=4, out=out, progress=False)
     saved = json.loads((out / "metrics.json").read_text())
