@@ -59,17 +59,13 @@ def eval_batches(source, size: tuple[int, int], batch_size: int = 256) -> Tensor
     return TensorBatches(x, y, batch_size, shuffle=False)
 
 
-def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int = 32, teacher: str = "cnn-tiny",
-             student: str = "cnn-micro", teacher_epochs: int = 60, epochs: int = 16, top_k: int = 5,
-             mc_passes: int = 4, crop_scale: tuple[float, float] = (0.25, 1.0), seed: int = 0, progress: bool = True,
-             echo=print) -> dict:
-    """Run the demo into directory `out`; returns the results (also written to out/results.json)."""
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    os.makedirs(out, exist_ok=True)
+def prepare(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int = 32, teacher: str = "cnn-tiny",
+            teacher_epochs: int = 60, epochs: int = 16, top_k: int = 5, mc_passes: int = 4,
+            crop_scale: tuple[float, float] = (0.25, 1.0), seed: int = 0, progress: bool = True, echo=print) -> dict:
+    """Steps 1-3 of the demo under `out`: the dataset files, the teacher trained in-process (checkpoint
+    out/teacher.pt) and its store out/labels.zarr. Also the setup of `labelstore experiment`."""
     size = (image_size, image_size)
-    t_all = time.perf_counter()
     timings = {}
-
     t = time.perf_counter()
     train_dir, test_dir = make_shapes_dataset(os.path.join(out, "data"), n_train=n_train, n_test=n_test, seed=seed)
     train, test = ImageFolder(train_dir), ImageFolder(test_dir)
@@ -99,6 +95,26 @@ def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: in
     store = labelstore.open(store_path)
     echo(f"[3/5] teacher stage: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), "
          f"{store.bytes_per_view():.1f} bytes per view -> {store_path}")
+    return {"train": train, "test": test, "evals": evals, "teacher_name": teacher, "teacher_model": t_model,
+            "teacher_accuracy": teacher_acc,
+            "checkpoint": ckpt, "store_path": store_path, "store": store, "stats": stats, "timings": timings}
+
+
+def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int = 32, teacher: str = "cnn-tiny",
+             student: str = "cnn-micro", teacher_epochs: int = 60, epochs: int = 16, top_k: int = 5,
+             mc_passes: int = 4, crop_scale: tuple[float, float] = (0.25, 1.0), seed: int = 0, progress: bool = True,
+             echo=print) -> dict:
+    """Run the demo into directory `out`; returns the results (also written to out/results.json)."""
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    os.makedirs(out, exist_ok=True)
+    size = (image_size, image_size)
+    t_all = time.perf_counter()
+    p = prepare(out, n_train=n_train, n_test=n_test, image_size=image_size, teacher=teacher,
+                teacher_epochs=teacher_epochs, epochs=epochs, top_k=top_k, mc_passes=mc_passes,
+                crop_scale=crop_scale, seed=seed, progress=progress, echo=echo)
+    train, evals, t_model, store, stats, timings = (p["train"], p["evals"], p["teacher_model"], p["store"],
+                                                     p["stats"], p["timings"])
+    teacher_acc, store_path = p["teacher_accuracy"], p["store_path"]
 
     rows = []
     flops_t, flops_s = count_flops(t_model, (3, *size)), count_flops(build_model(student, 10), (3, *size))

@@ -57,25 +57,24 @@ class DistillConfig:
     seed: int = 0
 
 
-def _hard_ce(logits: torch.Tensor, t: dict) -> torch.Tensor:
-    """w·CE(gt) + (1-w)·CE(partner_gt), over labelled views (0 if none)."""
-    gt, pg, w = t["gt"], t["partner_gt"], t["mix_weight"]
-    ce = F.cross_entropy(logits, gt.clamp(min=0), reduction="none") * w
-    ce = ce + F.cross_entropy(logits, pg.clamp(min=0), reduction="none") * (1 - w) * (pg >= 0)
-    m = gt >= 0
-    return ce[m].mean() if m.any() else logits.sum() * 0
+def _hard_loss(logits: torch.Tensor, t: dict, binary: bool = False) -> torch.Tensor:
+    """The hard-label term against the (mixed) one-hot target, mean over labelled views (0 if none):
 
-
-def _hard_bce(logits: torch.Tensor, t: dict) -> torch.Tensor:
-    """Per-class sigmoid BCE against y = w·onehot(gt) + (1-w)·onehot(partner_gt), summed over
-    classes, mean over labelled views (0 if none)."""
+        y = w·onehot(gt) + (1-w)·onehot(partner_gt)        (the partner term only for mixed views)
+        softmax: w·CE(x, gt) + (1-w)·CE(x, partner_gt)  =  -Σ_c y_c log softmax(x)_c
+        binary:  Σ_c BCE(σ(x_c), y_c)                    (ADL's per-class sigmoid students)
+    """
     gt, pg, w = t["gt"], t["partner_gt"], t["mix_weight"]
-    C = logits.shape[1]
-    y = F.one_hot(gt.clamp(min=0), C).float() * w[:, None]
-    y = y + F.one_hot(pg.clamp(min=0), C).float() * ((1 - w) * (pg >= 0))[:, None]
-    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(1)
+    if binary:
+        C = logits.shape[1]
+        y = F.one_hot(gt.clamp(min=0), C).float() * w[:, None]
+        y = y + F.one_hot(pg.clamp(min=0), C).float() * ((1 - w) * (pg >= 0))[:, None]
+        loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(1)
+    else:
+        loss = F.cross_entropy(logits, gt.clamp(min=0), reduction="none") * w
+        loss = loss + F.cross_entropy(logits, pg.clamp(min=0), reduction="none") * (1 - w) * (pg >= 0)
     m = gt >= 0
-    return bce[m].mean() if m.any() else logits.sum() * 0
+    return loss[m].mean() if m.any() else logits.sum() * 0
 
 
 def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes: int,
@@ -83,7 +82,7 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
     """The student's objective for one batch; returns (loss, counters)."""
     info: dict = {}
     if cfg.mode == "none":
-        return _hard_ce(logits, t), info
+        return _hard_loss(logits, t), info
     if teacher_probs is not None:  # online teacher: the same targets the store holds, computed live
         vals, idx = teacher_probs.topk(t["topk_values"].shape[1], dim=1)
     else:
@@ -101,8 +100,8 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
     else:
         raise ValueError(f"unknown loss {cfg.loss!r}: choose fkd, ferkd or adl")
     if cfg.hard_weight:
-        hard = _hard_bce if cfg.loss == "adl" and cfg.adl_mode == "binary" else _hard_ce
-        loss = loss + cfg.hard_weight * hard(logits, t)
+        binary = cfg.loss == "adl" and cfg.adl_mode == "binary"
+        loss = loss + cfg.hard_weight * _hard_loss(logits, t, binary)
     return loss, info
 
 
