@@ -441,34 +441,51 @@ def demo(task: str, out: str, seed: int, quiet: bool, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("task", type=click.Choice(["classification"]))
-@click.option("--out", default="runs/experiment-classification", show_default=True, type=click.Path(),
-              help="Setup (data, teacher, store) and one JSON per (arm, seed); a rerun resumes from them.")
+@click.argument("task")
+@click.option("--out", default=None, type=click.Path(),
+              help="Setup (data, teacher, store) and one JSON per (arm, seed); a rerun resumes from them.  "
+                   "[default: runs/experiment-TASK]")
 @click.option("--seeds", default=5, show_default=True, help="Seeds per arm (0..N-1), shared by all arms.")
-@click.option("--arms", default="none,cache,online,ferkd,adl", show_default=True, help="Comma-separated arms.")
-@click.option("--reference", default="none", show_default=True, help="Arm the paired differences are taken against.")
+@click.option("--arms", default=None, help="Comma-separated arms.  [default: the task's arms]")
+@click.option("--reference", default=None, help="Arm the paired differences are taken against.  [default: the task's]")
+@click.option("--recipe", default="{}", show_default=True,
+              help="JSON object of setup overrides (e.g. '{\"n_train\": 200}' for a quick run); "
+                   "used only when OUT has no setup yet.")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
-def experiment(task: str, out: str, seeds: int, arms: str, reference: str, quiet: bool, as_json: bool) -> None:
-    """Train students N seeds per arm, paired by seed; mean and 95 % interval per arm."""
+def experiment(task: str, out: str | None, seeds: int, arms: str | None, reference: str | None, recipe: str,
+               quiet: bool, as_json: bool) -> None:
+    """Train students N seeds per arm, paired by seed; mean and 95 % interval per arm.
+
+    TASK: a task with an experiment (classification, ...); an unknown arm's error lists the task's arms.
+    """
     import os
     import shlex
 
     from labelstore.trainers.experiment import format_table, run_experiment, save_json
-    from labelstore.trainers.experiment_classification import make_arms, setup
+    from labelstore.trainers.tasks import experiment_module
 
+    mod = experiment_module(task)
+    out = out or f"runs/experiment-{task}"
+    try:
+        overrides = json.loads(recipe)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON ({e})", param_hint="--recipe") from None
+    if not isinstance(overrides, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--recipe")
     log = (lambda m: click.echo(m, err=True)) if not quiet else None
-    meta = setup(out, echo=log or (lambda m: None))
-    names = [a.strip() for a in arms.split(",") if a.strip()]
-    result = run_experiment(make_arms(meta, names), list(range(seeds)), "accuracy", reference, out_dir=out, log=log)
-    result["teacher_accuracy"] = meta["teacher_accuracy"]
+    meta = mod.setup(out, echo=log or (lambda m: None), **overrides)
+    names = [a.strip() for a in (arms or ",".join(mod.DEFAULT_ARMS)).split(",") if a.strip()]
+    result = run_experiment(mod.make_arms(meta, names, progress=False), list(range(seeds)), mod.METRIC,
+                            reference or mod.REFERENCE, out_dir=out, log=log)
+    result["setup"] = meta
     invocation = "labelstore experiment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     save_json(result, os.path.join(out, "result.json"), invocation)
     if as_json:
         _echo_json({"invocation": invocation, **result})
     else:
         click.echo(format_table(result, invocation))
-        click.echo(f"teacher ({meta['teacher_model']}) test accuracy: {meta['teacher_accuracy']:.3f}")
+        click.echo(mod.teacher_line(meta))
 
 
 @main.command()

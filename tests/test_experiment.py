@@ -151,3 +151,26 @@ def test_saved_runs_hold_numpy_values_and_paths(tmp_path):
     assert saved["metrics"] == {"acc": 1.5, "curve": [0, 1, 2], "store": str(tmp_path / "s.zarr")}
     resumed = run_experiment({"a": lambda s: pytest.fail("rerun")}, [0, 1], "acc", "a", out_dir=tmp_path / "runs")
     assert resumed["arms"]["a"]["values"] == first["arms"]["a"]["values"] == [0.5, 1.5]
+
+
+def test_cli_experiment_end_to_end_and_resume(tmp_path):
+    """The real command on a tiny recipe: a table, result.json, and a rerun that loads every run."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "labelstore", "experiment", "classification", "--seeds", "2", "--arms", "none,cache",
+           "--out", str(out), "--recipe", '{"n_train": 120, "n_test": 40, "teacher_epochs": 1, "epochs": 1}']
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines()[0].startswith("$ labelstore experiment classification --seeds 2")
+    assert "teacher (cnn-tiny) test accuracy" in first.stdout
+    saved = json.loads((out / "result.json").read_text())
+    assert set(saved["arms"]) == {"none", "cache"} and saved["arms"]["cache"]["n"] == 2
+    assert sorted(p.name for p in (out / "cache").iterdir()) == ["seed_0.json", "seed_1.json"]
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stderr.count("loaded") == 4 and "running" not in again.stderr
+    assert json.loads((out / "result.json").read_text())["arms"] == saved["arms"]
+    bad = subprocess.run([sys.executable, "-m", "labelstore", "experiment", "classification", "--out", str(out),
+                          "--arms", "none,bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "bogus" in bad.stderr and bad.stderr.startswith("error:")

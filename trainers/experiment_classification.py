@@ -32,6 +32,8 @@ from .fit import evaluate, seed_everything
 from .models import build_model
 from .spec import load_model
 
+METRIC = "accuracy"
+REFERENCE = "none"
 ARMS = {
     "none": {"mode": "none"},
     "cache": {"mode": "cache", "loss": "fkd"},
@@ -39,6 +41,12 @@ ARMS = {
     "ferkd": {"mode": "cache", "loss": "ferkd"},
     "adl": {"mode": "cache", "loss": "adl", "adl_mode": "binary", "hard_weight": 1.0},
 }
+
+DEFAULT_ARMS = list(ARMS)
+
+
+def teacher_line(meta: dict) -> str:
+    return f"teacher ({meta['teacher_model']}) test accuracy: {meta['teacher_accuracy']:.3f}"
 
 
 def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:

@@ -6,6 +6,12 @@ An entry point is "module:function", imported only when its command runs:
   train(options: dict, warn) -> (metrics or None, line)      rank / world_size / local_rank / device
   demo(out, seed, progress, echo) -> dict (the results)
 
+`experiment`: the module behind `labelstore experiment TASK`, or None. It defines
+  METRIC (the key summarised), ARMS (name -> arm settings), DEFAULT_ARMS, REFERENCE,
+  setup(out, echo, **recipe) -> meta (JSON-ready; made once per output directory, reused after),
+  make_arms(meta, names, progress) -> {name: seed -> metrics dict},
+  teacher_line(meta) -> str (the teacher's figure, printed under the table).
+
 `ranks`: whether the task's teach and train run as several processes (torchrun / --world-size).
 A new task adds one Entry here (docs/adding-a-task.md).
 """
@@ -25,12 +31,14 @@ class Entry:
     train: str
     demo: str
     ranks: bool = False
+    experiment: str | None = None
 
 
 TASKS: dict[str, Entry] = {
     "classification": Entry(teach="labelstore.trainers.classification_cli:teach_command",
                             train="labelstore.trainers.classification_cli:train_command",
-                            demo="labelstore.trainers.classification_cli:demo_command", ranks=True),
+                            demo="labelstore.trainers.classification_cli:demo_command", ranks=True,
+                            experiment="labelstore.trainers.experiment_classification"),
     "retrieval": Entry(teach="labelstore.trainers.retrieval_cli:teach_command",
                        train="labelstore.trainers.retrieval_cli:train_command",
                        demo="labelstore.trainers.retrieval_demo:demo_command"),
@@ -46,6 +54,14 @@ def entry_point(task: str, command: str) -> Callable:
         raise ConfigError(f"--task {task!r}: unknown task; choose one of {', '.join(TASKS)}")
     module, _, name = getattr(TASKS[task], command).partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def experiment_module(task: str):
+    """The module behind `labelstore experiment TASK` (see the contract above)."""
+    if TASKS.get(task) is None or TASKS[task].experiment is None:
+        have = [t for t, e in TASKS.items() if e.experiment]
+        raise ConfigError(f"experiment {task!r}: no experiment for this task; choose one of {', '.join(have)}")
+    return importlib.import_module(TASKS[task].experiment)
 
 
 def check_ranks(task: str, command: str, world_size: int) -> None:
