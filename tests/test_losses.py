@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.autograd import gradcheck
 
 from labelstore.trainers.losses import (
@@ -31,6 +32,7 @@ from labelstore.trainers.losses import (
     sample_partial_list,
     sinkhorn_margins,
     soft_label_ce,
+    soften,
     teachclip_cgt_loss,
     teachclip_fgt_loss,
     teachclip_loss,
@@ -112,9 +114,36 @@ def test_soft_label_ce_value(fill, temperature):
     vals = torch.tensor(VALS, dtype=F64)
     loss = soft_label_ce(logits, vals, torch.tensor(IDX), fill=fill, temperature=temperature)
     q = expected_dense(VALS, IDX, 5, fill)
+    qt = np.where(q > 0, q, 0.0) ** (1.0 / temperature)
+    qt = qt / qt.sum(1, keepdims=True)  # Hinton's softened teacher q^(1/T) / sum q^(1/T)
     logp = np_log_softmax(logits.detach().numpy() / temperature)
-    expected = np.mean([-(q[b] * logp[b]).sum() for b in range(2)])
+    expected = np.mean([-(qt[b] * logp[b]).sum() for b in range(2)]) * temperature**2
     assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_soften_is_hinton_temperature():
+    """soften(softmax(z), T) = softmax(z / T); zeros stay zero; T = 1 is the identity."""
+    z = rand64(3, 6, seed=9).detach()
+    for T in (0.5, 2.0, 4.0):
+        torch.testing.assert_close(soften(z.softmax(1), T), (z / T).softmax(1), rtol=1e-12, atol=1e-14)
+    q = torch.tensor([[0.6, 0.4, 0.0]], dtype=F64)
+    np.testing.assert_allclose(soften(q, 2.0).numpy(), [[0.6**0.5 / (0.6**0.5 + 0.4**0.5), 0.4**0.5 / (0.6**0.5 + 0.4**0.5), 0.0]])
+    assert soften(q, 1.0) is q
+    with pytest.raises(ValueError, match="temperature"):
+        soften(q, 0.0)
+
+
+def test_soft_label_ce_full_topk_has_hinton_gradient():
+    """With every class stored (K = C), soft_label_ce at T has the gradient of Hinton's
+    T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) with respect to the student logits."""
+    zt, zs = rand64(4, 5, seed=11).detach(), rand64(4, 5, seed=12)
+    vals, idx = zt.softmax(1).topk(5, dim=1)
+    T = 3.0
+    soft_label_ce(zs, vals, idx, temperature=T).backward()
+    ref = zs.detach().clone().requires_grad_(True)
+    qt = (zt / T).softmax(1)
+    (T * T * (qt * (qt.log() - F.log_softmax(ref / T, 1))).sum(1).mean()).backward()
+    torch.testing.assert_close(zs.grad, ref.grad, rtol=1e-10, atol=1e-12)
 
 
 def test_soft_label_ce_gradcheck_and_saturation():
@@ -162,12 +191,13 @@ def test_kd_kl_value_with_zero_probs():
     q = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.25] * 4, [0.0, 0.0, 1.0, 0.0]], dtype=F64)
     T = 2.0
     logp = np_log_softmax(z.detach().numpy() / T)
-    expected = np.mean([sum(xlogx(q[b, c].item()) - q[b, c].item() * logp[b, c] for c in range(4)) for b in range(3)])
+    qt = soften(q, T)  # Hinton: the teacher at the same temperature
+    expected = np.mean([sum(xlogx(qt[b, c].item()) - qt[b, c].item() * logp[b, c] for c in range(4)) for b in range(3)])
     loss = kd_kl(z, q, temperature=T)
     assert loss.item() == pytest.approx(expected * T * T, rel=1e-10)
     assert gradcheck(lambda x: kd_kl(x, q, temperature=T), (z,))
-    # zero exactly when the student matches the teacher
-    zz = torch.log(torch.tensor([[0.1, 0.2, 0.7]], dtype=F64)) * T
+    # zero exactly when the student's logits are the teacher's (up to a shift), at any T
+    zz = torch.log(torch.tensor([[0.1, 0.2, 0.7]], dtype=F64)) + 5.0
     assert kd_kl(zz, torch.tensor([[0.1, 0.2, 0.7]], dtype=F64), T).abs().item() < 1e-12
 
 

@@ -95,8 +95,7 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
     elif cfg.loss == "ferkd":
         gt_prob = t["gt_prob"] if teacher_probs is None else teacher_probs.gather(1, t["gt"].clamp(min=0)[:, None])[:, 0]
         q, keep, info = losses.ferkd_targets(vals, idx, t["gt"], gt_prob, num_classes, fill=cfg.fill, **cfg.ferkd)
-        logp = F.log_softmax(logits / cfg.temperature, dim=1)
-        loss = -(q * logp).sum(1)[keep].mean() if keep.any() else logits.sum() * 0
+        loss = losses.soft_target_ce(logits, q, cfg.temperature)[keep].mean() if keep.any() else logits.sum() * 0
     else:
         raise ValueError(f"unknown loss {cfg.loss!r}: choose fkd, ferkd or adl")
     if cfg.hard_weight:

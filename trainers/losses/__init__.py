@@ -1,8 +1,8 @@
 """Distillation losses for students replayed from a labelstore (see docs/losses.md)."""
 
 from .adl import adl_loss, adl_select_unlabeled
-from .fkd import dense_soft_labels, ferkd_targets, soft_label_ce
-from .kd import kd_kl
+from .fkd import dense_soft_labels, ferkd_targets, soft_label_ce, soft_target_ce
+from .kd import kd_kl, soften
 from .radi import (
     bench_sinkhorn,
     mc_pair_uncertainty,
@@ -39,6 +39,8 @@ __all__ = [
     "sample_partial_list",
     "sinkhorn_margins",
     "soft_label_ce",
+    "soft_target_ce",
+    "soften",
     "teachclip_cgt_loss",
     "teachclip_fgt_loss",
     "teachclip_loss",

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .kd import soften
+
 FILLS = ("marginal", "renorm")
 
 
@@ -74,19 +76,31 @@ def soft_label_ce(
     fill: str = "marginal",
     temperature: float = 1.0,
 ) -> Tensor:
-    """FKD soft-label cross-entropy against the rebuilt dense teacher label.
+    """FKD soft-label cross-entropy against the rebuilt dense teacher label, Hinton-tempered.
 
     student_logits: [B, C]; topk_values, topk_indices: [B, K]; returns a scalar.
 
-        q    = dense_soft_labels(topk_values, topk_indices, C, fill)           # [B, C]
-        loss = (1/B) * sum_b  -sum_c q[b, c] * log_softmax(student_logits[b] / temperature)_c
+        q    = dense_soft_labels(topk_values, topk_indices, C, fill)           # [B, C], T = 1
+        loss = soft_target_ce(student_logits, q, T)                            # T^2 * CE at T
 
-    Computed in float32 (or float64 if the logits are float64); no T^2 factor.
+    Computed in float32 (or float64 if the logits are float64).
     """
     dtype = _float_dtype(student_logits, topk_values)
     q = dense_soft_labels(topk_values, topk_indices, student_logits.shape[1], fill).to(dtype)
-    log_p = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)  # [B, C]
-    return -(q * log_p).sum(dim=1).mean()
+    return soft_target_ce(student_logits.to(dtype), q, temperature).mean()
+
+
+def soft_target_ce(student_logits: Tensor, q: Tensor, temperature: float = 1.0) -> Tensor:
+    """Per-row Hinton KD cross-entropy against a T = 1 target q [B, C] (returns [B]):
+
+        loss_b = -T^2 * sum_c soften(q, T)[b, c] * log_softmax(student_logits[b] / T)_c
+
+    soften(q, T) = softmax(log q / T) is the teacher at temperature T (exact ratios for the stored
+    top-k, the fill's uniform tail estimate elsewhere). It differs from KL(q_T || p_T) * T^2 by the
+    teacher's entropy, a constant: the same gradient. At T = 1 it is plain soft-label CE.
+    """
+    log_p = F.log_softmax(student_logits / temperature, dim=1)  # [B, C]
+    return -(soften(q, temperature) * log_p).sum(dim=1) * temperature**2
 
 
 def ferkd_targets(
