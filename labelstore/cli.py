@@ -137,6 +137,9 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
 @click.option("--task", type=TASKS, default="classification", show_default=True)
 @click.option("--data", "data_spec", required=True,
               help="ImageFolder dir or file.h5[:images[:labels]]; for video tasks a video dir (or frame-feature .h5).")
+@click.option("--unlabeled", is_flag=True,
+              help="(classification) --data is an unlabelled folder: every image under it, no class sub-folders "
+                   "(give --num-classes).")
 @click.option("--captions", default=None, help="(retrieval) captions file: JSON lines or CSV (video_id, caption).")
 @click.option("--questions", default=None, help="(videoqa) questions file: JSON lines or CSV (video_id, question, answer).")
 @click.option("--frames", type=int, default=None, help="(video tasks) frames sampled per video (default: the teacher's).")
@@ -172,7 +175,7 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
 @click.option("--world-size", type=int, default=None, help="Processes filling the store (default: $WORLD_SIZE or 1).")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
-def teach(task, data_spec, captions, questions, frames, frame_size, similarity_mode, teacher, allow_untrained_teacher,
+def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, similarity_mode, teacher, allow_untrained_teacher,
           out, storage_options, epochs, top_k, mc_passes, policy_name, crop_scale, image_size, seed, num_classes,
           batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest, resume,
           overwrite, rank, world_size, quiet, as_json) -> None:
@@ -395,6 +398,11 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--fill", type=click.Choice(["marginal", "renorm"]), default="marginal", show_default=True)
 @click.option("--hard-weight", default=0.0, show_default=True, help="Weight of the ground-truth CE term.")
+@click.option("--unlabeled-store", default=None, type=STORE,
+              help="(classification) a store of an unlabelled folder (teach --unlabeled): its views whose teacher "
+                   "top-1 probability >= --select-threshold join training with that pseudo label (ADL's scheme).")
+@click.option("--unlabeled-data", default=None, help="The unlabelled folder --unlabeled-store was built from.")
+@click.option("--select-threshold", default=0.9, show_default=True, help="Teacher confidence that selects an unlabelled view.")
 @click.option("--ferkd-low", default=0.05, show_default=True)
 @click.option("--ferkd-high", default=0.95, show_default=True)
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
@@ -404,7 +412,7 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout (nothing else).")
 def train(task, store_path, storage_options, data_spec, captions, questions, student, mode, loss, eval_questions,
           eval_captions, hot_k, cold_n, cold_scheme, alpha, online_teacher, eval_data, epochs, batch_size, lr,
-          temperature, fill, hard_weight, ferkd_low, ferkd_high, workers, seed, device, out, as_json) -> None:
+          temperature, fill, hard_weight, unlabeled_store, unlabeled_data, select_threshold, ferkd_low, ferkd_high, workers, seed, device, out, as_json) -> None:
     """Train a student on the store's replayed views (from the cache, an online teacher, or no teacher).
 
     Under `torchrun --nproc_per_node N --no-python labelstore train ...` (classification) the student
@@ -416,6 +424,8 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
     check_ranks(task, "train", dist_env()[1])
     if mode == "online" and not online_teacher:
         _fail("--mode online needs --online-teacher SPEC")
+    if bool(unlabeled_store) != bool(unlabeled_data):
+        _fail("--unlabeled-store and --unlabeled-data go together")
     metrics, line = entry_point(task, "train")(click.get_current_context().params, _warn)
     if metrics is None:  # a rank other than 0
         return

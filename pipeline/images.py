@@ -115,36 +115,50 @@ def src_shapes(source, indices=None, width: int = 2) -> np.ndarray:
     return np.asarray([source.src_shape(int(i)) for i in idx], dtype=np.int64).reshape(-1, width)
 
 
+def _image_files(top: Path, root: Path) -> list[str]:
+    """Image files under `top` (any depth, hidden entries skipped) as sorted '/' paths relative to root."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = Path(dirpath).relative_to(root).as_posix()
+        files += [f"{rel}/{f}" if rel != "." else f for f in filenames
+                  if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
+    return sorted(files)
+
+
 class ImageFolder:
     """root/<class>/**/<file>.{jpg,jpeg,png}; classes sorted by folder name, files sorted.
 
     ``ids`` are paths relative to ``root`` with '/' separators. Hidden files and folders
     (leading '.') are ignored, as are files directly under root.
+    ``labeled=False``: an unlabelled folder: every image file under root (at any depth, sorted),
+    label -1, no classes (for the teacher stage to label, e.g. ADL's semi-supervised scheme).
     """
 
     kind = "image_folder"
 
-    def __init__(self, root, *, _table: tuple | None = None):
+    def __init__(self, root, *, labeled: bool = True, _table: tuple | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist or is not a directory")
         if _table is not None:
             self.ids, self.labels, self.classes = _table
             return
+        if not labeled:
+            self.ids = _image_files(self.root, self.root)
+            if not self.ids:
+                raise ValueError(f"unlabelled image folder {str(self.root)!r} has no {'/'.join(EXTENSIONS)} files")
+            self.labels = np.full(len(self.ids), -1, np.int64)
+            self.classes = []
+            return
         classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
         if not classes:
-            raise ValueError(f"image folder {str(self.root)!r} has no class sub-folders")
+            hint = " (an unlabelled folder? pass --unlabeled)" if _image_files(self.root, self.root) else ""
+            raise ValueError(f"image folder {str(self.root)!r} has no class sub-folders{hint}")
         ids: list[str] = []
         labels: list[int] = []
         for ci, c in enumerate(classes):
-            files = []
-            for dirpath, dirnames, filenames in os.walk(self.root / c, followlinks=True):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                rel = Path(dirpath).relative_to(self.root).as_posix()
-                files += [
-                    f"{rel}/{f}" for f in filenames if not f.startswith(".") and f.lower().endswith(EXTENSIONS)
-                ]
-            files.sort()
+            files = _image_files(self.root / c, self.root)
             ids += files
             labels += [ci] * len(files)
         if not ids:
@@ -394,12 +408,13 @@ class ArrayImages:
 _H5_SPEC = re.compile(r"^(?P<path>.*?\.(?:h5|hdf5))(?::(?P<images>[^:]*))?(?::(?P<labels>[^:]*))?$", re.IGNORECASE)
 
 
-def open_source(spec) -> ImageFolder | HDF5Images:
-    """A directory -> ImageFolder; "file.h5[:images_key[:labels_key]]" -> HDF5Images."""
+def open_source(spec, labeled: bool = True) -> ImageFolder | HDF5Images:
+    """A directory -> ImageFolder (labeled=False: every image under it, unlabelled);
+    "file.h5[:images_key[:labels_key]]" -> HDF5Images."""
     spec = str(spec)
     p = Path(spec)
     if p.is_dir():
-        return ImageFolder(p)
+        return ImageFolder(p, labeled=labeled)
     m = _H5_SPEC.match(spec)
     if m:
         path = m["path"]

@@ -19,8 +19,10 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
 
     checks.check_policy_name(o["policy_name"])
     out, rank, world_size = o["out"], o["rank"], o["world_size"]
-    source = open_source(o["data_spec"])
+    source = open_source(o["data_spec"], labeled=not o["unlabeled"])
     C = o["num_classes"] or len(source.classes)
+    if not C:
+        raise ConfigError(f"--data {o['data_spec']} is unlabelled: give --num-classes (the teacher's classes)")
     model, info = load_teacher(o["teacher"], C)
     warn(checks.mc_without_dropout(model, o["mc_passes"]))
     policy = make_policy(o["policy_name"], output_size=(o["image_size"],) * 2, crop_scale=o["crop_scale"])
@@ -62,13 +64,17 @@ def train_command(o: dict, warn) -> tuple[dict | None, str]:
     model = load_model(o["student"] or "cnn-tiny", num_classes=store.num_classes)
     size = tuple(store.attrs["policy"]["output_size"])
     evals = eval_batches(open_source(o["eval_data"]), size) if o["eval_data"] else None
+    unlabeled = None
+    if o["unlabeled_store"]:
+        unlabeled = (labelstore.open(o["unlabeled_store"]), open_source(o["unlabeled_data"], labeled=False))
     cfg = DistillConfig(mode=mode, loss=loss, epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"],
                         temperature=o["temperature"], fill=o["fill"], hard_weight=o["hard_weight"],
-                        num_workers=o["workers"], seed=o["seed"],
+                        select_threshold=o["select_threshold"], num_workers=o["workers"], seed=o["seed"],
                         ferkd={"low": o["ferkd_low"], "high": o["ferkd_high"], "epsilon": 0.1})
     rank, world_size, local_rank = dist_env()
     with process_group(world_size, local_rank):
         m = train_student(model, store, data, cfg, eval_batches=(lambda: evals) if evals else None, teacher=teacher,
+                          unlabeled=unlabeled,
                           device=pick_device(local_device(local_rank, o["device"])), out_dir=o["out"])
     if rank:
         return None, ""

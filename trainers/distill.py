@@ -15,6 +15,10 @@ Soft losses (`loss=`), with q the teacher distribution over C classes:
 plus `hard_weight` x the hard-label term: CE with the ground truth (mixed views: w·CE(gt) +
 (1-w)·CE(partner gt)); with ADL's binary mode the per-class BCE against the same (mixed) one-hot
 target, summed over classes, as the paper's detection loss is per class.
+
+Semi-supervised (ADL's scheme, `unlabeled=(store, folder)`): every batch also holds views of an
+unlabelled folder's store; `select_unlabeled` keeps those the teacher is confident about (top-1
+probability >= select_threshold) with its top-1 class as their hard label, and drops the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import math
 import os
 import time
+from itertools import zip_longest
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -30,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from labelstore.errors import ConfigError
 from labelstore.pipeline.dist import epoch_share
 from labelstore.pipeline.augment import to_input
 from labelstore.pipeline.replay import ReplayLoader
@@ -52,6 +58,7 @@ class DistillConfig:
     fill: str = "marginal"
     hard_weight: float = 0.0
     adl_mode: str = "binary"  # binary | softmax (loss="adl")
+    select_threshold: float = 0.9  # unlabelled views: teacher top-1 probability needed to join (semi-supervised)
     ferkd: dict = field(default_factory=lambda: {"low": 0.05, "high": 0.95, "epsilon": 0.1})
     num_workers: int = 0
     seed: int = 0
@@ -75,6 +82,36 @@ def _hard_loss(logits: torch.Tensor, t: dict, binary: bool = False) -> torch.Ten
         loss = loss + F.cross_entropy(logits, pg.clamp(min=0), reduction="none") * (1 - w) * (pg >= 0)
     m = gt >= 0
     return loss[m].mean() if m.any() else logits.sum() * 0
+
+
+def select_unlabeled(x: torch.Tensor, t: dict, probs: torch.Tensor | None, threshold: float, num_classes: int,
+                     fill: str = "marginal") -> tuple[torch.Tensor, dict, torch.Tensor | None, dict]:
+    """ADL's unlabelled-data selection on one batch (adl_select_unlabeled on the teacher's q [B, C]):
+
+        labelled view (gt >= 0):                       kept as it is
+        unlabelled, max_c q_c >= threshold:            kept, gt := argmax_c q_c (a whole-view label:
+                                                       mix_weight 1, no partner label)
+        unlabelled otherwise:                          dropped from the batch
+
+    q: the live teacher's probabilities (online) or the dense label rebuilt from the stored top-k
+    (its max is the stored top-1). Returns the kept (x, t, probs) and counters.
+    """
+    q = probs if probs is not None else losses.dense_soft_labels(t["topk_values"], t["topk_indices"], num_classes, fill)
+    labels, keep = losses.adl_select_unlabeled(q, t["gt"], threshold)
+    pseudo = t["gt"] < 0
+    t = {**t, "gt": labels, "mix_weight": torch.where(pseudo, torch.ones_like(t["mix_weight"]), t["mix_weight"]),
+         "partner_gt": torch.where(pseudo, torch.full_like(t["partner_gt"], -1), t["partner_gt"])}
+    info = {"unlabeled_views": int(pseudo.sum()), "unlabeled_selected": int((pseudo & keep).sum())}
+    t = {k: v[keep] for k, v in t.items()}
+    return x[keep], t, (probs[keep] if probs is not None else None), info
+
+
+def _cat_batches(a: tuple, b: tuple | None) -> tuple:
+    """Two (x, targets) batches as one (the keys both have); b may be None (its loader ran out)."""
+    if b is None:
+        return a
+    (xa, ta), (xb, tb) = a, b
+    return torch.cat([xa, xb]), {k: torch.cat([ta[k], tb[k]]) for k in ta.keys() & tb.keys()}
 
 
 def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes: int,
@@ -105,9 +142,12 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
 
 
 def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, eval_batches=None,
-                  teacher: torch.nn.Module | None = None, device: str | torch.device = "cpu",
-                  out_dir: str | None = None, progress: bool = True) -> dict:
+                  teacher: torch.nn.Module | None = None, unlabeled: tuple | None = None,
+                  device: str | torch.device = "cpu", out_dir: str | None = None, progress: bool = True) -> dict:
     """Train `student` from the store's replayed views; returns metrics (also written to out_dir).
+
+    unlabeled: (store, data) of an unlabelled folder (semi-supervised, select_unlabeled): each step
+    also draws ceil(N_u / steps per epoch) of its views, so both sets are seen once per epoch.
 
     Inside a torch.distributed group of W > 1 processes the student is wrapped in
     DistributedDataParallel (gradients averaged over ranks): every rank draws the same permutation
@@ -119,6 +159,8 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
 
     if cfg.mode == "online" and teacher is None:
         raise ValueError("mode 'online' needs a teacher (--online-teacher)")
+    if unlabeled is not None:
+        _check_unlabeled(store, unlabeled[0], cfg)
     dev = torch.device(device)
     student = student.to(dev)
     if teacher is not None:
@@ -135,6 +177,14 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
         loaders = [ReplayLoader(store, data, epoch=e % store.epochs, batch_size=cfg.batch_size, shuffle=False,
                                 num_workers=cfg.num_workers, indices=epoch_share(rows, [cfg.seed, e], rank, world))
                    for e in range(epochs)]
+    u_loaders = [None] * epochs
+    if unlabeled is not None:
+        if world > 1:
+            raise ConfigError("unlabelled data (semi-supervised) trains in one process")
+        store_u, data_u = unlabeled
+        u_loaders = [ReplayLoader(store_u, data_u, epoch=e % store_u.epochs, shuffle=True, seed=cfg.seed + 7919 + e,
+                                  batch_size=-(-store_u.num_samples // len(ld)), num_workers=cfg.num_workers)
+                     for e, ld in enumerate(loaders)]
     steps = sum(len(ld) for ld in loaders)
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
     wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.optimizer]
@@ -151,11 +201,12 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
         student.train()
         t0, tot, n = time.perf_counter(), 0.0, 0
         seen = []
-        bar = tqdm(loader, disable=not progress or rank > 0, desc=f"{cfg.mode} epoch {e}", unit="batch", leave=False)
-        for x, t in bar:
-            x = to_input(x, t.pop("view_partner", None), t.pop("view_lam", None), loader.policy.mean,
-                         loader.policy.std, dev)  # uint8 -> normalised float32 on the device
-            t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
+        u_loader = u_loaders[e]
+        bar = tqdm(zip_longest(loader, u_loader or ()), total=len(loader), disable=not progress or rank > 0,
+                   desc=f"{cfg.mode} epoch {e}", unit="batch", leave=False)
+        for batch, u_batch in bar:
+            x, t = _cat_batches(*(_to_device(b, ld, dev) if b is not None else None
+                                  for b, ld in ((batch, loader), (u_batch, u_loader))))
             probs = None
             if cfg.mode == "online":
                 t1 = time.perf_counter()
@@ -164,7 +215,11 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
                 teacher_seconds += time.perf_counter() - t1
             if world > 1:
                 seen.append(t["index"].cpu().numpy())
+            sel = {}
+            if u_loader is not None:
+                x, t, probs, sel = select_unlabeled(x, t, probs, cfg.select_threshold, C, cfg.fill)
             loss, info = student_loss(model(x), t, cfg, C, probs)
+            info = {**info, **sel}
             for g in opt.param_groups:  # warmup then cosine over all steps, as labelstore.trainers.fit
                 g["lr"] = lr * lr_factor(step / max(steps, 1))
             opt.zero_grad(set_to_none=True)
@@ -204,6 +259,27 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics
+
+
+def _to_device(batch: tuple, loader, dev) -> tuple[torch.Tensor, dict]:
+    """A replayed (uint8 views, targets) batch as (normalised float32 x, targets) on the device."""
+    x, t = batch
+    t = dict(t)
+    x = to_input(x, t.pop("view_partner", None), t.pop("view_lam", None), loader.policy.mean, loader.policy.std, dev)
+    return x, {k: v.to(dev, non_blocking=True) for k, v in t.items()}
+
+
+def _check_unlabeled(store, store_u, cfg: DistillConfig) -> None:
+    """ConfigError unless the unlabelled store can join the labelled one's batches."""
+    if cfg.mode == "none" or cfg.loss not in ("fkd", "adl"):
+        raise ConfigError(f"unlabelled data needs teacher targets and loss fkd or adl (mode {cfg.mode!r}, "
+                          f"loss {cfg.loss!r})")
+    for key in ("num_classes", "top_k", "mc_passes"):
+        if store_u.attrs.get(key) != store.attrs.get(key):
+            raise ConfigError(f"unlabelled store {store_u.path}: {key} {store_u.attrs.get(key)} differs from the "
+                              f"labelled store's {store.attrs.get(key)}")
+    if store_u.attrs["policy"]["output_size"] != store.attrs["policy"]["output_size"]:
+        raise ConfigError(f"unlabelled store {store_u.path}: view size differs from the labelled store's")
 
 
 def _sum_over_ranks(*values: float) -> list[float]:

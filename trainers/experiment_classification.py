@@ -12,6 +12,9 @@ data order in every arm, so the arms are paired by seed:
     online      the same loss, the teacher run live on every batch
     ferkd       FerKD label adaptation from the stored gt probability
     adl         ADL as in the paper: per-class sigmoid, Σ q^θ normaliser, plus the hard-label BCE
+    adl-semi    adl plus ADL's semi-supervised scheme: an unlabelled folder (2000 more generated images,
+                no class folders) labelled by the same teacher stage; its views with teacher top-1
+                probability >= 0.9 join each batch with that class as their label
 
 Metric: test accuracy of the final student. Statistics: labelstore.trainers.experiment.
 """
@@ -40,6 +43,7 @@ ARMS = {
     "online": {"mode": "online", "loss": "fkd"},
     "ferkd": {"mode": "cache", "loss": "ferkd"},
     "adl": {"mode": "cache", "loss": "adl", "adl_mode": "binary", "hard_weight": 1.0},
+    "adl-semi": {"mode": "cache", "loss": "adl", "adl_mode": "binary", "hard_weight": 1.0, "semi": True},
 }
 
 DEFAULT_ARMS = list(ARMS)
@@ -49,22 +53,61 @@ def teacher_line(meta: dict) -> str:
     return f"teacher ({meta['teacher_model']}) test accuracy: {meta['teacher_accuracy']:.3f}"
 
 
-def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
+def setup(out: str, *, progress: bool = False, echo=print, n_unlabeled: int = 2000, **recipe) -> dict:
     """The demo's data, teacher and store (labelstore.trainers.demo.prepare, seed 0, `recipe` keyword
-    overrides) under `out`, made once: an existing setup.json is reused."""
+    overrides) under `out`, plus the unlabelled folder and its store (unlabeled_setup); made once:
+    an existing setup.json is reused (and completed if it predates the unlabelled part)."""
     meta_path = os.path.join(out, "setup.json")
     if os.path.exists(meta_path):
         with open(meta_path) as f:
-            return json.load(f)
-    os.makedirs(out, exist_ok=True)
-    p = prepare(out, progress=progress, echo=echo, **recipe)
-    store = p["store"]
-    meta = {"train": str(p["train"].root), "test": str(p["test"].root), "teacher": p["checkpoint"],
-            "teacher_model": p["teacher_name"], "teacher_accuracy": p["teacher_accuracy"], "store": p["store_path"],
-            "image_size": int(store.attrs["policy"]["output_size"][0]), "epochs": store.epochs}
+            meta = json.load(f)
+    else:
+        os.makedirs(out, exist_ok=True)
+        p = prepare(out, progress=progress, echo=echo, **recipe)
+        store = p["store"]
+        meta = {"train": str(p["train"].root), "test": str(p["test"].root), "teacher": p["checkpoint"],
+                "teacher_model": p["teacher_name"], "teacher_accuracy": p["teacher_accuracy"], "store": p["store_path"],
+                "image_size": int(store.attrs["policy"]["output_size"][0]), "epochs": store.epochs}
+    if "unlabeled_store" not in meta:
+        meta.update(unlabeled_setup(out, meta, n_unlabeled, progress=progress, echo=echo))
     with open(meta_path, "w") as f:
         json.dump(meta, f, indent=1)
     return meta
+
+
+def unlabeled_setup(out: str, meta: dict, n: int, progress: bool = False, echo=print) -> dict:
+    """An unlabelled folder out/data/unlabeled (n more shapes images of another generator seed, flat: no
+    class folders) and its store out/unlabeled.zarr: the labelled store's policy and recipe, seed + 1."""
+    import shutil
+
+    from labelstore.pipeline.images import make_shapes_dataset
+    from labelstore.pipeline.replay import store_policy
+    from labelstore.pipeline.teach import TeachConfig, teach
+    from labelstore.pipeline.teacher import weights_hash
+
+    folder = os.path.join(out, "data", "unlabeled")
+    if not os.path.isdir(folder):
+        gen = os.path.join(out, "data", ".unlabeled-gen")
+        shutil.rmtree(gen, ignore_errors=True)
+        src, _ = make_shapes_dataset(gen, n_train=n, n_test=1, seed=1)
+        os.makedirs(folder + ".tmp", exist_ok=True)
+        for path in sorted(src.rglob("*")):  # file names are global indices: unique without their class folder
+            if path.is_file():
+                os.replace(path, os.path.join(folder + ".tmp", path.name))
+        os.replace(folder + ".tmp", folder)
+        shutil.rmtree(gen)
+    data = ImageFolder(folder, labeled=False)
+    store = labelstore.open(meta["store"])
+    a = store.attrs
+    teacher = load_model(meta["teacher"]).eval()
+    cfg = TeachConfig(**{**a["teach_config"], "seed": a["seed"] + 1})
+    info = {"name": meta["teacher"], "weights_sha256": weights_hash(teacher)}
+    path = os.path.join(out, "unlabeled.zarr")
+    stats = teach(path, data, teacher, store_policy(store), cfg, teacher_info=info, num_classes=store.num_classes,
+                  device="cpu", overwrite=True, progress=progress)
+    echo(f"unlabelled: {len(data)} images in {folder}, teacher stage {stats['views']} views in {stats['seconds']:.1f}s "
+         f"-> {path}")
+    return {"unlabeled": folder, "unlabeled_store": path}
 
 
 def make_arms(meta: dict, names: list[str], student: str = "cnn-micro", progress: bool = False) -> dict:
@@ -81,9 +124,15 @@ def make_arms(meta: dict, names: list[str], student: str = "cnn-micro", progress
             seed_everything(seed)
             model = build_model(student, len(train.classes))
             t_model = load_model(meta["teacher"]).eval() if spec["mode"] == "online" else None
-            cfg = DistillConfig(**spec, epochs=meta["epochs"], batch_size=64, seed=seed)
-            m = train_student(model, store, train, cfg, teacher=t_model, device="cpu", progress=progress)
-            return {"accuracy": evaluate(model, evals, "cpu")["accuracy"], "seconds": m["seconds"]}
+            unlabeled = None
+            if spec.get("semi"):
+                unlabeled = (labelstore.open(meta["unlabeled_store"]), ImageFolder(meta["unlabeled"], labeled=False))
+            cfg = DistillConfig(**{k: v for k, v in spec.items() if k != "semi"}, epochs=meta["epochs"], batch_size=64,
+                                seed=seed)
+            m = train_student(model, store, train, cfg, teacher=t_model, unlabeled=unlabeled, device="cpu",
+                              progress=progress)
+            return {"accuracy": evaluate(model, evals, "cpu")["accuracy"], "seconds": m["seconds"],
+                    "label_counts": m["label_counts"]}
 
         return run
 
