@@ -382,14 +382,19 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
 @click.option("--student", default=None, help="Built-in name, checkpoint or module:callable (default: per task).")
 @click.option("--mode", type=click.Choice(["cache", "online", "none"]), default="cache", show_default=True,
               help="Targets from the store, from a live teacher, or none (hard labels / InfoNCE / CE only).")
-@click.option("--loss", type=click.Choice(["fkd", "ferkd", "adl", "kd", "radi"]), default=None,
-              help="classification: fkd (default), ferkd, adl; videoqa: radi (default), kd.")
+@click.option("--loss", type=click.Choice(["fkd", "ferkd", "adl", "kd", "radi", "teachclip", "cgt", "fgt"]), default=None,
+              help="classification: fkd (default), ferkd, adl; videoqa: radi (default), kd; retrieval: teachclip "
+                   "(CgT + FgT, default), cgt (CgT only), fgt (FgT only).")
 @click.option("--eval-questions", default=None, help="(videoqa) held-out questions with full answer sets.")
 @click.option("--eval-captions", default=None, help="(retrieval) held-out captions.")
 @click.option("--hot-k", default=10, show_default=True, help="(videoqa) RADI hot list.")
 @click.option("--cold-n", default=10, show_default=True, help="(videoqa) RADI cold list.")
 @click.option("--cold-scheme", type=click.Choice(["exp", "zipf"]), default="exp", show_default=True)
-@click.option("--alpha", default=0.1, show_default=True, help="(videoqa) weight of the ranking loss.")
+@click.option("--radi-rank", type=click.Choice(["pairwise", "listwise", "both"]), default="both", show_default=True,
+              help="(videoqa) RADI's ranking terms.")
+@click.option("--margins", type=click.Choice(["adaptive", "fixed"]), default="adaptive", show_default=True,
+              help="(videoqa) RADI pairwise margins: Sinkhorn from the MC-dropout uncertainty, or constant.")
+@click.option("--alpha", type=float, default=None, help="(videoqa) weight of the ranking loss (default: RADI's).")
 @click.option("--online-teacher", default=None, help="Teacher spec for --mode online.")
 @click.option("--eval-data", default=None, help="Held-out ImageFolder/HDF5 for evaluation.")
 @click.option("--epochs", default=0, show_default=True, help="0 = the store's epochs.")
@@ -411,7 +416,7 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
 @click.option("--out", required=True, type=click.Path(), help="Directory for the checkpoint and metrics.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout (nothing else).")
 def train(task, store_path, storage_options, data_spec, captions, questions, student, mode, loss, eval_questions,
-          eval_captions, hot_k, cold_n, cold_scheme, alpha, online_teacher, eval_data, epochs, batch_size, lr,
+          eval_captions, hot_k, cold_n, cold_scheme, radi_rank, margins, alpha, online_teacher, eval_data, epochs, batch_size, lr,
           temperature, fill, hard_weight, unlabeled_store, unlabeled_data, select_threshold, ferkd_low, ferkd_high, workers, seed, device, out, as_json) -> None:
     """Train a student on the store's replayed views (from the cache, an online teacher, or no teacher).
 
