@@ -27,7 +27,7 @@ def test_cli_experiment_retrieval_end_to_end_and_resume(tmp_path):
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert lines[0].startswith("$ labelstore experiment retrieval --seeds 2")
-    assert "metric: t2v_R@1" in lines[1] and "reference: infonce" in lines[1]
+    assert "metric: t2v_R@5" in lines[1] and "reference: infonce" in lines[1]
     assert [ln.split()[0] for ln in lines[3:5]] == ["infonce", "teachclip"]
     assert lines[-1].startswith("teacher (X-CLIP-like, dim 32) test t2v R@1") and "24 test captions x 8 videos" in lines[-1]
     saved = json.loads((out / "result.json").read_text())
@@ -37,7 +37,7 @@ def test_cli_experiment_retrieval_end_to_end_and_resume(tmp_path):
     assert {k: setup["recipe"][k] for k in TINY} == TINY
     assert 0.0 <= setup["teacher_metrics"]["t2v_R@1"] <= 100.0
     run = json.loads((out / "teachclip" / "seed_1.json").read_text())
-    assert run["metrics"]["t2v_R@1"] == saved["arms"]["teachclip"]["values"][1] and "v2t_R@1" in run["metrics"]
+    assert run["metrics"]["t2v_R@5"] == saved["arms"]["teachclip"]["values"][1] and "v2t_R@1" in run["metrics"]
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0 and again.stderr.count("loaded") == 4 and "running" not in again.stderr
     assert json.loads((out / "result.json").read_text())["arms"] == saved["arms"]

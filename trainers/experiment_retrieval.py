@@ -13,8 +13,12 @@ initialisation (torch.manual_seed(s)) and the batch order (plan_batches keyed by
     cgt                0.2 InfoNCE + 1.0 CgT (coarse-grained teaching only), from the store
     fgt                0.2 InfoNCE + 2.0 FgT (fine-grained teaching only), from the store
 
-Metric: text-to-video R@1 (percent) on the test split (n_test videos x 3 captions), the metric the
-TeachCLIP paper leads with. Statistics: labelstore.trainers.experiment.
+Metric: text-to-video R@5 (percent) on the test split (n_test videos x 3 captions). Not R@1, which
+the paper leads with: two of each video's three captions name one object and its motion, so such a
+caption fits several test videos and R@1 is capped by that ambiguity; measured before this recipe
+was fixed (one seed, 100 test videos), the teacher-student gap was 10.7 points of R@5 against 4.7
+of R@1 with similar per-caption noise. Every run also saves R@1/5/10, median rank and v2t.
+Statistics: labelstore.trainers.experiment.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from labelstore.pipeline.video import VideoFolder
 from .retrieval_demo import prepare_retrieval, train_and_evaluate_student
 from .spec import load_model
 
-METRIC = "t2v_R@1"
+METRIC = "t2v_R@5"
 REFERENCE = "infonce"
 ARMS = {
     "infonce": {"mode": "infonce"},

@@ -41,8 +41,8 @@ def _table(rows: list[dict]) -> str:
 
 RECIPE = {  # the demo's and the experiment's setup (labelstore experiment retrieval --recipe overrides these)
     "n_train": 400, "n_test": 100, "num_frames": 8, "batch_size": 64,
-    "teacher_dim": 128, "teacher_epochs": 40, "teacher_lr": 2e-3,
-    "student_dim": 64, "student_epochs": 12, "student_lr": 2e-3,
+    "teacher_dim": 64, "teacher_epochs": 16, "teacher_lr": 2e-3,
+    "student_dim": 64, "student_epochs": 10, "student_lr": 2e-3,
 }
 
 
