@@ -103,6 +103,19 @@ def plan_batches(caption_video: np.ndarray, batch_size: int, seed: int, epoch: i
     return plan
 
 
+FRAME_TEMPERATURE = 1.0  # TeachCLIP's official code: softmax over frames of cos(sentence, frame), temperature 1
+
+
+def frame_targets(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Fine-grained teaching targets: float32 [N, m] = softmax over the m frames of scores / temperature.
+
+    scores [N, m]: the teacher's frame_text_scores of matched (video, caption) pairs; for the built-in
+    teacher cos(caption, frame). The teacher stage stores this (float16, its temperature in the store's
+    attribute `frame_score_temperature`) and the online trainer computes it with the same temperature.
+    """
+    return (scores.float() / float(temperature)).softmax(-1)
+
+
 def check_feature_dim(videos, teacher: torch.nn.Module) -> None:
     """A FeatureH5 source must match the model's feature dimension (ValueError naming file, dataset, both dims)."""
     fdim = getattr(teacher, "feature_dim", None)

@@ -5,7 +5,9 @@ file order). One work unit = one epoch e (progress[e, 0]); it writes whole epoch
 
   aug/frames/indices [E,Nv,m] i16 = sampler(seed, e, video row, n_frames)      (the recorded view)
   view_digest        [E,Nv]   u32 = crc32c(float32 teacher input of the video)
-  frame_scores       [E,Nc,m] f16 = softmax_f( teacher.frame_text_scores(V[caption_video[c]], T[c]) )
+  frame_scores       [E,Nc,m] f16 = softmax_f( teacher.frame_text_scores(V[caption_video[c]], T[c]) / T_f )
+                     T_f = frame_temperature (attribute frame_score_temperature; default 1, the official
+                     TeachCLIP convention: softmax over frames of cos(sentence, frame) at temperature 1)
 and, by similarity mode,
   "embeddings": video_emb [E,Nv,D] f16, text_emb [Nc,D] f16 (L2-normalised; attrs logit_scale):
                 s(c, v) = logit_scale * <text_emb[c], video_emb[e, v]>
@@ -33,7 +35,8 @@ from labelstore.integrity import json_digest, view_digest
 
 from .stage import Item, check_teacher_output, run_stage
 from .teacher import teacher_info
-from .retrieval_data import FrameCache, as_policy, caption_rows, check_feature_dim, load_captions, plan_batches, render_inputs
+from .retrieval_data import (FRAME_TEMPERATURE, FrameCache, as_policy, caption_rows, check_feature_dim, frame_targets,
+                             load_captions, plan_batches, render_inputs)
 from .text import Caption, Tokenizer
 from .video import FeatureH5, FrameSampler, VideoFolder, VideoPolicy
 
@@ -71,7 +74,7 @@ def _rows(r) -> int:
 
 RESUME_KEYS = ("task", "epochs", "seed", "num_videos", "num_captions", "num_frames", "similarity_mode", "text_max_len",
                "dataset.digest", "captions.digest", "teacher.weights_sha256", "policy.digest", "tokenizer.digest",
-               "teach_config.batch_size", "teach_config.chunk_rows", "teach_config.digests")
+               "teach_config.batch_size", "teach_config.chunk_rows", "teach_config.digests", "frame_score_temperature")
 
 
 def _create_array(group: zarr.Group, spec: schema.ArraySpec, chunk_rows: int) -> None:
@@ -96,9 +99,11 @@ class RetrievalTask:
 
     def __init__(self, videos, caps: list[Caption], cap_path: str | None, tokenizer: Tokenizer,
                  teacher: torch.nn.Module, policy: VideoPolicy, *, epochs: int, seed: int, mode: str, batch_size: int,
-                 text_max_len: int, chunk_rows: int, teacher_name: str | None, digests: bool):
+                 text_max_len: int, chunk_rows: int, teacher_name: str | None, digests: bool,
+                 frame_temperature: float = FRAME_TEMPERATURE):
         self.videos, self.caps, self.teacher, self.policy = videos, caps, teacher.eval(), policy
         self.mode, self.batch_size, self.seed, self.digests, self.chunk_rows = mode, batch_size, int(seed), digests, chunk_rows
+        self.frame_temperature = float(frame_temperature)
         self.src_rows, self.caption_video = caption_rows(videos, caps, cap_path)
         check_feature_dim(videos, teacher)
         self.Nv, self.Nc, self.m, self.E = len(self.src_rows), len(caps), policy.num_frames, int(epochs)
@@ -126,6 +131,7 @@ class RetrievalTask:
             "num_captions": self.Nc,
             "num_frames": self.m,
             "similarity_mode": mode,
+            "frame_score_temperature": self.frame_temperature,
             "teach_config": {"batch_size": batch_size, "chunk_rows": chunk_rows, "digests": digests},
         }
         with torch.inference_mode():
@@ -206,14 +212,14 @@ class RetrievalTask:
                              what=what)
 
     def frame_scores(self, v_all, e: int) -> torch.Tensor:
-        """float32 [Nc, m] = softmax over frames of teacher.frame_text_scores, in blocks of 256 captions."""
+        """float32 [Nc, m] = frame_targets(teacher.frame_text_scores, frame_temperature), in blocks of 256 captions."""
         fs = []
         for c0 in range(0, self.Nc, 256):
             sl = slice(c0, min(self.Nc, c0 + 256))
             r = self.teacher.frame_text_scores(repr_take(v_all, self.cv_t[sl]), repr_take(self.t_all, sl)).float()
             if r.shape != (sl.stop - sl.start, self.m):
                 raise TeacherOutputError(f"frame_text_scores returned {tuple(r.shape)}, expected [{sl.stop - sl.start}, {self.m}]")
-            fs.append(r.softmax(-1))
+            fs.append(frame_targets(r, self.frame_temperature))
         fs = torch.cat(fs)
         self._check(fs, "frame scores", e)
         return fs
@@ -258,6 +264,7 @@ def teach_retrieval(
     chunk_rows: int = 256,
     teacher_name: str | None = None,
     digests: bool = True,
+    frame_temperature: float = FRAME_TEMPERATURE,
     resume: bool = False,
     overwrite: bool = False,
     decode_workers: int = 2,
@@ -267,19 +274,23 @@ def teach_retrieval(
     """Fill the retrieval store at `out` (see the module docstring); returns run statistics.
 
     batch_size: videos per teacher forward and, in "batches" mode, captions per training batch B.
+    frame_temperature: frame_scores = softmax over frames of frame_text_scores / frame_temperature (recorded
+    as the attribute frame_score_temperature; 1 = the official TeachCLIP convention for cosine scores).
     stop_after_units: write only this many pending units, then return (to test resume).
     Errors: CaptionsError (malformed captions file, or captions whose video is missing: line and
     video named), VideoDecodeError (file named), ValueError (feature dimension differs from the model).
     """
     if mode not in MODES:
         raise ValueError(f"teach_retrieval: mode must be one of {MODES}, got {mode!r}")
+    if not frame_temperature > 0:
+        raise ValueError(f"teach_retrieval: frame_temperature must be > 0, got {frame_temperature}")
     if mode == "embeddings" and not is_dual_encoder(teacher):
         raise ValueError(f"teach_retrieval: mode 'embeddings' needs a dual-encoder teacher (video_embedding, "
                          f"text_embedding, similarity_scale); {type(teacher).__name__} is cross-modal: use 'dense' or 'batches'")
     caps, cap_path = load_captions(captions)
     task = RetrievalTask(videos, caps, cap_path, tokenizer, teacher, as_policy(sampler), epochs=epochs, seed=seed,
                          mode=mode, batch_size=batch_size, text_max_len=text_max_len, chunk_rows=chunk_rows,
-                         teacher_name=teacher_name, digests=digests)
+                         teacher_name=teacher_name, digests=digests, frame_temperature=frame_temperature)
     return run_stage(task, out, resume=resume, overwrite=overwrite, max_units=stop_after_units,
                      decode_workers=decode_workers, progress=progress)
 

@@ -198,3 +198,139 @@ def test_plan_batches_distinct_videos_and_metrics():
     m = retrieval_metrics(sim, np.array([0, 1, 2, 0]))
     assert m["t2v_R@1"] == 50.0 and m["t2v_MdR"] == 1.5  # ranks 1, 2, 2, 1
     assert m["v2t_R@1"] == pytest.approx(100 / 3)  # video 0: caption 0 rank 1; video 1: rank 4; video 2: rank 2
+
+
+# --------------------------------------------------------------------------------------
+# TeachCLIP as the official code: frame scores at temperature 1, the CgT-only / FgT-only switch
+# --------------------------------------------------------------------------------------
+
+
+def _epoch_inputs(data, store, e):
+    """(x [Nv, M, 3, H, W] the stored view of epoch e, ids, mask, caption_video) replayed from the store."""
+    videos, policy = data["videos"], data["policy"]
+    src = np.array([videos.ids.index(str(s)) for s in store.read_array("sample_id")])
+    idx = store.read_array("aug/frames/indices", e)
+    x = torch.stack([policy.render(videos.load_frames(int(src[v]), idx[v])) for v in range(len(src))])
+    ids, mask = data["tok"].encode_batch([str(t) for t in store.read_array("caption_text")], store.attrs["text_max_len"])
+    return x, torch.from_numpy(ids), torch.from_numpy(mask), torch.as_tensor(store.read_array("caption_video").astype(np.int64))
+
+
+def test_frame_scores_are_softmax_of_cosines_at_temperature_one(data, tmp_path):
+    """frame_scores = softmax over frames of cos(sentence, frame), recomputed from the teacher's own features."""
+    _teach(data, tmp_path / "s.zarr", "dense", epochs=1)
+    store = labelstore.open(tmp_path / "s.zarr")
+    assert store.attrs["frame_score_temperature"] == 1.0
+    x, ids, mask, cv = _epoch_inputs(data, store, 0)
+    teacher = data["xclip"]
+    with torch.no_grad():
+        frames = teacher.temporal(teacher.frames(x))[cv]  # [Nc, M, D] frame features of each caption's video
+        sent = teacher.text(ids, mask)  # [Nc, D]
+        cos = torch.nn.functional.cosine_similarity(frames, sent[:, None, :], dim=-1)  # [Nc, M]
+    stored = store.read_array("frame_scores", 0).astype(np.float32)
+    np.testing.assert_allclose(stored, cos.softmax(-1).numpy(), atol=1e-3)
+    old = (cos / teacher.tau).softmax(-1).numpy()  # the former convention (teacher relevance <t, f> / 0.1)
+    assert np.abs(stored - old).max() > 0.05
+
+
+def test_frame_temperature_is_recorded_and_used_online(data, tmp_path):
+    """A store at T_f = 0.02 records it; the online teacher then gives the store's FgT targets (not T_f = 1);
+    a store without the attribute is refused by name in the cache and online modes."""
+    fgt = {}
+    for T in (0.02, 1.0):
+        path = tmp_path / f"t{T}.zarr"
+        _teach(data, path, "dense", epochs=1, frame_temperature=T)
+        store = labelstore.open(path)
+        assert store.attrs["frame_score_temperature"] == T
+        for mode in ("cache", "online"):
+            torch.manual_seed(1)
+            st = HolisticStudent(len(data["tok"]), dim=32)
+            with torch.no_grad():
+                st.pool.fc2.weight *= 30  # spread the student's frame logits: FgT then depends clearly on its targets
+            h = train_retrieval_student(st, store, data["videos"], mode=mode, epochs=1, batch_size=8, max_steps=1,
+                                        teacher=data["xclip"] if mode == "online" else None)
+            fgt[T, mode] = h["parts"][0]["fgt"]  # the first step: the same student, so only the targets differ
+    by_mode = max(abs(fgt[T, "cache"] - fgt[T, "online"]) for T in (0.02, 1.0))
+    by_temperature = abs(fgt[0.02, "cache"] - fgt[1.0, "cache"])
+    assert by_mode < 0.05 * by_temperature, fgt  # online targets = stored ones up to float16, at the store's T
+
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "t1.0.zarr"), mode="r+")
+    attrs = g.attrs.asdict()
+    del attrs["frame_score_temperature"]
+    g.attrs.put(attrs)
+    old = labelstore.open(tmp_path / "t1.0.zarr")
+    for mode in ("cache", "online"):
+        with pytest.raises(labelstore.errors.StoreError, match=r"t1\.0\.zarr.*'frame_score_temperature'"):
+            train_retrieval_student(HolisticStudent(len(data["tok"]), dim=32), old, data["videos"], mode=mode, epochs=1,
+                                    batch_size=8, max_steps=1, teacher=data["xclip"])
+    h = train_retrieval_student(HolisticStudent(len(data["tok"]), dim=32), old, data["videos"], mode="infonce", epochs=1,
+                                batch_size=8, max_steps=1)  # InfoNCE needs no frame scores
+    assert h["steps"] == 1
+    with pytest.raises(ValueError, match="frame_temperature"):
+        _teach(data, tmp_path / "bad.zarr", "dense", epochs=1, frame_temperature=0.0)
+
+
+def test_teaching_switch_removes_the_other_term():
+    """Loss level: "cgt" ignores the frame targets and gives the frame logits no gradient; "fgt" ignores the
+    teacher similarities; "both" is the full objective."""
+    from labelstore.trainers.losses.teachclip import infonce_sym, teachclip_cgt_loss, teachclip_fgt_loss, teachclip_loss
+
+    g = torch.Generator().manual_seed(0)
+    S = (3 * torch.randn(6, 6, generator=g)).requires_grad_()
+    w = torch.randn(6, M, generator=g).requires_grad_()
+    Q, Q2 = 5 * torch.randn(6, 6, generator=g), 5 * torch.randn(6, 6, generator=g)
+    Fs, Fs2 = torch.rand(6, M, generator=g).softmax(-1), torch.rand(6, M, generator=g).softmax(-1)
+    nce, cgt, fgt = infonce_sym(S), teachclip_cgt_loss(S, Q), teachclip_fgt_loss(w, Fs)
+
+    total, parts = teachclip_loss(S, w, [Q], [Fs], teaching="cgt")
+    assert set(parts) == {"infonce", "cgt"}
+    assert total.item() == pytest.approx((0.2 * nce + 1.0 * cgt).item(), rel=1e-6)
+    assert teachclip_loss(S, w, [Q], [Fs2], teaching="cgt")[0].item() == total.item()
+    gS, gw = torch.autograd.grad(total, [S, w], allow_unused=True)
+    assert gw is None and gS.abs().sum() > 0
+
+    total, parts = teachclip_loss(S, w, [Q], [Fs], teaching="fgt")
+    assert set(parts) == {"infonce", "fgt"}
+    assert total.item() == pytest.approx((0.2 * nce + 2.0 * fgt).item(), rel=1e-6)
+    assert teachclip_loss(S, w, [Q2], [Fs], teaching="fgt")[0].item() == total.item()
+    gS = torch.autograd.grad(total, S)[0]
+    torch.testing.assert_close(gS, torch.autograd.grad(0.2 * infonce_sym(S), S)[0])  # nothing from CgT reaches S
+
+    total, parts = teachclip_loss(S, w, [Q], [Fs])
+    assert set(parts) == {"infonce", "cgt", "fgt"}
+    assert total.item() == pytest.approx((0.2 * nce + cgt + 2.0 * fgt).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="teaching"):
+        teachclip_loss(S, w, [Q], [Fs], teaching="none")
+
+
+@pytest.mark.parametrize("teaching", ["cgt", "fgt"])
+def test_trainer_teaching_switch(data, tmp_path, teaching):
+    """Trainer level: the ablation's loss is 0.2 InfoNCE + its own term only, and the result does not depend
+    on the dropped term's targets (a store whose other targets differ trains the same weights)."""
+    _teach(data, tmp_path / "s.zarr", "dense", epochs=1)
+    store = labelstore.open(tmp_path / "s.zarr")
+    weights = {}
+    for T in (1.0, 0.25):  # T changes the FgT targets only; the online teacher changes neither similarity
+        runs = {}
+        for mode in ("cache", "online"):
+            torch.manual_seed(1)
+            st = HolisticStudent(len(data["tok"]), dim=32)
+            h = train_retrieval_student(st, store, data["videos"], mode=mode, teaching=teaching, epochs=1, batch_size=8,
+                                        max_steps=3, teacher=data["xclip"] if mode == "online" else None)
+            p = h["parts"][0]
+            assert set(p) == {"infonce", teaching}
+            assert h["loss"][0] == pytest.approx(0.2 * p["infonce"] + (1.0 if teaching == "cgt" else 2.0) * p[teaching],
+                                                 rel=1e-5)
+            runs[mode] = torch.cat([q.detach().flatten() for q in st.parameters()])
+        weights[T] = runs
+        if T == 1.0:
+            _teach(data, tmp_path / "s.zarr", "dense", epochs=1, frame_temperature=0.25)
+            store = labelstore.open(tmp_path / "s.zarr")
+    if teaching == "cgt":  # CgT only: the frame targets (T_f) change nothing
+        torch.testing.assert_close(weights[1.0]["cache"], weights[0.25]["cache"], rtol=0, atol=0)
+    else:
+        assert not torch.equal(weights[1.0]["cache"], weights[0.25]["cache"])
+    with pytest.raises(ValueError, match="teaching"):
+        train_retrieval_student(HolisticStudent(len(data["tok"]), dim=32), store, data["videos"], teaching="both-ish",
+                                epochs=1, max_steps=1)

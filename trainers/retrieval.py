@@ -11,10 +11,14 @@ similarity S [B texts, B videos] has its positives on the diagonal. Per step:
              dense:      similarity[e, caps][:, vids]
              batches:    batch_similarity[e, b]  (the student trains on the stored batch plan)
     F      = frame_scores[e, caps]                                                              [B, m]
+           = softmax_f(teacher.frame_text_scores / T_f), T_f = the store's frame_score_temperature
     loss   = 0.2 * InfoNCE(S) + 1.0 * CgT(S, Q) + 2.0 * FgT(w, F)      (teachclip_loss, weights)
+    then the gradient norm is clipped at 1.0 (the official code), AdamW step.
 
-mode="online" computes Q and F with the live teacher on the same frames and batches; mode="infonce"
-uses InfoNCE(S) alone. Store epoch e % E serves training epoch e.
+teaching="cgt" / "fgt" drops the other teaching term (the paper's ablations; InfoNCE stays).
+mode="online" computes Q and F with the live teacher on the same frames and batches (F at the same
+T_f: the store's, or FRAME_TEMPERATURE without a store); mode="infonce" uses InfoNCE(S) alone.
+Store epoch e % E serves training epoch e.
 """
 
 from __future__ import annotations
@@ -29,13 +33,29 @@ import torch
 import torch.nn.functional as F
 
 import labelstore
-from labelstore.pipeline.retrieval_data import (FrameCache, as_policy, caption_rows, check_feature_dim, load_captions,
-                                                plan_batches, render_inputs)
+from labelstore.errors import StoreError
+from labelstore.pipeline.retrieval_data import (FRAME_TEMPERATURE, FrameCache, as_policy, caption_rows, check_feature_dim,
+                                                frame_targets, load_captions, plan_batches, render_inputs)
 from labelstore.pipeline.text import Caption, Tokenizer
 from labelstore.pipeline.video import FrameSampler, VideoPolicy
-from labelstore.trainers.losses.teachclip import infonce_sym, teachclip_loss
+from labelstore.trainers.losses.teachclip import TEACHING, infonce_sym, teachclip_loss
 
 TRAIN_MODES = ("cache", "online", "infonce")
+GRAD_CLIP = 1.0  # max gradient norm, as TeachCLIP's official code
+
+
+def frame_temperature(store) -> float:
+    """The softmax temperature of the store's frame_scores (attribute frame_score_temperature).
+
+    A store written before the attribute existed (its frame scores were softmax_f of the teacher's
+    <t, f> / 0.1) is refused with a StoreError naming the store: its targets would not match an
+    online teacher's, and the teacher stage must be rerun.
+    """
+    t = store.attrs.get("frame_score_temperature")
+    if t is None:
+        raise StoreError(f"{store.path}: no attribute 'frame_score_temperature' (the temperature of frame_scores); "
+                         f"the store predates it: rerun the teacher stage (labelstore teach --task retrieval)")
+    return float(t)
 
 
 class _Data:
@@ -92,6 +112,7 @@ def train_retrieval_student(
     *,
     mode: str = "cache",
     weights: tuple[float, float, float] = (0.2, 1.0, 2.0),
+    teaching: str = "both",
     epochs: int = 4,
     batch_size: int = 32,
     teacher: torch.nn.Module | None = None,
@@ -111,7 +132,9 @@ def train_retrieval_student(
     "batches" mode) the batch plan for every mode, so cache / online / infonce see the same batches.
     store=None (only with mode="infonce" or "online"): captions, tokenizer and sampler are required and
     frames are drawn with the sampler keyed by `seed` (used to train the built-in teacher).
-    teacher: required for mode="online". AdamW(lr, weight_decay), linear warm-up then cosine decay;
+    teaching: "both" (CgT + FgT), "cgt" or "fgt" (the ablations; InfoNCE always on; ignored by "infonce").
+    teacher: required for mode="online". AdamW(lr, weight_decay), linear warm-up then cosine decay,
+    gradient norm clipped at GRAD_CLIP;
     `seed` keys the batch plan (dense/embeddings stores, no store) and, without a store, the frames.
     dense_in_memory: a dense store's epoch matrix is read whole when it is at most this many bytes,
     else the batch's caption rows are read per step. max_steps: stop after this many steps (benchmarks).
@@ -120,6 +143,8 @@ def train_retrieval_student(
         raise ValueError(f"train_retrieval_student: mode must be one of {TRAIN_MODES}, got {mode!r}")
     if mode == "online" and teacher is None:
         raise ValueError("train_retrieval_student: mode='online' needs the teacher")
+    if teaching not in TEACHING:
+        raise ValueError(f"train_retrieval_student: teaching must be one of {TEACHING}, got {teaching!r}")
     if isinstance(store, (str, os.PathLike)):
         store = labelstore.open(store)
     if store is not None:
@@ -139,6 +164,7 @@ def train_retrieval_student(
     check_feature_dim(videos, student)
     if teacher is not None:
         teacher = teacher.eval()
+    t_frame = frame_temperature(store) if store is not None and mode != "infonce" else FRAME_TEMPERATURE
     Nv = len(data.src_rows)
     n_frames = videos.src_shapes(data.src_rows)
     text_emb = None
@@ -189,11 +215,11 @@ def train_retrieval_student(
                     with torch.no_grad():
                         tv, tt = teacher.encode_video(x), teacher.encode_text(ids, mask)
                         Q = teacher.similarity(tv, tt).T.float()
-                        Fs = teacher.frame_text_scores(tv, tt).float().softmax(-1)
-                loss, parts = teachclip_loss(S, w, [Q], [Fs], weights=weights)
+                        Fs = frame_targets(teacher.frame_text_scores(tv, tt), t_frame)
+                loss, parts = teachclip_loss(S, w, [Q], [Fs], weights=weights, teaching=teaching)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+            torch.nn.utils.clip_grad_norm_(student.parameters(), GRAD_CLIP)
             opt.step()
             sched.step()
             step += 1

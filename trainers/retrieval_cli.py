@@ -124,6 +124,7 @@ def cli_train_retrieval(
     *,
     student_spec: str | None = None,
     mode: str = "cache",
+    teaching: str = "both",
     online_teacher: str | None = None,
     eval_captions: str | os.PathLike | None = None,
     epochs: int = 4,
@@ -134,12 +135,13 @@ def cli_train_retrieval(
     progress: bool = True,
 ) -> dict[str, Any]:
     """`labelstore train --task retrieval`: train a student from the store; returns the metrics dict
-    {"mode", "epochs", "loss", "parts", "seconds", "steps", "step_s", "eval" (or None), "store",
+    {"mode", "teaching", "epochs", "loss", "parts", "seconds", "steps", "step_s", "eval" (or None), "store",
     "student", "online_teacher_matches_store" (online mode), "checkpoint", "metrics_path"}.
 
     captions_path: optional; when given it must equal the store's caption table. student_spec: a
     checkpoint or 'module:callable'; default a HolisticStudent (seeded by `seed`) sized to the store's
-    tokenizer, frames and text length. mode "online" needs online_teacher (a spec). eval_captions:
+    tokenizer, frames and text length. mode "online" needs online_teacher (a spec). teaching: "both",
+    "cgt" or "fgt" (train_retrieval_student's ablation switch). eval_captions:
     captions (e.g. the test split) of videos in videos_dir for evaluate_retrieval. out: a directory;
     when given, out/student.pt (save_checkpoint, extra tokenizer/num_frames/frame_size) and
     out/metrics.json are written.
@@ -189,10 +191,10 @@ def cli_train_retrieval(
         if progress and not matches:
             print(f"note: the online teacher {online_teacher!r} is not the teacher that wrote {store_path}", flush=True)
     hist = train_retrieval_student(student, store, videos, None if captions_path is None else str(captions_path),
-                                   mode=mode, epochs=epochs, batch_size=batch_size, teacher=teacher, lr=lr, seed=seed,
-                                   progress=progress)
+                                   mode=mode, teaching=teaching, epochs=epochs, batch_size=batch_size, teacher=teacher,
+                                   lr=lr, seed=seed, progress=progress)
     metrics: dict[str, Any] = {
-        "mode": mode, "epochs": epochs, "loss": hist["loss"], "parts": hist["parts"], "seconds": hist["seconds"],
+        "mode": mode, "teaching": teaching, "epochs": epochs, "loss": hist["loss"], "parts": hist["parts"], "seconds": hist["seconds"],
         "steps": hist["steps"], "step_s": hist["step_s"], "store": str(store_path), "student": student_spec or sspec,
         "eval": None, "checkpoint": None, "metrics_path": None,
     }
@@ -232,10 +234,17 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
                f"{r['seconds']:.1f}s ({r['pairs_per_s']:.0f} pairs/s), {'complete' if r['complete'] else 'incomplete'}")
 
 
+LOSS_TEACHING = {None: "both", "teachclip": "both", "cgt": "cgt", "fgt": "fgt"}  # --loss -> teaching
+
+
 def train_command(o: dict, warn) -> tuple[dict, str]:
-    mode = o["mode"]
+    mode, loss = o["mode"], o.get("loss")
+    if loss not in LOSS_TEACHING:
+        raise ConfigError(f"--task retrieval: --loss {loss!r} is not a retrieval loss; choose teachclip (CgT + FgT, "
+                          f"the default), cgt (CgT only) or fgt (FgT only)")
     m = cli_train_retrieval(o["store_path"], o["data_spec"], o["captions"], student_spec=o["student"],
-                            mode="infonce" if mode == "none" else mode, online_teacher=o["online_teacher"],
+                            mode="infonce" if mode == "none" else mode, teaching=LOSS_TEACHING[loss],
+                            online_teacher=o["online_teacher"],
                             eval_captions=o["eval_captions"], epochs=o["epochs"] or 4, batch_size=o["batch_size"],
                             seed=o["seed"], out=o["out"], progress=True)
-    return m, f"{mode}: {m['epochs']} epochs in {m['seconds']:.1f}s; eval {m.get('eval')} -> {o['out']}"
+    return m, f"{mode} ({m['teaching']}): {m['epochs']} epochs in {m['seconds']:.1f}s; eval {m.get('eval')} -> {o['out']}"

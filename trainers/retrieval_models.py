@@ -6,8 +6,10 @@ Both follow the retrieval-model protocol used by `labelstore.pipeline.teach_retr
     encode_video(x)            x: frames float [B, m, 3, H, W] or features [B, m, F] -> video_repr
     encode_text(ids, mask)     ids int64 [N, L], mask bool [N, L]                    -> text_repr
     similarity(v, t)           -> [B, N] scaled similarity logits s(video, text)
-    frame_text_scores(v, t)    matched pairs (row i of v with row i of t) -> [N, m] per-frame
-                               relevance logits (the teacher stage stores their softmax over frames)
+    frame_text_scores(v, t)    matched pairs (row i of v with row i of t) -> [N, m] per-frame scores
+                               (a teacher: the scores whose softmax over frames at the store's
+                               frame_score_temperature is the fine-grained target; a student: its
+                               frame logits)
 
 A repr is a tensor or a tuple of tensors with the batch on dim 0. Dual encoders (usable as
 teachers in the store's "embeddings" mode) also expose
@@ -17,7 +19,8 @@ teachers in the store's "embeddings" mode) also expose
 
 * `CrossModalTeacher` (X-CLIP-like): per-frame CNN, temporal transformer, text transformer; the
   sentence attends over the frames:  r_f = <t, f_f> / tau,  a = softmax_f(r),
-  s = scale * cos(sum_f a_f f_f, t);  frame_text_scores = r.
+  s = scale * cos(sum_f a_f f_f, t);  frame_text_scores = cos(t, f_f) = tau * r (the official
+  TeachCLIP target is softmax_f of this cosine at temperature 1, not of r).
 * `HolisticStudent` (TeachCLIP): per-frame CNN, temporal transformer, AttentionalFrameAggregation
   (text-independent frame weights w), text transformer; s = scale * cos(v, t), scale = exp(logit_scale)
   clamped at 100;  frame_text_scores = w (the student's frame logits of its own video).
@@ -118,6 +121,7 @@ class CrossModalTeacher(nn.Module):
         r[b, n, f] = <t_n, f_bf> / tau          (tau = 0.1, frame-text relevance)
         p[b, n]    = normalise(sum_f softmax_f(r)[b, n, f] * f_bf)
         s[b, n]    = scale * (<p[b, n], t_n> + <mean_f f_bf / |.|, t_n>) / 2
+        frame_text_scores(v, t)[n, f] = <t_n, f_nf> = cos(sentence n, frame f of its video)
     """
 
     name = "builtin-xclip-teacher"
@@ -146,7 +150,7 @@ class CrossModalTeacher(nn.Module):
         return self.scale() * (s_att + s_mean) / 2
 
     def frame_text_scores(self, v: Tensor, t: Tensor) -> Tensor:
-        return torch.einsum("bfd,bd->bf", v, t) / self.tau  # [N, m]
+        return torch.einsum("bfd,bd->bf", v, t)  # [N, m] cosines (v, t are L2-normalised)
 
 
 class HolisticStudent(nn.Module):

@@ -123,6 +123,9 @@ def teachclip_objective(
     return w_nce * infonce + w_cgt * cgt + w_fgt * fgt
 
 
+TEACHING = ("both", "cgt", "fgt")  # which teaching terms run next to InfoNCE (the paper's ablations)
+
+
 def teachclip_loss(
     student_sim: Tensor,
     student_frame_logits: Tensor,
@@ -130,6 +133,7 @@ def teachclip_loss(
     teacher_frame_scores: list[Tensor],
     frame_mask: Tensor | None = None,
     weights: tuple[float, float, float] = (0.2, 1.0, 2.0),
+    teaching: str = "both",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Full TeachCLIP loss with one or more teachers.
 
@@ -137,18 +141,28 @@ def teachclip_loss(
     teacher_frame_scores: list of [B, m] (same length, >= 1); frame_mask: [B, m] bool or None.
         cgt   = mean over teachers of teachclip_cgt_loss(student_sim, teacher_sim_k)
         fgt   = mean over teachers of teachclip_fgt_loss(student_frame_logits, teacher_frame_k, frame_mask)
-        total = teachclip_objective(infonce_sym(student_sim), cgt, fgt, weights)
-    returns (total, {"infonce", "cgt", "fgt"}), all scalar tensors in the graph.
+        total = teachclip_objective(infonce_sym(student_sim), cgt, fgt, weights)          (teaching "both")
+              = weights[0] * infonce + weights[1] * cgt                                   (teaching "cgt")
+              = weights[0] * infonce + weights[2] * fgt                                   (teaching "fgt")
+    The term an ablation leaves out is not computed: it has no part and no gradient.
+    returns (total, {"infonce", "cgt" and/or "fgt"}), all scalar tensors in the graph.
     """
+    if teaching not in TEACHING:
+        raise ValueError(f"teaching must be one of {TEACHING}, got {teaching!r}")
     if len(teacher_sims) == 0 or len(teacher_sims) != len(teacher_frame_scores):
         raise ValueError(
             f"need >= 1 teacher and as many frame-score tensors as similarity matrices, "
             f"got {len(teacher_sims)} and {len(teacher_frame_scores)}"
         )
     nce = infonce_sym(student_sim)
-    cgt = torch.stack([teachclip_cgt_loss(student_sim, t) for t in teacher_sims]).mean()
-    fgt = torch.stack(
-        [teachclip_fgt_loss(student_frame_logits, t, frame_mask) for t in teacher_frame_scores]
-    ).mean()
-    total = teachclip_objective(nce, cgt, fgt, weights)
-    return total, {"infonce": nce, "cgt": cgt, "fgt": fgt}
+    parts = {"infonce": nce}
+    if teaching in ("both", "cgt"):
+        parts["cgt"] = torch.stack([teachclip_cgt_loss(student_sim, t) for t in teacher_sims]).mean()
+    if teaching in ("both", "fgt"):
+        parts["fgt"] = torch.stack(
+            [teachclip_fgt_loss(student_frame_logits, t, frame_mask) for t in teacher_frame_scores]
+        ).mean()
+    if teaching == "both":
+        return teachclip_objective(nce, parts["cgt"], parts["fgt"], weights), parts
+    w_teach = weights[1] if teaching == "cgt" else weights[2]
+    return weights[0] * nce + w_teach * parts[teaching], parts
