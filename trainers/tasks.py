@@ -44,7 +44,8 @@ TASKS: dict[str, Entry] = {
                        demo="labelstore.trainers.retrieval_demo:demo_command"),
     "videoqa": Entry(teach="labelstore.trainers.videoqa_cli:teach_command",
                      train="labelstore.trainers.videoqa_cli:train_command",
-                     demo="labelstore.trainers.videoqa_demo:demo_command"),
+                     demo="labelstore.trainers.videoqa_demo:demo_command",
+                     experiment="labelstore.trainers.experiment_videoqa"),
 }
 
 
