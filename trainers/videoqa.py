@@ -201,6 +201,15 @@ def check_radi(store, hot_k: int, cold_n: int, rank: str = "both", margins: str 
                          f"{store.mc_passes} (rebuild with mc_passes >= 2, or use margins='fixed')")
 
 
+def list_positions(B: int, K: int, hot_k: int, cold_n: int, scheme: str, scheme_alpha: float | None,
+                   generator: torch.Generator) -> torch.Tensor:
+    """RADI's partial list as positions in the stored ranking (position = rank - 1): [B, hot_k + cold_n],
+    best first; positions 0..hot_k-1 plus cold_n drawn over ranks hot_k+1..K by sample_cold_full_ranking
+    (Exp or Zipf law). With K = A (the full ranking) the cold list can reach every answer."""
+    by_rank = -torch.arange(K, dtype=torch.float32).expand(B, K)  # [B, K], higher = better ranked
+    return sample_cold_full_ranking(by_rank, hot_k, cold_n, scheme, scheme_alpha, generator)
+
+
 def rank_loss_radi(
     logits: torch.Tensor,
     vals: torch.Tensor,
@@ -222,8 +231,8 @@ def rank_loss_radi(
 
     logits [B, A]; vals [B, K] teacher probabilities in the teacher's order (the full ranking when
     K = A), idx [B, K] their answer ids, mc [B, T, K] MC-pass probabilities of the same answers.
-    The cold list draws positions of the stored ranking (position = rank - 1), so ties in the
-    float16 values keep the teacher's float32 order."""
+    The list is drawn as positions of the stored ranking (list_positions), so ties in the float16
+    values keep the teacher's float32 order."""
     s = F.log_softmax(logits, dim=1)  # [B, A] student scores
     zero = logits.sum() * 0.0
     pair = lst = zero
@@ -236,9 +245,7 @@ def rank_loss_radi(
             M = margin
         pair = radi_pairwise_loss(s_hot, vals[:, :hot_k], M)
     if rank in ("listwise", "both"):
-        B, K = vals.shape
-        by_rank = -torch.arange(K, dtype=torch.float32).expand(B, K)  # [B, K], higher = better ranked
-        pos = sample_cold_full_ranking(by_rank, hot_k, cold_n, scheme, scheme_alpha, generator)  # [B, L] positions
+        pos = list_positions(vals.shape[0], vals.shape[1], hot_k, cold_n, scheme, scheme_alpha, generator)  # [B, L]
         lst = radi_listwise_loss(s.gather(1, idx.gather(1, pos)), vals.gather(1, pos), list_method, generator=generator)
     return pair, lst
 
