@@ -184,7 +184,7 @@ def test_registered_and_arms():
     assert mod.ARMS["radi-fixed"] == {**mod.ARMS["radi-both"], "margins": "fixed"}
 
 
-TINY = {"n_train": 8, "n_test": 4, "teacher_dim": 16, "teacher_width": 8, "teacher_epochs": 1, "store_epochs": 1,
+TINY = {"n_train": 6, "n_teacher": 8, "n_test": 4, "teacher_dim": 16, "teacher_width": 8, "teacher_epochs": 1, "store_epochs": 1,
         "mc_passes": 2, "student_epochs": 1, "num_frames": 4}
 
 
@@ -204,7 +204,8 @@ def test_cli_experiment_videoqa_end_to_end(tmp_path):
     assert "(reference)" in lines[3] + lines[4]
     assert lines[5].startswith("teacher (VideoQAClassifier dim 16") and "K = 400 of 400 answers" in lines[5]
     result = json.loads((out / "result.json").read_text())
-    assert result["setup"]["top_k"] == 400 and result["setup"]["recipe"]["n_train"] == 8
+    assert result["setup"]["top_k"] == 400 and result["setup"]["recipe"]["n_train"] == 6
+    assert labelstore.open(result["setup"]["store"]).num_samples == 4 * 6  # the student's videos only
     for arm in ("ce", "radi-both"):
         vals = result["arms"][arm]["values"]
         assert len(vals) == 2 and all(0 <= v <= 1 for v in vals)

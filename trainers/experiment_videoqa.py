@@ -3,12 +3,17 @@
 Setup, made once per output directory and reused by every arm and seed (and by a rerun), from
 RECIPE (keyword overrides: --recipe):
 
-    data     make_videoqa_dataset(vocab="large"): 400 compositional answers, several acceptable
-             answers per question (answer = one of them drawn at random, the training label)
+    data     make_videoqa_dataset(vocab="large", n_train=n_teacher): 400 compositional answers,
+             several acceptable answers per question (`answer` = one of them drawn at random: the
+             student's label). The student's training set is the questions of the first n_train
+             videos (questions_student.jsonl); the teacher's is all n_teacher videos (a superset).
     teacher  VideoQAClassifier(dim=teacher_dim, width=teacher_width, GRU question encoder), trained
-             with CE for teacher_epochs (torch seed 0) -- wider, and trained longer, than the student
-    store    teach_videoqa: store_epochs epochs of random-offset frames, top_k = A (the teacher's full
-             ranking over all 400 answers) and mc_passes MC-dropout passes of the answer head
+             for teacher_epochs (torch seed 0) with CE against every acceptable answer
+             (train_videoqa_classifier(all_answers=vocab)): wider than the student, on more
+             videos, with fuller labels -- a teacher clearly above the CE student
+    store    teach_videoqa on the student's questions: store_epochs epochs of random-offset frames,
+             top_k = A (the teacher's full ranking over all 400 answers) and mc_passes MC-dropout
+             passes of the answer head
 
 Arms train the built-in student (videoqa_student: D = 32, conv width 16, mean-pooled question
 words) for student_epochs on the same replayed frames; seed s fixes the student's initialisation
@@ -51,14 +56,15 @@ ARMS = {
 }
 DEFAULT_ARMS = list(ARMS)
 
-RECIPE = dict(n_train=300, n_test=100, frames=16, size=32, num_frames=8, data_seed=0,
-              teacher_dim=128, teacher_width=32, teacher_epochs=40, store_epochs=8, mc_passes=8,
-              student_epochs=8, batch_size=64, hot_k=10, cold_n=20, margin=1.0)
+RECIPE = dict(n_train=200, n_teacher=1000, n_test=100, frames=16, size=32, num_frames=8, data_seed=0,
+              teacher_dim=64, teacher_width=32, teacher_epochs=8, store_epochs=6, mc_passes=8,
+              student_epochs=6, batch_size=64, hot_k=10, cold_n=100, margin=1.0)
 
 
 def teacher_line(meta: dict) -> str:
-    return (f"teacher (VideoQAClassifier dim {meta['recipe']['teacher_dim']}, width {meta['recipe']['teacher_width']}, "
-            f"GRU; {meta['recipe']['teacher_epochs']} epochs) test acc_any: {meta['teacher_acc_any']:.3f}  "
+    r = meta["recipe"]
+    return (f"teacher (VideoQAClassifier dim {r['teacher_dim']}, width {r['teacher_width']}, GRU; {r['n_teacher']} "
+            f"videos, all answers, {r['teacher_epochs']} epochs) test acc_any: {meta['teacher_acc_any']:.3f}  "
             f"acc_annotated: {meta['teacher_acc_annotated']:.3f}; store {meta['store_bytes_per_view']:.0f} bytes/view "
             f"(K = {meta['top_k']} of {meta['num_answers']} answers, T = {meta['recipe']['mc_passes']})")
 
@@ -91,23 +97,31 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    data = make_videoqa_dataset(Path(out) / "data", n_train=r["n_train"], n_test=r["n_test"], frames=r["frames"],
+    if r["n_teacher"] < r["n_train"]:
+        raise ConfigError(f"n_teacher = {r['n_teacher']} must be >= n_train = {r['n_train']} (the teacher's videos "
+                          f"include the student's)")
+    data = make_videoqa_dataset(Path(out) / "data", n_train=r["n_teacher"], n_test=r["n_test"], frames=r["frames"],
                                 size=r["size"], seed=r["data_seed"], vocab="large")
+    student_q = os.path.join(out, "questions_student.jsonl")
+    with open(data["questions_train"]) as f, open(student_q, "w") as g:  # the first n_train videos' questions
+        g.writelines(line for line in f if json.loads(line)["video_id"] < f"train_{r['n_train']:05d}")
     videos = VideoFolder(data["videos"])
     tokenizer = Tokenizer.build(q.question for q in read_questions(data["questions_train"]))
     vocab = AnswerVocab.build(large_answer_vocabulary())
     m, fs = r["num_frames"], (r["size"], r["size"])
     cache = ClipCache(videos)
-    train_qa = prepare_questions(videos, data["questions_train"], tokenizer, vocab)
+    teacher_qa = prepare_questions(videos, data["questions_train"], tokenizer, vocab)
     test_qa = prepare_questions(videos, data["questions_test"], tokenizer, vocab)
-    echo(f"data: {data['n_questions']} questions, {len(vocab)} answers ({time.perf_counter() - t0:.1f}s)")
+    n_student = len(read_questions(student_q))
+    echo(f"data: {len(teacher_qa)} teacher / {n_student} student / {len(test_qa)} test questions, {len(vocab)} answers "
+         f"({time.perf_counter() - t0:.1f}s)")
 
     torch.manual_seed(0)
     kwargs = dict(num_tokens=len(tokenizer), num_answers=len(vocab), dim=r["teacher_dim"], width=r["teacher_width"],
                   num_frames=m, frame_size=r["size"], dropout=0.3, question_encoder="gru")
     teacher = VideoQAClassifier(**kwargs)
-    tt = train_videoqa_classifier(teacher, videos, train_qa, FrameSampler(num_frames=m), epochs=r["teacher_epochs"],
-                                  batch_size=r["batch_size"], seed=1, frame_size=fs, cache=cache)
+    tt = train_videoqa_classifier(teacher, videos, teacher_qa, FrameSampler(num_frames=m), epochs=r["teacher_epochs"],
+                                  batch_size=r["batch_size"], seed=1, frame_size=fs, cache=cache, all_answers=vocab)
     acc = evaluate_videoqa(teacher, videos, test_qa, vocab, num_frames=m, frame_size=fs, cache=cache)
     echo(f"teacher: acc_any {acc['acc_any']:.3f}, acc_annotated {acc['acc_annotated']:.3f} ({tt['seconds']:.1f}s)")
     ckpt = os.path.join(out, "teacher.pt")
@@ -115,11 +129,11 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
                             tokenizer, vocab, m, r["size"])
 
     store = os.path.join(out, "videoqa.zarr")
-    st = teach_videoqa(store, videos, data["questions_train"], tokenizer, vocab, teacher, FrameSampler(num_frames=m),
+    st = teach_videoqa(store, videos, student_q, tokenizer, vocab, teacher, FrameSampler(num_frames=m),
                        epochs=r["store_epochs"], seed=0, top_k=None, mc_passes=r["mc_passes"], batch_size=256,
                        shard_rows=512, frame_size=fs, overwrite=True)
     views = st["views"]
-    meta = {"recipe": r, "videos": str(data["videos"]), "questions_train": str(data["questions_train"]),
+    meta = {"recipe": r, "videos": str(data["videos"]), "questions_train": student_q, "questions_teacher": str(data["questions_train"]),
             "questions_test": str(data["questions_test"]), "teacher": ckpt, "store": store,
             "teacher_acc_any": acc["acc_any"], "teacher_acc_annotated": acc["acc_annotated"],
             "teacher_seconds": tt["seconds"], "num_answers": len(vocab), "top_k": st["top_k"], "views": views,

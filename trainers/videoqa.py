@@ -88,12 +88,23 @@ def train_videoqa_classifier(
     seed: int = 0,
     frame_size: tuple[int, int] = (32, 32),
     cache: ClipCache | None = None,
+    all_answers: AnswerVocab | None = None,
     progress: bool = False,
 ) -> dict:
     """Train `model` with CE on the annotated answer; frames drawn per epoch by `sampler` keyed by
-    (seed, epoch, video row). Returns {"seconds", "loss": [per epoch]}."""
+    (seed, epoch, video row). Returns {"seconds", "loss": [per epoch]}.
+
+    all_answers=vocab (the QASet's AnswerVocab): CE against y uniform over the question's acceptable
+    answers instead (a teacher shown every acceptable answer; a question without `answers` uses gt):
+        loss = -(1/|S|) sum_{a in S} log softmax(z)_a,   S = qa.answer_sets(vocab) of the question"""
     policy = VideoPolicy(sampler=sampler, frame_size=tuple(frame_size))
     cache = cache or ClipCache(videos)
+    target = None
+    if all_answers is not None:
+        sets = qa.answer_sets(all_answers) or [{int(g)} - {-1} for g in qa.gt]
+        target = torch.zeros(len(qa), len(all_answers))  # [N, A], rows sum to 1 (0 for a question without answers)
+        for i, s_i in enumerate(sets):
+            target[i, sorted(s_i)] = 1.0 / max(len(s_i), 1)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * -(-len(qa) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
@@ -107,7 +118,10 @@ def train_videoqa_classifier(
             rows = order[b0 : b0 + batch_size]
             x, vi = cache.shared_views(policy, qa.video_rows[rows], idx_e[rows])  # [V, m, 3, h, w], [B]
             logits = model(x, torch.as_tensor(qa.q_ids[rows]), torch.as_tensor(qa.q_mask[rows]), vi)
-            loss = _ce(logits, torch.as_tensor(qa.gt[rows]))
+            if target is None:
+                loss = _ce(logits, torch.as_tensor(qa.gt[rows]))
+            else:
+                loss = -(target[torch.as_tensor(rows)] * F.log_softmax(logits, dim=1)).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
