@@ -222,3 +222,31 @@ def test_unknown_recipe_key_and_arm(tmp_path):
         experiment_videoqa.setup(str(tmp_path / "x"), echo=lambda m: None, epochs=1)
     with pytest.raises(ConfigError, match=r"unknown arm\(s\) \['radi'\]"):
         experiment_videoqa.make_arms({"recipe": {}, "store": ""}, ["radi"])
+
+
+def test_teacher_trained_on_every_acceptable_answer(large):
+    """train_videoqa_classifier(all_answers=vocab): the loss is CE against y uniform over the question's
+    `answers` (checked with lr = 0 against the formula on the same batches), not CE on `answer`."""
+    from labelstore.pipeline.videoqa_data import frame_indices, video_grouped_order
+    from labelstore.trainers.videoqa import train_videoqa_classifier
+
+    videos, vocab = large["videos_src"], large["vocab"]
+    qa = prepare_questions(videos, large["questions_train"], large["tok"], vocab)
+    sampler, policy = FrameSampler(num_frames=M), VideoPolicy(FrameSampler(num_frames=M), (32, 32))
+    torch.manual_seed(0)
+    model = VideoQAClassifier(len(large["tok"]), 400, dim=8, width=8, num_frames=M, frame_size=32, dropout=0.0,
+                              question_encoder="mean")
+    r_all = train_videoqa_classifier(model, videos, qa, sampler, epochs=1, batch_size=8, lr=0.0, seed=4,
+                                     all_answers=vocab)
+    r_one = train_videoqa_classifier(model, videos, qa, sampler, epochs=1, batch_size=8, lr=0.0, seed=4)
+    order, idx = video_grouped_order(qa.video_rows, 4, 0), frame_indices(sampler, 4, 0, videos, qa.video_rows)
+    cache, tot, sets = ClipCache(videos), 0.0, qa.answer_sets(vocab)
+    model.train()
+    with torch.no_grad():
+        for b0 in range(0, len(qa), 8):
+            rows = order[b0:b0 + 8]
+            x, vi = cache.shared_views(policy, qa.video_rows[rows], idx[rows])
+            logp = model(x, torch.as_tensor(qa.q_ids[rows]), torch.as_tensor(qa.q_mask[rows]), vi).log_softmax(1)
+            tot += sum(-logp[j, sorted(sets[i])].mean().item() for j, i in enumerate(rows))
+    assert r_all["loss"][0] == pytest.approx(tot / len(qa), rel=1e-4)
+    assert any(len(s) > 1 for s in sets) and r_all["loss"][0] != pytest.approx(r_one["loss"][0], rel=1e-4)
