@@ -151,7 +151,9 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
 @click.option("--out", required=True, type=STORE, help="Store to write: a directory (*.zarr) or a URL (s3://...).")
 @STORAGE_OPTIONS
 @click.option("--epochs", default=4, show_default=True, help="Epochs of views to label.")
-@click.option("--top-k", default=5, show_default=True)
+@click.option("--top-k", type=int, default=None,
+              help="Stored top-k (default: 5 for classification; every answer for videoqa, the full ranking RADI's "
+                   "cold lists are drawn from).")
 @click.option("--mc-passes", default=0, show_default=True, help="MC-dropout passes (0 = none).")
 @click.option("--policy", "policy_name", default="crop-flip", show_default=True)
 @click.option("--crop-scale", nargs=2, type=float, default=(0.08, 1.0), show_default=True,

@@ -7,6 +7,7 @@ decoded once (the union of the frames all epochs need), and per epoch and batch 
                                    questions of a video see the same frames in an epoch)
   p                              = softmax(teacher(frames, question))                      [B, A]
   topk_values  [E,N,K]   f16     = top-K of p (descending),  topk_indices [E,N,K] = their answer ids
+                                   (K = A by default: the teacher's full ranking, for RADI's cold lists)
   gt_prob      [E,N]     f16     = p[gt]  (NaN when the annotated answer is outside the vocabulary)
   mc_values    [E,N,T,K] f16     = softmax(head_t(feats))[topk_indices],  t = 1..T
 
@@ -243,7 +244,7 @@ def teach_videoqa(
     *,
     epochs: int,
     seed: int = 0,
-    top_k: int = 64,
+    top_k: int | None = None,
     mc_passes: int = 8,
     batch_size: int = 128,
     shard_rows: int = 8192,
@@ -263,11 +264,12 @@ def teach_videoqa(
 
     videos: VideoFolder (or any source with ids/index/src_shape(s)/load_frames/fingerprint/describe).
     questions: questions file (JSON lines / CSV) or a list of Question.
-    top_k is clamped to the vocabulary size. strict_answers=False keeps questions whose annotated
+    top_k: answers kept per view, clamped to the vocabulary size A; None (default) keeps all A, i.e.
+    the teacher's full ranking, which RADI's cold lists are drawn from. strict_answers=False keeps questions whose annotated
     answer is outside the vocabulary with gt = -1. max_units stops after that many work units
     (an interrupted run; finish it with resume=True). head_only: see mc_forward_qa.
     """
-    top_k = min(int(top_k), len(vocab))
+    top_k = len(vocab) if top_k is None else min(int(top_k), len(vocab))
     chunk_rows = chunk_rows or min(2048, shard_rows)
     qa = prepare_questions(videos, questions, tokenizer, vocab, strict_answers=strict_answers, max_len=max_len)
     policy = VideoPolicy(sampler=sampler, frame_size=tuple(frame_size))

@@ -125,11 +125,17 @@ def test_answer_outside_vocabulary(data, tmp_path):
 
 def test_students_and_small_k_error(data, tmp_path):
     teacher = tiny(data)
-    path = str(tmp_path / "k.zarr")
-    teach(data, path, teacher, top_k=8)
+    teach(data, tmp_path / "k.zarr", teacher, top_k=8)
     videos, q = data["videos_src"], data["questions_train"]
-    with pytest.raises(StoreError, match=r"top_k = 8.*hot_k \+ cold_n = 5 \+ 4 = 9"):
-        train_videoqa_student(tiny(data, seed=1), path, videos, q, method="radi", hot_k=5, cold_n=4, epochs=1)
+    A = len(data["vocab"])
+    with pytest.raises(StoreError, match=rf"k.zarr: listwise RADI .*full ranking.*top 8 of {A} answers"):
+        train_videoqa_student(tiny(data, seed=1), str(tmp_path / "k.zarr"), videos, q, method="radi", hot_k=5,
+                              cold_n=4, epochs=1)
+    with pytest.raises(StoreError, match=r"top_k = 8.*hot_k = 9"):  # pairwise alone needs only the hot list
+        train_videoqa_student(tiny(data, seed=1), str(tmp_path / "k.zarr"), videos, q, method="radi", rank="pairwise",
+                              hot_k=9, epochs=1)
+    path = str(tmp_path / "full.zarr")
+    teach(data, path, teacher)  # top_k = 64 > A: the full ranking
     cache = ClipCache(videos)
     results = {}
     for method, mode in (("ce", "cache"), ("kd", "cache"), ("radi", "cache"), ("radi", "online")):

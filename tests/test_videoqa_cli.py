@@ -84,10 +84,10 @@ def test_train_each_method_writes_metrics(env, tmp_path, method, mode):
         assert saved["online_teacher"]["matches_store"]
 
 
-def test_hot_plus_cold_larger_than_k(env):
-    K = labelstore.open(env["store"]).top_k
-    with pytest.raises(StoreError, match=rf"top_k = {K}.*hot_k \+ cold_n = {K} \+ 1 = {K + 1}"):
-        cli_train_videoqa(env["store"], env["videos"], env["questions_train"], method="radi", hot_k=K, cold_n=1,
+def test_hot_plus_cold_larger_than_vocabulary(env):
+    A = labelstore.open(env["store"]).num_classes
+    with pytest.raises(ValueError, match=rf"hot_k \+ cold_n = {A} \+ 1 exceeds the {A} answers"):
+        cli_train_videoqa(env["store"], env["videos"], env["questions_train"], method="radi", hot_k=A, cold_n=1,
                           epochs=1, progress=False)
 
 

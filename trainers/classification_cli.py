@@ -26,7 +26,8 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
     model, info = load_teacher(o["teacher"], C)
     warn(checks.mc_without_dropout(model, o["mc_passes"]))
     policy = make_policy(o["policy_name"], output_size=(o["image_size"],) * 2, crop_scale=o["crop_scale"])
-    cfg = TeachConfig(epochs=o["epochs"], seed=o["seed"], top_k=o["top_k"], mc_passes=o["mc_passes"],
+    top_k = o["top_k"] or 5
+    cfg = TeachConfig(epochs=o["epochs"], seed=o["seed"], top_k=top_k, mc_passes=o["mc_passes"],
                       batch_size=o["batch_size"], views_per_decode=o["views_per_decode"], shard_rows=o["shard_samples"],
                       chunk_rows=o["chunk_samples"], skip_bad=o["skip_bad"], digests=not o["no_digest"],
                       decode_workers=o["workers"])
@@ -39,7 +40,7 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
     if stats["complete"]:
         from labelstore.views import mean_topk_mass
 
-        warn(checks.low_topk_mass(mean_topk_mass(labelstore.open(out)), o["top_k"]))
+        warn(checks.low_topk_mass(mean_topk_mass(labelstore.open(out)), top_k))
     state = "complete" if stats["complete"] else "incomplete (other ranks still running)"
     return stats, f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}"
 

@@ -45,7 +45,8 @@ TASKS: dict[str, Entry] = {
                        experiment="labelstore.trainers.experiment_retrieval"),
     "videoqa": Entry(teach="labelstore.trainers.videoqa_cli:teach_command",
                      train="labelstore.trainers.videoqa_cli:train_command",
-                     demo="labelstore.trainers.videoqa_demo:demo_command"),
+                     demo="labelstore.trainers.videoqa_demo:demo_command",
+                     experiment="labelstore.trainers.experiment_videoqa"),
 }
 
 

@@ -7,13 +7,16 @@ Per batch of questions (frames replayed from the store's `aug/frames/indices`):
     "kd"  : L_rank = KL(q || softmax(z / tau)) tau^2,  q = top-K teacher probabilities scattered into
             the vocabulary and renormalised (kd_kl)
     "radi": L_rank = pair_weight * L_pair + list_weight * L_list   (radi_objective), on student scores
-            s = log_softmax(z):
+            s = log_softmax(z); rank="pairwise" | "listwise" | "both" keeps one term or both:
             L_pair: hot list = the teacher's top hot_k answers (stored order);
-                    U = mc_pair_uncertainty(MC probabilities of the hot list) [B, hot, hot],
-                    M = sinkhorn_margins(U, margin, epsilon),
+                    margins="adaptive": U = mc_pair_uncertainty(MC probabilities of the hot list)
+                    [B, hot, hot], M = sinkhorn_margins(U, margin, epsilon);
+                    margins="fixed": M = margin (the same constant for every pair);
                     radi_pairwise_loss(s[hot], p_teacher[hot], M)
-            L_list: list = hot_k top answers + cold_n sampled (Exp or Zipf over ranks) from the rest of
-                    the stored K (sample_partial_list), radi_listwise_loss(s[list], p_teacher[list])
+            L_list: list = the teacher's top hot_k + cold_n answers drawn over the teacher's FULL
+                    ranking (sample_cold_full_ranking, Exp or Zipf law over ranks hot_k+1..A), so the
+                    store must hold the full ranking (top_k = A); radi_listwise_loss(s[list], p_teacher[list])
+            alpha defaults to RADI_ALPHA everywhere (trainer, demo, CLI).
 
 mode="cache" reads the targets of store epoch e % E; mode="online" runs the teacher (T MC passes,
 head only) on the same replayed frames. Both draw the cold list and the batch order from the same
@@ -45,12 +48,15 @@ from labelstore.trainers.losses import (
     radi_listwise_loss,
     radi_objective,
     radi_pairwise_loss,
-    sample_partial_list,
+    sample_cold_full_ranking,
     sinkhorn_margins,
 )
 
 METHODS = ("ce", "kd", "radi")
 MODES = ("cache", "online")
+RANKS = ("pairwise", "listwise", "both")  # which RADI terms run
+MARGINS = ("adaptive", "fixed")  # Sinkhorn margins from the MC uncertainty, or the constant margin
+RADI_ALPHA = 1.0  # the one default weight of the ranking loss (L = L_cls + alpha * L_rank)
 
 
 def _batch_seed(seed: int, epoch: int, batch: int) -> int:
@@ -82,12 +88,23 @@ def train_videoqa_classifier(
     seed: int = 0,
     frame_size: tuple[int, int] = (32, 32),
     cache: ClipCache | None = None,
+    all_answers: AnswerVocab | None = None,
     progress: bool = False,
 ) -> dict:
     """Train `model` with CE on the annotated answer; frames drawn per epoch by `sampler` keyed by
-    (seed, epoch, video row). Returns {"seconds", "loss": [per epoch]}."""
+    (seed, epoch, video row). Returns {"seconds", "loss": [per epoch]}.
+
+    all_answers=vocab (the QASet's AnswerVocab): CE against y uniform over the question's acceptable
+    answers instead (a teacher shown every acceptable answer; a question without `answers` uses gt):
+        loss = -(1/|S|) sum_{a in S} log softmax(z)_a,   S = qa.answer_sets(vocab) of the question"""
     policy = VideoPolicy(sampler=sampler, frame_size=tuple(frame_size))
     cache = cache or ClipCache(videos)
+    target = None
+    if all_answers is not None:
+        sets = qa.answer_sets(all_answers) or [{int(g)} - {-1} for g in qa.gt]
+        target = torch.zeros(len(qa), len(all_answers))  # [N, A], rows sum to 1 (0 for a question without answers)
+        for i, s_i in enumerate(sets):
+            target[i, sorted(s_i)] = 1.0 / max(len(s_i), 1)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * -(-len(qa) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
@@ -101,7 +118,10 @@ def train_videoqa_classifier(
             rows = order[b0 : b0 + batch_size]
             x, vi = cache.shared_views(policy, qa.video_rows[rows], idx_e[rows])  # [V, m, 3, h, w], [B]
             logits = model(x, torch.as_tensor(qa.q_ids[rows]), torch.as_tensor(qa.q_mask[rows]), vi)
-            loss = _ce(logits, torch.as_tensor(qa.gt[rows]))
+            if target is None:
+                loss = _ce(logits, torch.as_tensor(qa.gt[rows]))
+            else:
+                loss = -(target[torch.as_tensor(rows)] * F.log_softmax(logits, dim=1)).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -171,19 +191,37 @@ def _open(store) -> labelstore.LabelStore:
     return store
 
 
-def check_store_k(store, hot_k: int, cold_n: int, *, pairwise: bool = True, listwise: bool = True) -> None:
-    """StoreError naming the store when its K cannot hold the hot list (+ cold pool)."""
-    K = store.top_k
-    need = (hot_k + cold_n) if listwise else hot_k if pairwise else 0
-    if need > K:
-        what = f"hot_k + cold_n = {hot_k} + {cold_n} = {hot_k + cold_n}" if listwise else f"hot_k = {hot_k}"
-        raise StoreError(f"{store.path}: the store keeps top_k = {K} answers per view, but RADI asks for {what}; "
-                         f"rebuild it with a larger top_k (at most the vocabulary size {store.num_classes}) "
-                         f"or lower hot_k/cold_n")
+def check_radi(store, hot_k: int, cold_n: int, rank: str = "both", margins: str = "adaptive") -> None:
+    """ValueError for bad RADI settings; StoreError naming the store when it lacks what they need:
+    the listwise term needs the full ranking (top_k = the vocabulary size A, so cold answers can be
+    drawn from any rank), the pairwise term hot_k <= K, adaptive margins >= 2 MC passes."""
+    if rank not in RANKS or margins not in MARGINS:
+        raise ValueError(f"rank must be one of {RANKS} and margins one of {MARGINS}, got {rank!r}, {margins!r}")
+    K, A = store.top_k, store.num_classes
+    pairwise, listwise = rank in ("pairwise", "both"), rank in ("listwise", "both")
     if pairwise and hot_k < 2:
         raise ValueError(f"pairwise RADI needs hot_k >= 2, got {hot_k}")
-    if pairwise and store.mc_passes < 2:
-        raise StoreError(f"{store.path}: adaptive pairwise RADI needs MC passes; the store has mc_passes = {store.mc_passes}")
+    if listwise and hot_k + cold_n > A:
+        raise ValueError(f"hot_k + cold_n = {hot_k} + {cold_n} exceeds the {A} answers of the vocabulary")
+    if listwise and K < A:
+        raise StoreError(f"{store.path}: listwise RADI draws cold answers over the teacher's full ranking, but the "
+                         f"store keeps only the top {K} of {A} answers per view; rebuild it with top_k = {A} "
+                         f"(--top-k {A})")
+    if pairwise and hot_k > K:
+        raise StoreError(f"{store.path}: the store keeps top_k = {K} answers per view, but the hot list needs "
+                         f"hot_k = {hot_k}; rebuild it with a larger top_k or lower hot_k")
+    if pairwise and margins == "adaptive" and store.mc_passes < 2:
+        raise StoreError(f"{store.path}: adaptive margins need MC passes; the store has mc_passes = "
+                         f"{store.mc_passes} (rebuild with mc_passes >= 2, or use margins='fixed')")
+
+
+def list_positions(B: int, K: int, hot_k: int, cold_n: int, scheme: str, scheme_alpha: float | None,
+                   generator: torch.Generator) -> torch.Tensor:
+    """RADI's partial list as positions in the stored ranking (position = rank - 1): [B, hot_k + cold_n],
+    best first; positions 0..hot_k-1 plus cold_n drawn over ranks hot_k+1..K by sample_cold_full_ranking
+    (Exp or Zipf law). With K = A (the full ranking) the cold list can reach every answer."""
+    by_rank = -torch.arange(K, dtype=torch.float32).expand(B, K)  # [B, K], higher = better ranked
+    return sample_cold_full_ranking(by_rank, hot_k, cold_n, scheme, scheme_alpha, generator)
 
 
 def rank_loss_radi(
@@ -193,8 +231,8 @@ def rank_loss_radi(
     mc: torch.Tensor | None,
     generator: torch.Generator,
     *,
-    pairwise: bool,
-    listwise: bool,
+    rank: str,
+    margins: str,
     hot_k: int,
     cold_n: int,
     scheme: str,
@@ -203,18 +241,25 @@ def rank_loss_radi(
     margin: float,
     epsilon: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_pair, L_list) of one batch. logits [B, A]; vals [B, K] teacher probabilities (descending),
-    idx [B, K] their answer ids, mc [B, T, K] MC-pass probabilities of the same answers."""
+    """(L_pair, L_list) of one batch; a term that `rank` leaves out is 0 (attached to the graph).
+
+    logits [B, A]; vals [B, K] teacher probabilities in the teacher's order (the full ranking when
+    K = A), idx [B, K] their answer ids, mc [B, T, K] MC-pass probabilities of the same answers.
+    The list is drawn as positions of the stored ranking (list_positions), so ties in the float16
+    values keep the teacher's float32 order."""
     s = F.log_softmax(logits, dim=1)  # [B, A] student scores
     zero = logits.sum() * 0.0
     pair = lst = zero
-    if pairwise:
+    if rank in ("pairwise", "both"):
         s_hot = s.gather(1, idx[:, :hot_k])  # [B, hot]
-        U = mc_pair_uncertainty(mc[:, :, :hot_k])  # [B, hot, hot]
-        M = sinkhorn_margins(U, margin=margin, epsilon=epsilon).to(s.dtype)
+        if margins == "adaptive":
+            U = mc_pair_uncertainty(mc[:, :, :hot_k])  # [B, hot, hot]
+            M = sinkhorn_margins(U, margin=margin, epsilon=epsilon).to(s.dtype)  # [B, hot, hot]
+        else:
+            M = margin
         pair = radi_pairwise_loss(s_hot, vals[:, :hot_k], M)
-    if listwise:
-        pos = sample_partial_list(vals, hot_k, cold_n, scheme, scheme_alpha, generator)  # [B, L] positions in K
+    if rank in ("listwise", "both"):
+        pos = list_positions(vals.shape[0], vals.shape[1], hot_k, cold_n, scheme, scheme_alpha, generator)  # [B, L]
         lst = radi_listwise_loss(s.gather(1, idx.gather(1, pos)), vals.gather(1, pos), list_method, generator=generator)
     return pair, lst
 
@@ -227,9 +272,9 @@ def train_videoqa_student(
     *,
     method: str = "radi",
     mode: str = "cache",
-    alpha: float = 1.0,
-    pairwise: bool = True,
-    listwise: bool = True,
+    alpha: float = RADI_ALPHA,
+    rank: str = "both",
+    margins: str = "adaptive",
     pair_weight: float = 1.0,
     list_weight: float = 1.0,
     hot_k: int = 10,
@@ -253,8 +298,9 @@ def train_videoqa_student(
     store: path or LabelStore of task "videoqa" built from `videos` and `questions` (checked by
     digest). Student epoch e replays store epoch e % E (frames, and in cache mode the targets).
     method: "ce" (L_cls only), "kd" (+ alpha * kd_kl at `temperature`), "radi" (+ alpha * ranking,
-    see the module docstring). mode="online" needs `teacher` and recomputes the targets live with
-    the store's top_k and mc_passes. K must be >= hot_k + cold_n (listwise) or hot_k (pairwise).
+    see the module docstring; rank picks the terms, margins the pairwise margins; check_radi says
+    what the store must hold). mode="online" needs `teacher` and recomputes the targets live with
+    the store's top_k and mc_passes.
     Batches: `video_grouped_order` keyed by (seed, epoch) (a video's questions together: each clip is
     encoded once per batch); the cold list of batch b in epoch e is drawn from seed (seed, e, b).
     """
@@ -273,7 +319,7 @@ def train_videoqa_student(
     if videos.fingerprint()["digest"] != a["dataset"]["videos"]["digest"]:
         raise StoreMismatch(f"{store.path}: the video source differs from the one the store was built from")
     if method == "radi":
-        check_store_k(store, hot_k, cold_n, pairwise=pairwise, listwise=listwise)
+        check_radi(store, hot_k, cold_n, rank, margins)
     policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
     K, T, E, seed_t = store.top_k, store.mc_passes, store.epochs, int(a["seed"])
     cache = cache or ClipCache(videos)
@@ -313,7 +359,7 @@ def train_videoqa_student(
                     loss = loss + alpha * kd_kl(logits, q / q.sum(1, keepdim=True), temperature)
                 else:
                     gen = torch.Generator().manual_seed(_batch_seed(seed, e, b))
-                    pair, lst = rank_loss_radi(logits, vals, idx, mc, gen, pairwise=pairwise, listwise=listwise,
+                    pair, lst = rank_loss_radi(logits, vals, idx, mc, gen, rank=rank, margins=margins,
                                                hot_k=hot_k, cold_n=cold_n, scheme=scheme, scheme_alpha=scheme_alpha,
                                                list_method=list_method, margin=margin, epsilon=epsilon)
                     loss = radi_objective(loss, pair, lst, alpha, pair_weight, list_weight)

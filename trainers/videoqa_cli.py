@@ -13,7 +13,8 @@ from labelstore.errors import ConfigError
 from labelstore.pipeline.videoqa_data import ClipCache
 from labelstore.pipeline.text import AnswerVocab, Tokenizer
 from labelstore.pipeline.video import FrameSampler, VideoPolicy
-from labelstore.trainers.videoqa import METHODS, MODES, _open, check_store_k, evaluate_videoqa, train_videoqa_student
+from labelstore.trainers.videoqa import (MARGINS, METHODS, MODES, RADI_ALPHA, RANKS, _open, check_radi, evaluate_videoqa,
+                                         train_videoqa_student)
 
 
 
@@ -108,7 +109,7 @@ def cli_teach_videoqa(
     epochs: int = 4,
     num_frames: int = 8,
     frame_size: int = 32,
-    top_k: int = 64,
+    top_k: int | None = None,
     mc_passes: int = 8,
     batch_size: int = 128,
     seed: int = 0,
@@ -190,7 +191,9 @@ def cli_train_videoqa(
     hot_k: int = 10,
     cold_n: int = 10,
     scheme: str = "exp",
-    alpha: float = 0.1,
+    rank: str = "both",
+    margins: str = "adaptive",
+    alpha: float = RADI_ALPHA,
     seed: int = 0,
     out: str | os.PathLike | None = None,
     progress: bool = True,
@@ -213,7 +216,7 @@ def cli_train_videoqa(
     log = _cli_log(progress)
     store = _open(str(store_path))
     if method == "radi":
-        check_store_k(store, hot_k, cold_n)
+        check_radi(store, hot_k, cold_n, rank, margins)
     if mode == "online" and method != "ce" and not online_teacher:
         raise ValueError("mode='online' needs online_teacher (a checkpoint or 'module:callable')")
     a = store.attrs
@@ -231,10 +234,10 @@ def cli_train_videoqa(
     log(f"student {sinfo['spec']} ({sum(p.numel() for p in student.parameters())} params): {method}/{mode}, "
         f"{store.num_samples} questions, {epochs} epochs")
     r = train_videoqa_student(student, store, videos, questions_path, method=method, mode=mode, alpha=alpha, hot_k=hot_k,
-                              cold_n=cold_n, scheme=scheme, epochs=epochs, batch_size=batch_size, seed=seed,
+                              cold_n=cold_n, scheme=scheme, rank=rank, margins=margins, epochs=epochs, batch_size=batch_size, seed=seed,
                               teacher=teacher, cache=cache, progress=progress)
     metrics = {"method": method, "mode": mode, "store": str(store_path), "epochs": epochs, "batch_size": batch_size,
-               "seed": seed, "alpha": alpha, "hot_k": hot_k, "cold_n": cold_n, "scheme": scheme, **r,
+               "seed": seed, "alpha": alpha, "hot_k": hot_k, "cold_n": cold_n, "scheme": scheme, "rank": rank, "margins": margins, **r,
                "student": {"spec": sinfo["spec"], "kwargs": sinfo["kwargs"], "weights_sha256": weights_hash(student)}}
     if teacher is not None:
         th = weights_hash(teacher)
@@ -283,5 +286,7 @@ def train_command(o: dict, warn) -> tuple[dict, str]:
                           mode="cache" if mode == "none" else mode, online_teacher=o["online_teacher"],
                           student_spec=o["student"], eval_questions=o["eval_questions"], epochs=o["epochs"] or 4,
                           batch_size=o["batch_size"], hot_k=o["hot_k"], cold_n=o["cold_n"], scheme=o["cold_scheme"],
-                          alpha=o["alpha"], seed=o["seed"], out=o["out"], progress=True)
+                          rank=o.get("radi_rank") or "both", margins=o.get("margins") or "adaptive",
+                          alpha=RADI_ALPHA if o["alpha"] is None else o["alpha"], seed=o["seed"], out=o["out"],
+                          progress=True)
     return m, f"{method} ({mode}): {m.get('seconds', 0):.1f}s; eval {m.get('eval')} -> {o['out']}"

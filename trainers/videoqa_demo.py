@@ -13,7 +13,7 @@ import torch
 from labelstore.pipeline.videoqa_data import ClipCache, prepare_questions
 from labelstore.pipeline.text import AnswerVocab, Tokenizer
 from labelstore.pipeline.video import FrameSampler
-from labelstore.trainers.videoqa import evaluate_videoqa, train_videoqa_classifier, train_videoqa_student
+from labelstore.trainers.videoqa import RADI_ALPHA, evaluate_videoqa, train_videoqa_classifier, train_videoqa_student
 from labelstore.trainers.videoqa_cli import TEACHER_SPEC, save_videoqa_checkpoint
 
 
@@ -37,7 +37,8 @@ def _setup(out_dir: Path, n_train: int, n_test: int, frames: int, size: int, see
 
 
 DEMO = dict(n_train=400, n_test=100, frames=16, size=32, num_frames=8, teacher_epochs=40, store_epochs=20,
-            student_epochs=20, top_k=64, mc_passes=8, hot_k=5, cold_n=8, alpha=1.0, margin=1.0, batch_size=64)
+            student_epochs=20, top_k=None, mc_passes=8, hot_k=5, cold_n=8, alpha=RADI_ALPHA, margin=1.0,
+            batch_size=64)
 
 
 def run_videoqa_demo(out_dir: str | os.PathLike, seed: int = 0, progress: bool = True, **overrides) -> dict:
@@ -92,7 +93,7 @@ def run_videoqa_demo(out_dir: str | os.PathLike, seed: int = 0, progress: bool =
         torch.manual_seed(seed + 7)
         student = videoqa_student(len(tokenizer), len(vocab), num_frames=m, frame_size=cfg["size"])
         r = train_videoqa_student(student, store_path, videos, data["questions_train"], method=method, mode=mode,
-                                  alpha=(1.0 if method == "kd" else cfg["alpha"]), hot_k=cfg["hot_k"],
+                                  alpha=cfg["alpha"], hot_k=cfg["hot_k"],
                                   cold_n=cfg["cold_n"], margin=cfg["margin"], epochs=cfg["student_epochs"],
                                   batch_size=cfg["batch_size"], seed=seed, teacher=teacher, cache=cache)
         acc = evaluate_videoqa(student, videos, test_qa, vocab, **ev)
