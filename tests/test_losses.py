@@ -29,7 +29,6 @@ from labelstore.trainers.losses import (
     radi_objective,
     radi_pairwise_loss,
     sample_cold_full_ranking,
-    sample_partial_list,
     sinkhorn_margins,
     soft_label_ce,
     soften,
@@ -448,54 +447,6 @@ def test_radi_pairwise_value_ties_and_margins():
 
 # ---------------------------------------------------------------------------
 # RADI: partial-list sampling
-
-
-def test_sample_partial_list_structure_and_reproducible():
-    g = torch.Generator().manual_seed(14)
-    t = torch.rand(8, 50, generator=g)
-    idx = sample_partial_list(t, hot_k=5, cold_n=10, generator=torch.Generator().manual_seed(1))
-    assert idx.shape == (8, 15) and idx.dtype == torch.long
-    for b in range(8):
-        row = idx[b].tolist()
-        assert len(set(row)) == 15
-        top5 = sorted(range(50), key=lambda i: -t[b, i].item())[:5]
-        assert row[:5] == top5
-        scores = [t[b, i].item() for i in row]
-        assert scores == sorted(scores, reverse=True)
-    again = sample_partial_list(t, 5, 10, generator=torch.Generator().manual_seed(1))
-    other = sample_partial_list(t, 5, 10, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(idx, again) and not torch.equal(idx, other)
-    for scheme in ("exp", "zipf"):  # edges: everything, nothing cold, nothing hot
-        assert sorted(sample_partial_list(t, 45, 5, scheme=scheme)[0].tolist()) == list(range(50))
-    assert torch.equal(sample_partial_list(t, 3, 0), torch.argsort(t, 1, descending=True)[:, :3])
-    assert sample_partial_list(t, 0, 4, scheme="zipf").shape == (8, 4)
-    with pytest.raises(ValueError, match="exceeds"):
-        sample_partial_list(t, 40, 11)
-    with pytest.raises(ValueError):
-        sample_partial_list(t, 4, 4, scheme="uniform")
-
-
-def test_sample_partial_list_exp_vs_zipf_distribution():
-    # one cold draw per row, so its rank among the rest follows P(r) exactly
-    V, hot, rows = 1000, 10, 20000
-    t = torch.arange(V, 0, -1, dtype=torch.float32).expand(rows, V)  # index i has rank i + 1
-    rest = np.arange(1, V - hot + 1)
-    freq = {}
-    for scheme, alpha, w in [("exp", None, np.exp(-0.005 * rest)), ("zipf", None, rest**-1.0)]:
-        idx = sample_partial_list(t, hot, 1, scheme=scheme, alpha=alpha, generator=torch.Generator().manual_seed(3))
-        r = (idx[:, -1] - hot + 1).numpy()  # rank among the rest, 1-based
-        p = w / w.sum()
-        freq[scheme] = np.mean(r == 1)
-        se = math.sqrt(p[0] * (1 - p[0]) / rows)
-        assert abs(freq[scheme] - p[0]) < 5 * se + 1e-4
-        # mean rank matches the target law
-        mean_p = (rest * p).sum()
-        sd = math.sqrt(((rest - mean_p) ** 2 * p).sum() / rows)
-        assert abs(r.mean() - mean_p) < 5 * sd
-    assert freq["zipf"] > 10 * freq["exp"]  # ~0.134 vs ~0.005
-    # an explicit alpha is honoured
-    idx = sample_partial_list(t[:2000], hot, 1, scheme="zipf", alpha=3.0, generator=torch.Generator().manual_seed(4))
-    assert np.mean((idx[:, -1] - hot + 1).numpy() == 1) > 0.75  # 1/zeta(3) ~ 0.83
 
 
 # ---------------------------------------------------------------------------

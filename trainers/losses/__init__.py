@@ -10,7 +10,6 @@ from .radi import (
     radi_objective,
     radi_pairwise_loss,
     sample_cold_full_ranking,
-    sample_partial_list,
     sinkhorn_margins,
 )
 from .teachclip import (
@@ -36,7 +35,6 @@ __all__ = [
     "radi_objective",
     "radi_pairwise_loss",
     "sample_cold_full_ranking",
-    "sample_partial_list",
     "sinkhorn_margins",
     "soft_label_ce",
     "soft_target_ce",

@@ -185,37 +185,6 @@ def _check_partial_list(scheme: str, alpha: float | None, hot_k: int, cold_n: in
     return DEFAULT_ALPHA[scheme] if alpha is None else alpha
 
 
-def sample_partial_list(
-    teacher_scores: Tensor,
-    hot_k: int,
-    cold_n: int,
-    scheme: str = "exp",
-    alpha: float | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Partial list: the teacher's top hot_k plus cold_n sampled from the rest.
-
-    teacher_scores: [B, V] -> idx: [B, hot_k + cold_n] (long), sorted by teacher score, best first.
-    The cold part draws, per row and without replacement, cold_n ranks from the
-    remaining V - hot_k ranks r = 1, 2, ... (r = 1 is the best of the rest) with
-        P(r) ∝ exp(-alpha * r)   scheme="exp"   (default alpha 0.005)
-        P(r) ∝ r^(-alpha)        scheme="zipf"  (default alpha 1.0)
-    using torch.multinomial(replacement=False, generator=generator).
-    """
-    B, V = teacher_scores.shape
-    alpha = _check_partial_list(scheme, alpha, hot_k, cold_n, V, "candidates")
-    order = torch.argsort(teacher_scores, dim=1, descending=True, stable=True)  # [B, V]
-    ranks = torch.arange(hot_k, device=order.device).expand(B, hot_k)  # [B, hot_k]
-    if cold_n > 0:
-        r = torch.arange(1, V - hot_k + 1, dtype=torch.float64, device=order.device)  # [V - hot_k]
-        log_w = -alpha * r if scheme == "exp" else -alpha * torch.log(r)
-        w = torch.exp(log_w - log_w.max()).expand(B, -1)  # [B, V - hot_k], max weight 1
-        cold = torch.multinomial(w, cold_n, replacement=False, generator=generator)  # [B, cold_n]
-        ranks = torch.cat([ranks, hot_k + cold], dim=1)
-    ranks, _ = ranks.sort(dim=1)  # best first
-    return order.gather(1, ranks)
-
-
 def sample_cold_full_ranking(
     teacher_probs: Tensor,
     hot_k: int,
@@ -237,8 +206,8 @@ def sample_cold_full_ranking(
         g_k = log w(k) - log(-log u_k),  u = torch.rand([B, A - hot_k], float64, generator)
         cold = the cold_n ranks with the largest g_k
     (one rand call per call of this function, so a seeded generator gives a fixed draw).
-    Unlike sample_partial_list, which ranks the cold part r = 1, 2, ... from the best of the
-    rest, k here is the absolute rank; the exp law is the same either way, the zipf law is not.
+    k is the absolute rank (not the rank among the rest): for exp the law is the same either way,
+    for zipf it is not.
     """
     if teacher_probs.dim() != 2:
         raise ValueError(f"teacher_probs must be [B, A], got shape {tuple(teacher_probs.shape)}")
