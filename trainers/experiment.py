@@ -126,6 +126,13 @@ def summarize(values: list[float], level: float = 0.95) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_arms(names: list[str], arms: dict) -> None:
+    """ConfigError naming the arms a task does not have."""
+    unknown = sorted(set(names) - set(arms))
+    if unknown:
+        raise ConfigError(f"unknown arm(s) {unknown}: choose from {sorted(arms)}")
+
+
 def _result_path(out_dir: Path, arm: str, seed: int) -> Path:
     return out_dir / arm / f"seed_{seed}.json"
 

@@ -31,6 +31,7 @@ from labelstore.pipeline.images import ImageFolder
 
 from .demo import eval_batches, prepare
 from .distill import DistillConfig, train_student
+from .experiment import check_arms
 from .fit import evaluate, seed_everything
 from .models import build_model
 from .spec import load_model
@@ -136,10 +137,6 @@ def make_arms(meta: dict, names: list[str], student: str = "cnn-micro", progress
 
         return run
 
-    unknown = sorted(set(names) - set(ARMS))
-    if unknown:
-        from labelstore.errors import ConfigError
-
-        raise ConfigError(f"unknown arm(s) {unknown}: choose from {sorted(ARMS)}")
+    check_arms(names, ARMS)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     return {n: arm(n) for n in names}

@@ -29,10 +29,10 @@ import os
 import torch
 
 import labelstore
-from labelstore.errors import ConfigError
 from labelstore.pipeline.text import Tokenizer
 from labelstore.pipeline.video import VideoFolder
 
+from .experiment import check_arms
 from .retrieval_demo import prepare_retrieval, train_and_evaluate_student
 from .spec import load_model
 
@@ -76,9 +76,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
 
 def make_arms(meta: dict, names: list[str], progress: bool = False) -> dict:
     """arm name -> (seed -> test metrics (retrieval_metrics keys) + "seconds") over the setup `meta`."""
-    unknown = sorted(set(names) - set(ARMS))
-    if unknown:
-        raise ConfigError(f"unknown arm(s) {unknown}: choose from {sorted(ARMS)}")
+    check_arms(names, ARMS)
     torch.set_num_threads(1)  # one thread: faster than two on the shared 2-core machine, and deterministic
     store = labelstore.open(meta["store"])
     videos = VideoFolder(meta["videos"])

@@ -44,6 +44,8 @@ import torch
 
 from labelstore.errors import ConfigError
 
+from .experiment import check_arms
+
 METRIC = "acc_any"
 REFERENCE = "ce"
 ARMS = {
@@ -155,9 +157,7 @@ def make_arms(meta: dict, names: list[str], progress: bool = False) -> dict:
     from .videoqa import RADI_ALPHA, evaluate_videoqa, train_videoqa_student
     from .videoqa_models import videoqa_student
 
-    unknown = sorted(set(names) - set(ARMS))
-    if unknown:
-        raise ConfigError(f"unknown arm(s) {unknown}: choose from {sorted(ARMS)}")
+    check_arms(names, ARMS)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     r = meta["recipe"]
     store = labelstore.open(meta["store"])
