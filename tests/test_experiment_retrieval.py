@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from labelstore.errors import ConfigError
 from labelstore.trainers import experiment_retrieval as er
 from labelstore.trainers.retrieval_demo import run_retrieval_demo
 
@@ -68,5 +69,5 @@ def test_arms_are_deterministic_paired_and_agree_with_the_demo(tmp_path):
     other.pop("seconds")
     demo1 = run_retrieval_demo(tmp_path / "demo", seed=1, progress=False, **TINY)
     assert demo1["rows"][3]["metrics"] == other
-    with pytest.raises(er.ConfigError, match="bogus"):
+    with pytest.raises(ConfigError, match="bogus"):
         er.make_arms(meta, ["bogus"])
