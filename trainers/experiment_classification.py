@@ -10,7 +10,9 @@ data order in every arm, so the arms are paired by seed:
     none        hard labels only (no teacher)
     cache       FKD: soft_label_ce on the stored top-5 ("marginal" fill)
     online      the same loss, the teacher run live on every batch
-    ferkd       FerKD label adaptation from the stored gt probability
+    ferkd       FerKD label adaptation from the stored gt probability (low 0.05, mid 0.5, high 0.95)
+    ferkd-keep  the same without dropping (low 0, high 1): only the softened band [0, 0.5) remains
+    ferkd-drop  the same without the softened band (mid = low): only the drops remain
     adl         ADL as in the paper: per-class sigmoid, Σ q^θ normaliser, plus the hard-label BCE
     adl-semi    adl plus ADL's semi-supervised scheme: an unlabelled folder (2000 more generated images,
                 no class folders) labelled by the same teacher stage; its views with teacher top-1
@@ -43,6 +45,8 @@ ARMS = {
     "cache": {"mode": "cache", "loss": "fkd"},
     "online": {"mode": "online", "loss": "fkd"},
     "ferkd": {"mode": "cache", "loss": "ferkd"},
+    "ferkd-keep": {"mode": "cache", "loss": "ferkd", "ferkd": {"low": 0.0, "high": 1.0, "mid": 0.5, "epsilon": 0.1}},
+    "ferkd-drop": {"mode": "cache", "loss": "ferkd", "ferkd": {"low": 0.05, "high": 0.95, "mid": 0.05, "epsilon": 0.1}},
     "adl": {"mode": "cache", "loss": "adl", "adl_mode": "binary", "hard_weight": 1.0},
     "adl-semi": {"mode": "cache", "loss": "adl", "adl_mode": "binary", "hard_weight": 1.0, "semi": True},
 }
