@@ -133,6 +133,21 @@ def check_arms(names: list[str], arms: dict) -> None:
         raise ConfigError(f"unknown arm(s) {unknown}: choose from {sorted(arms)}")
 
 
+def read_setup(out: str | Path) -> dict | None:
+    """An experiment's setup (data, teacher, store paths and figures) from out/setup.json, or None if it
+    has none yet: a task makes its setup once per output directory and every arm and rerun reuses it."""
+    path = Path(out) / "setup.json"
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_setup(out: str | Path, meta: dict) -> None:
+    with open(Path(out) / "setup.json", "w") as f:
+        json.dump(meta, f, indent=1)
+
+
 def _result_path(out_dir: Path, arm: str, seed: int) -> Path:
     return out_dir / arm / f"seed_{seed}.json"
 

@@ -23,7 +23,6 @@ Metric: test accuracy of the final student. Statistics: labelstore.trainers.expe
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -33,7 +32,7 @@ from labelstore.pipeline.images import ImageFolder
 
 from .demo import eval_batches, prepare
 from .distill import DistillConfig, train_student
-from .experiment import check_arms
+from .experiment import check_arms, read_setup, write_setup
 from .fit import evaluate, seed_everything
 from .models import build_model
 from .spec import load_model
@@ -62,11 +61,8 @@ def setup(out: str, *, progress: bool = False, echo=print, n_unlabeled: int = 20
     """The demo's data, teacher and store (labelstore.trainers.demo.prepare, seed 0, `recipe` keyword
     overrides) under `out`, plus the unlabelled folder and its store (unlabeled_setup); made once:
     an existing setup.json is reused (and completed if it predates the unlabelled part)."""
-    meta_path = os.path.join(out, "setup.json")
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-    else:
+    meta = read_setup(out)
+    if meta is None:
         os.makedirs(out, exist_ok=True)
         p = prepare(out, progress=progress, echo=echo, **recipe)
         store = p["store"]
@@ -75,8 +71,7 @@ def setup(out: str, *, progress: bool = False, echo=print, n_unlabeled: int = 20
                 "image_size": int(store.attrs["policy"]["output_size"][0]), "epochs": store.epochs}
     if "unlabeled_store" not in meta:
         meta.update(unlabeled_setup(out, meta, n_unlabeled, progress=progress, echo=echo))
-    with open(meta_path, "w") as f:
-        json.dump(meta, f, indent=1)
+    write_setup(out, meta)
     return meta
 
 

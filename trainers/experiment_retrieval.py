@@ -23,8 +23,6 @@ Statistics: labelstore.trainers.experiment.
 
 from __future__ import annotations
 
-import json
-import os
 
 import torch
 
@@ -32,7 +30,7 @@ import labelstore
 from labelstore.pipeline.text import Tokenizer
 from labelstore.pipeline.video import VideoFolder
 
-from .experiment import check_arms
+from .experiment import check_arms, read_setup, write_setup
 from .retrieval_demo import prepare_retrieval, train_and_evaluate_student
 from .spec import load_model
 
@@ -57,10 +55,9 @@ def teacher_line(meta: dict) -> str:
 def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     """prepare_retrieval under `out` (`recipe`: RECIPE overrides), made once: an existing setup.json is
     reused. setup.json: paths, the full recipe, the teacher's test metrics and the test-split size."""
-    meta_path = os.path.join(out, "setup.json")
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            return json.load(f)
+    meta = read_setup(out)
+    if meta is not None:
+        return meta
     torch.set_num_threads(1)
     p = prepare_retrieval(out, progress=progress, echo=echo, **recipe)
     n_caps = sum(1 for line in open(p["data"]["captions_test"]) if line.strip())
@@ -69,8 +66,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
             "teacher_metrics": p["teacher_metrics"], "teacher_seconds": p["teacher_seconds"],
             "store": p["store_path"], "recipe": p["recipe"], "student_kw": p["student_kw"],
             "test_captions": n_caps, "test_videos": int(p["recipe"]["n_test"])}
-    with open(meta_path, "w") as f:
-        json.dump(meta, f, indent=1)
+    write_setup(out, meta)
     return meta
 
 

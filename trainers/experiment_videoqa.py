@@ -44,7 +44,7 @@ import torch
 
 from labelstore.errors import ConfigError
 
-from .experiment import check_arms
+from .experiment import check_arms, read_setup, write_setup
 
 METRIC = "acc_any"
 REFERENCE = "ce"
@@ -88,10 +88,9 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     from .videoqa_cli import save_videoqa_checkpoint
     from .videoqa_models import VideoQAClassifier
 
-    meta_path = os.path.join(out, "setup.json")
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            return json.load(f)
+    meta = read_setup(out)
+    if meta is not None:
+        return meta
     unknown = sorted(set(recipe) - set(RECIPE))
     if unknown:
         raise ConfigError(f"unknown recipe key(s) {unknown}: choose from {sorted(RECIPE)}")
@@ -142,8 +141,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
             "store_bytes": _store_bytes(store), "store_bytes_per_view": _store_bytes(store) / views}
     echo(f"store: {views} views, K = {st['top_k']}, T = {r['mc_passes']}, {meta['store_bytes_per_view']:.0f} bytes/view "
          f"({st['seconds']:.1f}s)")
-    with open(meta_path, "w") as f:
-        json.dump(meta, f, indent=1)
+    write_setup(out, meta)
     return meta
 
 
