@@ -287,6 +287,10 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
     if data_spec and not report:
         _fail("--data adds the gallery to the HTML report: give --report FILE too")
     store = labelstore.open(store_path, allow_incomplete=allow_incomplete)
+    if not store.complete:
+        done, total = store.progress()
+        _warn(f"{store_path}: {total - done} of {total} work units are not written yet; their rows are left out "
+              "of the statistics")
     if data_spec and store.task != "classification":
         _fail(f"--data: the gallery of replayed views is for classification stores; {store_path} is {store.task}")
     progress = contextlib.nullcontext() if quiet or scheduler else ProgressBar(out=sys.stderr)
