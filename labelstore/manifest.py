@@ -132,7 +132,7 @@ def absent(group: zarr.Group) -> list[str]:
     inner = unwrapped(group.store)
     if isinstance(inner, LocalStore):  # a stat per object, without a thread hop each
         root = str(inner.root)
-        found = [os.path.exists(os.path.join(root, k)) for k in want]
+        found = [os.path.exists(f"{root}/{k}") for k in want]
     else:
         async def run():
             return await asyncio.gather(*(inner.exists(k) for k in want))

@@ -79,8 +79,8 @@ def create(
             compressors=codecs_for(spec.dtype), fill_value=spec.fill_value, dimension_names=spec.dims,
             attributes={"meaning": spec.meaning, "units": spec.units, **spec.attrs},
         )
-    group.create_array(
-        PROGRESS, shape=(epoch_groups, partitions), chunks=(1, 1), dtype="uint8", fill_value=0,
+    group.create_array(  # one object per partition: its units are done by one rank, in turn (dist.rank_units)
+        PROGRESS, shape=(epoch_groups, partitions), chunks=(epoch_groups, 1), dtype="uint8", fill_value=0,
         compressors=[Crc32cCodec()], dimension_names=("epoch_group", "partition"),
         attributes={"meaning": "1 once work unit (epoch group, partition) is written"},
     )
@@ -277,9 +277,11 @@ def write_block(group: zarr.Group, name: str, start: int, data: np.ndarray, epoc
     """Write rows [start, start+len(data)) of array `name` (of one epoch, for per-epoch arrays).
 
     The block must cover whole shards (or end at the array's end): partial shard writes are
-    read-modify-write in Zarr and lose data under concurrent writers.
+    read-modify-write in Zarr and lose data under concurrent writers. All-fill chunks are written
+    too, so every shard a unit writes exists (a reader never has to ask the manifest whether an
+    absent shard is one Zarr skipped).
     """
-    arr = group[name]
+    arr = group[name].with_config({"write_empty_chunks": True})
     shard_rows = arr.shards[1 if epoch is not None else 0]
     rows = arr.shape[1 if epoch is not None else 0]
     stop = start + len(data)
