@@ -212,12 +212,16 @@ def store_info(store) -> dict:
         arrays.append({"name": name, "dims": list(arr.metadata.dimension_names), "shape": list(arr.shape),
                        "dtype": "string" if arr.dtype.kind == "T" else str(arr.dtype), "chunks": list(arr.chunks), "shards": list(arr.shards or arr.chunks),
                        "bytes": sizes.get(name)})
+    from labelstore import manifest
+
     done, total = store.progress()
     views = store.epochs * store.num_samples
     a = store.attrs
+    missing = manifest.absent(store.group)
+    state = a.get("state") if not missing else f"damaged ({len(missing)} written objects missing; see `labelstore verify`)"
     return {
         "path": store.path, "task": a.get("task"), "format_version": a.get("format_version"),
-        "state": a.get("state"), "units_done": done, "units_total": total,
+        "state": state, "missing": missing, "units_done": done, "units_total": total,
         "epochs": a.get("epochs"), "num_samples": a.get("num_samples"), "num_classes": a.get("num_classes"),
         "top_k": a.get("top_k"), "mc_passes": a.get("mc_passes"), "seed": a.get("seed"),
         "teacher": a.get("teacher"), "dataset": a.get("dataset"),
@@ -253,6 +257,8 @@ def info(store_path: str, storage_options: str | None, as_json: bool) -> None:
                    f"{'x'.join(map(str, r['shards'])):<16}{r['bytes'] or 0:>10}")
     click.echo(f"on disk: {d['bytes_total']} bytes; {d['bytes_per_view']:.2f} bytes per view "
                f"(per-view records alone: {d['record_bytes_per_view']:.2f})")
+    for m in d["missing"][:20]:
+        click.echo(f"  {m}")
 
 
 @main.command()
@@ -281,6 +287,10 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
     if data_spec and not report:
         _fail("--data adds the gallery to the HTML report: give --report FILE too")
     store = labelstore.open(store_path, allow_incomplete=allow_incomplete)
+    if not store.complete:
+        done, total = store.progress()
+        _warn(f"{store_path}: {total - done} of {total} work units are not written yet; their rows are left out "
+              "of the statistics")
     if data_spec and store.task != "classification":
         _fail(f"--data: the gallery of replayed views is for classification stores; {store_path} is {store.task}")
     progress = contextlib.nullcontext() if quiet or scheduler else ProgressBar(out=sys.stderr)
@@ -353,7 +363,7 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
     _use_storage_options(store_path, storage_options)
     from labelstore.pipeline.verify import verify as run_verify
 
-    store = labelstore.open(store_path)
+    store = labelstore.open(store_path, check_metadata=False)  # edited metadata is listed, not refused
     model = load_teacher(teacher, store.num_classes)[0] if teacher else None
     r = run_verify(store, open_source(data_spec), teacher=model, samples=samples, seed=seed, device=device)
     if as_json:
@@ -361,7 +371,7 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
     else:
         click.echo("dataset fingerprint: ok")
         problems = r["chunk_problems"]
-        click.echo(f"chunk checksums: {f'{len(problems)} problems' if problems else 'ok'}")
+        click.echo(f"manifest, metadata and chunk checksums: {f'{len(problems)} problems' if problems else 'ok'}")
         for p in problems:
             click.echo(f"  {p}")
         for p in r["replay_problems"]:

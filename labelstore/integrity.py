@@ -89,6 +89,40 @@ def verify_chunks(group: zarr.Group) -> list[str]:
     return problems
 
 
+def verify_objects(group: zarr.Group) -> list[str]:
+    """Every data object the manifest says was written (labelstore/manifest.py) must be there with
+    the recorded size and crc32c. One line per missing or changed object, naming the array, epoch
+    and rows; plus one per metadata problem (edited attribute, edited or missing array zarr.json)."""
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from . import manifest
+
+    problems = manifest.metadata_problems(group)
+    if manifest.MANIFEST not in group:
+        return problems + ["array manifest (the record of what the store holds) is missing"]
+    lay = manifest.layout_of(group.attrs.get("integrity") or {})
+    want = manifest.unit_records(group)
+    keys = sorted(want)
+    store = manifest.unwrapped(group.store)
+
+    async def fetch():
+        return await asyncio.gather(*(store.get(k, default_buffer_prototype()) for k in keys))
+
+    for key, buf in zip(keys, sync(fetch())):
+        where = manifest.describe_key(key, lay)
+        if buf is None:
+            problems.append(f"{where}: missing (object {key})")
+            continue
+        b = buf.to_bytes()
+        if [len(b), _crc32c.crc32c(b)] != list(want[key]):
+            problems.append(f"{where}: object {key} differs from the one written "
+                            f"({len(b)} bytes, recorded {want[key][0]})")
+    return problems
+
+
 def iter_arrays(group: zarr.Group, prefix: str = ""):
     """(path, array) for every array below group, depth first."""
     for name, node in group.members():

@@ -59,10 +59,12 @@ def filesystem(path: str | os.PathLike, storage_options: dict[str, Any] | None =
     return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
 
 
-def open_group(path: str | os.PathLike, mode: str, storage_options: dict[str, Any] | None = None) -> zarr.Group:
+def open_group(path: str | os.PathLike, mode: str, storage_options: dict[str, Any] | None = None,
+               attributes: dict[str, Any] | None = None) -> zarr.Group:
     """zarr.open_group for a local path or a URL (storage_options only apply to URLs). Each array's
-    own zarr.json is read, never the consolidated copy (which is for other readers, e.g. xarray)."""
-    kw = {} if mode == "w" else {"use_consolidated": False}
+    own zarr.json is read, never the consolidated copy (which is for other readers, e.g. xarray).
+    attributes (mode "w"): the group's attributes, written with its zarr.json."""
+    kw = {"attributes": attributes or {}} if mode == "w" else {"use_consolidated": False}
     if not isinstance(path, (str, os.PathLike)):  # a zarr Store object
         return zarr.open_group(path, mode=mode, zarr_format=3, **kw)
     if is_url(path):

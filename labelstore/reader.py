@@ -8,22 +8,24 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 
-from . import location
+from . import location, manifest
 from .integrity import StoreError, check_expected, check_format, iter_arrays
 from .writer import PROGRESS, pending_units
 
 
 def open(path: str, mode: str = "r", allow_incomplete: bool = False,  # noqa: A001
-         storage_options: dict[str, Any] | None = None) -> "LabelStore":
+         storage_options: dict[str, Any] | None = None, check_metadata: bool = True) -> "LabelStore":
     """Open a label store: a local path or any URL fsspec understands (s3://, gs://, memory://).
 
     storage_options: passed to the fsspec file system of a URL, e.g. {"endpoint_url":
     "http://127.0.0.1:9000", "key": ..., "secret": ...} for s3:// (default: fsspec's configuration
     and the environment, see labelstore/location.py).
-    Raises StoreError if it is not a labelstore store, has another format version, or its
-    teacher stage has not finished (unless allow_incomplete=True).
+    Raises StoreError if it is not a labelstore store, has another format version, its metadata
+    (root attributes, an array's zarr.json) differs from what the writer recorded or is gone
+    (unless check_metadata=False, how `verify` lists them), or its teacher stage has not finished
+    (unless allow_incomplete=True). Every read goes through a manifest.CheckedStore: an object the
+    store says it wrote that is absent raises StoreError instead of reading as fill values.
     """
     where = str(path)
     try:
@@ -34,7 +36,12 @@ def open(path: str, mode: str = "r", allow_incomplete: bool = False,  # noqa: A0
         raise StoreError(f"{where}: no label store here ({e})") from None
     attrs = group.attrs.asdict()
     check_format(attrs, where)
-    store = LabelStore(group, where)
+    if check_metadata:
+        problems = manifest.metadata_problems(group)
+        if problems:
+            raise StoreError(f"{where}: the store's metadata was changed after it was written: {'; '.join(problems)} "
+                             "(`labelstore verify` lists every problem; rebuild the store or restore the file)")
+    store = LabelStore(manifest.checked(group, where, mode), where)
     if not allow_incomplete and not store.complete:
         done, total = store.progress()
         raise StoreError(
@@ -68,9 +75,32 @@ class LabelStore:
     complete = property(lambda self: self.attrs.get("state") == "complete")
 
     def progress(self) -> tuple[int, int]:
-        """(work units done, total work units)."""
+        """(work units done, total work units): one read of the progress array (none when complete)."""
         total = int(np.prod(self.group[PROGRESS].shape))
         return total - len(pending_units(self.group)), total
+
+    def written_units(self) -> np.ndarray:
+        """bool [epoch groups, partitions]: the work units whose records are written."""
+        if self.complete:
+            return np.ones(self.group[PROGRESS].shape, bool)
+        return np.asarray(self.group[PROGRESS][...]) == 1
+
+    def written_rows(self, name: str) -> np.ndarray:
+        """bool [epochs, rows] (per-epoch arrays) or [rows]: the rows of array `name` a finished work
+        unit wrote (all of them in a complete store); the others read as fill values."""
+        arr = self.group[name]
+        done = self.written_units()
+        lay = manifest.layout_of(self.attrs.get("integrity", {})).get(name)
+        per_epoch = arr.metadata.dimension_names[0] == "epoch"
+        if lay is None:  # no record of the layout: trust the state alone
+            return np.full(arr.shape[:2] if per_epoch else arr.shape[:1], bool(done.all()))
+        _, v, s = lay
+        rows = arr.shape[1 if per_epoch else 0]
+        part = np.minimum(np.arange(rows) // s, done.shape[1] - 1)
+        if not per_epoch:
+            return done[0, part]
+        groups = np.minimum(np.arange(arr.shape[0]) // v, done.shape[0] - 1)
+        return done[groups[:, None], part[None, :]]
 
     def check(self, *, dataset: dict | None = None, teacher: dict | None = None, policy: dict | None = None) -> None:
         """Raise StoreMismatch naming the field if the store was built from something else."""
@@ -80,7 +110,7 @@ class LabelStore:
     @cached_property
     def arrays(self) -> dict[str, zarr.Array]:
         """All data arrays by path ("topk_values", "aug/rrc/box", ...), without bookkeeping."""
-        return {name: arr for name, arr in iter_arrays(self.group) if name != PROGRESS}
+        return {name: arr for name, arr in iter_arrays(self.group) if name not in manifest.BOOKKEEPING}
 
     def epoch_arrays(self) -> dict[str, zarr.Array]:
         return {n: a for n, a in self.arrays.items() if a.metadata.dimension_names[0] == "epoch"}
@@ -136,13 +166,19 @@ class LabelStore:
 
     # -- size --------------------------------------------------------------------------------
     def nbytes_on_disk(self) -> dict[str, int]:
-        """Stored bytes per array (every object under its prefix, listed through zarr: local or remote)."""
-        return {name: arr.nbytes_stored() for name, arr in self.arrays.items()}
+        """Stored bytes of the data objects of each array: from the attribute "sizes" the writer
+        wrote at completion (no listing); of an unfinished store, from its manifest records."""
+        sizes = self.attrs.get("sizes")
+        if not isinstance(sizes, dict):
+            sizes = {}
+            for key, (nbytes, _) in manifest.unit_records(self.group).items():
+                name = manifest.array_of(key)[0]
+                sizes[name] = sizes.get(name, 0) + int(nbytes)
+        return {name: int(sizes.get(name, 0)) for name in self.arrays}
 
     def bytes_per_view(self) -> float:
-        """All stored bytes (records, sample table, metadata) divided by epochs x samples."""
-        total = sync(self.group.store.getsize_prefix(self.group.path))
-        return total / max(1, self.epochs * self.num_samples)
+        """All stored bytes of the data arrays divided by epochs x samples (metadata, a few KB, aside)."""
+        return sum(self.nbytes_on_disk().values()) / max(1, self.epochs * self.num_samples)
 
     # -- views -----------------------------------------------------------------------------
     def to_dask(self) -> dict:

@@ -69,7 +69,8 @@ def mean_topk_mass(store) -> float:
 def classification_stats(store, scheduler: str | None = None, bins: int = 20) -> dict:
     """Per-epoch statistics of an image-classification store, computed with Dask.
 
-    For each epoch (views with gt >= 0 and not skipped, unless noted):
+    For each epoch (views with gt >= 0 and not skipped, unless noted; in an unfinished store only
+    the rows of finished work units, `store.written_rows`):
       top1_agreement = mean[topk_indices[..., 0] == gt]
       topk_mass      = mean[sum_k topk_values]                              (all views)
       entropy        = mean[H(q)], q = top-k plus the residual mass 1 - sum_k spread evenly
@@ -83,30 +84,35 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
     a = store.to_dask()
     C, K = store.num_classes, store.top_k
     gt = a["gt"].astype("int64")
-    valid = (gt >= 0) & ~a["skipped"]  # [N]
     v = a["topk_values"].astype("float32")  # [E, N, K]
+    written = da.from_array(store.written_rows("topk_values"), chunks=v.chunks[:2])  # [E, N]: unwritten rows left out
+    valid = ((gt >= 0) & ~a["skipped"])[None] & written  # [E, N]
     top1 = a["topk_indices"][..., 0].astype("int64")  # [E, N]
     mass = v.sum(-1)  # [E, N]
     rest = da.clip(1.0 - mass, 0.0, 1.0)
     per_other = rest / max(C - K, 1)
     ent = -(v * da.log(da.clip(v, 1e-12, None))).sum(-1) - (C - K) * per_other * da.log(da.clip(per_other, 1e-12, None))
-    nvalid = da.maximum(valid.sum(), 1)
+    nvalid = da.maximum(valid.sum(1), 1)
+    nwritten = da.maximum(written.sum(1), 1)
+
+    def mean_written(x):  # [E, N] -> [E]
+        return da.where(written, x, 0).sum(1) / nwritten
+
     stats = {
-        "top1_agreement": ((top1 == gt[None]) & valid[None]).sum(1) / nvalid,
-        "topk_mass": mass.mean(1),
-        "entropy": ent.mean(1),
-        "gt_prob": da.where(valid[None], a["gt_prob"].astype("float32"), 0).sum(1) / nvalid,
+        "top1_agreement": ((top1 == gt[None]) & valid).sum(1) / nvalid,
+        "topk_mass": mean_written(mass),
+        "entropy": mean_written(ent),
+        "gt_prob": da.where(valid, a["gt_prob"].astype("float32"), 0).sum(1) / nvalid,
     }
     if "mc_values" in a:
-        stats["mc_spread"] = a["mc_values"][..., 0].astype("float32").std(axis=2).mean(1)
+        stats["mc_spread"] = mean_written(a["mc_values"][..., 0].astype("float32").std(axis=2))
     hists = {}
     if "aug/rrc/box" in a:
         box = a["aug/rrc/box"].astype("float64")  # [E, N, 4] (y, x, h, w)
         hw = a["source_hw"].astype("float64")  # [N, 2]
         area = (box[..., 2] * box[..., 3]) / (hw[None, :, 0] * hw[None, :, 1])
         aspect = box[..., 3] / da.maximum(box[..., 2], 1)
-        keep = ~a["skipped"][None] & (hw[None, :, 0] > 0)
-        keep = da.broadcast_to(keep, area.shape)
+        keep = ~a["skipped"][None] & (hw[None, :, 0] > 0) & written
         hists["crop_area"] = da.histogram(area[keep], bins=bins, range=(0.0, 1.0))
         hists["crop_aspect"] = da.histogram(da.log(aspect[keep]), bins=bins, range=(-1.0, 1.0))
     with _client(scheduler):
@@ -259,7 +265,8 @@ def classification_details(store, scheduler: str | None = None, bins: int = 10, 
     E = a["topk_indices"].shape[0]
     N = gt.shape[0]
     flat = lambda x: x.ravel().rechunk(N)  # noqa: E731  [E, N] -> [E*N], one block per epoch (bincount needs equal blocks)
-    w = flat(da.broadcast_to(((gt >= 0) & ~a["skipped"])[None], (E, N))).astype("float64")  # [E*N] 1 = counted
+    written = da.from_array(store.written_rows("topk_values"))  # [E, N]: unwritten rows are not counted
+    w = flat(((gt >= 0) & ~a["skipped"])[None] & written).astype("float64")  # [E*N] 1 = counted
     g = flat(da.broadcast_to(da.maximum(gt, 0)[None], (E, N)))  # [E*N]
     top1 = da.clip(flat(a["topk_indices"][..., 0].astype("int64")), 0, C - 1)  # [E*N]
     p1 = flat(a["topk_values"][..., 0].astype("float64"))  # [E*N] top-1 probability

@@ -2,14 +2,17 @@
 
 A store is filled by *work units*: (epoch group g, partition p) covers rows
 [p*shard_rows, (p+1)*shard_rows) of every per-epoch array for the epochs of group g.
-Units write whole shards only and then set their own flag in `progress[g, p]` (each flag
-is its own object), so any number of writer processes can fill one store, and a killed
-run keeps every unit it finished: `--resume` redoes only the units whose flag is unset.
+Units write whole shards only, then record what they wrote in `manifest[g, p]` and set their
+own flag in `progress[g, p]` (each record and flag is its own object), so any number of writer
+processes can fill one store, and a killed run keeps every unit it finished: `--resume` redoes
+only the units whose flag is unset. See labelstore/manifest.py for how readers use the records.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import glob
+import json
 import os
 import queue
 import shutil
@@ -22,11 +25,11 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from . import location
+from . import location, manifest
 from .integrity import StoreError, check_format
+from .manifest import MANIFEST, PROGRESS
 from .schema import FORMAT_NAME, FORMAT_VERSION, ArraySpec, chunking
 
-PROGRESS = "progress"
 CREATING = "creating"  # the state of a store whose creation has not finished (see open_or_create)
 
 
@@ -44,12 +47,31 @@ def create(
     chunk_rows: int,
     shard_rows: int,
     epoch_groups: int,
+    epochs_per_group: int | None = None,
 ) -> zarr.Group:
     """Create an empty store (overwrites `path`, a local path or URL). attrs are the group attributes
-    (see docs); its state is "creating" until open_or_create marks it "running"."""
+    (see docs); its state is "creating" until open_or_create marks it "running". The root zarr.json
+    is the first object written and already names the format and the state "creating", so a store
+    interrupted at any point of its creation is recognised as a half-created labelstore store.
+    epochs_per_group: epochs of one work unit (default: ceil(epochs / epoch_groups))."""
     layout = [(spec, *chunking(spec, chunk_rows, shard_rows)) for spec in specs]  # fail before touching path
-    group = location.open_group(path, mode="w")
     partitions = 1
+    for spec, _, shards in layout:
+        partitions = max(partitions, -(-spec.shape[spec.row_axis] // shards[spec.row_axis]))
+    epochs = int(attrs.get("epochs", epoch_groups))
+    names = {spec.name for spec in specs}
+    root = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **attrs,
+        "layout": {"chunk_rows": chunk_rows, "shard_rows": shard_rows, "epoch_groups": epoch_groups,
+                   "partitions": partitions, "epochs_per_group": epochs_per_group or -(-epochs // epoch_groups)},
+        "state": CREATING,
+        # arrays that xarray should show as coordinates, not data (CF "coordinates" attribute)
+        "coordinates": " ".join(n for n in ("sample_id", "gt", PROGRESS) if n == PROGRESS or n in names),
+        "created": _now(),
+    }
+    group = location.open_group(path, mode="w", attributes=root)
     for spec, chunks, shards in layout:
         dtype = str if spec.dtype == "str" else spec.dtype
         group.create_array(
@@ -57,31 +79,43 @@ def create(
             compressors=codecs_for(spec.dtype), fill_value=spec.fill_value, dimension_names=spec.dims,
             attributes={"meaning": spec.meaning, "units": spec.units, **spec.attrs},
         )
-        rows = spec.shape[spec.row_axis]
-        partitions = max(partitions, -(-rows // shards[spec.row_axis]))
-    group.create_array(
-        PROGRESS, shape=(epoch_groups, partitions), chunks=(1, 1), dtype="uint8", fill_value=0,
+    group.create_array(  # one object per partition: its units are done by one rank, in turn (dist.rank_units)
+        PROGRESS, shape=(epoch_groups, partitions), chunks=(epoch_groups, 1), dtype="uint8", fill_value=0,
         compressors=[Crc32cCodec()], dimension_names=("epoch_group", "partition"),
         attributes={"meaning": "1 once work unit (epoch group, partition) is written"},
     )
-    group.attrs.update(
-        {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            **attrs,
-            "layout": {"chunk_rows": chunk_rows, "shard_rows": shard_rows, "epoch_groups": epoch_groups,
-                       "partitions": partitions},
-            "state": CREATING,
-            # arrays that xarray should show as coordinates, not data (CF "coordinates" attribute)
-            "coordinates": " ".join(n for n in ("sample_id", "gt", PROGRESS) if n == PROGRESS or n in group),
-            "created": _now(),
-        }
+    group.create_array(
+        MANIFEST, shape=(epoch_groups, partitions), chunks=(1, 1), dtype=str, fill_value="",
+        compressors=[Crc32cCodec()], dimension_names=("epoch_group", "partition"),
+        attributes={"meaning": "JSON {object key: [bytes, crc32c]} of the objects work unit (epoch group, "
+                               "partition) wrote; attribute 'build': the same for the objects written at creation"},
     )
     return group
 
 
+def seal(group: zarr.Group) -> None:
+    """The last step of a store's creation: record the objects written so far (the sample table),
+    the checksums of the metadata (labelstore/manifest.py), and the state "running" (one write)."""
+    from .integrity import iter_arrays
+
+    arrays = {n: a for n, a in iter_arrays(group) if n not in manifest.BOOKKEEPING}
+    group[MANIFEST].attrs["build"] = manifest.objects_of(group)
+    attrs = group.attrs.asdict()
+    lay = attrs.get("layout", {})
+    v = lay.get("epochs_per_group") or -(-int(attrs.get("epochs", 1)) // int(lay.get("epoch_groups", 1)))
+    per_array = {}
+    for name, arr in arrays.items():
+        per_epoch = arr.metadata.dimension_names[0] == "epoch"
+        shards = arr.shards or arr.chunks
+        per_array[name] = {"per_epoch": per_epoch, "epochs_per_group": int(v),
+                           "shard_rows": int(shards[1 if per_epoch else 0])}
+    digests = manifest.metadata_digests(group, [*arrays, *manifest.BOOKKEEPING])
+    group.attrs.update({"integrity": {**digests, "layout": per_array}, "state": "running"})  # the marker, written last
+
+
 def open_or_create(path: str, build: Callable[[str], Any], check: Callable[[zarr.Group], None], *,
-                   resume: bool = False, overwrite: bool = False, join: bool = False) -> zarr.Group:
+                   resume: bool = False, overwrite: bool = False, join: bool = False,
+                   protect: tuple[str, ...] = ()) -> zarr.Group:
     """The store a teacher stage fills: the existing one (resume / join) or a new one.
 
     Existing: refused unless resume or join; otherwise its format is checked and `check(group)`
@@ -94,24 +128,63 @@ def open_or_create(path: str, build: Callable[[str], Any], check: Callable[[zarr
     `labelstore teach` under several ranks: rank 0; see wait_for_store for the others); a joining
     process that finds it still "creating" waits for it; a store left "creating" by an interrupted
     creation is refused (--resume) or recreated (--overwrite).
+    --overwrite replaces only a label store, never a protected path (the data) or a folder or file
+    containing one (check_replaceable, before anything is deleted). A complete store is returned
+    as it is (nothing written); a store to fill is returned written through a RecordingStore.
     """
     if not location.is_url(path):
-        return _open_or_create_local(location.local_path(path), build, check, resume=resume, overwrite=overwrite,
-                                     join=join)
+        group = _open_or_create_local(location.local_path(path), build, check, resume=resume, overwrite=overwrite,
+                                      join=join, protect=protect)
+        return group if group.attrs.get("state") == "complete" else manifest.recording(group)
     if location.group_exists(path) and not overwrite:
         if not (resume or join):
             raise StoreError(f"{path} exists: pass --resume to finish it or --overwrite to replace it")
         group = wait_for_store(path) if join else location.open_group(path, mode="r+")
         if group.attrs.get("state") == CREATING:
-            raise StoreError(f"{path}: half-created store (its creation was interrupted): "
-                             "pass --overwrite to recreate it")
-        return _checked(group, path, check)
+            raise StoreError(f"{path}: interrupted while it was being created: pass --overwrite to recreate it")
+        group = _checked(group, path, check)
+        return group if group.attrs.get("state") == "complete" else manifest.recording(group)
     if overwrite:
+        check_replaceable(path)
         location.remove(path)
     build(path)
     group = location.open_group(path, mode="r+")
-    group.attrs["state"] = "running"  # the marker, written last
-    return group
+    seal(group)
+    return manifest.recording(group)
+
+
+def check_replaceable(path: str, protect: tuple[str, ...] = ()) -> None:
+    """StoreError unless whatever is at `path` may be deleted by --overwrite: nothing, or a labelstore
+    store (its root zarr.json says format "labelstore") that neither is nor contains a protected
+    path (the data the store is built from). Called before anything is deleted."""
+    fs, root = location.filesystem(path)
+    if not location.is_url(path):
+        here = os.path.realpath(root)
+        for p in protect:
+            q = os.path.realpath(p)
+            if q == here or q.startswith(here.rstrip(os.sep) + os.sep):
+                raise StoreError(f"--out {path}: {'is' if q == here else 'contains'} the data folder {p}; "
+                                 "--overwrite never deletes the data (choose another --out)")
+        if os.path.isfile(root) or (os.path.lexists(root) and not os.path.isdir(root)):
+            raise StoreError(f"--out {path} is a file, not a label store: --overwrite replaces only a label store "
+                             "(move it away or choose another --out)")
+    if not fs.exists(root):
+        return
+    meta = f"{root.rstrip('/')}/zarr.json"
+    fmt = None
+    if fs.exists(meta):
+        try:
+            fmt = json.loads(fs.cat_file(meta)).get("attributes", {}).get("format")
+        except (ValueError, OSError, AttributeError):
+            fmt = None
+    if fmt != FORMAT_NAME:
+        try:
+            entries = sorted(os.path.basename(e.rstrip("/")) for e in fs.ls(root, detail=False))
+        except OSError:
+            entries = []
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise StoreError(f"--out {path} is not a label store (it holds {len(entries)} entries: {shown}): "
+                         "--overwrite replaces only a label store; nothing was deleted")
 
 
 def wait_for_store(path: str, timeout: float = 600.0, poll: float = 0.5) -> zarr.Group:
@@ -136,14 +209,25 @@ def _checked(group: zarr.Group, path: str, check: Callable[[zarr.Group], None]) 
 
 
 def _open_or_create_local(path: str, build: Callable[[str], Any], check: Callable[[zarr.Group], None], *,
-                          resume: bool, overwrite: bool, join: bool) -> zarr.Group:
-    if os.path.exists(path) and not overwrite:
+                          resume: bool, overwrite: bool, join: bool, protect: tuple[str, ...] = ()) -> zarr.Group:
+    remove_stale_creating(path)
+    if overwrite:
+        check_replaceable(path, protect)
+    elif os.path.lexists(path):
         if not (resume or join):
             raise StoreError(f"{path} exists: pass --resume to finish it or --overwrite to replace it")
-        return _checked(zarr.open_group(path, mode="r+", zarr_format=3), path, check)
+        if not os.path.isdir(path):
+            raise StoreError(f"{path} is a file, not a label store (choose another --out)")
+        if not os.path.exists(os.path.join(path, "zarr.json")):
+            raise StoreError(f"{path} is not a label store (a folder without zarr.json): choose another --out")
+        return _checked(zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False), path, check)
     tmp = f"{os.path.abspath(path)}.creating-{os.getpid()}"
-    build(tmp)
-    zarr.open_group(tmp, mode="r+", zarr_format=3).attrs["state"] = "running"
+    try:
+        build(tmp)
+        seal(zarr.open_group(tmp, mode="r+", zarr_format=3))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, never renamed into place
+        raise
     if overwrite and os.path.exists(path):
         shutil.rmtree(path)
     try:
@@ -153,7 +237,36 @@ def _open_or_create_local(path: str, build: Callable[[str], Any], check: Callabl
         if not join:
             raise
         return _open_or_create_local(path, build, check, resume=False, overwrite=False, join=True)
-    return zarr.open_group(path, mode="r+", zarr_format=3)
+    return zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+
+
+def remove_stale_creating(path: str) -> list[str]:
+    """Remove `path`.creating-PID folders left by a creation that was killed: only when process PID
+    is gone and the folder is a labelstore store still "creating" (its root zarr.json says so)."""
+    removed = []
+    for tmp in glob.glob(f"{glob.escape(os.path.abspath(path))}.creating-*"):
+        pid = tmp.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            with open(os.path.join(tmp, "zarr.json"), "rb") as f:
+                attrs = json.load(f).get("attributes", {})
+        except (OSError, ValueError):
+            continue
+        if attrs.get("format") == FORMAT_NAME and attrs.get("state") == CREATING:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _now() -> str:
@@ -164,9 +277,11 @@ def write_block(group: zarr.Group, name: str, start: int, data: np.ndarray, epoc
     """Write rows [start, start+len(data)) of array `name` (of one epoch, for per-epoch arrays).
 
     The block must cover whole shards (or end at the array's end): partial shard writes are
-    read-modify-write in Zarr and lose data under concurrent writers.
+    read-modify-write in Zarr and lose data under concurrent writers. All-fill chunks are written
+    too, so every shard a unit writes exists (a reader never has to ask the manifest whether an
+    absent shard is one Zarr skipped).
     """
-    arr = group[name]
+    arr = group[name].with_config({"write_empty_chunks": True})
     shard_rows = arr.shards[1 if epoch is not None else 0]
     rows = arr.shape[1 if epoch is not None else 0]
     stop = start + len(data)
@@ -179,21 +294,34 @@ def write_block(group: zarr.Group, name: str, start: int, data: np.ndarray, epoc
 
 
 def mark_done(group: zarr.Group, unit: tuple[int, int]) -> None:
+    """Record what the unit wrote (manifest[g, p]), then flag it done (progress[g, p])."""
+    manifest.record_unit(group, unit)
     group[PROGRESS][unit[0], unit[1]] = 1
 
 
 def pending_units(group: zarr.Group) -> list[tuple[int, int]]:
-    """Work units (epoch group, partition) not yet flagged done, in order."""
+    """Work units (epoch group, partition) not yet flagged done, in order (none for a complete
+    store, without reading the flags; otherwise one read of the progress array)."""
+    if group.attrs.get("state") == "complete":
+        return []
     done = group[PROGRESS][:]
     return [(int(g), int(p)) for g, p in zip(*np.nonzero(done == 0))]
 
 
 def finalize(group: zarr.Group, **extra: Any) -> bool:
-    """Mark the store complete when every unit is done, and consolidate its metadata (all arrays'
-    zarr.json in the root's, so xarray / zarr open it with one read). Returns whether it is complete."""
+    """Mark the store complete when every unit is done, write the stored bytes per array
+    (attribute "sizes", from the manifest: `info` needs no listing) and consolidate its metadata
+    (all arrays' zarr.json in the root's, so xarray / zarr open it with one read). Returns whether
+    it is complete. A store already complete is left as it is."""
+    if group.attrs.get("state") == "complete":
+        return True
     if pending_units(group):
         return False
-    group.attrs.update({"state": "complete", "completed": _now(), **extra})
+    sizes: dict[str, int] = {}
+    for key, (nbytes, _) in manifest.unit_records(group).items():
+        name = manifest.array_of(key)[0]
+        sizes[name] = sizes.get(name, 0) + int(nbytes)
+    group.attrs.update({"state": "complete", "completed": _now(), "sizes": dict(sorted(sizes.items())), **extra})
     with warnings.catch_warnings():  # "not part of the Zarr v3 specification": we know, it is for readers
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
         zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)

@@ -120,13 +120,32 @@ def check_teacher_output(x: torch.Tensor, epoch: int, rows: np.ndarray, name: Ca
 # --------------------------------------------------------------------------------------
 
 
+def data_paths(attrs: Any) -> tuple[str, ...]:
+    """Every local path the task reads (values of "root" / "path" anywhere in its attributes):
+    what --overwrite must never delete."""
+    if isinstance(attrs, dict):
+        own = tuple(str(v) for k, v in attrs.items() if k in ("root", "path") and isinstance(v, str) and v)
+        return own + tuple(p for v in attrs.values() for p in data_paths(v))
+    if isinstance(attrs, list):
+        return tuple(p for v in attrs for p in data_paths(v))
+    return ()
+
+
 def open_store(task: Task, out: str, *, resume: bool = False, overwrite: bool = False,
                join: bool = False) -> zarr.Group:
     """The task's store at `out`: created atomically, or opened after check_resume."""
     def check(group: zarr.Group) -> None:
         check_resume(group.attrs.asdict(), task.attrs, task.resume_keys, out)
 
-    return writer.open_or_create(out, task.build, check, resume=resume, overwrite=overwrite, join=join)
+    return writer.open_or_create(out, task.build, check, resume=resume, overwrite=overwrite, join=join,
+                                 protect=data_paths(task.attrs))
+
+
+def _any_done(group: zarr.Group) -> bool:
+    try:
+        return bool(np.asarray(group[writer.PROGRESS][...]).any())
+    except Exception:  # noqa: BLE001 - unreadable: keep the store
+        return True
 
 
 def run_stage(task: Task, out: str, *, resume: bool = False, overwrite: bool = False, rank: int = 0,
@@ -139,20 +158,32 @@ def run_stage(task: Task, out: str, *, resume: bool = False, overwrite: bool = F
     """
     from tqdm import tqdm
 
+    from labelstore import location
+
+    fresh = overwrite or not location.group_exists(out)
     group = open_store(task, out, resume=resume, overwrite=overwrite, join=world_size > 1)
+    if group.attrs.get("state") == "complete":  # --resume of a finished store: nothing to do, nothing written
+        return {**task.stats(0, 0.0), "units": 0, "seconds": 0.0, "complete": True, "already_complete": True}
     units = rank_units(writer.pending_units(group), rank, world_size)[:max_units]
     bar = tqdm(total=task.work(units), unit=task.count_unit, disable=not progress, desc=f"teach-{task.name}",
                smoothing=0.1)
     t0, count = time.perf_counter(), 0
-    with ThreadPoolExecutor(decode_workers) as pool, writer.BackgroundWriter(group) as bg:
-        for item in prefetch(task.inputs(units, pool), depth=depth):
-            writes, n = task.label(item)
-            for name, start, block, epoch in writes:
-                bg.write(name, start, block, epoch=epoch)
-            if item.kind == "unit":
-                bg.done(item.unit)
-            count += n
-            bar.update(n)
+    try:
+        with ThreadPoolExecutor(decode_workers) as pool, writer.BackgroundWriter(group) as bg:
+            for item in prefetch(task.inputs(units, pool), depth=depth):
+                writes, n = task.label(item)
+                for name, start, block, epoch in writes:
+                    bg.write(name, start, block, epoch=epoch)
+                if item.kind == "unit":
+                    bg.done(item.unit)
+                count += n
+                bar.update(n)
+    except BaseException:
+        # a store this run created that holds no finished unit is removed: a later run starts afresh
+        # (rather than resuming against settings that never produced a label)
+        if fresh and world_size == 1 and not _any_done(group):
+            location.remove(out)
+        raise
     bar.close()
     seconds = time.perf_counter() - t0
     complete = writer.finalize(group)

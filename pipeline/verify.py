@@ -2,7 +2,9 @@
 
 Checks, in order:
   1. the dataset fingerprint matches the data given;
-  2. every chunk and shard index passes its crc32c (every shard of every array is decoded);
+  2. every object the store's manifest lists is there, with its recorded size and crc32c; the
+     root attributes and every array's zarr.json match their recorded checksums; every chunk
+     and shard index passes its crc32c (every shard of every array is decoded);
   3. for n random (epoch, sample) views, the replayed input's crc32c equals the stored
      view_digest (pixel identity, no teacher needed);
   Damage does not stop it: every damaged array and row range is listed (chunk_problems), views
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from labelstore.errors import StoreError
-from labelstore.integrity import verify_chunks
+from labelstore.integrity import verify_chunks, verify_objects
 
 from .replay import check_data, replay_views, store_policy
 from .teacher import pick_device
@@ -27,7 +29,9 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
            device: str | None = None) -> dict:
     """Returns a report dict; `report["ok"]` is False when any check failed."""
     check_data(store, data)
-    report: dict = {"chunk_problems": verify_chunks(store.group), "replay_problems": []}
+    listed = verify_objects(store.group)
+    decoded = [p for p in verify_chunks(store.group) if "is missing (the store says" not in p]  # listed above
+    report: dict = {"chunk_problems": listed + decoded, "replay_problems": []}
     g = np.random.default_rng(seed)
     try:
         skipped = store.group["skipped"][:]

@@ -103,24 +103,26 @@ def test_teach_store_matches_documented_format(base_store, source, teacher):
             assert arr.dtype == np.dtype(_smallest(False, C - 1)) == np.dtype("uint8"), name
         else:
             pytest.fail(f"undocumented dtype form {d['dtype']!r} for {name}")
-        if arr.metadata.dimension_names[0] == "epoch" and name != "progress":
+        if arr.metadata.dimension_names[0] == "epoch" and name not in ("progress", "manifest"):
             assert arr.chunks[:2] == (1, 8) and arr.shards[:2] == (1, 16), name
-        elif name != "progress":
+        elif name not in ("progress", "manifest"):
             assert arr.chunks[0] == 8 and arr.shards[0] == 16, name
-    assert group["progress"].chunks == (1, 1) and group["progress"].shards is None
+    assert group["progress"].chunks == (1, 1) and group["progress"].shards is None  # (G, 1), G = 1 here
+    assert group["manifest"].chunks == (1, 1) and group["manifest"].shards is None
 
     attrs = store.attrs
     keys = documented_attrs()
     assert {"format", "format_version", "teacher", "layout", "state", "completed"} <= set(keys)
     missing = [k for k in keys if k not in attrs]
     assert not missing, missing
-    assert attrs["format"] == "labelstore" and attrs["format_version"] == 2 and attrs["state"] == "complete"
+    assert attrs["format"] == "labelstore" and attrs["format_version"] == 3 and attrs["state"] == "complete"
     assert attrs["task"] == "classification" and attrs["classes"] == source.classes
     assert attrs["teacher"]["weights_sha256"] == teacher[1]["weights_sha256"]
     assert {"kind", "num_samples", "digest", "root"} <= attrs["dataset"].keys()
     assert attrs["dataset"]["digest"] == source.fingerprint()["digest"]
     assert {"ops", "output_size", "mean", "std", "version", "digest"} <= attrs["policy"].keys()
-    assert attrs["layout"] == {"chunk_rows": 8, "shard_rows": 16, "epoch_groups": 1, "partitions": 3}
+    assert attrs["layout"] == {"chunk_rows": 8, "shard_rows": 16, "epoch_groups": 1, "partitions": 3,
+                               "epochs_per_group": 3}
 
     # contents: sample table, labels, sane probabilities, recorded source sizes
     assert store.ids.tolist() == source.ids
@@ -268,7 +270,7 @@ def test_unreadable_image_then_resume_after_fix(tmp_path, shapes_dir, source, te
     got, want = read_arrays(out), read_arrays(base_store)
     per_epoch = set(part.epoch_arrays())
     for name, arr in want.items():
-        if name == "progress":
+        if name in ("progress", "manifest"):
             continue
         first = (slice(None), slice(0, 32)) if name in per_epoch else (slice(0, 32),)  # units 0 and 1
         assert_same_arrays({name: got[name][first]}, {name: arr[first]})

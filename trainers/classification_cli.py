@@ -37,6 +37,8 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
             out, source, policy, cfg, info, C, resume=resume, overwrite=overwrite))
     stats = teach(out, source, model, policy, cfg, teacher_info=info, num_classes=C, device=o["device"], amp=o["amp"],
                   resume=resume, overwrite=overwrite, rank=rank, world_size=world_size, progress=not o["quiet"])
+    if stats.get("already_complete"):
+        return stats, f"{out}: already complete, nothing to do (the store was not changed)"
     if stats["complete"]:
         from labelstore.views import mean_topk_mass
 
