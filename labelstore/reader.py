@@ -11,6 +11,7 @@ import zarr
 from zarr.core.sync import sync
 
 from . import location
+from .epoch_cache import EpochCache, memory_budget
 from .integrity import StoreError, check_expected, check_format, iter_arrays
 from .writer import PROGRESS, pending_units
 
@@ -50,6 +51,8 @@ class LabelStore:
     def __init__(self, group: zarr.Group, path: str):
         self.group = group
         self.path = path
+        self.epoch_cache = EpochCache()  # shared-memory records of one epoch (labelstore/epoch_cache.py)
+        self._chunks: dict = {}  # (array, epoch) -> {chunk: rows}: the last WINDOW_CHUNKS chunks read
 
     # -- attributes ------------------------------------------------------------------------
     @cached_property
@@ -93,7 +96,8 @@ class LabelStore:
         """The sample table: ids[i] is sample i's path relative to the data root (or 'index:i')."""
         return np.asarray(self.group["sample_id"][:], dtype=object)
 
-    def read(self, epoch: int, indices: np.ndarray | None = None, include_rows: bool = True) -> dict[str, np.ndarray]:
+    def read(self, epoch: int, indices: np.ndarray | None = None, include_rows: bool = True,
+             cache: bool | None = None) -> dict[str, np.ndarray]:
         """Records of `epoch` for `indices` (all samples when None), in the order given.
 
         Keys: every per-epoch array by name with "aug/" dropped from augmentation parameters
@@ -101,12 +105,25 @@ class LabelStore:
         [n, K], gt_prob [n], mc_values [n, T, K] when recorded, view_digest [n], "op/param"
         [n, ...]; with include_rows also the per-row arrays except the sample table:
         gt [n], skipped [n], source_hw [n, 2]; and "index" [n].
+
+        How (see docs/store-format.md, Reading), with cache=None (automatic): scattered indices (a shuffled batch) load the
+        whole epoch once into the shared-memory epoch cache (`self.epoch_cache`, one epoch at a
+        time, when it fits in `cache_budget()` bytes) and index it in memory; later reads of that
+        epoch, scattered or not, come from there. Contiguous indices of an epoch not cached read
+        just the chunks they need. An epoch too large for the cache is read chunk by chunk,
+        keeping the last WINDOW_CHUNKS chunks of each array decoded, so a chunk-aware order
+        (labelstore.order.quasi_random_order) reads each chunk once. cache=True: always through the
+        epoch cache; cache=False: never (chunk reads, as for an epoch too large for it).
         """
         if not 0 <= epoch < self.epochs:
             raise IndexError(f"{self.path}: epoch {epoch} out of range (store has {self.epochs} epochs)")
         idx = None if indices is None else np.asarray(indices, dtype=np.int64)
         if idx is not None and idx.size and (idx.min() < 0 or idx.max() >= self.num_samples):
             raise IndexError(f"{self.path}: sample index out of range [0, {self.num_samples})")
+        if cache is None:
+            cache = self.epoch_cache.loaded(epoch) or (idx is not None and not _dense(idx) and self.fits_cache())
+        if cache:
+            return self._read_cached(epoch, idx, include_rows)
         out: dict[str, np.ndarray] = {}
         for name, arr in self.epoch_arrays().items():
             out[name.removeprefix("aug/")] = self._take(name, arr, idx, epoch)
@@ -114,6 +131,39 @@ class LabelStore:
             for name, arr in self.row_arrays().items():
                 if arr.dtype.kind not in "OTU" and name != "sample_id":
                     out[name] = self._take(name, arr, idx)
+        out["index"] = np.arange(self.num_samples) if idx is None else idx
+        return out
+
+    def cached_epoch(self, epoch: int) -> dict[str, np.ndarray]:
+        """The epoch's records as read-only arrays [N, ...] in the shared-memory epoch cache (loaded
+        on first use; keys as `read`, per-row arrays included)."""
+        try:
+            return {**self.epoch_cache.epoch(self, epoch), **self.epoch_cache.rows(self)}
+        except (OSError, ValueError, RuntimeError) as e:  # a checksum mismatch, a truncated shard
+            raise StoreError(f"{self.path}: cannot read epoch {epoch}: {type(e).__name__}: {e}; "
+                             f"`labelstore verify` lists every damaged shard") from e
+
+    def cache_budget(self) -> int:
+        """Largest epoch (bytes in memory) the epoch cache takes: $LABELSTORE_CACHE_BYTES, else half the
+        memory available now, at most the free space of the cache's file system."""
+        env = os.environ.get("LABELSTORE_CACHE_BYTES")
+        if env is not None:
+            return int(float(env))
+        return memory_budget(self.epoch_cache.root)
+
+    def fits_cache(self) -> bool:
+        """Whether one epoch's records fit in cache_budget()."""
+        if "_fits" not in self.__dict__:
+            self.__dict__["_fits"] = self.epoch_cache.nbytes(self) <= self.cache_budget()
+        return self.__dict__["_fits"]
+
+    def _read_cached(self, epoch: int, idx: np.ndarray | None, include_rows: bool) -> dict[str, np.ndarray]:
+        rec = self.cached_epoch(epoch)
+        rows = self.epoch_cache.rows(self)
+        take = (lambda v: np.array(v)) if idx is None else (lambda v: v[idx])  # copies, never the mapped pages
+        out = {k: take(v) for k, v in rec.items() if k not in rows}
+        if include_rows:
+            out.update({k: take(v) for k, v in rows.items()})
         out["index"] = np.arange(self.num_samples) if idx is None else idx
         return out
 
@@ -128,11 +178,32 @@ class LabelStore:
 
     def _take(self, name: str, arr: zarr.Array, idx: np.ndarray | None, epoch: int | None = None) -> np.ndarray:
         try:
+            if idx is not None and epoch is not None and not _dense(idx):
+                return self._take_windowed(name, arr, idx, epoch)
             return _take(arr, idx, epoch)
         except Exception as e:  # a checksum mismatch or a truncated / unreadable shard
             where = f"{name}" + ("" if epoch is None else f" epoch {epoch}")
             raise StoreError(f"{self.path}: cannot read {where}: {type(e).__name__}: {e}; "
                              f"`labelstore verify` lists every damaged shard") from e
+
+    def _take_windowed(self, name: str, arr: zarr.Array, idx: np.ndarray, epoch: int) -> np.ndarray:
+        """arr[epoch, idx] through the last WINDOW_CHUNKS decoded inner chunks of (arr, epoch)."""
+        cr = arr.chunks[1]
+        held = self._chunks.setdefault((name, epoch), {})
+        for key in [k for k in self._chunks if k[0] == name and k[1] != epoch]:
+            del self._chunks[key]
+        which = idx // cr
+        got = {}
+        for c in np.unique(which).tolist():
+            got[c] = held.pop(c) if c in held else arr[epoch, c * cr : min(arr.shape[1], (c + 1) * cr)]
+            held[c] = got[c]  # most recently used last
+        while len(held) > max(WINDOW_CHUNKS, 1):
+            held.pop(next(iter(held)))  # the oldest
+        out = np.empty((len(idx), *arr.shape[2:]), dtype=arr.dtype)
+        for c, rows in got.items():
+            m = which == c
+            out[m] = rows[idx[m] - c * cr]
+        return out
 
     # -- size --------------------------------------------------------------------------------
     def nbytes_on_disk(self) -> dict[str, int]:
@@ -160,6 +231,14 @@ class LabelStore:
                 f"samples={self.attrs.get('num_samples')}, state={self.attrs.get('state')})")
 
 
+WINDOW_CHUNKS = 16  # decoded inner chunks kept per array for epochs read without the epoch cache
+
+
+def _dense(idx: np.ndarray) -> bool:
+    """Indices spanning at most 4x their count: read as one contiguous range."""
+    return idx.size == 0 or int(idx.max()) - int(idx.min()) + 1 <= 4 * idx.size
+
+
 def _take(arr: zarr.Array, idx: np.ndarray | None, epoch: int | None = None) -> np.ndarray:
     """arr[(epoch,) idx] reading only the chunks that hold idx, in the order of idx."""
     lead = () if epoch is None else (epoch,)
@@ -168,7 +247,7 @@ def _take(arr: zarr.Array, idx: np.ndarray | None, epoch: int | None = None) -> 
     if idx.size == 0:
         return np.empty((0, *arr.shape[len(lead) + 1 :]), dtype=arr.dtype)
     lo, hi = int(idx.min()), int(idx.max()) + 1
-    if hi - lo <= 4 * idx.size:  # dense enough: one contiguous read
+    if _dense(idx):  # one contiguous read
         return arr[lead + (slice(lo, hi),)][idx - lo]
     order = np.argsort(idx, kind="stable")
     got = arr.oindex[lead + (idx[order],)]

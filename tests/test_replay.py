@@ -115,7 +115,7 @@ def test_replay_loader_yields_recorded_views_once(skip_store, batch_size, shuffl
     rec = store.read(epoch)  # all rows, index order
     assert store.group["skipped"][bad_row] and rec["skipped"].sum() == 1
     loader = ReplayLoader(store, src, epoch=epoch, batch_size=batch_size, shuffle=shuffle, seed=3,
-                          num_workers=num_workers, window=2)
+                          num_workers=num_workers)
     n = N_TRAIN - 1
     assert len(loader) == -(-n // batch_size)
     seen = []
