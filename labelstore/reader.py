@@ -122,7 +122,7 @@ class LabelStore:
             raise IndexError(f"{self.path}: sample index out of range [0, {self.num_samples})")
         if cache is None:
             cache = self.epoch_cache.loaded(epoch) or (idx is not None and not _dense(idx) and self.fits_cache())
-        if cache:
+        if cache and self._cache_supported:
             return self._read_cached(epoch, idx, include_rows)
         out: dict[str, np.ndarray] = {}
         for name, arr in self.epoch_arrays().items():
@@ -134,15 +134,6 @@ class LabelStore:
         out["index"] = np.arange(self.num_samples) if idx is None else idx
         return out
 
-    def cached_epoch(self, epoch: int) -> dict[str, np.ndarray]:
-        """The epoch's records as read-only arrays [N, ...] in the shared-memory epoch cache (loaded
-        on first use; keys as `read`, per-row arrays included)."""
-        try:
-            return {**self.epoch_cache.epoch(self, epoch), **self.epoch_cache.rows(self)}
-        except (OSError, ValueError, RuntimeError) as e:  # a checksum mismatch, a truncated shard
-            raise StoreError(f"{self.path}: cannot read epoch {epoch}: {type(e).__name__}: {e}; "
-                             f"`labelstore verify` lists every damaged shard") from e
-
     def cache_budget(self) -> int:
         """Largest epoch (bytes in memory) the epoch cache takes: $LABELSTORE_CACHE_BYTES, else half the
         memory available now, at most the free space of the cache's file system."""
@@ -151,19 +142,31 @@ class LabelStore:
             return int(float(env))
         return memory_budget(self.epoch_cache.root)
 
+    @cached_property
+    def _cache_supported(self) -> bool:
+        return self.epoch_cache.supports(self)
+
     def fits_cache(self) -> bool:
-        """Whether one epoch's records fit in cache_budget()."""
+        """Whether the epoch cache takes this store (one row per sample in every array) and one epoch's
+        records fit in cache_budget()."""
         if "_fits" not in self.__dict__:
-            self.__dict__["_fits"] = self.epoch_cache.nbytes(self) <= self.cache_budget()
+            self.__dict__["_fits"] = self._cache_supported and self.epoch_cache.nbytes(self) <= self.cache_budget()
         return self.__dict__["_fits"]
 
+    @cached_property
+    def _cache_keys(self) -> tuple[list[str], list[str]]:
+        """(read() keys of the per-epoch arrays, of the numeric per-row arrays)."""
+        return ([n.removeprefix("aug/") for n in self.epoch_arrays()],
+                [n for n, a in self.row_arrays().items() if a.dtype.kind not in "OTU"])
+
     def _read_cached(self, epoch: int, idx: np.ndarray | None, include_rows: bool) -> dict[str, np.ndarray]:
-        rec = self.cached_epoch(epoch)
-        rows = self.epoch_cache.rows(self)
-        take = (lambda v: np.array(v)) if idx is None else (lambda v: v[idx])  # copies, never the mapped pages
-        out = {k: take(v) for k, v in rec.items() if k not in rows}
-        if include_rows:
-            out.update({k: take(v) for k, v in rows.items()})
+        per_epoch, per_row = self._cache_keys
+        keys = per_epoch + per_row if include_rows else per_epoch
+        try:
+            out = self.epoch_cache.take(self, epoch, idx, keys)
+        except (OSError, ValueError, RuntimeError) as e:  # a checksum mismatch, a truncated shard
+            raise StoreError(f"{self.path}: cannot read epoch {epoch}: {type(e).__name__}: {e}; "
+                             f"`labelstore verify` lists every damaged shard") from e
         out["index"] = np.arange(self.num_samples) if idx is None else idx
         return out
 

@@ -150,7 +150,7 @@ class ReplayDataset(torch.utils.data.Dataset):
         """Read the current epoch into the epoch cache now (else the first batch does), e.g. in the
         main process before workers start, so that they map it instead of reading it."""
         if self.store.fits_cache():
-            self.store.cached_epoch(self.epoch)
+            self.store.epoch_cache.epoch(self.store, self.epoch)
 
     def records(self, js) -> tuple[dict, dict, np.ndarray]:
         """(records of rows[js], records of their partners (row-aligned), partner ids int64 [n])."""
@@ -168,14 +168,24 @@ class ReplayDataset(torch.utils.data.Dataset):
         t = targets(self.policy, rec, prec, partners)
         if self.data is None:
             return t
-        spec = self.policy.param_spec()
-        ids = rec["index"]
-        v = self.policy.render_batch([self.data.load(int(i)) for i in ids], {k: rec[k] for k in spec},
-                                     [self.data.load(int(q)) if q >= 0 else None for q in partners],
-                                     {k: prec[k] for k in spec})
+        v = self._render(rec, prec, partners)
         if v.partner is not None:
             t["view_partner"], t["view_lam"] = v.partner, v.lam
         return v.x, t
+
+    def views(self, js) -> Views:
+        """The uint8 views of rows rows[js] (what a DataLoader worker of ReplayLoader makes)."""
+        return self._render(*self.records(js))
+
+    def targets(self, js) -> dict[str, torch.Tensor]:
+        """The targets of rows rows[js] (what ReplayLoader's main process adds to each batch)."""
+        return targets(self.policy, *self.records(js))
+
+    def _render(self, rec: dict, prec: dict, partners: np.ndarray) -> Views:
+        spec = self.policy.param_spec()
+        return self.policy.render_batch([self.data.load(int(i)) for i in rec["index"]], {k: rec[k] for k in spec},
+                                        [self.data.load(int(q)) if q >= 0 else None for q in partners],
+                                        {k: prec[k] for k in spec})
 
     def __getitems__(self, js) -> list:
         b = self.batch(js)
@@ -188,8 +198,8 @@ class ReplayDataset(torch.utils.data.Dataset):
         return self.__getitems__([j])[0]
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Item = a batch of positions into a ReplayDataset -> that whole batch (ReplayDataset.batch)."""
+class _BatchViews(torch.utils.data.Dataset):
+    """Item = a batch of positions into a ReplayDataset -> (x, partner, lam) uint8 views of that batch."""
 
     def __init__(self, ds: ReplayDataset):
         self.ds = ds
@@ -198,7 +208,8 @@ class _Batches(torch.utils.data.Dataset):
         return len(self.ds)
 
     def __getitem__(self, js):
-        return self.ds.batch(js)
+        v = self.ds.views(js)
+        return v.x, v.partner, v.lam
 
 
 class ReplayLoader:
@@ -208,10 +219,11 @@ class ReplayLoader:
     `to_input(x, t.get("view_partner"), t.get("view_lam"), policy.mean, policy.std, device)`
     (view_partner uint8 [B,3,H,W] and view_lam float32 [B] come only with a MixUp policy).
 
-    A thin wrapper: a torch DataLoader over ReplayDataset(store, data, epoch, indices) whose
-    sampler yields whole batches of a sample order (num_workers processes render them). The
-    epoch's records are read once into the shared-memory epoch cache by this process before the
-    workers start, and indexed in memory by every worker. Skipped samples (undecodable at teacher
+    A thin wrapper over ReplayDataset(store, data, epoch, indices): a torch DataLoader whose sampler
+    yields whole batches of a sample order; its num_workers processes render the views
+    (ReplayDataset.views) and this process adds the targets (ReplayDataset.targets), so only
+    images cross between processes. The epoch's records are read once into the shared-memory
+    epoch cache by this process before the workers start, and indexed in memory by all of them. Skipped samples (undecodable at teacher
     time) are left out. `indices` restricts the epoch to a subset.
 
     Order: shuffle=False: row order; shuffle=True, window=0: a uniform permutation of (seed,
@@ -251,8 +263,12 @@ class ReplayLoader:
         if not self.window:
             self.dataset.load()  # one read of the epoch, here, mapped by the workers
         loader = torch.utils.data.DataLoader(
-            _Batches(self.dataset), sampler=batches, batch_size=None, num_workers=self.num_workers,
+            _BatchViews(self.dataset), sampler=batches, batch_size=None, num_workers=self.num_workers,
             collate_fn=_same, worker_init_fn=_numba_one_thread, persistent_workers=False,
             prefetch_factor=4 if self.num_workers else None,
         )
-        yield from loader
+        for js, (x, partner, lam) in zip(batches, loader):
+            t = self.dataset.targets(js)
+            if partner is not None:
+                t["view_partner"], t["view_lam"] = partner, lam
+            yield x, t
