@@ -116,11 +116,14 @@ class SyntheticTask(ClassificationTask):
         return {"topk_values": vals.astype(np.float16), "topk_indices": idx, "gt_prob": gp.astype(np.float16)}
 
 
-def write_store(path: str, n: int = IMAGENET_TRAIN, epochs: int = 4, seed: int = 0) -> dict:
-    """The synthetic store at `path` through run_stage (see the module docstring); its run statistics."""
+def write_store(path: str, n: int = IMAGENET_TRAIN, epochs: int = 4, seed: int = 0,
+                shard_rows: int = TeachConfig.shard_rows, chunk_rows: int = TeachConfig.chunk_rows) -> dict:
+    """The synthetic store at `path` through run_stage (see the module docstring), in the teacher
+    stage's default layout unless told; its run statistics."""
     src = SyntheticImages(n, seed=seed)
     policy = make_policy("crop-flip", (224, 224))
-    cfg = TeachConfig(epochs=epochs, seed=seed, top_k=5, batch_size=TeachConfig.shard_rows)
+    cfg = TeachConfig(epochs=epochs, seed=seed, top_k=5, batch_size=shard_rows, shard_rows=shard_rows,
+                      chunk_rows=chunk_rows)
     check_config(cfg, 1000)
     task = SyntheticTask(src, policy, cfg, {"name": "synthetic", "weights_sha256": "0" * 64}, 1000, device="cpu")
     return run_stage(task, path, overwrite=True, decode_workers=1)
