@@ -32,6 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 PREFIX = "labelstore-cache-"
+WHOLE_READS = {"codec_pipeline.batch_size": 64}  # zarr config for reads of whole shards: ~1/3 less CPU than 1
+
+
+def whole_reads():
+    """Context: zarr decodes the inner chunks of a read in batches of 64 (for reads of whole shards)."""
+    import zarr
+
+    return zarr.config.set(WHOLE_READS)
 
 
 def cache_root() -> str:
@@ -200,7 +208,7 @@ class EpochCache:
             out[key][s0:s1] = arr[lead + (slice(s0, s1),)]
 
         try:
-            with ThreadPoolExecutor(self.threads) as pool:
+            with whole_reads(), ThreadPoolExecutor(self.threads) as pool:
                 list(pool.map(read, jobs))
             out.flush()
         except BaseException:
