@@ -144,6 +144,28 @@ def test_replay_loader_yields_recorded_views_once(skip_store, batch_size, shuffl
         np.testing.assert_array_equal(again, seen)
 
 
+def test_replay_loader_quasi_random_order(skip_store):
+    """window > 0: the chunk-aware quasi-random order; every recorded view once, with its targets."""
+    store, src, bad_row = skip_store
+    rec = store.read(1)
+    chunk = store.group["topk_values"].chunks[1]
+    loader = ReplayLoader(store, src, epoch=1, batch_size=8, shuffle=True, seed=2, window=2, num_workers=0)
+    seen = []
+    for x, t in loader:
+        i = t["index"].numpy()
+        np.testing.assert_array_equal(_digests(x), rec["view_digest"][i])
+        np.testing.assert_array_equal(t["topk_indices"].numpy(), rec["topk_indices"][i].astype(np.int64))
+        seen.append(i)
+    seen = np.concatenate(seen)
+    assert sorted(seen.tolist()) == [r for r in range(N_TRAIN) if r != bad_row]
+    assert not (seen[:-1] < seen[1:]).all()
+    held, reads = [], 0  # a reader holding the last 2 chunks reads each chunk once
+    for c in (seen // chunk).tolist():
+        if c not in held:
+            reads, held = reads + 1, (held + [c])[-2:]
+    assert reads == len(np.unique(seen // chunk)) > 2
+
+
 def test_replay_dataset_with_distributed_sampler_and_persistent_workers(skip_store):
     """A standard DataLoader over ReplayDataset: DistributedSampler shares, pin_memory, persistent workers
     that follow set_epoch; every view is the teacher's (digest) with its stored targets."""
