@@ -52,7 +52,7 @@ class LabelStore:
         self.group = group
         self.path = path
         self.epoch_cache = EpochCache()  # shared-memory records of one epoch (labelstore/epoch_cache.py)
-        self._chunks: dict = {}  # (array, epoch) -> {chunk: rows}: the last WINDOW_CHUNKS chunks read
+        self._blocks: dict = {}  # (array, epoch) -> {shard: rows}: the last WINDOW_SHARDS shards read
 
     # -- attributes ------------------------------------------------------------------------
     @cached_property
@@ -110,9 +110,9 @@ class LabelStore:
         whole epoch once into the shared-memory epoch cache (`self.epoch_cache`, one epoch at a
         time, when it fits in `cache_budget()` bytes) and index it in memory; later reads of that
         epoch, scattered or not, come from there. Contiguous indices of an epoch not cached read
-        just the chunks they need. An epoch too large for the cache is read chunk by chunk,
-        keeping the last WINDOW_CHUNKS chunks of each array decoded, so a chunk-aware order
-        (labelstore.order.quasi_random_order) reads each chunk once. cache=True: always through the
+        just the chunks they need. An epoch too large for the cache is read shard by shard,
+        keeping the last WINDOW_SHARDS shards of each array decoded, so a shard-aware order
+        (labelstore.order.quasi_random_order) reads each shard once. cache=True: always through the
         epoch cache; cache=False: never (chunk reads, as for an epoch too large for it).
         """
         if not 0 <= epoch < self.epochs:
@@ -181,7 +181,7 @@ class LabelStore:
 
     def _take(self, name: str, arr: zarr.Array, idx: np.ndarray | None, epoch: int | None = None) -> np.ndarray:
         try:
-            if idx is not None and epoch is not None and not _dense(idx):
+            if idx is not None and not _dense(idx):
                 return self._take_windowed(name, arr, idx, epoch)
             return _take(arr, idx, epoch)
         except Exception as e:  # a checksum mismatch or a truncated / unreadable shard
@@ -189,20 +189,27 @@ class LabelStore:
             raise StoreError(f"{self.path}: cannot read {where}: {type(e).__name__}: {e}; "
                              f"`labelstore verify` lists every damaged shard") from e
 
-    def _take_windowed(self, name: str, arr: zarr.Array, idx: np.ndarray, epoch: int) -> np.ndarray:
-        """arr[epoch, idx] through the last WINDOW_CHUNKS decoded inner chunks of (arr, epoch)."""
-        cr = arr.chunks[1]
-        held = self._chunks.setdefault((name, epoch), {})
-        for key in [k for k in self._chunks if k[0] == name and k[1] != epoch]:
-            del self._chunks[key]
+    def _take_windowed(self, name: str, arr: zarr.Array, idx: np.ndarray, epoch: int | None) -> np.ndarray:
+        """arr[(epoch,) idx] through the last WINDOW_SHARDS decoded shards of (arr, epoch), each read
+        whole (the cheapest zarr read: a slice of whole shards)."""
+        lead = () if epoch is None else (epoch,)
+        axis = len(lead)
+        cr = (arr.shards or arr.chunks)[axis]
+        held = self._blocks.setdefault((name, epoch), {})
+        for key in [k for k in self._blocks if k[0] == name and k[1] != epoch]:
+            del self._blocks[key]
         which = idx // cr
+        need = np.unique(which).tolist()
+        for c in need:
+            if c not in held:
+                held[c] = arr[lead + (slice(c * cr, min(arr.shape[axis], (c + 1) * cr)),)]
         got = {}
-        for c in np.unique(which).tolist():
-            got[c] = held.pop(c) if c in held else arr[epoch, c * cr : min(arr.shape[1], (c + 1) * cr)]
+        for c in need:
+            got[c] = held.pop(c)
             held[c] = got[c]  # most recently used last
-        while len(held) > max(WINDOW_CHUNKS, 1):
+        while len(held) > max(WINDOW_SHARDS, 1):
             held.pop(next(iter(held)))  # the oldest
-        out = np.empty((len(idx), *arr.shape[2:]), dtype=arr.dtype)
+        out = np.empty((len(idx), *arr.shape[axis + 1 :]), dtype=arr.dtype)
         for c, rows in got.items():
             m = which == c
             out[m] = rows[idx[m] - c * cr]
@@ -234,7 +241,7 @@ class LabelStore:
                 f"samples={self.attrs.get('num_samples')}, state={self.attrs.get('state')})")
 
 
-WINDOW_CHUNKS = 16  # decoded inner chunks kept per array for epochs read without the epoch cache
+WINDOW_SHARDS = 16  # decoded shards kept per array for scattered reads without the epoch cache
 
 
 def _dense(idx: np.ndarray) -> bool:

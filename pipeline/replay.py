@@ -11,8 +11,8 @@ The records of the epoch are read once into the store's shared-memory epoch cach
 worker) and indexed in memory per batch; images are decoded and rendered by the DataLoader
 (num_workers processes, or in-process with 0). Rendering uses the recorded parameters, never
 fresh randomness, so any batch size, shuffle order or worker count gives the views the teacher saw.
-Epochs too large for memory: `window=w` reads in the chunk-aware quasi-random order
-(labelstore/order.py), which reads each chunk once.
+Epochs too large for memory: `window=w` reads in the shard-aware quasi-random order
+(labelstore/order.py), which reads each shard once.
 """
 
 from __future__ import annotations
@@ -227,9 +227,9 @@ class ReplayLoader:
     time) are left out. `indices` restricts the epoch to a subset.
 
     Order: shuffle=False: row order; shuffle=True, window=0: a uniform permutation of (seed,
-    epoch); shuffle=True, window=w > 0: the quasi-random order of labelstore/order.py (chunks
-    shuffled, rows shuffled within windows of w chunks) for epochs too large for memory, which
-    reads each chunk once.
+    epoch); shuffle=True, window=w > 0: the quasi-random order of labelstore/order.py (shards
+    shuffled, rows shuffled within windows of w shards) for epochs too large for memory, which
+    reads each shard once (w <= labelstore.reader.WINDOW_SHARDS).
     """
 
     def __init__(self, store, data, epoch: int, batch_size: int = 128, shuffle: bool = True, seed: int = 0,
@@ -252,8 +252,8 @@ class ReplayLoader:
         if not self.shuffle:
             return np.arange(n)
         if self.window:
-            chunk_rows = int(self.store.group["topk_values"].chunks[1]) if "topk_values" in self.store.group else 1
-            return quasi_random_order(self.indices, chunk_rows, self.seed, self.epoch, self.window)
+            a = self.store.group["topk_values"]
+            return quasi_random_order(self.indices, int((a.shards or a.chunks)[1]), self.seed, self.epoch, self.window)
         return np.random.default_rng([self.seed, self.epoch]).permutation(n)
 
     def __iter__(self):

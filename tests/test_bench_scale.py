@@ -21,6 +21,7 @@ def test_bench_scale_tiny(tmp_path):
     assert rd["same_records"] and rd["keys"] == rd["first_keys"]
     assert {"topk_values", "topk_indices", "gt_prob", "rrc/box", "flip/flag", "gt", "index"} <= set(rd["keys"])
     assert rd["new_records_per_s"] > 0 and rd["old_records_per_s"] > 0
+    assert r["quasi_random"]["shard_reads_per_shard"] == 1.0 and r["quasi_random"]["records"] == n
     assert [d["workers"] for d in r["dataset"]] == [0, 2]
     for d in r["dataset"]:  # every pass saw every row once
         assert d["records"] == n and d["index_sum"] == n * (n - 1) // 2

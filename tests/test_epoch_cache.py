@@ -15,14 +15,14 @@ from labelstore.order import quasi_random_order
 from labelstore.pipeline.replay import ReplayDataset
 from labelstore.trainers.bench_scale import unique_memory, write_store
 
-N, E, CHUNK = 20_000, 2, 1024  # 20 inner chunks of 1,024 rows per epoch
+N, E, CHUNK, SHARD = 20_000, 2, 512, 2048  # 10 shards of 4 inner chunks per epoch
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """A synthetic 1000-class top-5 crop-flip store written by the real teacher stage (run_stage)."""
     path = tmp_path_factory.mktemp("synth") / "s.zarr"
-    write_store(str(path), N, E, shard_rows=4 * CHUNK, chunk_rows=CHUNK)
+    write_store(str(path), N, E, shard_rows=SHARD, chunk_rows=CHUNK)
     return path
 
 
@@ -74,7 +74,7 @@ def test_epoch_cache_directory_is_removed_with_its_store(synth):
 
 def test_quasi_random_order():
     rows = np.arange(10_000)
-    p = quasi_random_order(rows, chunk_rows=512, seed=3, epoch=1, window=4)
+    p = quasi_random_order(rows, block_rows=512, seed=3, epoch=1, window=4)
     assert sorted(p.tolist()) == list(range(len(rows)))  # a permutation
     np.testing.assert_array_equal(p, quasi_random_order(rows, 512, 3, 1, 4))  # deterministic
     assert not np.array_equal(p, quasi_random_order(rows, 512, 4, 1, 4))  # another seed
@@ -93,7 +93,7 @@ def test_quasi_random_order():
     assert sorted(quasi_random_order(sub, 512, 0, 0).tolist()) == list(range(5))
 
 
-def test_quasi_random_batches_through_store_read_read_each_chunk_once(synth):
+def test_quasi_random_batches_through_store_read_read_each_shard_once(synth):
     store = labelstore.open(synth)
     os.environ["LABELSTORE_CACHE_BYTES"] = "0"  # an epoch "too large for memory"
     try:
@@ -101,21 +101,21 @@ def test_quasi_random_batches_through_store_read_read_each_chunk_once(synth):
     finally:
         del os.environ["LABELSTORE_CACHE_BYTES"]
     store.__dict__["_fits"] = False
-    order = quasi_random_order(np.arange(N), CHUNK, seed=0, epoch=1, window=4)
+    order = quasi_random_order(np.arange(N), SHARD, seed=0, epoch=1, window=4)
     arr = store.group["topk_values"]
     reads = []
     seen = []
-    for b in range(0, N, 512):
-        idx = order[b : b + 512]
-        before = {c for (n, e), held in store._chunks.items() if n == "topk_values" for c in held}
+    for b in range(0, N, 256):
+        idx = order[b : b + 256]
+        before = {c for (n, e), held in store._blocks.items() if n == "topk_values" for c in held}
         rec = store.read(1, idx)
-        after = {c for (n, e), held in store._chunks.items() if n == "topk_values" for c in held}
-        reads += sorted(set(np.unique(idx // CHUNK).tolist()) - before)
-        assert set(np.unique(idx // CHUNK).tolist()) <= after
+        after = {c for (n, e), held in store._blocks.items() if n == "topk_values" for c in held}
+        reads += sorted(set(np.unique(idx // SHARD).tolist()) - before)
+        assert set(np.unique(idx // SHARD).tolist()) <= after
         np.testing.assert_array_equal(rec["topk_values"], arr[1][idx])
         seen.append(idx)
     assert not store.epoch_cache.loaded(1)
-    assert sorted(reads) == list(range(-(-N // CHUNK)))  # every chunk read once
+    assert sorted(reads) == list(range(-(-N // SHARD)))  # every shard read once
     assert sorted(np.concatenate(seen).tolist()) == list(range(N))
 
 

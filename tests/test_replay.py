@@ -145,10 +145,10 @@ def test_replay_loader_yields_recorded_views_once(skip_store, batch_size, shuffl
 
 
 def test_replay_loader_quasi_random_order(skip_store):
-    """window > 0: the chunk-aware quasi-random order; every recorded view once, with its targets."""
+    """window > 0: the shard-aware quasi-random order; every recorded view once, with its targets."""
     store, src, bad_row = skip_store
     rec = store.read(1)
-    chunk = store.group["topk_values"].chunks[1]
+    chunk = store.group["topk_values"].shards[1]
     loader = ReplayLoader(store, src, epoch=1, batch_size=8, shuffle=True, seed=2, window=2, num_workers=0)
     seen = []
     for x, t in loader:
@@ -159,7 +159,7 @@ def test_replay_loader_quasi_random_order(skip_store):
     seen = np.concatenate(seen)
     assert sorted(seen.tolist()) == [r for r in range(N_TRAIN) if r != bad_row]
     assert not (seen[:-1] < seen[1:]).all()
-    held, reads = [], 0  # a reader holding the last 2 chunks reads each chunk once
+    held, reads = [], 0  # a reader holding the last 2 shards reads each shard once
     for c in (seen // chunk).tolist():
         if c not in held:
             reads, held = reads + 1, (held + [c])[-2:]

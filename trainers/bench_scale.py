@@ -277,6 +277,26 @@ def read_rates(store, epoch: int, batch_size: int = 1024, batches: int = 64, old
             "same_records": bool(same), "keys": sorted(rec), "first_keys": sorted(first)}
 
 
+def quasi_random_rate(path: str, epoch: int, batch_size: int = 1024, batches: int = 256, window: int = 8) -> dict:
+    """store.read without the epoch cache (an epoch "too large for memory") in the quasi-random order of
+    `window` shards: records/s, and shard reads per shard touched (1 = each shard read once)."""
+    from labelstore.order import quasi_random_order
+
+    store = labelstore.open(path)
+    a = store.group["topk_values"]
+    chunk = (a.shards or a.chunks)[1]
+    order = quasi_random_order(np.arange(store.num_samples), chunk, 0, epoch, window)[: batches * batch_size]
+    reads = 0
+    t0 = time.perf_counter()
+    for b in range(0, len(order), batch_size):
+        before = set(store._blocks.get(("topk_values", epoch), {}))
+        store.read(epoch, order[b : b + batch_size], cache=False)
+        reads += len(set(np.unique(order[b : b + batch_size] // chunk).tolist()) - before)
+    secs = time.perf_counter() - t0
+    return {"window": window, "records": len(order), "records_per_s": len(order) / secs,
+            "shard_reads_per_shard": reads / len(np.unique(order // chunk))}
+
+
 def run_scale(n: int = IMAGENET_TRAIN, epochs: int = 4, echo=print, workers=(0, 2, 4), path: str | None = None,
               max_batches: int | None = None) -> dict:
     """Write the store (or reuse the complete one at `path`), measure every path; returns the figures."""
@@ -314,6 +334,7 @@ def run_scale(n: int = IMAGENET_TRAIN, epochs: int = 4, echo=print, workers=(0, 
         r["bytes_per_view"] = {name: b / views for name, b in sorted(sizes.items()) if name in store.epoch_arrays()}
         r["bytes_per_view_all_in"] = store.bytes_per_view()
         r["read"] = read_rates(store, 0)
+        r["quasi_random"] = quasi_random_rate(out, 2)
         r["dataset"] = [dataset_pass(labelstore.open(out), 1, w, max_batches=max_batches) for w in workers]
         r["epoch_cache_bytes"] = store.epoch_cache.nbytes(store)
         info = _timed_cli("info", out, "--json")
@@ -347,7 +368,9 @@ def format_scale(r: dict, target_epochs: int = 300) -> str:
              f"{rd['new_records_per_s']:>16,.0f}  {'>= 2,000,000':>12}",
              f"{'  old path: per-batch chunk reads, records/s (CPU-s)':<58}{rd['old_records_per_s']:>16,.0f}  "
              f"({rd['old_records_per_cpu_s']:,.0f} per CPU-s)",
-             f"{'  epoch load into the cache, s':<58}{rd['epoch_load_s']:>16.2f}"]
+             f"{'  epoch load into the cache, s':<58}{rd['epoch_load_s']:>16.2f}",
+             f"{'store.read, no cache, quasi-random (window ' + str(r['quasi_random']['window']) + ' shards), records/s':<58}"
+             f"{r['quasi_random']['records_per_s']:>16,.0f}  (reads per shard: {r['quasi_random']['shard_reads_per_shard']:.2f})"]
     lines.append(f"{'ReplayDataset.targets in one process (ReplayLoader label path), records/s':<58}"
                  f"{max(d['main_records_per_s'] for d in r['dataset']):>16,.0f}  {'>= 2,000,000':>12}")
     for d in r["dataset"]:
