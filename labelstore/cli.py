@@ -520,13 +520,34 @@ def experiment(task: str, out: str | None, seeds: int, arms: str | None, referen
 @click.option("--only-image", is_flag=True, help="Skip the video tasks' figures.")
 @click.option("--size", default=32, show_default=True,
               help="View size of figures 1-3 (32: the shapes data; larger: 500x375 JPEGs, e.g. 224 on a GPU).")
+@click.option("--scale", is_flag=True,
+              help="Instead: every read path of a synthetic ImageNet-1k-size store written through the real "
+                   "teacher stage (trainers/bench_scale.py; disk- and CPU-heavy at the default size).")
+@click.option("--samples", default=1_281_167, show_default=True, help="(--scale) samples of the synthetic store.")
+@click.option("--epochs", default=4, show_default=True, help="(--scale) epochs of the synthetic store.")
+@click.option("--workers", default="0,2,4", show_default=True, help="(--scale) DataLoader worker counts to measure.")
+@click.option("--store", "store_path", default=None, type=click.Path(),
+              help="(--scale) write the store here and keep it (reused when it is already complete); "
+                   "default: a temporary directory, removed after.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout (the log goes to stderr).")
-def bench(images: int, only_image: bool, size: int, as_json: bool) -> None:
+def bench(images: int, only_image: bool, size: int, scale: bool, samples: int, epochs: int, workers: str,
+          store_path: str | None, as_json: bool) -> None:
     """Throughput and size ratios, measured side by side in one run."""
-    from labelstore.trainers.bench import run_bench
-
     with _stdout_to_stderr(as_json):
-        r = run_bench(n_images=images, echo=click.echo, extra=not only_image, size=size)
+        if scale:
+            from labelstore.trainers.bench_scale import run_scale
+
+            try:
+                counts = tuple(int(w) for w in workers.split(",") if w.strip())
+            except ValueError:
+                _fail(f"--workers: a comma-separated list of worker counts, got {workers!r}")
+            if samples < 1 or epochs < 1:
+                _fail(f"--samples and --epochs must be >= 1, got {samples}, {epochs}")
+            r = run_scale(n=samples, epochs=epochs, echo=click.echo, workers=counts, path=store_path)
+        else:
+            from labelstore.trainers.bench import run_bench
+
+            r = run_bench(n_images=images, echo=click.echo, extra=not only_image, size=size)
     if as_json:
         _echo_json(r)
 

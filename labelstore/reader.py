@@ -10,6 +10,7 @@ import numpy as np
 import zarr
 
 from . import location, manifest
+from .epoch_cache import EpochCache, memory_budget
 from .integrity import StoreError, check_expected, check_format, iter_arrays
 from .writer import PROGRESS, pending_units
 
@@ -57,6 +58,8 @@ class LabelStore:
     def __init__(self, group: zarr.Group, path: str):
         self.group = group
         self.path = path
+        self.epoch_cache = EpochCache()  # shared-memory records of one epoch (labelstore/epoch_cache.py)
+        self._blocks: dict = {}  # (array, epoch) -> {shard: rows}: the last WINDOW_SHARDS shards read
 
     # -- attributes ------------------------------------------------------------------------
     @cached_property
@@ -123,7 +126,8 @@ class LabelStore:
         """The sample table: ids[i] is sample i's path relative to the data root (or 'index:i')."""
         return np.asarray(self.group["sample_id"][:], dtype=object)
 
-    def read(self, epoch: int, indices: np.ndarray | None = None, include_rows: bool = True) -> dict[str, np.ndarray]:
+    def read(self, epoch: int, indices: np.ndarray | None = None, include_rows: bool = True,
+             cache: bool | None = None) -> dict[str, np.ndarray]:
         """Records of `epoch` for `indices` (all samples when None), in the order given.
 
         Keys: every per-epoch array by name with "aug/" dropped from augmentation parameters
@@ -131,12 +135,25 @@ class LabelStore:
         [n, K], gt_prob [n], mc_values [n, T, K] when recorded, view_digest [n], "op/param"
         [n, ...]; with include_rows also the per-row arrays except the sample table:
         gt [n], skipped [n], source_hw [n, 2]; and "index" [n].
+
+        How (see docs/store-format.md, Reading), with cache=None (automatic): scattered indices (a shuffled batch) load the
+        whole epoch once into the shared-memory epoch cache (`self.epoch_cache`, one epoch at a
+        time, when it fits in `cache_budget()` bytes) and index it in memory; later reads of that
+        epoch, scattered or not, come from there. Contiguous indices of an epoch not cached read
+        just the chunks they need. An epoch too large for the cache is read shard by shard,
+        keeping the last WINDOW_SHARDS shards of each array decoded, so a shard-aware order
+        (labelstore.order.quasi_random_order) reads each shard once. cache=True: always through the
+        epoch cache; cache=False: never (chunk reads, as for an epoch too large for it).
         """
         if not 0 <= epoch < self.epochs:
             raise IndexError(f"{self.path}: epoch {epoch} out of range (store has {self.epochs} epochs)")
         idx = None if indices is None else np.asarray(indices, dtype=np.int64)
         if idx is not None and idx.size and (idx.min() < 0 or idx.max() >= self.num_samples):
             raise IndexError(f"{self.path}: sample index out of range [0, {self.num_samples})")
+        if cache is None:
+            cache = self.epoch_cache.loaded(epoch) or (idx is not None and not _dense(idx) and self.fits_cache())
+        if cache and self._cache_supported:
+            return self._read_cached(epoch, idx, include_rows)
         out: dict[str, np.ndarray] = {}
         for name, arr in self.epoch_arrays().items():
             out[name.removeprefix("aug/")] = self._take(name, arr, idx, epoch)
@@ -144,6 +161,42 @@ class LabelStore:
             for name, arr in self.row_arrays().items():
                 if arr.dtype.kind not in "OTU" and name != "sample_id":
                     out[name] = self._take(name, arr, idx)
+        out["index"] = np.arange(self.num_samples) if idx is None else idx
+        return out
+
+    def cache_budget(self) -> int:
+        """Largest epoch (bytes in memory) the epoch cache takes: $LABELSTORE_CACHE_BYTES, else half the
+        memory available now, at most the free space of the cache's file system."""
+        env = os.environ.get("LABELSTORE_CACHE_BYTES")
+        if env is not None:
+            return int(float(env))
+        return memory_budget(self.epoch_cache.root)
+
+    @cached_property
+    def _cache_supported(self) -> bool:
+        return self.epoch_cache.supports(self)
+
+    def fits_cache(self) -> bool:
+        """Whether the epoch cache takes this store (one row per sample in every array) and one epoch's
+        records fit in cache_budget()."""
+        if "_fits" not in self.__dict__:
+            self.__dict__["_fits"] = self._cache_supported and self.epoch_cache.nbytes(self) <= self.cache_budget()
+        return self.__dict__["_fits"]
+
+    @cached_property
+    def _cache_keys(self) -> tuple[list[str], list[str]]:
+        """(read() keys of the per-epoch arrays, of the numeric per-row arrays)."""
+        return ([n.removeprefix("aug/") for n in self.epoch_arrays()],
+                [n for n, a in self.row_arrays().items() if a.dtype.kind not in "OTU"])
+
+    def _read_cached(self, epoch: int, idx: np.ndarray | None, include_rows: bool) -> dict[str, np.ndarray]:
+        per_epoch, per_row = self._cache_keys
+        keys = per_epoch + per_row if include_rows else per_epoch
+        try:
+            out = self.epoch_cache.take(self, epoch, idx, keys)
+        except (OSError, ValueError, RuntimeError) as e:  # a checksum mismatch, a truncated shard
+            raise StoreError(f"{self.path}: cannot read epoch {epoch}: {type(e).__name__}: {e}; "
+                             f"`labelstore verify` lists every damaged shard") from e
         out["index"] = np.arange(self.num_samples) if idx is None else idx
         return out
 
@@ -158,11 +211,39 @@ class LabelStore:
 
     def _take(self, name: str, arr: zarr.Array, idx: np.ndarray | None, epoch: int | None = None) -> np.ndarray:
         try:
+            if idx is not None and not _dense(idx):
+                return self._take_windowed(name, arr, idx, epoch)
             return _take(arr, idx, epoch)
         except Exception as e:  # a checksum mismatch or a truncated / unreadable shard
             where = f"{name}" + ("" if epoch is None else f" epoch {epoch}")
             raise StoreError(f"{self.path}: cannot read {where}: {type(e).__name__}: {e}; "
                              f"`labelstore verify` lists every damaged shard") from e
+
+    def _take_windowed(self, name: str, arr: zarr.Array, idx: np.ndarray, epoch: int | None) -> np.ndarray:
+        """arr[(epoch,) idx] through the last WINDOW_SHARDS decoded shards of (arr, epoch), each read
+        whole (the cheapest zarr read: a slice of whole shards)."""
+        lead = () if epoch is None else (epoch,)
+        axis = len(lead)
+        cr = (arr.shards or arr.chunks)[axis]
+        held = self._blocks.setdefault((name, epoch), {})
+        for key in [k for k in self._blocks if k[0] == name and k[1] != epoch]:
+            del self._blocks[key]
+        which = idx // cr
+        need = np.unique(which).tolist()
+        for c in need:
+            if c not in held:
+                held[c] = arr[lead + (slice(c * cr, min(arr.shape[axis], (c + 1) * cr)),)]
+        got = {}
+        for c in need:
+            got[c] = held.pop(c)
+            held[c] = got[c]  # most recently used last
+        while len(held) > max(WINDOW_SHARDS, 1):
+            held.pop(next(iter(held)))  # the oldest
+        out = np.empty((len(idx), *arr.shape[axis + 1 :]), dtype=arr.dtype)
+        for c, rows in got.items():
+            m = which == c
+            out[m] = rows[idx[m] - c * cr]
+        return out
 
     # -- size --------------------------------------------------------------------------------
     def nbytes_on_disk(self) -> dict[str, int]:
@@ -196,6 +277,14 @@ class LabelStore:
                 f"samples={self.attrs.get('num_samples')}, state={self.attrs.get('state')})")
 
 
+WINDOW_SHARDS = 16  # decoded shards kept per array for scattered reads without the epoch cache
+
+
+def _dense(idx: np.ndarray) -> bool:
+    """Indices spanning at most 4x their count: read as one contiguous range."""
+    return idx.size == 0 or int(idx.max()) - int(idx.min()) + 1 <= 4 * idx.size
+
+
 def _take(arr: zarr.Array, idx: np.ndarray | None, epoch: int | None = None) -> np.ndarray:
     """arr[(epoch,) idx] reading only the chunks that hold idx, in the order of idx."""
     lead = () if epoch is None else (epoch,)
@@ -204,7 +293,7 @@ def _take(arr: zarr.Array, idx: np.ndarray | None, epoch: int | None = None) -> 
     if idx.size == 0:
         return np.empty((0, *arr.shape[len(lead) + 1 :]), dtype=arr.dtype)
     lo, hi = int(idx.min()), int(idx.max()) + 1
-    if hi - lo <= 4 * idx.size:  # dense enough: one contiguous read
+    if _dense(idx):  # one contiguous read
         return arr[lead + (slice(lo, hi),)][idx - lo]
     order = np.argsort(idx, kind="stable")
     got = arr.oindex[lead + (idx[order],)]

@@ -20,12 +20,14 @@ def to_dask(store) -> dict[str, da.Array]:
 
 
 def to_xarray(store):
-    """An xarray.Dataset over the dask arrays; dimensions are the Zarr dimension_names.
+    """An xarray.Dataset over the dask arrays of every array of the store; dimensions are the Zarr
+    dimension_names; augmentation parameters named as `read` names them ("rrc/box", "flip/flag").
 
     Coordinates: epoch, sample (row numbers), sample_id and gt (per sample), and class (the class
-    names, when the store records them; topk_indices index it). Attributes that are not plain
-    strings or numbers (dicts, lists) are JSON strings, so the Dataset can be written to
-    netCDF / Zarr and read back with json.loads.
+    names, when the store records them; topk_indices index it). Lazy: opening reads metadata only,
+    no array data (sample_id and gt too are dask arrays). Attributes that are not plain strings or
+    numbers (dicts, lists) are JSON strings, so the Dataset can be written to netCDF / Zarr and read
+    back with json.loads.
     """
     import xarray as xr
 
@@ -37,10 +39,10 @@ def to_xarray(store):
             continue
         dims = store.arrays[name].metadata.dimension_names
         data_vars[name.removeprefix("aug/")] = (dims, darr, _plain_attrs(dict(store.arrays[name].attrs)))
-    if "sample_id" in store.arrays:
-        coords["sample_id"] = ("sample", store.ids.astype(str))
-    if "gt" in store.arrays:
-        coords["gt"] = (store.arrays["gt"].metadata.dimension_names, store.group["gt"][:])
+    for name in coord_arrays:
+        if name in store.arrays:
+            arr = store.arrays[name]
+            coords[name] = (arr.metadata.dimension_names, da.from_zarr(arr, chunks=arr.shards or arr.chunks))
     if store.attrs.get("classes"):
         coords["class"] = np.asarray(store.attrs["classes"], dtype=str)
     return xr.Dataset(data_vars, coords=coords, attrs=_plain_attrs(store.attrs))
@@ -66,62 +68,146 @@ def mean_topk_mass(store) -> float:
     return float(to_dask(store)["topk_values"].astype("float32").sum(-1).mean().compute())
 
 
+ROWS_PER_TASK = 65_536  # rows per dask task of the inspect pass (whole shards; all epochs of them)
+
+
+def classification_sums(store, scheduler: str | None = None, bins: int = 10, hist_bins: int = 20,
+                        ferkd=(0.05, 0.95)) -> dict[str, np.ndarray]:
+    """One pass over a classification store: the sums `classification_stats` and `classification_details`
+    are made of, computed with Dask: one task per block of rows (whole shards) reading the per-row
+    arrays' block once and each epoch's block of the per-epoch arrays once (numpy on whole blocks, no
+    per-row Python), the tasks' sums added in a tree.
+    Kept on the store object, so inspect's statistics and the report's details share the pass."""
+    key = ("_inspect_sums", bins, hist_bins, tuple(ferkd))
+    if key in store.__dict__:
+        return store.__dict__[key]
+    g = store.group
+    E, N, C, K = store.epochs, store.num_samples, store.num_classes, store.top_k
+    names = [n for n in ("gt", "skipped", "source_hw", "topk_values", "topk_indices", "gt_prob", "mc_values",
+                         "aug/rrc/box") if n in store.arrays]
+    shard = (g["topk_values"].shards or g["topk_values"].chunks)[1]
+    step = shard * max(1, ROWS_PER_TASK // shard)
+    group = dask.delayed(g, traverse=False)
+    block = dask.delayed(_classification_block, pure=True)
+    # rows of unfinished work units are left out (an unfinished store read with allow_incomplete)
+    written = None if store.complete else store.written_rows("topk_values")  # [E, N] bool
+    parts = [block(group, names, E, r0, min(N, r0 + step), C, K, bins, hist_bins, tuple(ferkd),
+                   None if written is None else written[:, r0 : r0 + step])
+             for r0 in range(0, N, step)]
+    while len(parts) > 1:  # a tree of sums: at most a few blocks' sums in memory at once
+        parts = [dask.delayed(_add, pure=True)(*parts[i : i + 8]) for i in range(0, len(parts), 8)]
+    from .epoch_cache import whole_reads
+
+    with _client(scheduler), whole_reads():
+        (out,) = dask.compute(parts[0])
+    store.__dict__[key] = out
+    return out
+
+
+def _add(*parts: dict) -> dict:
+    out = dict(parts[0])
+    for p in parts[1:]:
+        for k, v in p.items():
+            out[k] = out[k] + v
+    return out
+
+
+def _classification_block(group, names, E: int, r0: int, r1: int, C: int, K: int, bins: int, hist_bins: int,
+                          ferkd, written: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The sums over every epoch of rows [r0, r1): per-epoch sums as [E] vectors, the rest as totals.
+    written: bool [E, n], the rows finished work units wrote (None: all); the others are not counted."""
+    n = r1 - r0
+    gt = group["gt"][r0:r1].astype(np.int64)  # [n]
+    skipped = group["skipped"][r0:r1].astype(bool)
+    labelled = (gt >= 0) & ~skipped  # [n]
+    gc = np.maximum(gt, 0)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    low, high = ferkd
+    out = {k: np.zeros(E) for k in ("rows", "valid", "agree", "mass", "entropy", "gt_prob")}
+    out.update({"n_class": np.zeros(C), "right_class": np.zeros(C), "gp_class": np.zeros(C),
+                "confusion": np.zeros(C * C, np.int64), "bin_n": np.zeros(bins), "bin_conf": np.zeros(bins),
+                "bin_right": np.zeros(bins), "gp_hist": np.zeros(20, np.int64), "bands": np.zeros(3, np.int64)})
+    if "mc_values" in names:
+        out.update({"mc_spread": np.zeros(E), "mc_right": np.zeros(()), "mc_wrong": np.zeros(()), "n_right": np.zeros(())})
+    if "aug/rrc/box" in names:
+        hw = group["source_hw"][r0:r1].astype(np.float64)  # [n, 2]
+        keep = ~skipped & (hw[:, 0] > 0)
+        out.update({"crop_area": np.zeros(hist_bins, np.int64), "crop_log_aspect": np.zeros(hist_bins, np.int64)})
+    for e in range(E):
+        wr = np.ones(n, bool) if written is None else written[e]  # [n] rows written in epoch e
+        valid = labelled & wr
+        w = valid.astype(np.float64)
+        v = group["topk_values"][e, r0:r1].astype(np.float32)  # [n, K]
+        top1 = group["topk_indices"][e, r0:r1][:, 0].astype(np.int64)  # [n]
+        gp = group["gt_prob"][e, r0:r1].astype(np.float64)  # [n]
+        mass = v.sum(1, dtype=np.float64)
+        per_other = np.clip(1.0 - mass, 0.0, 1.0) / max(C - K, 1)
+        ent = (-(v * np.log(np.clip(v, 1e-12, None))).sum(1, dtype=np.float64)
+               - (C - K) * per_other * np.log(np.clip(per_other, 1e-12, None)))
+        top1c = np.clip(top1, 0, C - 1)
+        right = (top1c == gc) * w
+        p1 = v[:, 0].astype(np.float64)
+        gpv = np.where(valid, gp, 0.0)
+        gpk = gp[valid]
+        b = np.clip(np.digitize(p1, edges[1:-1]), 0, bins - 1)
+        out["rows"][e] += wr.sum()
+        out["valid"][e] += valid.sum()
+        out["agree"][e] += ((top1 == gt) & valid).sum()
+        out["mass"][e] += mass[wr].sum()
+        out["entropy"][e] += ent[wr].sum()
+        out["gt_prob"][e] += gpv.sum()
+        out["n_class"] += np.bincount(gc, weights=w, minlength=C)
+        out["right_class"] += np.bincount(gc, weights=right, minlength=C)
+        out["gp_class"] += np.bincount(gc, weights=gpv, minlength=C)
+        out["confusion"] += np.bincount((gc * C + top1c)[valid], minlength=C * C)
+        out["bin_n"] += np.bincount(b, weights=w, minlength=bins)
+        out["bin_conf"] += np.bincount(b, weights=p1 * w, minlength=bins)
+        out["bin_right"] += np.bincount(b, weights=right, minlength=bins)
+        out["gp_hist"] += np.histogram(gpk, bins=20, range=(0.0, 1.0))[0]
+        out["bands"] += np.array([(gpk < low).sum(), ((gpk >= low) & (gpk <= high)).sum(), (gpk > high).sum()])
+        if "mc_values" in names:
+            sd = group["mc_values"][e, r0:r1][:, :, 0].astype(np.float64).std(axis=1)  # [n] std over the passes
+            out["mc_spread"][e] += sd[wr].sum()
+            out["mc_right"] += (sd * right).sum()
+            out["mc_wrong"] += (sd * (w - right)).sum()
+            out["n_right"] += right.sum()
+        if "aug/rrc/box" in names:
+            ke = keep & wr
+            box = group["aug/rrc/box"][e, r0:r1][ke].astype(np.float64)  # [n', 4] (y, x, h, w)
+            area = box[:, 2] * box[:, 3] / (hw[ke, 0] * hw[ke, 1])
+            aspect = box[:, 3] / np.maximum(box[:, 2], 1)
+            out["crop_area"] += np.histogram(area, bins=hist_bins, range=(0.0, 1.0))[0]
+            out["crop_log_aspect"] += np.histogram(np.log(aspect), bins=hist_bins, range=(-1.0, 1.0))[0]
+    return out
+
+
 def classification_stats(store, scheduler: str | None = None, bins: int = 20) -> dict:
-    """Per-epoch statistics of an image-classification store, computed with Dask.
+    """Per-epoch statistics of an image-classification store, from the one pass of `classification_sums`.
 
     For each epoch (views with gt >= 0 and not skipped, unless noted; in an unfinished store only
     the rows of finished work units, `store.written_rows`):
       top1_agreement = mean[topk_indices[..., 0] == gt]
       topk_mass      = mean[sum_k topk_values]                              (all views)
       entropy        = mean[H(q)], q = top-k plus the residual mass 1 - sum_k spread evenly
-                       over the other C - K classes ("marginal" fill), natural log
+                       over the other C - K classes ("marginal" fill), natural log (all views)
       gt_prob        = mean[teacher probability of the ground-truth class]
       mc_spread      = mean over views of the std over MC passes of the top-1 class
-                       probability (when MC passes were recorded)
-    and histograms (over all epochs) of the crop area fraction h*w/(H*W) and the crop aspect
-    ratio w/h of the random-resized-crop box.
+                       probability (when MC passes were recorded)          (all views)
+    and histograms (over all epochs) of the crop area fraction h*w/(H*W) and the log crop aspect
+    ratio log(w/h) of the random-resized-crop box.
     """
-    a = store.to_dask()
-    C, K = store.num_classes, store.top_k
-    gt = a["gt"].astype("int64")
-    v = a["topk_values"].astype("float32")  # [E, N, K]
-    written = da.from_array(store.written_rows("topk_values"), chunks=v.chunks[:2])  # [E, N]: unwritten rows left out
-    valid = ((gt >= 0) & ~a["skipped"])[None] & written  # [E, N]
-    top1 = a["topk_indices"][..., 0].astype("int64")  # [E, N]
-    mass = v.sum(-1)  # [E, N]
-    rest = da.clip(1.0 - mass, 0.0, 1.0)
-    per_other = rest / max(C - K, 1)
-    ent = -(v * da.log(da.clip(v, 1e-12, None))).sum(-1) - (C - K) * per_other * da.log(da.clip(per_other, 1e-12, None))
-    nvalid = da.maximum(valid.sum(1), 1)
-    nwritten = da.maximum(written.sum(1), 1)
-
-    def mean_written(x):  # [E, N] -> [E]
-        return da.where(written, x, 0).sum(1) / nwritten
-
-    stats = {
-        "top1_agreement": ((top1 == gt[None]) & valid).sum(1) / nvalid,
-        "topk_mass": mean_written(mass),
-        "entropy": mean_written(ent),
-        "gt_prob": da.where(valid, a["gt_prob"].astype("float32"), 0).sum(1) / nvalid,
-    }
-    if "mc_values" in a:
-        stats["mc_spread"] = mean_written(a["mc_values"][..., 0].astype("float32").std(axis=2))
-    hists = {}
-    if "aug/rrc/box" in a:
-        box = a["aug/rrc/box"].astype("float64")  # [E, N, 4] (y, x, h, w)
-        hw = a["source_hw"].astype("float64")  # [N, 2]
-        area = (box[..., 2] * box[..., 3]) / (hw[None, :, 0] * hw[None, :, 1])
-        aspect = box[..., 3] / da.maximum(box[..., 2], 1)
-        keep = ~a["skipped"][None] & (hw[None, :, 0] > 0) & written
-        hists["crop_area"] = da.histogram(area[keep], bins=bins, range=(0.0, 1.0))
-        hists["crop_aspect"] = da.histogram(da.log(aspect[keep]), bins=bins, range=(-1.0, 1.0))
-    with _client(scheduler):
-        stats, hists = dask.compute(stats, hists)
-    out = {"per_epoch": {k: [float(x) for x in np.atleast_1d(val)] for k, val in stats.items()}}
+    r = classification_sums(store, scheduler, hist_bins=bins)
+    rows, nvalid = np.maximum(r["rows"], 1), np.maximum(r["valid"], 1)
+    per = {"top1_agreement": r["agree"] / nvalid, "topk_mass": r["mass"] / rows, "entropy": r["entropy"] / rows,
+           "gt_prob": r["gt_prob"] / nvalid}
+    if "mc_spread" in r:
+        per["mc_spread"] = r["mc_spread"] / rows
+    out = {"per_epoch": {k: [float(x) for x in val] for k, val in per.items()}}
+    edges = lambda lo, hi: np.linspace(lo, hi, bins + 1).tolist()  # noqa: E731
     out["histograms"] = {
-        "crop_area": {"edges": hists["crop_area"][1].tolist(), "counts": hists["crop_area"][0].tolist()},
-        "crop_log_aspect": {"edges": hists["crop_aspect"][1].tolist(), "counts": hists["crop_aspect"][0].tolist()},
-    } if hists else {}
+        "crop_area": {"edges": edges(0.0, 1.0), "counts": r["crop_area"].tolist()},
+        "crop_log_aspect": {"edges": edges(-1.0, 1.0), "counts": r["crop_log_aspect"].tolist()},
+    } if "crop_area" in r else {}
     return out
 
 
@@ -246,7 +332,8 @@ def retrieval_stats(store, scheduler: str | None = None) -> dict:
 
 
 def classification_details(store, scheduler: str | None = None, bins: int = 10, ferkd=(0.05, 0.95)) -> dict:
-    """What a researcher looks at, over all epochs' views with gt >= 0 and not skipped, computed with Dask:
+    """What a researcher looks at, over all epochs' views with gt >= 0 and not skipped, from the one pass
+    of `classification_sums`:
 
       per_class_accuracy[c] = mean over views of class c of [top1 == c]
       per_class_gt_prob[c]  = mean over views of class c of gt_prob
@@ -259,44 +346,14 @@ def classification_details(store, scheduler: str | None = None, bins: int = 10, 
       mc_std_correct / mc_std_wrong = mean std over MC passes of the top-1 prob, for views the
                               teacher gets right / wrong (when MC passes were recorded)
     """
-    a = store.to_dask()
     C = store.num_classes
-    gt = a["gt"].astype("int64")  # [N]
-    E = a["topk_indices"].shape[0]
-    N = gt.shape[0]
-    flat = lambda x: x.ravel().rechunk(N)  # noqa: E731  [E, N] -> [E*N], one block per epoch (bincount needs equal blocks)
-    written = da.from_array(store.written_rows("topk_values"))  # [E, N]: unwritten rows are not counted
-    w = flat(((gt >= 0) & ~a["skipped"])[None] & written).astype("float64")  # [E*N] 1 = counted
-    g = flat(da.broadcast_to(da.maximum(gt, 0)[None], (E, N)))  # [E*N]
-    top1 = da.clip(flat(a["topk_indices"][..., 0].astype("int64")), 0, C - 1)  # [E*N]
-    p1 = flat(a["topk_values"][..., 0].astype("float64"))  # [E*N] top-1 probability
-    gp = flat(a["gt_prob"].astype("float64"))  # [E*N]
-    right = (top1 == g).astype("float64") * w
     low, high = ferkd
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    b = da.clip(da.digitize(p1, edges[1:-1]), 0, bins - 1)
-    todo = {
-        "n_class": da.bincount(g, weights=w, minlength=C),
-        "right_class": da.bincount(g, weights=right, minlength=C),
-        "gp_class": da.bincount(g, weights=gp * w, minlength=C),
-        "confusion": da.bincount(g * C + top1, weights=w, minlength=C * C),
-        "bin_n": da.bincount(b, weights=w, minlength=bins),
-        "bin_conf": da.bincount(b, weights=p1 * w, minlength=bins),
-        "bin_right": da.bincount(b, weights=right, minlength=bins),
-        "gp_hist": da.histogram(gp, bins=20, range=(0.0, 1.0), weights=w)[0],
-        "bands": da.stack([((gp < low) * w).sum(), (((gp >= low) & (gp <= high)) * w).sum(), ((gp > high) * w).sum()]),
-    }
-    if "mc_values" in a:
-        sd = flat(a["mc_values"][..., 0].astype("float64").std(axis=2))  # [E*N] std over passes
-        todo["mc_right"] = (sd * right).sum()
-        todo["mc_wrong"] = (sd * (w - right)).sum()
-        todo["n_right"] = right.sum()
-    with _client(scheduler):
-        r = dask.compute(todo)[0]
+    r = classification_sums(store, scheduler, bins=bins, ferkd=ferkd)
     n = max(int(r["n_class"].sum()), 1)
     nc = np.maximum(r["n_class"], 1)
     nb = np.maximum(r["bin_n"], 1)
     acc_b, conf_b = r["bin_right"] / nb, r["bin_conf"] / nb
+    edges = np.linspace(0.0, 1.0, bins + 1)
     out = {
         "views": int(round(float(r["n_class"].sum()))),
         "per_class_accuracy": (r["right_class"] / nc).tolist(),

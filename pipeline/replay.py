@@ -5,11 +5,14 @@
         x = loader.policy.to_input(Views(x, t.get("view_partner"), t.get("view_lam")), device)
         ...
 
-Records are read window by window (a few batches at a time, only the chunks those samples
-live in) on a background thread one window ahead; images are decoded and rendered by a torch
-DataLoader (num_workers processes, or in-process with 0). Rendering uses the recorded
-parameters, never fresh randomness, so any batch size, shuffle order or worker count gives
-the views the teacher saw.
+One path: ReplayLoader is a torch DataLoader over a ReplayDataset that hands out whole batches.
+The records of the epoch are read once into the store's shared-memory epoch cache
+(labelstore/epoch_cache.py: one copy per host, memory-mapped by the main process and every
+worker) and indexed in memory per batch; images are decoded and rendered by the DataLoader
+(num_workers processes, or in-process with 0). Rendering uses the recorded parameters, never
+fresh randomness, so any batch size, shuffle order or worker count gives the views the teacher saw.
+Epochs too large for memory: `window=w` reads in the shard-aware quasi-random order
+(labelstore/order.py), which reads each shard once.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import numpy as np
 import torch
 
 from labelstore.integrity import StoreMismatch
+from labelstore.order import quasi_random_order
 
 from .augment import Policy, Views
-from .prefetch import prefetch
 
 TARGET_KEYS = ("topk_values", "topk_indices", "gt", "gt_prob", "mc_values")
 
@@ -41,10 +44,6 @@ def check_data(store, data) -> None:
 
 def store_policy(store) -> Policy:
     return Policy.from_json(store.attrs["policy"])
-
-
-def _rows(params: dict, j: int) -> dict:
-    return {k: v[j] for k, v in params.items()}
 
 
 def _params(rec: dict, policy: Policy) -> dict:
@@ -114,23 +113,25 @@ class ReplayDataset(torch.utils.data.Dataset):
             for x, t in loader:            # x [B,3,H,W] uint8, t: dict as `targets`
                 x = to_input(x, t.get("view_partner"), t.get("view_lam"), policy.mean, policy.std, dev)
 
-    Item j = (view of row rows[j] uint8 [3,H,W], its targets: `targets` of that one row). The
-    epoch's records are read whole (a few tens of bytes per view) in each process that renders, the
-    first time it needs them after `set_epoch`; the epoch lives in shared memory, so persistent
-    DataLoader workers follow `set_epoch` of the main process without being rebuilt.
+    Item j = (view of row rows[j] uint8 [3,H,W], its targets: `targets` of that one row); with
+    data=None the item is the targets alone (a student whose inputs come from elsewhere).
+    `batch(js)` makes a whole batch at once (what ReplayLoader uses; the DataLoader's batched
+    fetch calls it too, through __getitems__). Records come from the store's shared-memory epoch
+    cache (read once per epoch and host, then indexed in memory; `store.read` when the epoch does
+    not fit in memory). The epoch number is shared memory too, so persistent DataLoader workers
+    follow `set_epoch` of the main process without being rebuilt.
     """
 
     def __init__(self, store, data, epoch: int = 0, indices=None, check: bool = True):
         import multiprocessing
 
-        if check:
+        if check and data is not None:
             check_data(store, data)
         self.store, self.data, self.policy = store, data, store_policy(store)
         skipped = store.group["skipped"][:]
         base = np.arange(store.num_samples) if indices is None else np.asarray(indices, dtype=np.int64)
         self.rows = base[~skipped[base]]
         self._epoch = multiprocessing.Value("i", int(epoch), lock=False)  # shared with DataLoader workers
-        self._loaded: tuple[int, dict, dict, np.ndarray] | None = None
         self.set_epoch(epoch)
 
     @property
@@ -145,45 +146,69 @@ class ReplayDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _records(self) -> tuple[dict, dict, np.ndarray]:
-        e = self.epoch
-        if self._loaded is None or self._loaded[0] != e:
-            rec = self.store.read(e, self.rows)
-            partners = self.policy.partners(_params(rec, self.policy), len(self.rows))
-            prec = self.store.read(e, np.maximum(partners, 0))
-            self._loaded = (e, rec, prec, partners)
-        return self._loaded[1:]
+    def load(self) -> None:
+        """Read the current epoch into the epoch cache now (else the first batch does), e.g. in the
+        main process before workers start, so that they map it instead of reading it."""
+        if self.store.fits_cache():
+            self.store.epoch_cache.epoch(self.store, self.epoch)
 
-    def __getitem__(self, j: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        rec, prec, partners = self._records()
-        spec = self.policy.param_spec()
-        q = int(partners[j])
-        v = self.policy.render_batch([self.data.load(int(self.rows[j]))], {k: rec[k][j : j + 1] for k in spec},
-                                     [self.data.load(q) if q >= 0 else None], {k: prec[k][j : j + 1] for k in spec})
-        t = {k: x[0] for k, x in targets(self.policy, rec, prec, partners, slice(j, j + 1)).items()}
+    def records(self, js) -> tuple[dict, dict, np.ndarray]:
+        """(records of rows[js], records of their partners (row-aligned), partner ids int64 [n])."""
+        ids = self.rows[np.asarray(js, dtype=np.int64)]
+        e, cache = self.epoch, self.store.fits_cache()
+        rec = self.store.read(e, ids, cache=cache)
+        partners = self.policy.partners(_params(rec, self.policy), len(ids))
+        prec = self.store.read(e, np.maximum(partners, 0), cache=cache) if (partners >= 0).any() else rec
+        return rec, prec, partners
+
+    def batch(self, js):
+        """Rows rows[js]: (x [n,3,H,W] uint8, targets dict of [n, ...] tensors), or the targets alone
+        when data is None."""
+        rec, prec, partners = self.records(js)
+        t = targets(self.policy, rec, prec, partners)
+        if self.data is None:
+            return t
+        v = self._render(rec, prec, partners)
         if v.partner is not None:
-            t["view_partner"], t["view_lam"] = v.partner[0], v.lam[0]
-        return v.x[0], t
+            t["view_partner"], t["view_lam"] = v.partner, v.lam
+        return v.x, t
 
-    def __getstate__(self):  # workers re-read the records of the shared epoch themselves
-        return {**self.__dict__, "_loaded": None}
+    def views(self, js) -> Views:
+        """The uint8 views of rows rows[js] (what a DataLoader worker of ReplayLoader makes)."""
+        return self._render(*self.records(js))
+
+    def targets(self, js) -> dict[str, torch.Tensor]:
+        """The targets of rows rows[js] (what ReplayLoader's main process adds to each batch)."""
+        return targets(self.policy, *self.records(js))
+
+    def _render(self, rec: dict, prec: dict, partners: np.ndarray) -> Views:
+        spec = self.policy.param_spec()
+        return self.policy.render_batch([self.data.load(int(i)) for i in rec["index"]], {k: rec[k] for k in spec},
+                                        [self.data.load(int(q)) if q >= 0 else None for q in partners],
+                                        {k: prec[k] for k in spec})
+
+    def __getitems__(self, js) -> list:
+        b = self.batch(js)
+        if self.data is None:
+            return [{k: v[i] for k, v in b.items()} for i in range(len(js))]
+        x, t = b
+        return [(x[i], {k: v[i] for k, v in t.items()}) for i in range(len(js))]
+
+    def __getitem__(self, j: int):
+        return self.__getitems__([j])[0]
 
 
-class _RenderDataset(torch.utils.data.Dataset):
-    """Item = a batch [(sample id, its param row, partner id, partner row)] -> (x, partner, lam) uint8 views."""
+class _BatchViews(torch.utils.data.Dataset):
+    """Item = a batch of positions into a ReplayDataset -> (x, partner, lam) uint8 views of that batch."""
 
-    def __init__(self, data, policy: Policy):
-        self.data, self.policy = data, policy
+    def __init__(self, ds: ReplayDataset):
+        self.ds = ds
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.ds)
 
-    def __getitem__(self, batch):
-        rows = {k: np.stack([it[1][k] for it in batch]) for k in self.policy.param_spec()}
-        prows = {k: np.stack([it[3][k] if it[3] is not None else np.zeros_like(it[1][k]) for it in batch])
-                 for k in self.policy.param_spec()}
-        v = self.policy.render_batch([self.data.load(it[0]) for it in batch], rows,
-                                     [self.data.load(it[2]) if it[2] >= 0 else None for it in batch], prows)
+    def __getitem__(self, js):
+        v = self.ds.views(js)
         return v.x, v.partner, v.lam
 
 
@@ -194,79 +219,56 @@ class ReplayLoader:
     `to_input(x, t.get("view_partner"), t.get("view_lam"), policy.mean, policy.std, device)`
     (view_partner uint8 [B,3,H,W] and view_lam float32 [B] come only with a MixUp policy).
 
-    The convenience loader for one process: records are read window by window, one window ahead on
-    a thread. For a standard DataLoader (samplers, DistributedSampler, pin_memory, persistent
-    workers) use ReplayDataset.
+    A thin wrapper over ReplayDataset(store, data, epoch, indices): a torch DataLoader whose sampler
+    yields whole batches of a sample order; its num_workers processes render the views
+    (ReplayDataset.views) and this process adds the targets (ReplayDataset.targets), so only
+    images cross between processes. The epoch's records are read once into the shared-memory
+    epoch cache by this process before the workers start, and indexed in memory by all of them. Skipped samples (undecodable at teacher
+    time) are left out. `indices` restricts the epoch to a subset.
 
-    Skipped samples (undecodable at teacher time) are left out. `indices` restricts the epoch to
-    a subset. `window` = batches whose records are read together, one window ahead.
+    Order: shuffle=False: row order; shuffle=True, window=0: a uniform permutation of (seed,
+    epoch); shuffle=True, window=w > 0: the quasi-random order of labelstore/order.py (shards
+    shuffled, rows shuffled within windows of w shards) for epochs too large for memory, which
+    reads each shard once (w <= labelstore.reader.WINDOW_SHARDS).
     """
 
     def __init__(self, store, data, epoch: int, batch_size: int = 128, shuffle: bool = True, seed: int = 0,
-                 num_workers: int = 0, drop_last: bool = False, indices=None, window: int = 8,
+                 num_workers: int = 0, drop_last: bool = False, indices=None, window: int = 0,
                  check: bool = True):
-        if check:
-            check_data(store, data)
+        self.dataset = ReplayDataset(store, data, epoch=epoch, indices=indices, check=check)
         self.store, self.data, self.epoch = store, data, epoch
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.num_workers, self.drop_last, self.window = num_workers, drop_last, window
-        self.policy = store_policy(store)
-        skipped = store.group["skipped"][:]
-        base = np.arange(store.num_samples) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.indices = base[~skipped[base]]
+        self.policy = self.dataset.policy
+        self.indices = self.dataset.rows
 
     def __len__(self) -> int:
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _order(self) -> np.ndarray:
+    def order(self) -> np.ndarray:
+        """Positions into self.indices in the order the batches take them."""
+        n = len(self.indices)
         if not self.shuffle:
-            return self.indices
-        g = np.random.default_rng([self.seed, self.epoch])
-        return self.indices[g.permutation(len(self.indices))]
-
-    def _windows(self) -> Iterator[tuple[np.ndarray, dict, dict]]:
-        """(ids of a window, their records, the records of their partners): runs ahead on a thread."""
-        order = self._order()
-        n = len(self) * self.batch_size if self.drop_last else len(order)
-        step = self.batch_size * self.window
-        for w0 in range(0, n, step):
-            ids = order[w0 : min(n, w0 + step)]
-            rec = self.store.read(self.epoch, ids)
-            partners = self.policy.partners(_params(rec, self.policy), len(ids))
-            prec = self.store.read(self.epoch, np.maximum(partners, 0), include_rows=True)
-            yield ids, rec, prec, partners
-
-    def _items(self, windows) -> Iterator[list]:
-        for ids, rec, prec, partners in windows:
-            params, pparams = _params(rec, self.policy), _params(prec, self.policy)
-            for b0 in range(0, len(ids), self.batch_size):
-                yield [(int(ids[j]), _rows(params, j), int(partners[j]), _rows(pparams, j) if partners[j] >= 0 else None)
-                       for j in range(b0, min(len(ids), b0 + self.batch_size))]
+            return np.arange(n)
+        if self.window:
+            a = self.store.group["topk_values"]
+            return quasi_random_order(self.indices, int((a.shards or a.chunks)[1]), self.seed, self.epoch, self.window)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
 
     def __iter__(self):
-        windows = list()  # records of the windows in flight, consumed in order with the batches
-        record_stream = prefetch(self._windows(), depth=2)
-
-        def tee():
-            for w in record_stream:
-                windows.append(w)
-                yield w
-
+        order = self.order()
+        stop = len(self) * self.batch_size if self.drop_last else len(order)
+        batches = [order[b : min(stop, b + self.batch_size)] for b in range(0, stop, self.batch_size)]
+        if not self.window:
+            self.dataset.load()  # one read of the epoch, here, mapped by the workers
         loader = torch.utils.data.DataLoader(
-            _RenderDataset(self.data, self.policy), sampler=self._items(tee()), batch_size=None,
-            num_workers=self.num_workers, collate_fn=_same, worker_init_fn=_numba_one_thread,
-            persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
+            _BatchViews(self.dataset), sampler=batches, batch_size=None, num_workers=self.num_workers,
+            collate_fn=_same, worker_init_fn=_numba_one_thread, persistent_workers=False,
+            prefetch_factor=4 if self.num_workers else None,
         )
-        pos = 0  # position inside windows[0]
-        for x, partner, lam in loader:
-            ids, rec, prec, partners = windows[0]
-            b = slice(pos, pos + len(x))
-            t = targets(self.policy, rec, prec, partners, b)
+        for js, (x, partner, lam) in zip(batches, loader):
+            t = self.dataset.targets(js)
             if partner is not None:
                 t["view_partner"], t["view_lam"] = partner, lam
             yield x, t
-            pos += len(x)
-            if pos >= len(ids):
-                windows.pop(0)
-                pos = 0

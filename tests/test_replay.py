@@ -115,7 +115,7 @@ def test_replay_loader_yields_recorded_views_once(skip_store, batch_size, shuffl
     rec = store.read(epoch)  # all rows, index order
     assert store.group["skipped"][bad_row] and rec["skipped"].sum() == 1
     loader = ReplayLoader(store, src, epoch=epoch, batch_size=batch_size, shuffle=shuffle, seed=3,
-                          num_workers=num_workers, window=2)
+                          num_workers=num_workers)
     n = N_TRAIN - 1
     assert len(loader) == -(-n // batch_size)
     seen = []
@@ -142,6 +142,28 @@ def test_replay_loader_yields_recorded_views_once(skip_store, batch_size, shuffl
         again = np.concatenate([t["index"].numpy() for _, t in ReplayLoader(
             store, src, epoch=epoch, batch_size=64, shuffle=True, seed=3, num_workers=0)])
         np.testing.assert_array_equal(again, seen)
+
+
+def test_replay_loader_quasi_random_order(skip_store):
+    """window > 0: the shard-aware quasi-random order; every recorded view once, with its targets."""
+    store, src, bad_row = skip_store
+    rec = store.read(1)
+    chunk = store.group["topk_values"].shards[1]
+    loader = ReplayLoader(store, src, epoch=1, batch_size=8, shuffle=True, seed=2, window=2, num_workers=0)
+    seen = []
+    for x, t in loader:
+        i = t["index"].numpy()
+        np.testing.assert_array_equal(_digests(x), rec["view_digest"][i])
+        np.testing.assert_array_equal(t["topk_indices"].numpy(), rec["topk_indices"][i].astype(np.int64))
+        seen.append(i)
+    seen = np.concatenate(seen)
+    assert sorted(seen.tolist()) == [r for r in range(N_TRAIN) if r != bad_row]
+    assert not (seen[:-1] < seen[1:]).all()
+    held, reads = [], 0  # a reader holding the last 2 shards reads each shard once
+    for c in (seen // chunk).tolist():
+        if c not in held:
+            reads, held = reads + 1, (held + [c])[-2:]
+    assert reads == len(np.unique(seen // chunk)) > 2
 
 
 def test_replay_dataset_with_distributed_sampler_and_persistent_workers(skip_store):

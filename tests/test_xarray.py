@@ -39,3 +39,18 @@ def test_plain_open_zarr_has_no_warnings_and_no_bookkeeping_as_data(base_store):
     assert {"sample_id", "gt"} <= set(ds.coords)
     assert {"topk_values", "topk_indices", "gt_prob"} <= set(ds.data_vars)
     np.testing.assert_array_equal(ds["topk_values"].values, zarr.open_group(str(base_store))["topk_values"][:])
+
+
+def test_every_array_in_to_xarray_lazily_and_in_open_datatree(base_store):
+    """to_xarray has every array of the store and reads no data to open (all dask, sample table too);
+    xr.open_datatree(path, engine="zarr") is the one plain-xarray call that shows the aug/* subgroups."""
+    store = labelstore.open(base_store)
+    ds = store.to_xarray()
+    assert {n.removeprefix("aug/") for n in store.arrays} <= set(ds.variables)
+    assert any(n.startswith("aug/") for n in store.arrays)
+    assert all(ds[v].chunks is not None for v in ds.data_vars) and ds["sample_id"].chunks and ds["gt"].chunks
+    np.testing.assert_array_equal(ds["rrc/box"].isel(epoch=1).values, store.read(1)["rrc/box"])
+    tree = xr.open_datatree(base_store, engine="zarr")
+    shown = {f"{node.path.strip('/')}/{v}".lstrip("/") for node in tree.subtree for v in node.variables}
+    assert set(store.arrays) <= shown
+    np.testing.assert_array_equal(tree["aug/rrc/box"].values, zarr.open_group(str(base_store))["aug/rrc/box"][:])
