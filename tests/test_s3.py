@@ -148,7 +148,7 @@ def test_half_created_store_is_refused_or_recreated(s3_configured, source, teach
     with pytest.raises(KeyboardInterrupt):
         writer.open_or_create(url, build, lambda g: None)
     assert location.group_exists(url)  # something is there, in state "creating"
-    with pytest.raises(StoreError, match="half-created"):
+    with pytest.raises(StoreError, match="interrupted while it was being created: pass --overwrite"):
         writer.open_or_create(url, build, lambda g: None, resume=True)
     with pytest.raises(StoreError, match="no finished store appeared"):
         writer.wait_for_store(url, timeout=0.5, poll=0.1)
