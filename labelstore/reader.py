@@ -177,10 +177,10 @@ class LabelStore:
         return self.epoch_cache.supports(self)
 
     def fits_cache(self) -> bool:
-        """Whether the epoch cache takes this store (one row per sample in every array) and one epoch's
-        records fit in cache_budget()."""
+        """Whether the epoch cache takes this store: complete (a store still being written would go
+        stale in it), one row per sample in every array, and one epoch's records in cache_budget()."""
         if "_fits" not in self.__dict__:
-            self.__dict__["_fits"] = self._cache_supported and self.epoch_cache.nbytes(self) <= self.cache_budget()
+            self.__dict__["_fits"] = self.complete and self._cache_supported and self.epoch_cache.nbytes(self) <= self.cache_budget()
         return self.__dict__["_fits"]
 
     @cached_property

@@ -17,8 +17,6 @@ Epochs too large for memory: `window=w` reads in the shard-aware quasi-random or
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 import torch
 

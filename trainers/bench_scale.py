@@ -315,6 +315,8 @@ def run_scale(n: int = IMAGENET_TRAIN, epochs: int = 4, echo=print, workers=(0, 
         t0 = time.perf_counter()
         store = labelstore.open(out)
         r["open_s"] = time.perf_counter() - t0
+        n, epochs = store.num_samples, store.epochs  # a reused store's own sizes
+        r["num_samples"], r["epochs"] = n, epochs
         t0 = time.perf_counter()
         ds = store.to_xarray()
         r["to_xarray_first_s"] = time.perf_counter() - t0  # with the first import of xarray / dask / pandas
@@ -334,8 +336,8 @@ def run_scale(n: int = IMAGENET_TRAIN, epochs: int = 4, echo=print, workers=(0, 
         r["bytes_per_view"] = {name: b / views for name, b in sorted(sizes.items()) if name in store.epoch_arrays()}
         r["bytes_per_view_all_in"] = store.bytes_per_view()
         r["read"] = read_rates(store, 0)
-        r["quasi_random"] = quasi_random_rate(out, 2)
-        r["dataset"] = [dataset_pass(labelstore.open(out), 1, w, max_batches=max_batches) for w in workers]
+        r["quasi_random"] = quasi_random_rate(out, min(2, epochs - 1))
+        r["dataset"] = [dataset_pass(labelstore.open(out), min(1, epochs - 1), w, max_batches=max_batches) for w in workers]
         r["epoch_cache_bytes"] = store.epoch_cache.nbytes(store)
         info = _timed_cli("info", out, "--json")
         r["info"] = {"wall_s": info["wall_s"], "cpu_s": info["cpu_s"], "bytes_per_view": info["out"]["bytes_per_view"]}
