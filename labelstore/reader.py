@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import zarr
@@ -12,7 +12,20 @@ from zarr.core.sync import sync
 
 from . import location
 from .integrity import StoreError, check_expected, check_format, iter_arrays
+from .schema import PARAMS_DERIVED
 from .writer import PROGRESS, pending_units
+
+# (store, epoch, indices int64 [n] or None) -> {"op/param": [n, ...]}: the augmentation parameters of a
+# store whose parameters are derived (attribute aug_params = "derived"). The store layer cannot import the
+# pipeline that owns the policy, so labelstore.pipeline registers it when imported (pipeline/replay.py).
+ParamSource = Callable[["LabelStore", int, "np.ndarray | None"], dict]
+_param_source: ParamSource | None = None
+
+
+def register_param_source(fn: ParamSource) -> None:
+    """Set the function that recomputes derived augmentation parameters (see `LabelStore.read`)."""
+    global _param_source
+    _param_source = fn
 
 
 def open(path: str, mode: str = "r", allow_incomplete: bool = False,  # noqa: A001
@@ -66,6 +79,7 @@ class LabelStore:
     top_k = property(lambda self: int(self.attrs["top_k"]))
     mc_passes = property(lambda self: int(self.attrs.get("mc_passes", 0)))
     complete = property(lambda self: self.attrs.get("state") == "complete")
+    params_derived = property(lambda self: self.attrs.get("aug_params") == PARAMS_DERIVED)
 
     def progress(self) -> tuple[int, int]:
         """(work units done, total work units)."""
@@ -101,6 +115,9 @@ class LabelStore:
         [n, K], gt_prob [n], mc_values [n, T, K] when recorded, view_digest [n], "op/param"
         [n, ...]; with include_rows also the per-row arrays except the sample table:
         gt [n], skipped [n], source_hw [n, 2]; and "index" [n].
+        A store written without --store-params (attribute aug_params = "derived") has no aug/* arrays:
+        its "op/param" entries are recomputed from the policy's counter-based RNG (bit-identical to what
+        the teacher rendered), which needs labelstore.pipeline imported.
         """
         if not 0 <= epoch < self.epochs:
             raise IndexError(f"{self.path}: epoch {epoch} out of range (store has {self.epochs} epochs)")
@@ -110,6 +127,11 @@ class LabelStore:
         out: dict[str, np.ndarray] = {}
         for name, arr in self.epoch_arrays().items():
             out[name.removeprefix("aug/")] = self._take(name, arr, idx, epoch)
+        if self.params_derived:
+            if _param_source is None:
+                raise StoreError(f"{self.path}: its augmentation parameters are derived from the policy (written "
+                                 "without --store-params): `import labelstore.pipeline` to read them")
+            out.update(_param_source(self, epoch, idx))
         if include_rows:
             for name, arr in self.row_arrays().items():
                 if arr.dtype.kind not in "OTU" and name != "sample_id":
@@ -138,6 +160,18 @@ class LabelStore:
     def nbytes_on_disk(self) -> dict[str, int]:
         """Stored bytes per array (every object under its prefix, listed through zarr: local or remote)."""
         return {name: arr.nbytes_stored() for name, arr in self.arrays.items()}
+
+    def bytes_per_view_table(self) -> list[dict]:
+        """Stored bytes per view of every array, largest first: [{name, bytes, bytes_per_view, per_epoch}].
+
+        bytes_per_view = stored bytes / (epochs x samples), per-row arrays included (their share falls as
+        1/epochs); the total of the column is the all-in figure without metadata (see bytes_per_view).
+        """
+        views = max(1, self.epochs * self.num_samples)
+        per_epoch = set(self.epoch_arrays())
+        rows = [{"name": n, "bytes": b, "bytes_per_view": b / views, "per_epoch": n in per_epoch}
+                for n, b in self.nbytes_on_disk().items()]
+        return sorted(rows, key=lambda r: (-r["bytes"], r["name"]))
 
     def bytes_per_view(self) -> float:
         """All stored bytes (records, sample table, metadata) divided by epochs x samples."""
