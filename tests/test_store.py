@@ -373,6 +373,15 @@ def test_store_checked_against_another_dataset(tmp_path, base_store, source):
     store.check(dataset={"digest": source.fingerprint()["digest"]})
 
 
+def test_resume_with_or_without_stored_params_refused(tmp_path, base_store, source, teacher):
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(base_store, copy)
+    before = read_arrays(copy)
+    with pytest.raises(StoreMismatch, match="cannot resume: store_params is False in the store, True now"):
+        teach_store(copy, source, teacher, resume=True, store_params=True)
+    assert_same_arrays(before, copy)
+
+
 def test_resume_with_another_teacher_refused(tmp_path, source, teacher):
     out = tmp_path / "s.zarr"
     teach_store(out, source, teacher, rank=0, world_size=2)
