@@ -280,6 +280,7 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
 
     from dask.diagnostics import ProgressBar
 
+    from labelstore import pipeline as _pipeline  # noqa: F401  (registers the derivation of aug parameters)
     from labelstore import views
 
     _use_storage_options(store_path, storage_options)

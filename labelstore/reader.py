@@ -128,16 +128,21 @@ class LabelStore:
         for name, arr in self.epoch_arrays().items():
             out[name.removeprefix("aug/")] = self._take(name, arr, idx, epoch)
         if self.params_derived:
-            if _param_source is None:
-                raise StoreError(f"{self.path}: its augmentation parameters are derived from the policy (written "
-                                 "without --store-params): `import labelstore.pipeline` to read them")
-            out.update(_param_source(self, epoch, idx))
+            out.update(self.derived_params(epoch, idx))
         if include_rows:
             for name, arr in self.row_arrays().items():
                 if arr.dtype.kind not in "OTU" and name != "sample_id":
                     out[name] = self._take(name, arr, idx)
         out["index"] = np.arange(self.num_samples) if idx is None else idx
         return out
+
+    def derived_params(self, epoch: int, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """{"op/param": [n, ...]} of a store whose augmentation parameters are derived (all samples when
+        indices is None), from the function labelstore.pipeline registers (pipeline/replay.py)."""
+        if _param_source is None:
+            raise StoreError(f"{self.path}: its augmentation parameters are derived from the policy (written "
+                             "without --store-params): `import labelstore.pipeline` to read them")
+        return _param_source(self, epoch, indices)
 
     def read_array(self, name: str, epoch: int | None = None, indices: np.ndarray | None = None) -> np.ndarray:
         """One array's rows `indices` (all when None), of `epoch` for per-epoch arrays, in the order given.

@@ -66,6 +66,10 @@ def mean_topk_mass(store) -> float:
     return float(to_dask(store)["topk_values"].astype("float32").sum(-1).mean().compute())
 
 
+def _derived_box(store, epoch: int) -> np.ndarray:
+    return store.derived_params(epoch)["rrc/box"]  # uint16 [N, 4]
+
+
 def classification_stats(store, scheduler: str | None = None, bins: int = 20) -> dict:
     """Per-epoch statistics of an image-classification store, computed with Dask.
 
@@ -100,8 +104,12 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
     if "mc_values" in a:
         stats["mc_spread"] = a["mc_values"][..., 0].astype("float32").std(axis=2).mean(1)
     hists = {}
-    if "aug/rrc/box" in a:
-        box = a["aug/rrc/box"].astype("float64")  # [E, N, 4] (y, x, h, w)
+    box = a.get("aug/rrc/box")
+    if box is None and store.params_derived and "rrc" in [op.get("config", {}).get("name") for op in store.attrs["policy"]["ops"]]:
+        box = da.stack([da.from_delayed(dask.delayed(_derived_box)(store, e), (store.num_samples, 4), np.uint16)
+                        for e in range(store.epochs)])  # derived parameters: one task per epoch
+    if box is not None:
+        box = box.astype("float64")  # [E, N, 4] (y, x, h, w)
         hw = a["source_hw"].astype("float64")  # [N, 2]
         area = (box[..., 2] * box[..., 3]) / (hw[None, :, 0] * hw[None, :, 1])
         aspect = box[..., 3] / da.maximum(box[..., 2], 1)

@@ -262,3 +262,12 @@ def test_derived_params_need_the_pipeline(policy_stores):
             "try:\n    s.read(0, [1])\nexcept labelstore.errors.StoreError as e:\n    print(e)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "derived from the policy" in p.stdout and "import labelstore.pipeline" in p.stdout, p.stdout + p.stderr
+
+
+def test_inspect_crop_histograms_from_derived_params(policy_stores, stored_policy_stores):
+    from labelstore.views import classification_stats
+
+    derived = classification_stats(labelstore.open(policy_stores["crop-flip"]))
+    stored = classification_stats(labelstore.open(stored_policy_stores["crop-flip"]))
+    assert derived["histograms"]["crop_area"]["counts"] and derived == stored
+    assert sum(derived["histograms"]["crop_area"]["counts"]) == EPOCHS * N_TRAIN
