@@ -170,6 +170,9 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
 @click.option("--amp/--no-amp", default=None, help="Autocast on CUDA (default: on for CUDA).")
 @click.option("--skip-bad", is_flag=True, help="Record undecodable images as skipped instead of stopping.")
 @click.option("--no-digest", is_flag=True, help="Do not store per-view input digests.")
+@click.option("--store-params", is_flag=True,
+              help="(classification) Also store the augmentation parameters (aug/* arrays, ~5 bytes per view for "
+                   "crop-flip); by default students re-derive them from the counter-based RNG.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted store.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--rank", type=int, default=None,
@@ -179,8 +182,8 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
 def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, similarity_mode, teacher, allow_untrained_teacher,
           out, storage_options, epochs, top_k, mc_passes, policy_name, crop_scale, image_size, seed, num_classes,
-          batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest, resume,
-          overwrite, rank, world_size, quiet, as_json) -> None:
+          batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest,
+          store_params, resume, overwrite, rank, world_size, quiet, as_json) -> None:
     """Run the teacher once over every (epoch, sample) view and write the label store.
 
     Several processes fill one store: `torchrun --nproc_per_node N --no-python labelstore teach ...`
@@ -205,13 +208,14 @@ def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, s
 
 # ---------------------------------------------------------------------------------------------
 def store_info(store) -> dict:
-    """Schema, completeness and size of a store (what `info` prints)."""
-    sizes = store.nbytes_on_disk()
+    """Schema, completeness and size of a store (what `info` prints); every array's stored bytes and
+    bytes per view come from LabelStore.bytes_per_view_table."""
+    table = {r["name"]: r for r in store.bytes_per_view_table()}
     arrays = []
     for name, arr in sorted(store.arrays.items()):
         arrays.append({"name": name, "dims": list(arr.metadata.dimension_names), "shape": list(arr.shape),
                        "dtype": "string" if arr.dtype.kind == "T" else str(arr.dtype), "chunks": list(arr.chunks), "shards": list(arr.shards or arr.chunks),
-                       "bytes": sizes.get(name)})
+                       "bytes": table[name]["bytes"], "bytes_per_view": table[name]["bytes_per_view"]})
     from labelstore import manifest
 
     done, total = store.progress()
@@ -224,11 +228,11 @@ def store_info(store) -> dict:
         "state": state, "missing": missing, "units_done": done, "units_total": total,
         "epochs": a.get("epochs"), "num_samples": a.get("num_samples"), "num_classes": a.get("num_classes"),
         "top_k": a.get("top_k"), "mc_passes": a.get("mc_passes"), "seed": a.get("seed"),
-        "teacher": a.get("teacher"), "dataset": a.get("dataset"),
+        "teacher": a.get("teacher"), "dataset": a.get("dataset"), "aug_params": a.get("aug_params"),
         "policy": [op.get("name") or op.get("type") for op in a.get("policy", {}).get("ops", [])],
         "arrays": arrays, "views": views,
-        "bytes_total": sum(v for v in sizes.values() if v), "bytes_per_view": store.bytes_per_view(),
-        "record_bytes_per_view": sum(sizes[n] for n in store.epoch_arrays() if sizes.get(n)) / max(views, 1),
+        "bytes_total": sum(r["bytes"] for r in table.values()), "bytes_per_view": store.bytes_per_view(),
+        "record_bytes_per_view": sum(r["bytes_per_view"] for r in table.values() if r["per_epoch"]),
     }
 
 
@@ -251,10 +255,11 @@ def info(store_path: str, storage_options: str | None, as_json: bool) -> None:
     click.echo(f"teacher: {t.get('name')} sha256={str(t.get('weights_sha256'))[:16]}  policy: {', '.join(map(str, d['policy']))}")
     ds = d["dataset"] or {}
     click.echo(f"dataset: {ds.get('kind')} {ds.get('root', '')} digest={str(ds.get('digest'))[:16]}")
-    click.echo(f"{'array':<22}{'dims':<34}{'dtype':<9}{'chunk':<16}{'shard':<16}{'bytes':>10}")
+    click.echo(f"augmentation parameters: {d['aug_params'] or 'stored'}")
+    click.echo(f"{'array':<22}{'dims':<34}{'dtype':<9}{'chunk':<16}{'shard':<16}{'bytes':>12}{'B/view':>9}")
     for r in d["arrays"]:
         click.echo(f"{r['name']:<22}{','.join(r['dims']):<34}{r['dtype']:<9}{'x'.join(map(str, r['chunks'])):<16}"
-                   f"{'x'.join(map(str, r['shards'])):<16}{r['bytes'] or 0:>10}")
+                   f"{'x'.join(map(str, r['shards'])):<16}{r['bytes']:>12}{r['bytes_per_view']:>9.2f}")
     click.echo(f"on disk: {d['bytes_total']} bytes; {d['bytes_per_view']:.2f} bytes per view "
                f"(per-view records alone: {d['record_bytes_per_view']:.2f})")
     for m in d["missing"][:20]:
@@ -281,6 +286,7 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
 
     from dask.diagnostics import ProgressBar
 
+    from labelstore import pipeline as _pipeline  # noqa: F401  (registers the derivation of aug parameters)
     from labelstore import views
 
     _use_storage_options(store_path, storage_options)

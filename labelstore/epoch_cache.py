@@ -110,12 +110,24 @@ def fields(store) -> dict[str, tuple[str, object]]:
     return out
 
 
+def derived_fields(store) -> dict[str, tuple[np.dtype, tuple]]:
+    """{read() key: (dtype, trailing shape)} of the augmentation parameters a store derives from its
+    policy instead of storing them (attribute aug_params = "derived"; none otherwise)."""
+    if not store.params_derived:
+        return {}
+    one = store.derived_params(0, np.zeros(1, np.int64))
+    return {k: (v.dtype, tuple(v.shape[1:])) for k, v in one.items()}
+
+
 def record_dtype(store) -> np.dtype:
-    """One record per row: a field per array of `fields` (its trailing shape), aligned."""
+    """One record per row: a field per array of `fields` (its trailing shape) and per derived
+    parameter, aligned."""
     out = []
     for key, (_, a) in fields(store).items():
         tail = tuple(a.shape[2:] if a.metadata.dimension_names[0] == "epoch" else a.shape[1:])
         out.append((key, a.dtype, tail) if tail else (key, a.dtype))
+    for key, (dtype, tail) in derived_fields(store).items():
+        out.append((key, dtype, tail) if tail else (key, dtype))
     return np.dtype(out, align=True)
 
 
@@ -210,6 +222,9 @@ class EpochCache:
         try:
             with whole_reads(), ThreadPoolExecutor(self.threads) as pool:
                 list(pool.map(read, jobs))
+            if store.params_derived:  # the parameters the teacher rendered, recomputed once per epoch
+                for key, v in store.derived_params(epoch, None).items():
+                    out[key][:] = v
             out.flush()
         except BaseException:
             os.remove(tmp)

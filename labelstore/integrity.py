@@ -32,6 +32,15 @@ def view_digest(x: np.ndarray) -> np.uint32:
     return np.uint32(_crc32c.crc32c(np.ascontiguousarray(x).tobytes()))
 
 
+def view_check(digests: np.ndarray) -> np.ndarray:
+    """uint16: the low 16 bits of crc32c view digests, what a classification store's view_digest holds.
+
+    A replayed view with other pixels passes with probability 2^-16 (1.5e-5) per view; n such views
+    all pass with probability 2^-16n.
+    """
+    return (np.asarray(digests, dtype=np.uint32) & np.uint32(0xFFFF)).astype(np.uint16)
+
+
 def check_format(attrs: dict, where: str) -> None:
     if attrs.get("format") != FORMAT_NAME:
         raise StoreError(f"{where}: not a labelstore store (attribute 'format' is {attrs.get('format')!r})")

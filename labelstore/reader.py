@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import zarr
 
 from . import location, manifest
-from .epoch_cache import EpochCache, memory_budget
+from .epoch_cache import EpochCache, derived_fields, memory_budget
 from .integrity import StoreError, check_expected, check_format, iter_arrays
+from .schema import PARAMS_DERIVED
 from .writer import PROGRESS, pending_units
+
+# (store, epoch, indices int64 [n] or None) -> {"op/param": [n, ...]}: the augmentation parameters of a
+# store whose parameters are derived (attribute aug_params = "derived"). The store layer cannot import the
+# pipeline that owns the policy, so labelstore.pipeline registers it when imported (pipeline/replay.py).
+ParamSource = Callable[["LabelStore", int, "np.ndarray | None"], dict]
+_param_source: ParamSource | None = None
+
+
+def register_param_source(fn: ParamSource) -> None:
+    """Set the function that recomputes derived augmentation parameters (see `LabelStore.read`)."""
+    global _param_source
+    _param_source = fn
 
 
 def open(path: str, mode: str = "r", allow_incomplete: bool = False,  # noqa: A001
@@ -76,6 +89,7 @@ class LabelStore:
     top_k = property(lambda self: int(self.attrs["top_k"]))
     mc_passes = property(lambda self: int(self.attrs.get("mc_passes", 0)))
     complete = property(lambda self: self.attrs.get("state") == "complete")
+    params_derived = property(lambda self: self.attrs.get("aug_params") == PARAMS_DERIVED)
 
     def progress(self) -> tuple[int, int]:
         """(work units done, total work units): one read of the progress array (none when complete)."""
@@ -144,6 +158,9 @@ class LabelStore:
         keeping the last WINDOW_SHARDS shards of each array decoded, so a shard-aware order
         (labelstore.order.quasi_random_order) reads each shard once. cache=True: always through the
         epoch cache; cache=False: never (chunk reads, as for an epoch too large for it).
+        A store written without --store-params (attribute aug_params = "derived") has no aug/* arrays:
+        its "op/param" entries are recomputed from the policy's counter-based RNG (bit-identical to what
+        the teacher rendered), which needs labelstore.pipeline imported.
         """
         if not 0 <= epoch < self.epochs:
             raise IndexError(f"{self.path}: epoch {epoch} out of range (store has {self.epochs} epochs)")
@@ -157,6 +174,8 @@ class LabelStore:
         out: dict[str, np.ndarray] = {}
         for name, arr in self.epoch_arrays().items():
             out[name.removeprefix("aug/")] = self._take(name, arr, idx, epoch)
+        if self.params_derived:
+            out.update(self.derived_params(epoch, idx))
         if include_rows:
             for name, arr in self.row_arrays().items():
                 if arr.dtype.kind not in "OTU" and name != "sample_id":
@@ -186,7 +205,7 @@ class LabelStore:
     @cached_property
     def _cache_keys(self) -> tuple[list[str], list[str]]:
         """(read() keys of the per-epoch arrays, of the numeric per-row arrays)."""
-        return ([n.removeprefix("aug/") for n in self.epoch_arrays()],
+        return ([n.removeprefix("aug/") for n in self.epoch_arrays()] + list(derived_fields(self)),
                 [n for n, a in self.row_arrays().items() if a.dtype.kind not in "OTU"])
 
     def _read_cached(self, epoch: int, idx: np.ndarray | None, include_rows: bool) -> dict[str, np.ndarray]:
@@ -199,6 +218,13 @@ class LabelStore:
                              f"`labelstore verify` lists every damaged shard") from e
         out["index"] = np.arange(self.num_samples) if idx is None else idx
         return out
+    def derived_params(self, epoch: int, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """{"op/param": [n, ...]} of a store whose augmentation parameters are derived (all samples when
+        indices is None), from the function labelstore.pipeline registers (pipeline/replay.py)."""
+        if _param_source is None:
+            raise StoreError(f"{self.path}: its augmentation parameters are derived from the policy (written "
+                             "without --store-params): `import labelstore.pipeline` to read them")
+        return _param_source(self, epoch, indices)
 
     def read_array(self, name: str, epoch: int | None = None, indices: np.ndarray | None = None) -> np.ndarray:
         """One array's rows `indices` (all when None), of `epoch` for per-epoch arrays, in the order given.
@@ -256,6 +282,18 @@ class LabelStore:
                 name = manifest.array_of(key)[0]
                 sizes[name] = sizes.get(name, 0) + int(nbytes)
         return {name: int(sizes.get(name, 0)) for name in self.arrays}
+
+    def bytes_per_view_table(self) -> list[dict]:
+        """Stored bytes per view of every array, largest first: [{name, bytes, bytes_per_view, per_epoch}].
+
+        bytes_per_view = stored bytes / (epochs x samples), per-row arrays included (their share falls as
+        1/epochs); the total of the column is the all-in figure without metadata (see bytes_per_view).
+        """
+        views = max(1, self.epochs * self.num_samples)
+        per_epoch = set(self.epoch_arrays())
+        rows = [{"name": n, "bytes": b, "bytes_per_view": b / views, "per_epoch": n in per_epoch}
+                for n, b in self.nbytes_on_disk().items()]
+        return sorted(rows, key=lambda r: (-r["bytes"], r["name"]))
 
     def bytes_per_view(self) -> float:
         """All stored bytes of the data arrays divided by epochs x samples (metadata, a few KB, aside)."""

@@ -9,7 +9,10 @@ Layout rules (all arrays):
   several writer processes never touch the same shard.
 - Arrays without an epoch dimension hold one record per row, chunked (chunk_rows, ...) and
   sharded (shard_rows, ...).
-- Every inner chunk: bytes -> blosc(zstd, shuffle) -> crc32c. Every shard index: crc32c.
+- Every inner chunk: bytes -> blosc(zstd) -> crc32c, the blosc settings (and a k-major transpose)
+  chosen per array by its `codec` (writer.codecs_for). Every shard index: crc32c.
+- Probability arrays of classification stores keep `mantissa_bits` of float16's 10 mantissa bits
+  (`round_mantissa`, applied by writer.write_block), so they compress to what they carry.
 """
 
 from __future__ import annotations
@@ -19,12 +22,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FORMAT_NAME = "labelstore"
-FORMAT_VERSION = 3  # 3: manifest + metadata checksums (integrity); 2: uint8 view digests (render version 2); bump on any change a reader of the old version would misread
+FORMAT_VERSION = 3  # 3: manifest + metadata checksums, derived augmentation params, 16-bit view checks, rounded probabilities, render version 3; 2: uint8 view digests; bump on any change a reader of the old version would misread
 
 CLASSIFICATION = "classification"
 RETRIEVAL = "retrieval"
 VIDEOQA = "videoqa"
 TASKS = (CLASSIFICATION, RETRIEVAL, VIDEOQA)
+
+# Classification probabilities (topk_values, gt_prob, mc_values) keep this many of float16's 10 mantissa
+# bits: |stored - p16| <= 2^-(PROB_MANTISSA_BITS+1) * max(|p16|, 2^-14), i.e. <= 0.78 % relative (p16: the
+# float16 of the teacher's probability). See docs/store-format.md, "Precision".
+PROB_MANTISSA_BITS = 6
+
+# Values of the group attribute "aug_params": how a student gets the augmentation parameters of a view.
+PARAMS_DERIVED = "derived"  # recomputed from (policy, seed, epoch, sample, source_hw) by the pipeline's Policy.sample
+PARAMS_STORED = "stored"  # the aug/<op>/<param> arrays (teach --store-params)
+
+VIEW_CHECK_DTYPE = "uint16"  # classification view_digest: the low 16 bits of the view's crc32c (integrity.view_check)
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,7 @@ class ArraySpec:
     units: str = ""
     fill_value: float | int | bool | str = 0
     attrs: dict = field(default_factory=dict)
+    codec: str = "default"  # compression recipe, see writer.codecs_for: "default", "ids" or "probs"
 
     @property
     def per_epoch(self) -> bool:
@@ -66,6 +81,23 @@ def smallest_int(max_value: int) -> str:
     return "int64"
 
 
+def round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
+    """float16 x with its mantissa rounded to `bits` of 10 bits (round half to even on the bit pattern).
+
+    |out - x| <= 2^-(bits+1) * max(|x|, 2^-14) (2^-14: float16's smallest normal; below it the step is
+    absolute, 2^-(14+bits)). NaN and inf pass unchanged; a carry rounds up into the exponent.
+    """
+    x16 = np.asarray(x).astype(np.float16)
+    if bits >= 10:
+        return x16
+    drop = np.uint32(10 - bits)
+    b = x16.view(np.uint16).astype(np.uint32)
+    half_minus_one = np.uint32((1 << (10 - bits - 1)) - 1)
+    b = (b + half_minus_one + ((b >> drop) & np.uint32(1))) & np.uint32(0xFFFF ^ ((1 << (10 - bits)) - 1))
+    out = b.astype(np.uint16).view(np.float16)
+    return np.where(np.isfinite(x16), out, x16)
+
+
 def chunking(spec: ArraySpec, chunk_rows: int, shard_rows: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(inner chunk shape, shard shape) for an array under the layout rules above."""
     if shard_rows % chunk_rows:
@@ -91,28 +123,33 @@ def classification_arrays(
 ) -> list[ArraySpec]:
     """Arrays of an image-classification store.
 
-    aug_spec: "op/param" -> (storage dtype, per-view trailing shape), from the policy.
+    aug_spec: "op/param" -> (storage dtype, per-view trailing shape), from the policy; empty when the
+    parameters are derived (group attribute aug_params = "derived", the default of the teacher stage).
     """
     E, N, K, T = epochs, num_samples, top_k, mc_passes
     idx = smallest_uint(num_classes - 1)
+    prob = {"mantissa_bits": PROB_MANTISSA_BITS}
     specs = [
         ArraySpec("sample_id", ("sample",), (N,), "str", "sample table: path relative to the data root, or 'index:i'", fill_value=""),
         ArraySpec("gt", ("sample",), (N,), smallest_int(num_classes - 1), "ground-truth class; -1 = unlabeled", fill_value=-1),
         ArraySpec("source_hw", ("sample", "hw"), (N, 2), "uint16", "decoded source image (height, width)", "pixels"),
         ArraySpec("skipped", ("sample",), (N,), "bool", "True where the source could not be decoded (--skip-bad)", fill_value=False),
-        ArraySpec("topk_values", ("epoch", "sample", "k"), (E, N, K), "float16", "teacher top-k probabilities softmax(logits), descending", "probability"),
-        ArraySpec("topk_indices", ("epoch", "sample", "k"), (E, N, K), idx, "class ids of topk_values"),
-        ArraySpec("gt_prob", ("epoch", "sample"), (E, N), "float16", "teacher probability of the ground-truth class (NaN if unlabeled)", "probability"),
+        ArraySpec("topk_values", ("epoch", "sample", "k"), (E, N, K), "float16",
+                  "teacher top-k probabilities softmax(logits), descending", "probability", attrs=prob, codec="probs"),
+        ArraySpec("topk_indices", ("epoch", "sample", "k"), (E, N, K), idx, "class ids of topk_values", codec="ids"),
+        ArraySpec("gt_prob", ("epoch", "sample"), (E, N), "float16", "teacher probability of the ground-truth class (NaN if unlabeled)",
+                  "probability", attrs=prob, codec="probs"),
     ]
     if T > 0:
         specs.append(
             ArraySpec("mc_values", ("epoch", "sample", "mc", "k"), (E, N, T, K), "float16",
-                      "probabilities of the top-k classes under each MC-dropout pass", "probability")
+                      "probabilities of the top-k classes under each MC-dropout pass", "probability", attrs=prob,
+                      codec="probs")
         )
     if digests:
         specs.append(
-            ArraySpec("view_digest", ("epoch", "sample"), (E, N), "uint32",
-                      "crc32c of the float32 input tensor the teacher was given (pixel-identity proof)")
+            ArraySpec("view_digest", ("epoch", "sample"), (E, N), VIEW_CHECK_DTYPE,
+                      "low 16 bits of the crc32c of the uint8 view the teacher was given (pixel-identity check)")
         )
     for key, (dtype, tail) in sorted(aug_spec.items()):
         op, param = key.split("/")

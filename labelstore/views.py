@@ -85,6 +85,9 @@ def classification_sums(store, scheduler: str | None = None, bins: int = 10, his
     E, N, C, K = store.epochs, store.num_samples, store.num_classes, store.top_k
     names = [n for n in ("gt", "skipped", "source_hw", "topk_values", "topk_indices", "gt_prob", "mc_values",
                          "aug/rrc/box") if n in store.arrays]
+    # a store that derives its parameters (no aug/* arrays): the crop boxes recomputed block by block
+    crops = "rrc" in [op.get("config", {}).get("name") for op in store.attrs.get("policy", {}).get("ops", [])]
+    derive = store.derived_params if store.params_derived and crops else None
     shard = (g["topk_values"].shards or g["topk_values"].chunks)[1]
     step = shard * max(1, ROWS_PER_TASK // shard)
     group = dask.delayed(g, traverse=False)
@@ -92,7 +95,7 @@ def classification_sums(store, scheduler: str | None = None, bins: int = 10, his
     # rows of unfinished work units are left out (an unfinished store read with allow_incomplete)
     written = None if store.complete else store.written_rows("topk_values")  # [E, N] bool
     parts = [block(group, names, E, r0, min(N, r0 + step), C, K, bins, hist_bins, tuple(ferkd),
-                   None if written is None else written[:, r0 : r0 + step])
+                   None if written is None else written[:, r0 : r0 + step], derive)
              for r0 in range(0, N, step)]
     while len(parts) > 1:  # a tree of sums: at most a few blocks' sums in memory at once
         parts = [dask.delayed(_add, pure=True)(*parts[i : i + 8]) for i in range(0, len(parts), 8)]
@@ -113,9 +116,10 @@ def _add(*parts: dict) -> dict:
 
 
 def _classification_block(group, names, E: int, r0: int, r1: int, C: int, K: int, bins: int, hist_bins: int,
-                          ferkd, written: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                          ferkd, written: np.ndarray | None = None, derive=None) -> dict[str, np.ndarray]:
     """The sums over every epoch of rows [r0, r1): per-epoch sums as [E] vectors, the rest as totals.
-    written: bool [E, n], the rows finished work units wrote (None: all); the others are not counted."""
+    written: bool [E, n], the rows finished work units wrote (None: all); the others are not counted.
+    derive: LabelStore.derived_params of a store that derives its crop boxes (None: read aug/rrc/box)."""
     n = r1 - r0
     gt = group["gt"][r0:r1].astype(np.int64)  # [n]
     skipped = group["skipped"][r0:r1].astype(bool)
@@ -129,7 +133,8 @@ def _classification_block(group, names, E: int, r0: int, r1: int, C: int, K: int
                 "bin_right": np.zeros(bins), "gp_hist": np.zeros(20, np.int64), "bands": np.zeros(3, np.int64)})
     if "mc_values" in names:
         out.update({"mc_spread": np.zeros(E), "mc_right": np.zeros(()), "mc_wrong": np.zeros(()), "n_right": np.zeros(())})
-    if "aug/rrc/box" in names:
+    boxes = "aug/rrc/box" in names or derive is not None
+    if boxes:
         hw = group["source_hw"][r0:r1].astype(np.float64)  # [n, 2]
         keep = ~skipped & (hw[:, 0] > 0)
         out.update({"crop_area": np.zeros(hist_bins, np.int64), "crop_log_aspect": np.zeros(hist_bins, np.int64)})
@@ -171,9 +176,10 @@ def _classification_block(group, names, E: int, r0: int, r1: int, C: int, K: int
             out["mc_right"] += (sd * right).sum()
             out["mc_wrong"] += (sd * (w - right)).sum()
             out["n_right"] += right.sum()
-        if "aug/rrc/box" in names:
+        if boxes:
             ke = keep & wr
-            box = group["aug/rrc/box"][e, r0:r1][ke].astype(np.float64)  # [n', 4] (y, x, h, w)
+            box = (derive(e, np.arange(r0, r1))["rrc/box"] if derive is not None
+                   else group["aug/rrc/box"][e, r0:r1])[ke].astype(np.float64)  # [n', 4] (y, x, h, w)
             area = box[:, 2] * box[:, 3] / (hw[ke, 0] * hw[ke, 1])
             aspect = box[:, 3] / np.maximum(box[:, 2], 1)
             out["crop_area"] += np.histogram(area, bins=hist_bins, range=(0.0, 1.0))[0]

@@ -23,20 +23,35 @@ from typing import Any, Callable
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec
 
 from . import location, manifest
 from .integrity import StoreError, check_format
 from .manifest import MANIFEST, PROGRESS
-from .schema import FORMAT_NAME, FORMAT_VERSION, ArraySpec, chunking
+from .schema import FORMAT_NAME, FORMAT_VERSION, ArraySpec, chunking, round_mantissa
 
 CREATING = "creating"  # the state of a store whose creation has not finished (see open_or_create)
 
 
-def codecs_for(dtype: str) -> list:
-    """bytes-to-bytes codecs of every inner chunk: blosc(zstd, shuffle) then crc32c."""
-    shuffle = "noshuffle" if np.dtype(dtype).itemsize == 1 or dtype == "str" else "shuffle"
-    return [BloscCodec(cname="zstd", clevel=5, shuffle=shuffle), Crc32cCodec()]
+def codecs_for(spec: ArraySpec) -> tuple[list, list]:
+    """(array-to-array filters, bytes-to-bytes compressors) of every inner chunk of `spec`, by its `codec`:
+
+      "default": blosc(zstd 5, byte shuffle; no shuffle for 1-byte types and strings) -> crc32c
+      "ids":     transpose to k-major (all top-1 ids of the chunk, then all top-2, ...) ->
+                 blosc(zstd 7, byte shuffle) -> crc32c   (class ids: runs of the same class compress)
+      "probs":   blosc(zstd 7, bit shuffle) -> crc32c    (float16 with mantissa_bits kept: the zeroed
+                 low mantissa bits become whole zero bit-planes)
+    Every recipe is lossless; the only loss is the mantissa rounding before the write (write_block).
+    """
+    if spec.codec == "ids":
+        order = tuple(i for i in range(len(spec.shape)) if i != spec.row_axis) + (spec.row_axis,)
+        return [TransposeCodec(order=order)], [BloscCodec(cname="zstd", clevel=7, shuffle="shuffle"), Crc32cCodec()]
+    if spec.codec == "probs":
+        return [], [BloscCodec(cname="zstd", clevel=7, shuffle="bitshuffle"), Crc32cCodec()]
+    if spec.codec != "default":
+        raise ValueError(f"{spec.name}: unknown codec recipe {spec.codec!r}")
+    shuffle = "noshuffle" if spec.dtype == "str" or np.dtype(spec.dtype).itemsize == 1 else "shuffle"
+    return [], [BloscCodec(cname="zstd", clevel=5, shuffle=shuffle), Crc32cCodec()]
 
 
 def create(
@@ -74,9 +89,10 @@ def create(
     group = location.open_group(path, mode="w", attributes=root)
     for spec, chunks, shards in layout:
         dtype = str if spec.dtype == "str" else spec.dtype
+        filters, compressors = codecs_for(spec)
         group.create_array(
-            spec.name, shape=spec.shape, chunks=chunks, shards=shards, dtype=dtype,
-            compressors=codecs_for(spec.dtype), fill_value=spec.fill_value, dimension_names=spec.dims,
+            spec.name, shape=spec.shape, chunks=chunks, shards=shards, dtype=dtype, filters=filters,
+            compressors=compressors, fill_value=spec.fill_value, dimension_names=spec.dims,
             attributes={"meaning": spec.meaning, "units": spec.units, **spec.attrs},
         )
     group.create_array(  # one object per partition: its units are done by one rank, in turn (dist.rank_units)
@@ -279,9 +295,13 @@ def write_block(group: zarr.Group, name: str, start: int, data: np.ndarray, epoc
     The block must cover whole shards (or end at the array's end): partial shard writes are
     read-modify-write in Zarr and lose data under concurrent writers. All-fill chunks are written
     too, so every shard a unit writes exists (a reader never has to ask the manifest whether an
-    absent shard is one Zarr skipped).
+    absent shard is one Zarr skipped). An array with the attribute `mantissa_bits` is written
+    rounded to it (schema.round_mantissa), whoever writes it.
     """
     arr = group[name].with_config({"write_empty_chunks": True})
+    bits = arr.attrs.get("mantissa_bits")
+    if bits is not None:
+        data = round_mantissa(data, int(bits))
     shard_rows = arr.shards[1 if epoch is not None else 0]
     rows = arr.shape[1 if epoch is not None else 0]
     stop = start + len(data)

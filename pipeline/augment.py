@@ -41,6 +41,7 @@ __all__ = [
     "IMAGENET_STD",
     "POLICY_NAMES",
     "RENDER_VERSION",
+    "SAMPLE_VERSION",
     "ColorJitter",
     "CutMix",
     "HorizontalFlip",
@@ -64,6 +65,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Bump when the pixel semantics of render() change: views recorded under another render
 # version cannot be replayed bit-identically.
 RENDER_VERSION = 2  # 2: uint8 views from the integer kernels of pipeline/kernels.py
+
+# Bump when what Policy.sample draws changes (pipeline/rng.py or any built-in op's sample): a store whose
+# parameters are derived rather than stored (the default) records it, and replay refuses another version.
+SAMPLE_VERSION = 1
 
 _MAX_SIDE = 65535  # boxes are stored as uint16
 _GAMMA_ATTEMPTS = 16  # Marsaglia-Tsang attempts per gamma draw (P(all rejected) < 1e-20)
@@ -571,6 +576,14 @@ class Policy:
                 out[f"{op.name}/{k}"] = v
         return out
 
+    def unmix(self, params: dict, drop: np.ndarray) -> dict:
+        """params with the mixing partner set to -1 where drop [N] is True (a partner that could not be
+        decoded); the other params are kept as drawn, so mix weights become 1 there."""
+        if self._mix is not None and np.any(drop):
+            key = f"{self._mix.name}/partner"
+            params = {**params, key: np.where(drop, -1, params[key]).astype(params[key].dtype)}
+        return params
+
     def partners(self, params: dict, n: int | None = None) -> np.ndarray:
         """int64 [N]: the partner sample of each view (-1 where no other sample is needed)."""
         if self._mix is not None:
@@ -696,6 +709,7 @@ class Policy:
             "std": list(self.std),
             "version": self.version,
             "render_version": RENDER_VERSION,
+            "sample_version": SAMPLE_VERSION,
         }
 
     @classmethod

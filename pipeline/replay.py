@@ -22,8 +22,9 @@ import torch
 
 from labelstore.integrity import StoreMismatch
 from labelstore.order import quasi_random_order
+from labelstore.reader import register_param_source
 
-from .augment import Policy, Views
+from .augment import SAMPLE_VERSION, Policy, Views
 
 TARGET_KEYS = ("topk_values", "topk_indices", "gt", "gt_prob", "mc_values")
 
@@ -42,6 +43,38 @@ def check_data(store, data) -> None:
 
 def store_policy(store) -> Policy:
     return Policy.from_json(store.attrs["policy"])
+
+
+def derived_params(store, epoch: int, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The augmentation parameters of views (epoch, indices) of a store that derives them (attribute
+    aug_params = "derived", i.e. written without --store-params); all samples when indices is None.
+
+        params = Policy.sample(seed, epoch, indices, source_hw[indices], num_samples)   (storage dtypes)
+        partner := -1 where skipped[partner]                                              (Policy.unmix)
+
+    exactly what the teacher stage drew, cast and rendered. LabelStore.read calls it (registered below).
+    Raises StoreMismatch when the store was written under another SAMPLE_VERSION.
+    """
+    have = store.attrs.get("policy", {}).get("sample_version")
+    if have != SAMPLE_VERSION:
+        raise StoreMismatch(f"{store.path}: its augmentation parameters are derived under sample version {have}, this "
+                            f"labelstore draws version {SAMPLE_VERSION}; rebuild the store (or write it with "
+                            "--store-params)")
+    policy = store_policy(store)
+    N = store.num_samples
+    idx = np.arange(N, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+    hw = store.read_array("source_hw", indices=None if indices is None else idx)
+    params = policy.sample(int(store.attrs["seed"]), int(epoch), idx, hw, N)
+    partners = policy.partners(params, len(idx))
+    mixed = partners >= 0
+    if mixed.any():
+        drop = np.zeros(len(idx), bool)
+        drop[mixed] = store.read_array("skipped", indices=partners[mixed])
+        params = policy.unmix(params, drop)
+    return params
+
+
+register_param_source(derived_params)
 
 
 def _params(rec: dict, policy: Policy) -> dict:

@@ -8,8 +8,10 @@ per epoch one whole shard of each array handed to the background writer:
   topk_values [E,N,K] f16 = top-k of softmax(teacher(x))    topk_indices [E,N,K]
   gt_prob     [E,N]   f16 = softmax(teacher(x))[gt]         (NaN when gt = -1)
   mc_values   [E,N,T,K] f16 = softmax(teacher_t(x))[topk_indices], dropout layers only in train mode
-  view_digest [E,N]   u32 = crc32c of the uint8 view (Views.digests)
-  aug/<op>/<param> [E,N,...] = the parameters of the view, in their storage dtype
+  view_digest [E,N]   u16 = low 16 bits of the crc32c of the uint8 view (integrity.view_check)
+  aug/<op>/<param> [E,N,...] = the parameters of the view, in their storage dtype (only with
+                     store_params; by default a student re-derives them from the counter-based RNG)
+Probabilities are written with schema.PROB_MANTISSA_BITS mantissa bits (writer.write_block).
 
 Decoding and rendering run one unit ahead of the teacher on a background thread; writes run
 on another. A killed run keeps every unit it flagged done; `resume=True` redoes the rest
@@ -28,7 +30,7 @@ import torch
 import labelstore
 from labelstore import schema, writer
 from labelstore.errors import ConfigError
-from labelstore.integrity import json_digest
+from labelstore.integrity import json_digest, view_check
 
 from . import rng
 from .images import DecodeError
@@ -65,6 +67,7 @@ class TeachConfig:
     chunk_rows: int = 2048  # rows per inner chunk (the read unit)
     skip_bad: bool = False
     digests: bool = True
+    store_params: bool = False  # also store the aug/* arrays (by default students re-derive them)
     decode_workers: int = 4
 
     @property
@@ -74,7 +77,7 @@ class TeachConfig:
 
 # Fields a resumed run must share with the store (all of TeachConfig except decode_workers).
 _RESUME_FIELDS = ("epochs", "seed", "top_k", "mc_passes", "batch_size", "views_per_decode", "shard_rows",
-                  "chunk_rows", "skip_bad", "digests")
+                  "chunk_rows", "skip_bad", "digests", "store_params")
 
 
 def store_attrs(source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int) -> dict:
@@ -93,6 +96,7 @@ def store_attrs(source, policy, cfg: TeachConfig, teacher_info: dict, num_classe
         "top_k": cfg.top_k,
         "mc_passes": cfg.mc_passes,
         "teach_config": {k: v for k, v in asdict(cfg).items() if k in _RESUME_FIELDS},
+        "aug_params": schema.PARAMS_STORED if cfg.store_params else schema.PARAMS_DERIVED,
     }
 
 
@@ -138,9 +142,7 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
             if need:
                 images.update(_decode(source, np.array(need), pool, cfg.skip_bad)[0])  # a bad partner stops the run unless skip_bad
             bad_partner = np.array([q >= 0 and images.get(q) is None for q in partners.tolist()], dtype=bool)
-            for key in params:
-                if key.endswith("/partner"):
-                    params[key][bad_partner] = -1
+            params = policy.unmix(params, bad_partner)  # replay.derived_params does the same from `skipped`
             partners = policy.partners(params, len(rows))
             uniq = np.unique(partners[partners >= 0])
             p_hw = np.array([images[q].shape[:2] for q in uniq.tolist()], dtype=np.int64).reshape(-1, 2)
@@ -178,7 +180,7 @@ class ClassificationTask:
         self.attrs = store_attrs(source, policy, cfg, teacher_info, num_classes)
         self.specs = schema.classification_arrays(
             num_samples=len(source), epochs=cfg.epochs, num_classes=num_classes, top_k=cfg.top_k,
-            mc_passes=cfg.mc_passes, aug_spec=policy.param_spec(), digests=cfg.digests,
+            mc_passes=cfg.mc_passes, aug_spec=policy.param_spec() if cfg.store_params else {}, digests=cfg.digests,
         )
         self.gt = np.asarray(source.labels, dtype=np.int64)
         self._idx_dtype = next(s.dtype for s in self.specs if s.name == "topk_indices")
@@ -206,7 +208,8 @@ class ClassificationTask:
                 return [], 0
             start = int(rows[0])
             writes = [(name, start, data, e) for name, data in self._acc.items()]
-            writes += [(f"aug/{key}", start, data, e) for key, data in item.data.items()]
+            if cfg.store_params:
+                writes += [(f"aug/{key}", start, data, e) for key, data in item.data.items()]
             self._acc = {}
             return writes, 0
         if item.kind == "unit":  # per-row arrays (first epoch group only); the driver then flags the unit done
@@ -221,13 +224,13 @@ class ClassificationTask:
             if T:
                 self._acc["mc_values"] = np.zeros((n, T, K), np.float16)
             if cfg.digests:
-                self._acc["view_digest"] = np.zeros(n, np.uint32)
+                self._acc["view_digest"] = np.zeros(n, schema.VIEW_CHECK_DTYPE)
         sel, x = item.data  # x: uint8 Views of rows[sel], or None when all of them were skipped
         if x is None:
             return [], 0
         ids = rows[sel]
         if cfg.digests:
-            self._acc["view_digest"][sel] = x.digests()
+            self._acc["view_digest"][sel] = view_check(x.digests())
         out = self.targets(x, e, ids)
         for name, data in out.items():
             self._acc[name][sel] = data

@@ -84,9 +84,10 @@ def _create_array(group: zarr.Group, spec: schema.ArraySpec, chunk_rows: int) ->
     shard = -(-rows // chunk) * chunk
     tail = tuple(spec.shape[spec.row_axis + 1 :])
     lead = (1,) if spec.per_epoch else ()
+    filters, compressors = writer.codecs_for(spec)
     group.create_array(
         spec.name, shape=spec.shape, chunks=(*lead, chunk, *tail), shards=(*lead, shard, *tail),
-        dtype=str if spec.dtype == "str" else spec.dtype, compressors=writer.codecs_for(spec.dtype),
+        dtype=str if spec.dtype == "str" else spec.dtype, filters=filters, compressors=compressors,
         fill_value=spec.fill_value, dimension_names=spec.dims,
         attributes={"meaning": spec.meaning, "units": spec.units, **spec.attrs},
     )

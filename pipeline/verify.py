@@ -10,7 +10,8 @@ Checks, in order:
   Damage does not stop it: every damaged array and row range is listed (chunk_problems), views
   whose records cannot be read are listed (replay_problems), and the other checks carry on.
   4. with a teacher: its outputs on the replayed views give the stored top-k classes, with
-     probabilities within float16 rounding (|p - stored| <= 2^-10 max(p, 2^-14) + 1e-4).
+     probabilities within the stored rounding (|p - stored| <= (2^-(b+1) + 2^-10) max(p, 2^-14) + 1e-4,
+     b = the array's mantissa_bits, 10 when absent).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from labelstore.errors import StoreError
-from labelstore.integrity import verify_chunks, verify_objects
+from labelstore.integrity import verify_chunks, verify_objects, view_check
 
 from .replay import check_data, replay_views, store_policy
 from .teacher import pick_device
@@ -56,7 +57,7 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
             report["replay_problems"].append(f"epoch {int(e)} ({len(idx)} views not checked): {err}")
             continue
         if "view_digest" in rec:
-            digests_ok += int((views.digests() == rec["view_digest"]).sum())
+            digests_ok += int((view_check(views.digests()) == rec["view_digest"]).sum())
             checked += len(idx)
         if teacher is not None:
             with torch.inference_mode():
@@ -65,7 +66,8 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
             stored_v = torch.from_numpy(rec["topk_values"].astype(np.float32))
             stored_i = torch.from_numpy(rec["topk_indices"].astype(np.int64))
             got = p.gather(1, stored_i)  # the teacher's probabilities of the stored classes
-            tol = 2.0**-10 * torch.maximum(got, torch.full_like(got, 2.0**-14)) + 1e-4
+            bits = int(store.arrays["topk_values"].attrs.get("mantissa_bits", 10))
+            tol = (2.0 ** -(bits + 1) + 2.0**-10) * torch.maximum(got, torch.full_like(got, 2.0**-14)) + 1e-4
             # a stored class set is right if its probabilities match and no other class beats the k-th
             kth = got[:, K - 1 : K]
             others = p.scatter(1, stored_i, -1.0)

@@ -492,3 +492,50 @@ def test_to_input_normalises_and_blends_uint8_views():
     want = (lam.view(-1, 1, 1, 1) * v / 255 + (1 - lam.view(-1, 1, 1, 1)) * p / 255 - m) / s
     torch.testing.assert_close(mixed, want)
     torch.testing.assert_close(mixed[1], plain[1])  # lam 1: the partner does not count
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_unmix_drops_only_the_given_partners(name):
+    """Policy.unmix (teacher: a partner it could not decode; replay: skipped[partner]) sets exactly those partners
+    to -1, keeps every other param and every dtype, and the view's own weight becomes 1 there."""
+    pol = make_policy(name, (16, 16))
+    n = 200
+    p = pol.sample(3, 1, np.arange(n), _shapes(n), n)
+    drop = np.zeros(n, bool)
+    drop[::3] = True
+    q = pol.unmix(p, drop)
+    assert q.keys() == p.keys() and all(q[k].dtype == p[k].dtype for k in p)
+    before, after = pol.partners(p, n), pol.partners(q, n)
+    np.testing.assert_array_equal(after[~drop], before[~drop])
+    np.testing.assert_array_equal(after[drop], -1)
+    np.testing.assert_array_equal(pol.mix_weight_array(q, n)[drop], 1.0)
+    for k in p:
+        if not k.endswith("/partner"):
+            np.testing.assert_array_equal(q[k], p[k])
+    if name in ("cutmix", "mixup"):
+        assert (before[drop] >= 0).any()  # something was dropped
+    assert pol.to_json()["sample_version"] == A.SAMPLE_VERSION
+
+
+# Policy.sample's draws are part of the store format for stores with derived parameters: a change to
+# pipeline/rng.py or to an op's sample must bump SAMPLE_VERSION (and re-pin these).
+PINNED_DRAWS = {  # SAMPLE_VERSION 1: sha256 (first 16 hex) over sorted (key, param bytes)
+    "none": "e3b0c44298fc1c14", "crop-flip": "1ccb00af1b0a8f0f", "crop-flip-jitter": "b94d7c4609da1ea4",
+    "cutmix": "5ae4a565c68f83b7", "mixup": "b5e2a1c1bba408bc", "selfmix": "7c6a67e9cd173fe8",
+}
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_sample_draws_are_pinned_to_the_sample_version(name):
+    import hashlib
+
+    assert A.SAMPLE_VERSION == 1
+    pol = make_policy(name, (224, 224))
+    n = 1000
+    hw = np.stack([150 + np.arange(n) % 651, 800 - np.arange(n) % 577], 1)
+    p = pol.sample(12345, 7, np.arange(n) * 37, hw, 40000)
+    h = hashlib.sha256()
+    for k in sorted(p):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(p[k]).tobytes())
+    assert h.hexdigest()[:16] == PINNED_DRAWS[name]

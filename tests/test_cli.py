@@ -16,7 +16,7 @@ import pytest
 from conftest import assert_same_arrays, corrupt_image, make_teacher_checkpoint, read_arrays
 
 import labelstore
-from labelstore.integrity import StoreError
+from labelstore.integrity import StoreError, view_check
 from labelstore.pipeline.images import HDF5Images, ImageFolder, make_shapes_dataset
 from labelstore.pipeline.replay import replay_views
 
@@ -97,13 +97,17 @@ def test_teach_info_inspect(full_store, data_dir, ckpt, work):
     assert info["bytes_per_view"] > 0 and info["bytes_total"] > 0
     assert info["bytes_per_view"] == pytest.approx(store.bytes_per_view())
     arrays = {a["name"]: a for a in info["arrays"]}
-    assert {"topk_values", "topk_indices", "gt_prob", "mc_values", "view_digest", "sample_id", "gt",
-            "aug/cutmix/partner", "aug/rrc/box"} <= arrays.keys()
+    assert {"topk_values", "topk_indices", "gt_prob", "mc_values", "view_digest", "sample_id", "gt"} <= arrays.keys()
+    assert info["aug_params"] == "derived" and not [a for a in arrays if a.startswith("aug/")]
+    views = 4 * N
+    assert all(a["bytes_per_view"] == pytest.approx(a["bytes"] / views) for a in arrays.values())
+    assert info["record_bytes_per_view"] == pytest.approx(sum(a["bytes_per_view"] for a in arrays.values()
+                                                              if a["dims"][0] == "epoch"))
     assert arrays["topk_values"]["dims"] == ["epoch", "sample", "k"]
     assert arrays["topk_values"]["shape"] == [4, N, 3] and arrays["topk_values"]["dtype"] == "float16"
     assert arrays["topk_values"]["shards"] == [1, 8, 3] and arrays["topk_values"]["bytes"] > 0
     text = run("info", full_store).stdout
-    assert "bytes per view" in text and "topk_values" in text
+    assert "bytes per view" in text and "topk_values" in text and "B/view" in text
 
     plot = work / "stats.png"
     stats = json.loads(run("inspect", full_store, "--json", "--plot", plot).stdout)
@@ -184,15 +188,16 @@ def test_hdf5_source_end_to_end(work, ckpt):
     out = work / "h5.zarr"
     p = run("teach", "--data", h5, "--teacher", ckpt, "--out", out, "--epochs", "2", "--top-k", "2",
             "--policy", "crop-flip", "--image-size", "16", "--shard-samples", "16", "--chunk-samples", "8",
-            "--workers", "2", "--quiet")
+            "--workers", "2", "--store-params", "--quiet")
     assert "complete" in p.stdout
     store = labelstore.open(out)
+    assert store.attrs["aug_params"] == "stored" and {"aug/rrc/box", "aug/flip/flag"} <= store.arrays.keys()
     assert store.ids.tolist() == [f"index:{i}" for i in range(24)]
     assert store.attrs["dataset"]["kind"] != "image_folder"
     src = HDF5Images(h5)
     assert store.group["gt"][:].tolist() == np.asarray(src.labels).tolist()
     assert store.group["source_hw"][:].tolist() == [[32, 32]] * 24
-    np.testing.assert_array_equal(replay_views(store, src, 1, np.arange(24)).digests(), store.read(1)["view_digest"])
+    np.testing.assert_array_equal(view_check(replay_views(store, src, 1, np.arange(24)).digests()), store.read(1)["view_digest"])
     shutil.rmtree(out)
 
 

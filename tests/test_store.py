@@ -27,7 +27,7 @@ from conftest import (
 import labelstore
 from labelstore.integrity import StoreError, StoreMismatch, verify_chunks, view_digest
 from labelstore.pipeline.images import DecodeError, ImageFolder, make_shapes_dataset
-from labelstore.pipeline.replay import ReplayLoader, check_data, replay_inputs
+from labelstore.pipeline.replay import ReplayLoader, check_data, replay_inputs, store_policy
 from labelstore.errors import TeacherOutputError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "store-format.md"
@@ -84,7 +84,7 @@ def test_teach_store_matches_documented_format(base_store, source, teacher):
     from labelstore.integrity import iter_arrays
 
     arrays = dict(iter_arrays(group))
-    expected = {n for n in doc if not n.startswith("aug/")} | {"aug/rrc/box", "aug/flip/flag", "aug/jitter/factors"}
+    expected = {n for n in doc if not n.startswith("aug/")}  # parameters derived: no aug/* arrays
     assert set(arrays) == expected
     sym = {"E": E, "N": N, "K": K, "T": T, "G": 1, "P": 3}
     for name, arr in arrays.items():
@@ -116,6 +116,7 @@ def test_teach_store_matches_documented_format(base_store, source, teacher):
     missing = [k for k in keys if k not in attrs]
     assert not missing, missing
     assert attrs["format"] == "labelstore" and attrs["format_version"] == 3 and attrs["state"] == "complete"
+    assert attrs["aug_params"] == "derived" and attrs["policy"]["sample_version"] == 1
     assert attrs["task"] == "classification" and attrs["classes"] == source.classes
     assert attrs["teacher"]["weights_sha256"] == teacher[1]["weights_sha256"]
     assert {"kind", "num_samples", "digest", "root"} <= attrs["dataset"].keys()
@@ -130,14 +131,20 @@ def test_teach_store_matches_documented_format(base_store, source, teacher):
     assert group["source_hw"][:].tolist() == [list(source.src_shape(i)) for i in range(N)]
     assert not group["skipped"][:].any()
     vals = group["topk_values"][:].astype(np.float32)
-    assert (np.diff(vals, axis=-1) <= 0).all() and (vals > 0).all() and (vals.sum(-1) <= 1.001).all()
+    assert (np.diff(vals, axis=-1) <= 0).all() and (vals > 0).all() and (vals.sum(-1) <= 1.001 + 2.0**-7).all()
+    for name in ("topk_values", "gt_prob", "mc_values"):  # 6 of 10 mantissa bits kept: the low 4 bits are 0
+        assert group[name].attrs["mantissa_bits"] == 6
+        assert not (group[name][:].view(np.uint16) & 0xF).any(), name
+    assert group["view_digest"].dtype == np.uint16
     assert not (group["mc_values"][:] == vals[:, :, None, :]).all()  # dropout passes differ from the eval pass
 
     # read() in the given order, and the Zarr arrays through dask directly
     rec = store.read(1, [5, 0, 47, 5])
     assert rec["index"].tolist() == [5, 0, 47, 5]
     np.testing.assert_array_equal(rec["topk_values"], group["topk_values"][1][[5, 0, 47, 5]])
-    np.testing.assert_array_equal(rec["rrc/box"], group["aug/rrc/box"][1][[5, 0, 47, 5]])
+    assert rec["rrc/box"].dtype == np.uint16 and rec["rrc/box"].shape == (4, 4)  # derived, in storage dtypes
+    np.testing.assert_array_equal(rec["rrc/box"][0], rec["rrc/box"][3])
+    assert rec["flip/flag"].dtype == bool and rec["jitter/factors"].dtype == np.float16
     d = da.from_zarr(str(base_store), component="topk_values")
     assert d.shape == (E, N, K)
     np.testing.assert_array_equal(d[2].compute(), store.read(2)["topk_values"])
@@ -151,15 +158,23 @@ def test_teach_store_matches_documented_format(base_store, source, teacher):
 # ----------------------------------------------------------------------------- determinism
 def test_parameters_do_not_depend_on_batch_size_or_workers(tmp_path, source, teacher, base_store):
     a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
-    teach_store(a, source, teacher, batch_size=4, decode_workers=1)
-    teach_store(b, source, teacher, batch_size=32, decode_workers=3)
+    teach_store(a, source, teacher, batch_size=4, decode_workers=1, store_params=True)
+    teach_store(b, source, teacher, batch_size=32, decode_workers=3, store_params=True)
     A, B = read_arrays(a), read_arrays(b)
     aug = [n for n in A if n.startswith("aug/")]
     assert len(aug) == 3
     assert_same_arrays(A, B, names=aug + ["view_digest", "topk_indices", "gt", "sample_id", "source_hw"])
     np.testing.assert_allclose(A["topk_values"].astype(np.float32), B["topk_values"].astype(np.float32), atol=1e-3)
-    # and the reference store (batch 8) agrees on the parameters
-    assert_same_arrays(A, read_arrays(base_store), names=aug + ["view_digest", "topk_indices"])
+    # and the reference store (batch 8, parameters derived, not stored) agrees on views and parameters
+    R = read_arrays(base_store)
+    assert not [n for n in R if n.startswith("aug/")]
+    assert_same_arrays({n: A[n] for n in R}, R, names=["view_digest", "topk_indices"])
+    ref = labelstore.open(base_store)
+    for e in range(ref.epochs):
+        rec = ref.read(e)
+        for name in aug:
+            np.testing.assert_array_equal(rec[name.removeprefix("aug/")], A[name][e], err_msg=name)
+            assert rec[name.removeprefix("aug/")].dtype == A[name].dtype, name
 
 
 def test_resume_equals_uninterrupted(tmp_path, source, teacher, base_store):
@@ -221,6 +236,9 @@ def test_read_of_one_epoch_touches_only_that_epoch(base_store):
     assert data_keys, rec_store.keys
     touched = set()
     for k in data_keys:
+        if k.startswith("source_hw/"):  # derived augmentation parameters: the rows' source sizes, shard 0
+            assert re.fullmatch(r"source_hw/c/0/0", k), k
+            continue
         m = re.fullmatch(r"(.+)/c/(\d+)/(\d+)(/\d+)*", k)
         assert m, k
         assert m.group(1) in per_epoch and m.group(2) == "1" and m.group(3) == "0", k  # epoch 1, first shard
@@ -294,12 +312,25 @@ def test_skip_bad_records_skipped(tmp_path, shapes_dir, teacher):
     stats = teach_store(out, src, teacher, policy="cutmix", skip_bad=True)
     assert stats["complete"] and stats["views"] == (N_TRAIN - 1) * DEFAULT_CFG["epochs"]
     store = labelstore.open(out)
+    # derived parameters: the skipped sample, drawn as someone's partner, is unmixed exactly as the teacher did
+    stored = tmp_path / "stored.zarr"
+    teach_store(stored, src, teacher, policy="cutmix", skip_bad=True, store_params=True)
+    explicit, derived = read_arrays(stored), read_arrays(out)
+    assert_same_arrays({n: explicit[n] for n in derived}, derived,
+                       names=["view_digest", "topk_indices", "topk_values", "skipped"])
+    drawn = [store_policy(store).sample(store.attrs["seed"], e, np.arange(N_TRAIN), explicit["source_hw"], N_TRAIN)["cutmix/partner"]
+             for e in range(store.epochs)]
+    assert any((d == row).any() for d in drawn)  # the unmixing path is exercised
+    for e in range(store.epochs):
+        rec = store.read(e)
+        for name in ("cutmix/partner", "cutmix/box", "cutmix/lam", "rrc/box", "flip/flag"):
+            np.testing.assert_array_equal(rec[name], explicit[f"aug/{name}"][e], err_msg=name)
     skipped = store.group["skipped"][:]
     assert skipped.tolist() == [i == row for i in range(N_TRAIN)]
     assert store.group["source_hw"][row].tolist() == [0, 0]
     assert (store.group["source_hw"][:][~skipped] > 0).all()
     # nobody is mixed with the skipped sample
-    assert not (store.group["aug/cutmix/partner"][:] == row).any()
+    assert not any((store.read(e)["cutmix/partner"] == row).any() for e in range(store.epochs))
     loader = ReplayLoader(store, src, epoch=0, batch_size=16, shuffle=False)
     seen = np.concatenate([t["index"].numpy() for _, t in loader])
     assert sorted(seen.tolist()) == [i for i in range(N_TRAIN) if i != row]
@@ -344,6 +375,15 @@ def test_store_checked_against_another_dataset(tmp_path, base_store, source):
     store.check(dataset={"digest": source.fingerprint()["digest"]})
 
 
+def test_resume_with_or_without_stored_params_refused(tmp_path, base_store, source, teacher):
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(base_store, copy)
+    before = read_arrays(copy)
+    with pytest.raises(StoreMismatch, match="cannot resume: store_params is False in the store, True now"):
+        teach_store(copy, source, teacher, resume=True, store_params=True)
+    assert_same_arrays(before, copy)
+
+
 def test_resume_with_another_teacher_refused(tmp_path, source, teacher):
     out = tmp_path / "s.zarr"
     teach_store(out, source, teacher, rank=0, world_size=2)
@@ -364,10 +404,10 @@ def test_resume_with_another_teacher_refused(tmp_path, source, teacher):
 
 
 def test_other_format_version_refused(tmp_path, base_store):
-    copy = tmp_path / "v1.zarr"
+    copy = tmp_path / "v2.zarr"
     shutil.copytree(base_store, copy)
-    zarr.open_group(str(copy), mode="r+").attrs["format_version"] = 2  # without manifest and metadata checksums
-    with pytest.raises(StoreMismatch, match="store format version 2, this labelstore reads version 3"):
+    zarr.open_group(str(copy), mode="r+").attrs["format_version"] = 2  # stored params, 32-bit digests, float16
+    with pytest.raises(StoreMismatch, match=r"v2.zarr: store format version 2, this labelstore reads version 3"):
         labelstore.open(copy)
     with pytest.raises(StoreMismatch, match="version"):
         labelstore.open(copy, allow_incomplete=True)
@@ -444,7 +484,7 @@ def test_bad_partner_image_then_resume_after_fix_with_mixing(tmp_path, shapes_di
     src = ImageFolder(data)
     ref = tmp_path / "ref.zarr"
     teach_store(ref, src, teacher, policy="cutmix")
-    partners = read_arrays(ref)["aug/cutmix/partner"]
+    partners = np.stack([labelstore.open(ref).read(e)["cutmix/partner"] for e in range(3)])  # [E, N], derived
     # a PNG of the last partition that is a partner of a row of the first partition
     bad_row = next(int(q) for q in partners[:, :16].ravel() if q >= 32 and src.ids[q].endswith(".png"))
     original = corrupt_image(data / src.ids[bad_row])
