@@ -12,7 +12,7 @@ import zarr
 
 import labelstore
 from labelstore.order import quasi_random_order
-from labelstore.pipeline.replay import ReplayDataset
+from labelstore.pipeline.replay import ReplayDataset, derived_params
 from labelstore.trainers.bench_scale import unique_memory, write_store
 
 N, E, CHUNK, SHARD = 20_000, 2, 512, 2048  # 10 shards of 4 inner chunks per epoch
@@ -30,10 +30,16 @@ def _direct(path, epoch: int, idx: np.ndarray) -> dict[str, np.ndarray]:
     """The records of idx read with zarr alone, keyed as store.read keys them."""
     g = zarr.open_group(str(path), mode="r")
     out = {}
-    for name in ("topk_values", "topk_indices", "gt_prob", "view_digest", "aug/rrc/box", "aug/flip/flag"):
-        out[name.removeprefix("aug/")] = g[name][epoch][idx]
+    for name in ("topk_values", "topk_indices", "gt_prob", "view_digest"):
+        out[name] = g[name][epoch][idx]
     for name in ("gt", "skipped", "source_hw"):
         out[name] = g[name][:][idx]
+    if "aug" in g:  # parameters stored (--store-params)
+        for name in ("aug/rrc/box", "aug/flip/flag"):
+            out[name.removeprefix("aug/")] = g[name][epoch][idx]
+    else:  # derived: what the teacher stage drew for these views
+        out.update(derived_params(labelstore.open(path), epoch, idx))
+    assert {"rrc/box", "flip/flag"} <= out.keys()
     return out
 
 
