@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FORMAT_NAME = "labelstore"
-FORMAT_VERSION = 2  # 2: uint8 view digests (render version 2); bump on any change a reader of the old version would misread
+FORMAT_VERSION = 3  # 2: uint8 view digests (render version 2); 3: render version 3, decoder recorded; bump on any change a reader of the old version would misread
 
 CLASSIFICATION = "classification"
 RETRIEVAL = "retrieval"

@@ -63,7 +63,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Bump when the pixel semantics of render() change: views recorded under another render
 # version cannot be replayed bit-identically.
-RENDER_VERSION = 2  # 2: uint8 views from the integer kernels of pipeline/kernels.py
+RENDER_VERSION = 3  # 2: uint8 views from the integer kernels of pipeline/kernels.py; 3: vertical pass first
 
 _MAX_SIDE = 65535  # boxes are stored as uint16
 _GAMMA_ATTEMPTS = 16  # Marsaglia-Tsang attempts per gamma draw (P(all rejected) < 1e-20)
@@ -624,6 +624,9 @@ class Policy:
                 geo_done = True
             elif isinstance(op, HorizontalFlip) and not geo_done:
                 pre_flip ^= bool(p["flag"])
+            elif isinstance(op, HorizontalFlip) and prog and prog[-1][0] == K.OP_RESIZE:
+                if bool(p["flag"]):  # folded into the resize's taps: it writes mirrored columns
+                    prog[-1] = (*prog[-1][:5], 1 - prog[-1][5])
             else:
                 prog += op.program(p, src_hw, self.output_size)
         return prog
@@ -656,8 +659,7 @@ class Policy:
                 prog[b, k, : len(op)] = op
         out = np.zeros((len(srcs), 3, H, W), np.uint8)
         if len(srcs):
-            flat, offsets, shapes = K.pack_sources(srcs)
-            K.render_views(flat, offsets, shapes, np.arange(len(srcs), dtype=np.int64), prog, out)
+            K.render_views(srcs, np.arange(len(srcs), dtype=np.int64), prog, out)
         for op in self.ops:
             if _is_user_op(op):
                 for b, r in enumerate(rowdicts):
