@@ -37,6 +37,26 @@ def check_data(store, data) -> None:
             f"with {have.get('num_samples')} samples (digest {str(have.get('digest'))[:12]}), given "
             f"{fp.get('kind')} with {fp.get('num_samples')} samples (digest {str(fp.get('digest'))[:12]})"
         )
+    check_decoder(store, data)
+
+
+def _libraries(decoder: dict) -> dict:
+    return {k: str(v).split(" ")[0] for k, v in decoder.items()}
+
+
+def check_decoder(store, data) -> None:
+    """Refuse, by name, a source that decodes with other libraries than the teacher's (the decoded
+    pixels are part of the views). Another version of the same library is accepted: the store's
+    view digests (`labelstore verify`) check that its pixels are the same."""
+    have = store.attrs.get("dataset", {}).get("decoder")
+    describe = getattr(data, "describe", None)
+    given = describe().get("decoder") if describe is not None else None
+    if have is None and given is None:
+        return
+    if have is None or given is None or _libraries(have) != _libraries(given):
+        raise StoreMismatch(f"{store.path}: the teacher's views were decoded with {have or 'no decoder (raw arrays)'}, "
+                            f"this source decodes with {given or 'no decoder (raw arrays)'}: install the same "
+                            "decoders (see docs/store-format.md, dataset.decoder) to replay these views")
 
 
 def store_policy(store) -> Policy:

@@ -172,3 +172,24 @@ def test_replay_dataset_with_distributed_sampler_and_persistent_workers(skip_sto
         assert len(seen) == 2 * -(-(N_TRAIN - 1) // 2)
     with pytest.raises(IndexError, match="epoch 9 out of range"):
         ds.set_epoch(9)
+
+
+def test_other_decoder_refused_by_name(tmp_path, base_store, source):
+    import shutil
+
+    import zarr
+
+    from labelstore.errors import StoreMismatch
+    from labelstore.pipeline.replay import ReplayDataset
+
+    copy = tmp_path / "other-decoder.zarr"
+    shutil.copytree(base_store, copy)
+    attrs = zarr.open_group(str(copy), mode="r+").attrs
+    ds = dict(attrs["dataset"])
+    assert ds["decoder"]["jpeg"].startswith("simplejpeg ") and ds["decoder"]["other"].startswith("pillow ")
+    ReplayDataset(labelstore.open(copy), source)  # the same decoders: accepted
+    attrs["dataset"] = {**ds, "decoder": {**ds["decoder"], "jpeg": "simplejpeg 0.1"}}
+    ReplayDataset(labelstore.open(copy), source)  # another version of the same library: accepted
+    attrs["dataset"] = {**ds, "decoder": {**ds["decoder"], "jpeg": "opencv 4.10"}}
+    with pytest.raises(StoreMismatch, match="decoded with .*opencv 4.10.*this source decodes with .*simplejpeg"):
+        ReplayDataset(labelstore.open(copy), source)

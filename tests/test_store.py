@@ -114,7 +114,7 @@ def test_teach_store_matches_documented_format(base_store, source, teacher):
     assert {"format", "format_version", "teacher", "layout", "state", "completed"} <= set(keys)
     missing = [k for k in keys if k not in attrs]
     assert not missing, missing
-    assert attrs["format"] == "labelstore" and attrs["format_version"] == 2 and attrs["state"] == "complete"
+    assert attrs["format"] == "labelstore" and attrs["format_version"] == 3 and attrs["state"] == "complete"
     assert attrs["task"] == "classification" and attrs["classes"] == source.classes
     assert attrs["teacher"]["weights_sha256"] == teacher[1]["weights_sha256"]
     assert {"kind", "num_samples", "digest", "root"} <= attrs["dataset"].keys()
@@ -364,8 +364,8 @@ def test_resume_with_another_teacher_refused(tmp_path, source, teacher):
 def test_other_format_version_refused(tmp_path, base_store):
     copy = tmp_path / "v1.zarr"
     shutil.copytree(base_store, copy)
-    zarr.open_group(str(copy), mode="r+").attrs["format_version"] = 1  # float32 view digests (render version 1)
-    with pytest.raises(StoreMismatch, match="store format version 1, this labelstore reads version 2"):
+    zarr.open_group(str(copy), mode="r+").attrs["format_version"] = 2  # render version 2 views, no decoder recorded
+    with pytest.raises(StoreMismatch, match="store format version 2, this labelstore reads version 3"):
         labelstore.open(copy)
     with pytest.raises(StoreMismatch, match="version"):
         labelstore.open(copy, allow_incomplete=True)
