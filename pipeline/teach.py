@@ -66,6 +66,10 @@ class TeachConfig:
     skip_bad: bool = False
     digests: bool = True
     decode_workers: int = 4
+    # where views are rendered (same bytes anywhere): None = the teacher's device; "cpu" = the numba
+    # kernels; a torch device ("cuda", "cuda:1") = pipeline/render_torch.py there, the sources uploaded
+    # once per image; "torch:<device>" forces the torch path (e.g. "torch:cpu", to check it)
+    render_device: str | None = None
 
     @property
     def group_size(self) -> int:
@@ -124,8 +128,40 @@ def _decode(source, rows: np.ndarray, pool: ThreadPoolExecutor, skip_bad: bool) 
     return images, hw
 
 
-def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: ThreadPoolExecutor):
-    """Producer: per unit and epoch, the rendered views in batches (runs on a background thread)."""
+def render_device(cfg: TeachConfig, teacher_device) -> torch.device | None:
+    """The torch device of the torch render path, or None for the numba kernels (CPU)."""
+    want = cfg.render_device if cfg.render_device is not None else str(teacher_device)
+    if want.startswith("torch:"):
+        return torch.device(want[len("torch:"):])
+    try:
+        dev = torch.device(want)
+    except RuntimeError as e:
+        raise ConfigError(f"--render-device {want!r} is not a torch device: {e}") from e
+    return None if dev.type == "cpu" else dev
+
+
+class _Uploaded(dict):
+    """{row: uint8 [H, W, 3] tensor on `device`}, each decoded image uploaded once, on first use."""
+
+    def __init__(self, images: dict, device: torch.device):
+        super().__init__()
+        self.images, self.device = images, device
+
+    def get(self, row, default=None):
+        if row not in self:
+            img = self.images.get(row)
+            if img is None:
+                return default
+            self[row] = torch.from_numpy(img).to(self.device, non_blocking=True)
+        return self[row]
+
+
+def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: ThreadPoolExecutor,
+           device: torch.device | None = None):
+    """Producer: per unit and epoch, the rendered views in batches (runs on a background thread);
+    rendered on `device` by pipeline/render_torch.py when given, else by the numba kernels."""
+    from . import render_torch
+
     S, V, N = cfg.shard_rows, cfg.group_size, num_samples
     for g, p in units:
         rows = np.arange(p * S, min(N, (p + 1) * S))
@@ -146,16 +182,18 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
             p_hw = np.array([images[q].shape[:2] for q in uniq.tolist()], dtype=np.int64).reshape(-1, 2)
             p_params = policy.sample(cfg.seed, e, uniq, p_hw, N) if len(uniq) else {}
             p_pos = {q: j for j, q in enumerate(uniq.tolist())}
+            srcs = images if device is None else _Uploaded(images, device)
             for j0 in range(0, len(rows), cfg.batch_size):
                 sel = np.arange(j0, min(len(rows), j0 + cfg.batch_size))
                 keep = sel[ok[sel]]
                 views = None
                 if len(keep):
                     qs = partners[keep].tolist()
-                    views = policy.render_batch(  # uint8, all cores, no GIL
-                        [images[int(rows[j])] for j in keep.tolist()], {k: v[keep] for k, v in params.items()},
-                        [images.get(q) if q >= 0 else None for q in qs],
-                        {k: v[[p_pos.get(q, 0) for q in qs]] for k, v in p_params.items()} if len(uniq) else None)
+                    args = ([srcs.get(int(rows[j])) for j in keep.tolist()], {k: v[keep] for k, v in params.items()},
+                            [srcs.get(q) if q >= 0 else None for q in qs],
+                            {k: v[[p_pos.get(q, 0) for q in qs]] for k, v in p_params.items()} if len(uniq) else None)
+                    # uint8 views: the numba kernels on all cores without the GIL, or torch on `device`
+                    views = policy.render_batch(*args) if device is None else render_torch.render_batch(policy, *args)
                 x = views
                 yield Item("batch", (g, p), e, rows, (sel[ok[sel]], x))
             yield Item("epoch", (g, p), e, rows, params)
@@ -197,7 +235,8 @@ class ClassificationTask:
         return sum(min(N, (p + 1) * S) - p * S for _, p in units) * self.cfg.group_size
 
     def inputs(self, units, pool):
-        return _views(self.source, self.policy, self.cfg, units, len(self.source), pool)
+        return _views(self.source, self.policy, self.cfg, units, len(self.source), pool,
+                      render_device(self.cfg, self.dev))
 
     def label(self, item: Item):
         cfg, rows, e = self.cfg, item.rows, item.epoch

@@ -63,3 +63,24 @@ def test_resize_matches_the_numpy_reference_and_flip():
         ref = K.reference_resize(src, box, size)
         np.testing.assert_array_equal(RT.resize(torch.from_numpy(src), box, size).numpy(), ref)
         np.testing.assert_array_equal(RT.resize(torch.from_numpy(src), box, size, flip=True).numpy(), ref[:, :, ::-1])
+
+
+@pytest.mark.parametrize("policy", ["crop-flip-jitter", "cutmix"])
+def test_teacher_stage_rendering_in_torch_writes_the_same_store(tmp_path, source, teacher, policy):
+    from conftest import assert_same_arrays, teach_store
+
+    teach_store(tmp_path / "numba.zarr", source, teacher, policy=policy, epochs=2, mc_passes=0)
+    teach_store(tmp_path / "torch.zarr", source, teacher, policy=policy, epochs=2, mc_passes=0,
+                render_device="torch:cpu")
+    assert_same_arrays(tmp_path / "numba.zarr", tmp_path / "torch.zarr")
+
+
+def test_render_device_must_be_a_torch_device():
+    from labelstore.errors import ConfigError
+    from labelstore.pipeline.teach import TeachConfig, render_device
+
+    assert render_device(TeachConfig(), torch.device("cpu")) is None  # the numba kernels
+    assert render_device(TeachConfig(render_device="torch:cpu"), torch.device("cpu")) == torch.device("cpu")
+    assert render_device(TeachConfig(), torch.device("cuda", 1)) == torch.device("cuda", 1)  # the teacher's device
+    with pytest.raises(ConfigError, match="--render-device 'gpu0'"):
+        render_device(TeachConfig(render_device="gpu0"), torch.device("cpu"))
