@@ -105,7 +105,7 @@ def _fixed_taps(starts, weights, n):
     return s2, w2
 
 
-_B = 8  # output rows (pass 1) / columns (pass 2) per block: the block's int32 accumulators stay in L1
+_B = 4  # output rows (pass 1) / columns (pass 2) per block: the block's int32 accumulators stay in L1
 
 
 @numba.njit(cache=True, nogil=True)
