@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
 
 # numba's own thread pool: unlike GNU OpenMP it survives fork() (DataLoader workers). It runs one
 # parallel launch at a time, so a process renders batches from one thread (the teacher stage's
@@ -245,20 +247,42 @@ def _run(src, prog, view):
             resize_into(src, a[1], a[2], a[3], a[4], view, a[5], a[6], a[7], a[8], 0)
 
 
+@intrinsic
+def _u8_pointer(typingctx, address):
+    """The uint8 pointer at an integer address (of a live numpy buffer the caller holds)."""
+    sig = types.CPointer(types.uint8)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.uint8)))
+
+    return sig, codegen
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _render_views(sources, src_of, progs, out):
+def _render_views(addresses, shapes, src_of, progs, out):
     for b in numba.prange(out.shape[0]):
-        _run(sources[src_of[b]], progs[b], out[b])
+        s = src_of[b]
+        src = numba.carray(_u8_pointer(addresses[s]), (shapes[s, 0], shapes[s, 1], 3))
+        _run(src, progs[b], out[b])
 
 
 def render_views(sources: list, src_of: np.ndarray, progs: np.ndarray, out: np.ndarray) -> None:
     """out[b] (uint8 [3, H, W]) = program progs[b] (int64 [n_ops, 9]) run on sources[src_of[b]].
 
-    sources: uint8 [H, W, 3] images, read in place (C-contiguous ones are not copied). Views are
-    independent: prange over b, the results do not depend on the thread count.
+    sources: uint8 [H, W, 3] images, read in place by address (C-contiguous ones are not copied;
+    numba's typed lists would cost a compile per process). Views are independent: prange over b,
+    the results do not depend on the thread count.
     """
-    srcs = numba.typed.List([np.ascontiguousarray(im) for im in sources])
-    _render_views(srcs, np.ascontiguousarray(src_of, np.int64), progs, out)
+    srcs = [np.ascontiguousarray(im, dtype=np.uint8) for im in sources]  # held alive until the call returns
+    for im in srcs:
+        if im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"a source must be uint8 [H, W, 3], got {im.shape}")
+    addresses = np.array([im.ctypes.data for im in srcs], np.int64)
+    shapes = np.array([im.shape[:2] for im in srcs], np.int64).reshape(-1, 2)
+    src_of = np.ascontiguousarray(src_of, np.int64)
+    if len(src_of) and (src_of.min() < 0 or src_of.max() >= len(srcs)):
+        raise ValueError(f"src_of must index the {len(srcs)} sources")
+    _render_views(addresses, shapes, src_of, progs, out)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
