@@ -20,7 +20,7 @@ import torch
 from . import kernels as K
 from .augment import CutMix, MixUp, Policy, Views, _is_user_op
 
-__all__ = ["render_batch", "render_programs", "resize"]
+__all__ = ["render_batch", "render_programs", "resize", "resize_batch"]
 
 _HALF = 1 << (K.Q - 1)
 
@@ -46,6 +46,52 @@ def resize(src: torch.Tensor, box, size, flip: bool = False) -> torch.Tensor:
     cols = tmp.index_select(1, hi.reshape(-1)).reshape(oh, ow, hi.shape[1], 3)
     out = ((cols * hq[None, :, :, None]).sum(2) + _HALF) >> K.Q  # [oh, ow, 3]
     return out.permute(2, 0, 1).to(torch.uint8)
+
+
+def _padded_taps(lengths: list, out: int, flips: list, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 [B, out, K] indices and int32 [B, out, K] weights of resizing lengths[b] -> out, zero
+    weights padding every view to the batch's largest K; output j reads taps ow-1-j when flips[b]."""
+    taps = [K._fixed_taps(*K.filter_weights(n, out), n) for n in lengths]
+    k = max(w.shape[1] for _, w in taps)
+    idx = np.zeros((len(taps), out, k), np.int64)
+    wts = np.zeros((len(taps), out, k), np.int32)
+    for b, (st, w) in enumerate(taps):
+        i = st[:, None] + np.arange(k)[None]
+        i = np.minimum(i, lengths[b] - 1)  # padded taps (weight 0) stay inside the crop
+        wts[b, :, : w.shape[1]] = w
+        idx[b] = i
+        if flips[b]:
+            idx[b], wts[b] = idx[b, ::-1], wts[b, ::-1]
+    return torch.from_numpy(idx).to(device), torch.from_numpy(wts).to(device)
+
+
+def resize_batch(srcs: list, src_of, boxes, size, flips) -> torch.Tensor:
+    """uint8 [B, 3, oh, ow]: resize(srcs[src_of[b]], boxes[b], size, flips[b]) for every b at once
+    (sources zero-padded into one [S, Hmax, Wmax, 3] tensor; a few batched gathers per tap)."""
+    dev = srcs[0].device
+    oh, ow = size
+    B = len(boxes)
+    Hm, Wm = max(int(s.shape[0]) for s in srcs), max(int(s.shape[1]) for s in srcs)
+    S = torch.zeros((len(srcs), Hm, Wm, 3), dtype=torch.uint8, device=dev)
+    for i, s in enumerate(srcs):
+        S[i, : s.shape[0], : s.shape[1]] = s
+    y, x, h, w = (np.array([int(b[k]) for b in boxes], np.int64) for k in range(4))
+    vi, vq = _padded_taps(h.tolist(), oh, [False] * B, dev)  # [B, oh, KV]
+    hi, hq = _padded_taps(w.tolist(), ow, list(flips), dev)  # [B, ow, KH]
+    wc = int(w.max())
+    cols = torch.from_numpy(x[:, None] + np.minimum(np.arange(wc)[None], w[:, None] - 1)).to(dev)  # [B, wc]
+    rows = vi + torch.from_numpy(y).to(dev)[:, None, None]  # absolute source rows
+    si = torch.as_tensor(np.asarray(src_of, np.int64), device=dev)[:, None, None]
+    acc = torch.zeros((B, oh, wc, 3), dtype=torch.int64, device=dev)
+    for t in range(vi.shape[2]):
+        g = S[si, rows[:, :, t, None], cols[:, None, :]]  # [B, oh, wc, 3] uint8
+        acc += vq[:, :, t, None, None].to(torch.int64) * g
+    tmp = (acc + _HALF) >> K.Q  # [B, oh, wc, 3] in 0..255
+    out = torch.zeros((B, oh, ow, 3), dtype=torch.int64, device=dev)
+    for t in range(hi.shape[2]):
+        g = tmp.gather(2, hi[:, None, :, t, None].expand(B, oh, ow, 3))
+        out += hq[:, None, :, t, None].to(torch.int64) * g
+    return ((out + _HALF) >> K.Q).permute(0, 3, 1, 2).to(torch.uint8)
 
 
 def _gray(v: torch.Tensor) -> torch.Tensor:
@@ -76,16 +122,22 @@ def render_programs(sources: list, src_of, progs: np.ndarray, size, device=None)
     srcs = [s.to(device) if isinstance(s, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(s)).to(device)
             for s in sources]
     oh, ow = size
+    progs = np.asarray(progs)
     out = torch.zeros((len(progs), 3, oh, ow), dtype=torch.uint8, device=device)
-    for b, prog in enumerate(np.asarray(progs).tolist()):
+    first = np.nonzero(progs[:, 0, 0] == K.OP_RESIZE)[0] if len(progs) else np.zeros(0, np.int64)
+    if len(first):  # every view starts with its geometry op: one batched resize
+        out[torch.from_numpy(first).to(device)] = resize_batch(
+            srcs, np.asarray(src_of)[first], progs[first, 0, 1:5].tolist(), (oh, ow), progs[first, 0, 5].tolist())
+    for b, prog in enumerate(progs.tolist()):
         src = srcs[int(src_of[b])]
         view = out[b]
-        for a in prog:
+        for k, a in enumerate(prog):
             code = a[0]
             if code == K.OP_END:
                 break
             if code == K.OP_RESIZE:
-                view[:] = resize(src, a[1:5], (oh, ow), bool(a[5]))
+                if k > 0:
+                    view[:] = resize(src, a[1:5], (oh, ow), bool(a[5]))
             elif code == K.OP_FLIP:
                 view[:] = view.flip(-1)
             elif code == K.OP_JITTER:
