@@ -655,13 +655,15 @@ class Policy:
                 prog[b, k, : len(op)] = op
         return prog, rowdicts, mixed
 
-    def render_batch(self, images: list, rows: dict, partner_images=None, partner_rows=None) -> "Views":
+    def render_batch(self, images: list, rows: dict, partner_images=None, partner_rows=None,
+                     parallel: bool = True) -> "Views":
         """uint8 views of a batch, rendered in parallel without the GIL (pipeline/kernels.py).
 
         images: N uint8 [H, W, 3] sources; rows: {param key: array [N, ...]} aligned with images;
         partner_images / partner_rows: the partner sample's source and params per view (None
         where a view is not mixed). CutMix is pasted here; MixUp is blended later by to_input.
-        The same bytes on any device: pipeline/render_torch.py.
+        The same bytes on any device: pipeline/render_torch.py. parallel=False renders on the
+        calling thread only (for callers that render several batches on their own threads).
         """
         n = len(images)
         H, W = self.output_size
@@ -673,7 +675,7 @@ class Policy:
         srcs += [psrcs[i] for i in mixed.tolist()]
         out = np.zeros((len(srcs), 3, H, W), np.uint8)
         if len(srcs):
-            K.render_views(srcs, np.arange(len(srcs), dtype=np.int64), prog, out)
+            K.render_views(srcs, np.arange(len(srcs), dtype=np.int64), prog, out, parallel)
         for op in self.ops:
             if _is_user_op(op):
                 for b, r in enumerate(rowdicts):

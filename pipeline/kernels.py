@@ -266,12 +266,22 @@ def _render_views(addresses, shapes, src_of, progs, out):
         _run(src, progs[b], out[b])
 
 
-def render_views(sources: list, src_of: np.ndarray, progs: np.ndarray, out: np.ndarray) -> None:
+@numba.njit(cache=True, nogil=True)
+def _render_views_serial(addresses, shapes, src_of, progs, out):
+    for b in range(out.shape[0]):
+        s = src_of[b]
+        src = numba.carray(_u8_pointer(addresses[s]), (shapes[s, 0], shapes[s, 1], 3))
+        _run(src, progs[b], out[b])
+
+
+def render_views(sources: list, src_of: np.ndarray, progs: np.ndarray, out: np.ndarray,
+                 parallel: bool = True) -> None:
     """out[b] (uint8 [3, H, W]) = program progs[b] (int64 [n_ops, 9]) run on sources[src_of[b]].
 
     sources: uint8 [H, W, 3] images, read in place by address (C-contiguous ones are not copied;
     numba's typed lists would cost a compile per process). Views are independent: prange over b,
-    the results do not depend on the thread count.
+    the results do not depend on the thread count. parallel=False: on the calling thread only
+    (several Python threads rendering batches at once, without numba's barrier per batch).
     """
     srcs = [np.ascontiguousarray(im, dtype=np.uint8) for im in sources]  # held alive until the call returns
     for im in srcs:
@@ -282,7 +292,7 @@ def render_views(sources: list, src_of: np.ndarray, progs: np.ndarray, out: np.n
     src_of = np.ascontiguousarray(src_of, np.int64)
     if len(src_of) and (src_of.min() < 0 or src_of.max() >= len(srcs)):
         raise ValueError(f"src_of must index the {len(srcs)} sources")
-    _render_views(addresses, shapes, src_of, progs, out)
+    (_render_views if parallel else _render_views_serial)(addresses, shapes, src_of, progs, out)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)

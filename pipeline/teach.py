@@ -183,19 +183,29 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
             p_params = policy.sample(cfg.seed, e, uniq, p_hw, N) if len(uniq) else {}
             p_pos = {q: j for j, q in enumerate(uniq.tolist())}
             srcs = images if device is None else _Uploaded(images, device)
-            for j0 in range(0, len(rows), cfg.batch_size):
-                sel = np.arange(j0, min(len(rows), j0 + cfg.batch_size))
+
+            def render(keep):
+                if not len(keep):
+                    return None
+                qs = partners[keep].tolist()
+                args = ([srcs.get(int(rows[j])) for j in keep.tolist()], {k: v[keep] for k, v in params.items()},
+                        [srcs.get(q) if q >= 0 else None for q in qs],
+                        {k: v[[p_pos.get(q, 0) for q in qs]] for k, v in p_params.items()} if len(uniq) else None)
+                # uint8 views: the numba kernels (GIL released) on a pool thread, or torch on `device`
+                return policy.render_batch(*args, parallel=False) if device is None else \
+                    render_torch.render_batch(policy, *args)
+
+            sels = [np.arange(j0, min(len(rows), j0 + cfg.batch_size)) for j0 in range(0, len(rows), cfg.batch_size)]
+            # CPU: batches render on the decode pool's threads at once (no barrier per batch), yielded in
+            # order with at most 2 x workers in flight; a torch device renders them in turn here
+            window = 2 * cfg.decode_workers if device is None else 1
+            pending: list = []
+            for i, sel in enumerate(sels):
                 keep = sel[ok[sel]]
-                views = None
-                if len(keep):
-                    qs = partners[keep].tolist()
-                    args = ([srcs.get(int(rows[j])) for j in keep.tolist()], {k: v[keep] for k, v in params.items()},
-                            [srcs.get(q) if q >= 0 else None for q in qs],
-                            {k: v[[p_pos.get(q, 0) for q in qs]] for k, v in p_params.items()} if len(uniq) else None)
-                    # uint8 views: the numba kernels on all cores without the GIL, or torch on `device`
-                    views = policy.render_batch(*args) if device is None else render_torch.render_batch(policy, *args)
-                x = views
-                yield Item("batch", (g, p), e, rows, (sel[ok[sel]], x))
+                pending.append((keep, pool.submit(render, keep) if device is None else None))
+                while pending and (len(pending) >= window or i == len(sels) - 1):
+                    keep, fut = pending.pop(0)
+                    yield Item("batch", (g, p), e, rows, (keep, fut.result() if fut is not None else render(keep)))
             yield Item("epoch", (g, p), e, rows, params)
         yield Item("unit", (g, p), None, rows, (hw, ~ok))
         # drop the partners decoded for this unit, keep memory bounded by one unit
