@@ -71,15 +71,27 @@ def _params(rec: dict, policy: Policy) -> dict:
     return {k: rec[k] for k in policy.param_spec()}
 
 
-def replay_views(store, data, epoch: int, indices, policy: Policy | None = None) -> Views:
-    """uint8 views of `indices` at `epoch`, in order, exactly as the teacher got them."""
+def replay_views(store, data, epoch: int, indices, policy: Policy | None = None, device=None) -> Views:
+    """uint8 views of `indices` at `epoch`, in order, exactly as the teacher got them.
+
+    device: None renders with the numba kernels on the CPU; a torch device ("cuda", or "cpu" for
+    the torch path on the CPU) uploads each decoded source once and renders there
+    (pipeline/render_torch.py, the same bytes); the Views' tensors are then on that device."""
     policy = policy or store_policy(store)
     idx = np.asarray(indices, dtype=np.int64)
     params = _params(store.read(epoch, idx, include_rows=False), policy)
     partners = policy.partners(params, len(idx))
     pparams = _params(store.read(epoch, np.maximum(partners, 0), include_rows=False), policy)
-    return policy.render_batch([data.load(int(i)) for i in idx], params,
-                               [data.load(int(q)) if q >= 0 else None for q in partners], pparams)
+    srcs = {int(i): data.load(int(i)) for i in set(idx.tolist()) | set(partners[partners >= 0].tolist())}
+    if device is not None:
+        from . import render_torch
+
+        dev = torch.device(device)
+        srcs = {i: torch.from_numpy(im).to(dev, non_blocking=True) for i, im in srcs.items()}
+        return render_torch.render_batch(policy, [srcs[int(i)] for i in idx], params,
+                                         [srcs[int(q)] if q >= 0 else None for q in partners], pparams, dev)
+    return policy.render_batch([srcs[int(i)] for i in idx], params,
+                               [srcs[int(q)] if q >= 0 else None for q in partners], pparams)
 
 
 def replay_inputs(store, data, epoch: int, indices, policy: Policy | None = None) -> torch.Tensor:

@@ -221,6 +221,7 @@ class ClassificationTask:
                  teacher: torch.nn.Module | None = None, device: str | None = None, amp: bool | None = None):
         self.source, self.policy, self.cfg, self.num_classes = source, policy, cfg, num_classes
         self.dev = pick_device(device)
+        self.render_dev = render_device(cfg, self.dev)  # a bad --render-device fails here, before any work
         self.teacher = teacher.to(self.dev).eval() if teacher is not None else None
         self.amp = amp
         self.attrs = store_attrs(source, policy, cfg, teacher_info, num_classes)
@@ -245,8 +246,7 @@ class ClassificationTask:
         return sum(min(N, (p + 1) * S) - p * S for _, p in units) * self.cfg.group_size
 
     def inputs(self, units, pool):
-        return _views(self.source, self.policy, self.cfg, units, len(self.source), pool,
-                      render_device(self.cfg, self.dev))
+        return _views(self.source, self.policy, self.cfg, units, len(self.source), pool, self.render_dev)
 
     def label(self, item: Item):
         cfg, rows, e = self.cfg, item.rows, item.epoch

@@ -84,3 +84,15 @@ def test_render_device_must_be_a_torch_device():
     assert render_device(TeachConfig(), torch.device("cuda", 1)) == torch.device("cuda", 1)  # the teacher's device
     with pytest.raises(ConfigError, match="--render-device 'gpu0'"):
         render_device(TeachConfig(render_device="gpu0"), torch.device("cpu"))
+
+
+def test_replay_views_rendered_by_torch_equal_the_stored_digests(base_store, source):
+    import labelstore
+    from labelstore.pipeline.replay import replay_views
+
+    store = labelstore.open(base_store)
+    idx = np.arange(min(12, store.num_samples))
+    cpu = replay_views(store, source, 1, idx)
+    dev = replay_views(store, source, 1, idx, device="cpu")
+    assert torch.equal(cpu.x, dev.x)
+    assert dev.digests().tolist() == store.read(1, idx)["view_digest"].tolist()
