@@ -167,6 +167,9 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
 @click.option("--chunk-samples", default=2048, show_default=True, help="Rows per inner chunk (read unit).")
 @click.option("--workers", default=4, show_default=True, help="Decode threads.")
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when present).")
+@click.option("--render-device", default=None,
+              help="Where views are rendered, the same bytes anywhere: cpu (numba kernels), cuda[:i] (torch, sources "
+                   "uploaded once per image), torch:cpu (the torch path on the CPU). Default: the teacher's device.")
 @click.option("--amp/--no-amp", default=None, help="Autocast on CUDA (default: on for CUDA).")
 @click.option("--skip-bad", is_flag=True, help="Record undecodable images as skipped instead of stopping.")
 @click.option("--no-digest", is_flag=True, help="Do not store per-view input digests.")
@@ -182,8 +185,8 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
 def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, similarity_mode, teacher, allow_untrained_teacher,
           out, storage_options, epochs, top_k, mc_passes, policy_name, crop_scale, image_size, seed, num_classes,
-          batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, amp, skip_bad, no_digest,
-          store_params, resume, overwrite, rank, world_size, quiet, as_json) -> None:
+          batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, render_device, amp, skip_bad,
+          no_digest, store_params, resume, overwrite, rank, world_size, quiet, as_json) -> None:
     """Run the teacher once over every (epoch, sample) view and write the label store.
 
     Several processes fill one store: `torchrun --nproc_per_node N --no-python labelstore teach ...`

@@ -64,7 +64,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Bump when the pixel semantics of render() change: views recorded under another render
 # version cannot be replayed bit-identically.
-RENDER_VERSION = 2  # 2: uint8 views from the integer kernels of pipeline/kernels.py
+RENDER_VERSION = 3  # 2: uint8 views from the integer kernels of pipeline/kernels.py; 3: vertical pass first
 
 # Bump when what Policy.sample draws changes (pipeline/rng.py or any built-in op's sample): a store whose
 # parameters are derived rather than stored (the default) records it, and replay refuses another version.
@@ -637,40 +637,58 @@ class Policy:
                 geo_done = True
             elif isinstance(op, HorizontalFlip) and not geo_done:
                 pre_flip ^= bool(p["flag"])
+            elif isinstance(op, HorizontalFlip) and prog and prog[-1][0] == K.OP_RESIZE:
+                if bool(p["flag"]):  # folded into the resize's taps: it writes mirrored columns
+                    prog[-1] = (*prog[-1][:5], 1 - prog[-1][5])
             else:
                 prog += op.program(p, src_hw, self.output_size)
         return prog
 
-    def render_batch(self, images: list, rows: dict, partner_images=None, partner_rows=None) -> "Views":
+    def plan(self, shapes: list, rows: dict, partner_shapes=None, partner_rows=None):
+        """The kernel programs of a batch: (progs int64 [V, n_ops, 9], rowdicts, mixed int64 [M]).
+
+        shapes: N source (H, W); views 0..N-1 are the batch's own, views N.. the partner views of
+        the mixed views `mixed` (in that order), whose sources are partner_images[mixed].
+        """
+        n = len(shapes)
+        rowdicts = [{k: v[i] for k, v in rows.items()} for i in range(n)]
+        progs = [self._program(hw, r) for hw, r in zip(shapes, rowdicts)]
+        mixed = np.zeros(0, np.int64)
+        if self._mix is not None:
+            mixed = np.nonzero(self.partners(rows, n) >= 0)[0]
+            for i in mixed.tolist():
+                if partner_shapes is None or partner_rows is None or partner_shapes[i] is None:
+                    raise ValueError(f"{self._mix.name}: view {i} is mixed with another sample "
+                                     "but its partner image/row were not given")
+                rowdicts.append({k: v[i] for k, v in partner_rows.items()})
+                progs.append(self._program(partner_shapes[i], rowdicts[-1]))
+        prog = np.zeros((len(progs), max([len(p) for p in progs], default=0) + 1, K.OP_WIDTH), np.int64)
+        for b, p in enumerate(progs):
+            for k, op in enumerate(p):
+                prog[b, k, : len(op)] = op
+        return prog, rowdicts, mixed
+
+    def render_batch(self, images: list, rows: dict, partner_images=None, partner_rows=None,
+                     parallel: bool = True) -> "Views":
         """uint8 views of a batch, rendered in parallel without the GIL (pipeline/kernels.py).
 
         images: N uint8 [H, W, 3] sources; rows: {param key: array [N, ...]} aligned with images;
         partner_images / partner_rows: the partner sample's source and params per view (None
         where a view is not mixed). CutMix is pasted here; MixUp is blended later by to_input.
+        The same bytes on any device: pipeline/render_torch.py. parallel=False renders on the
+        calling thread only (for callers that render several batches on their own threads).
         """
         n = len(images)
         H, W = self.output_size
         srcs = [_check_image(im) for im in images]
-        rowdicts = [{k: v[i] for k, v in rows.items()} for i in range(n)]
-        progs = [self._program(im.shape[:2], r) for im, r in zip(srcs, rowdicts)]
-        mixed = np.zeros(0, np.int64)
-        if self._mix is not None:
-            mixed = np.nonzero(self.partners(rows, n) >= 0)[0]
-            for i in mixed.tolist():
-                if partner_images is None or partner_rows is None or partner_images[i] is None:
-                    raise ValueError(f"{self._mix.name}: view {i} is mixed with another sample "
-                                     "but its partner image/row were not given")
-                srcs.append(_check_image(partner_images[i]))
-                rowdicts.append({k: v[i] for k, v in partner_rows.items()})
-                progs.append(self._program(srcs[-1].shape[:2], rowdicts[-1]))
-        prog = np.zeros((len(srcs), max([len(p) for p in progs], default=0) + 1, K.OP_WIDTH), np.int64)
-        for b, p in enumerate(progs):
-            for k, op in enumerate(p):
-                prog[b, k, : len(op)] = op
+        psrcs = [None if im is None else _check_image(im) for im in partner_images] if partner_images is not None else None
+        prog, rowdicts, mixed = self.plan([im.shape[:2] for im in srcs], rows,
+                                          [None if im is None else im.shape[:2] for im in psrcs] if psrcs else None,
+                                          partner_rows)
+        srcs += [psrcs[i] for i in mixed.tolist()]
         out = np.zeros((len(srcs), 3, H, W), np.uint8)
         if len(srcs):
-            flat, offsets, shapes = K.pack_sources(srcs)
-            K.render_views(flat, offsets, shapes, np.arange(len(srcs), dtype=np.int64), prog, out)
+            K.render_views(srcs, np.arange(len(srcs), dtype=np.int64), prog, out, parallel)
         for op in self.ops:
             if _is_user_op(op):
                 for b, r in enumerate(rowdicts):
@@ -679,15 +697,19 @@ class Policy:
         if isinstance(self._mix, CutMix):
             partner = np.zeros_like(x)
             partner[mixed] = out[n:]
-            boxes = np.asarray(rows[f"{self._mix.name}/box"]).astype(np.int64).reshape(n, 4)
-            boxes[self.partners(rows, n) < 0] = 0
-            K.paste_boxes(x, partner, boxes)
+            K.paste_boxes(x, partner, self.cutmix_boxes(rows, n))
         if isinstance(self._mix, MixUp):
             partner = np.zeros_like(x)
             partner[mixed] = out[n:]
             lam = self.mix_weight_array(rows, n).astype(np.float32)
             return Views(torch.from_numpy(x), torch.from_numpy(partner), torch.from_numpy(lam))
         return Views(torch.from_numpy(x), None, None)
+
+    def cutmix_boxes(self, rows: dict, n: int) -> np.ndarray:
+        """int64 [N, 4] CutMix boxes (y, x, h, w) in output pixels; empty where a view is not mixed."""
+        boxes = np.asarray(rows[f"{self._mix.name}/box"]).astype(np.int64).reshape(n, 4)
+        boxes[self.partners(rows, n) < 0] = 0
+        return boxes
 
     def to_input(self, views: "Views", device=None) -> torch.Tensor:
         """float32 [B, 3, H, W] model input of a rendered batch, on `device` (see to_input)."""
@@ -748,10 +770,10 @@ class Views:
 
     def digests(self) -> np.ndarray:
         """uint32 [B] crc32c of the uint8 view; a mixed MixUp view: of own bytes + partner bytes + lam float32."""
-        x = self.x.numpy()
+        x = self.x.cpu().numpy()
         if self.partner is None:
             return np.array([view_digest(v) for v in x], np.uint32)
-        p, lam = self.partner.numpy(), self.lam.numpy()
+        p, lam = self.partner.cpu().numpy(), self.lam.cpu().numpy()
         return np.array([view_digest(x[i]) if lam[i] == 1.0 else
                          view_digest(np.concatenate([x[i].ravel(), p[i].ravel(), lam[i : i + 1].view(np.uint8)]))
                          for i in range(len(x))], np.uint32)

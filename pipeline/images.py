@@ -91,6 +91,35 @@ def _to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def decoders() -> dict[str, str]:
+    """The decoders whose pixels an image folder's views are made of (recorded in the store):
+    JPEG files with libjpeg-turbo through simplejpeg (accurate integer DCT, smooth upsampling),
+    every other file (and CMYK/YCCK JPEGs, whose inverted-Adobe handling is Pillow's) with Pillow."""
+    import PIL
+    import simplejpeg
+
+    return {"jpeg": f"simplejpeg {simplejpeg.__version__}", "other": f"pillow {PIL.__version__}"}
+
+
+def decode_file(path) -> np.ndarray:
+    """uint8 [H, W, 3] RGB pixels of an image file (see decoders())."""
+    path = Path(path)
+    if path.suffix.lower() in _JPEG_SUFFIXES:
+        import simplejpeg
+
+        data = path.read_bytes()
+        try:
+            if simplejpeg.decode_jpeg_header(data)[2] not in ("CMYK", "YCCK"):
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)
+        except ValueError:
+            pass  # damaged: Pillow names what is wrong (or decodes what libjpeg-turbo refuses)
+    with Image.open(path) as im:
+        return _pil_rgb(im)
+
+
 def _pil_rgb(im: Image.Image) -> np.ndarray:
     if im.mode == "RGB":
         return np.array(im)
@@ -186,8 +215,7 @@ class ImageFolder:
     def load(self, i: int) -> np.ndarray:
         path = self.path(i)
         try:
-            with Image.open(path) as im:
-                return _pil_rgb(im)
+            return decode_file(path)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise DecodeError(path, f"{type(e).__name__}: {e}") from e
 
@@ -220,6 +248,7 @@ class ImageFolder:
             "root": str(self.root.resolve()),
             "num_samples": len(self),
             "classes": list(self.classes),
+            "decoder": decoders(),
         }
 
     def __repr__(self) -> str:

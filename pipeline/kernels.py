@@ -10,7 +10,8 @@ Resize (crop box (y, x, h, w) of a uint8 HWC source -> (oh, ow)) is a separable 
 
 quantised to Q14: q_ij = floor(w_ij * 2^14 / sum_j w_ij), the remainder added to the
 largest q (first in j order), so sum_j q_ij = 2^14 exactly. Each pass rounds to uint8:
-v = (sum_j q_ij * s_j + 2^13) >> 14 (horizontal pass first, then vertical).
+v = (sum_j q_ij * s_j + 2^13) >> 14 (vertical pass first, then horizontal: render version 3).
+Each output reads the same number of taps, K = the most non-zero weights of any output.
 
 Colour jitter (factors f in Q11: fq = f * 2048, exact for float16 factors in [0, 2)):
     gray(p)    = (4899 r + 9617 g + 1868 b + 2^13) >> 14
@@ -26,10 +27,10 @@ views, no GIL): see the OP_* codes.
 
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
 
 # numba's own thread pool: unlike GNU OpenMP it survives fork() (DataLoader workers). It runs one
 # parallel launch at a time, so a process renders batches from one thread (the teacher stage's
@@ -84,10 +85,16 @@ def filter_weights(n: int, out: int):
 
 @numba.njit(cache=True, nogil=True)
 def _fixed_taps(starts, weights, n):
-    """The same filter with every output reading exactly K taps inside [0, n): a start too close to
-    the end moves left and its weights move right (zeros fill in), so the inner loops have one
-    fixed length. Returns (starts int64 [out], weights int32 [out, K])."""
-    out, K = weights.shape
+    """The same filter with every output reading exactly K taps inside [0, n), K the largest count
+    of non-zero weights of any output: a start too close to the end moves left and its weights move
+    right (zeros fill in), so the inner loops have one fixed length. Returns (starts int64 [out],
+    weights int32 [out, K])."""
+    out = weights.shape[0]
+    K = 1
+    for i in range(out):
+        for t in range(weights.shape[1]):
+            if weights[i, t] != 0:
+                K = max(K, t + 1)
     K = min(K, n)
     s2 = np.empty(out, np.int64)
     w2 = np.zeros((out, K), np.int32)
@@ -100,46 +107,75 @@ def _fixed_taps(starts, weights, n):
     return s2, w2
 
 
-@numba.njit(cache=True, nogil=True)
-def resize_into(src, y, x, h, w, dst, dy, dx, oh, ow):
-    """Resize src[y:y+h, x:x+w] (uint8 HWC) into dst[:, dy:dy+oh, dx:dx+ow] (uint8 CHW).
+_B = 4  # output rows (pass 1) / columns (pass 2) per block: the block's int32 accumulators stay in L1
 
-    int32 accumulators suffice: sum_j q_ij * 255 <= 2^14 * 255 < 2^31.
+
+@numba.njit(cache=True, nogil=True)
+def resize_into(src, y, x, h, w, dst, dy, dx, oh, ow, flip):
+    """Resize src[y:y+h, x:x+w] (uint8 HWC, C-contiguous) into dst[:, dy:dy+oh, dx:dx+ow] (uint8
+    CHW), mirrored left-right when flip != 0 (output column j is written to ow-1-j).
+
+    Pass 1 (vertical) filters whole interleaved source rows, so its inner loop runs contiguously
+    over w*3 bytes; it stores its rounded result transposed, tmp[col, oi*3 + c], so that pass 2
+    (horizontal) again runs contiguously, over oh*3 values per tap. Both passes accumulate blocks
+    of _B outputs in int32 (sum_j q_ij * 255 <= 2^14 * 255 < 2^31) and transpose a block on store.
     """
-    hs0, hw0 = filter_weights(w, ow)
     vs0, vw0 = filter_weights(h, oh)
-    hs, hq = _fixed_taps(hs0, hw0, w)
+    hs0, hw0 = filter_weights(w, ow)
     vs, vq = _fixed_taps(vs0, vw0, h)
-    KH, KV = hq.shape[1], vq.shape[1]
+    hs, hq = _fixed_taps(hs0, hw0, w)
+    KV, KH = vq.shape[1], hq.shape[1]
     half = np.int32(ONE >> 1)
-    tmp = np.empty((h, ow * 3), np.int32)  # horizontal pass, already rounded to 0..255
-    for r in range(h):
-        row = src[y + r, x : x + w]
-        for i in range(ow):
-            s0 = hs[i]
-            a0 = half
-            a1 = half
-            a2 = half
+    W3, O3 = w * 3, oh * 3
+    rows = src.reshape((src.shape[0], src.shape[1] * 3))
+    x3 = x * 3
+    tmp = np.empty((w, O3), np.uint8)  # pass 1, transposed: tmp[col, oi*3 + c] in 0..255
+    acc = np.empty((_B, W3), np.int32)
+    for i0 in range(0, oh, _B):
+        nb = min(_B, oh - i0)
+        for b in range(nb):
+            r0 = y + vs[i0 + b]
+            for k in range(W3):
+                acc[b, k] = half
+            a = acc[b]
+            for t in range(KV):
+                q = vq[i0 + b, t]
+                row = rows[r0 + t, x3 : x3 + W3]  # a slice: its indices k >= 0 need no wraparound
+                for k in range(W3):
+                    a[k] += q * np.int32(row[k])
+        # unsigned indices: numba adds no negative-index wraparound to these scalar stores
+        u3, ub = np.uint64(3), np.uint64(i0 * 3)
+        for col in range(np.uint64(w)):
+            trow = tmp[col]
+            for b in range(np.uint64(nb)):
+                ab = acc[b]
+                for c in range(u3):
+                    trow[ub + b * u3 + c] = ab[col * u3 + c] >> Q
+    acc2 = np.empty((_B, O3), np.int32)
+    for j0 in range(0, ow, _B):
+        nb = min(_B, ow - j0)
+        for b in range(nb):
+            s0 = hs[j0 + b]
+            for k in range(O3):
+                acc2[b, k] = half
+            a = acc2[b]
             for t in range(KH):
-                q = hq[i, t]
-                a0 += q * np.int32(row[s0 + t, 0])
-                a1 += q * np.int32(row[s0 + t, 1])
-                a2 += q * np.int32(row[s0 + t, 2])
-            tmp[r, 3 * i] = a0 >> Q
-            tmp[r, 3 * i + 1] = a1 >> Q
-            tmp[r, 3 * i + 2] = a2 >> Q
-    acc = np.empty(ow * 3, np.int32)
-    for i in range(oh):
-        r0 = vs[i]
-        acc[:] = half
-        for t in range(KV):
-            q = vq[i, t]
-            src_row = tmp[r0 + t]
-            for k in range(ow * 3):
-                acc[k] += q * src_row[k]
-        for j in range(ow):
-            for c in range(3):
-                dst[c, dy + i, dx + j] = acc[3 * j + c] >> Q
+                q = hq[j0 + b, t]
+                col = tmp[s0 + t]
+                for k in range(O3):
+                    a[k] += q * np.int32(col[k])
+        u3 = np.uint64(3)
+        first = np.uint64(dx + (ow - 1 - j0 if flip != 0 else j0))
+        for c in range(u3):
+            for i in range(np.uint64(oh)):
+                drow = dst[c, dy + np.int64(i)]
+                k = i * u3 + c
+                if flip != 0:
+                    for b in range(np.uint64(nb)):
+                        drow[first - b] = acc2[b, k] >> Q
+                else:
+                    for b in range(np.uint64(nb)):
+                        drow[first + b] = acc2[b, k] >> Q
 
 
 @numba.njit(cache=True, nogil=True)
@@ -194,8 +230,7 @@ def jitter_(view, bq, cq, sq):
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(flat, offset, sh, sw, prog, view):
-    src = flat[offset : offset + sh * sw * 3].reshape((sh, sw, 3))
+def _run(src, prog, view):
     oh, ow = view.shape[1], view.shape[2]
     for k in range(prog.shape[0]):
         a = prog[k]
@@ -203,28 +238,61 @@ def _run(flat, offset, sh, sw, prog, view):
         if code == OP_END:
             break
         elif code == OP_RESIZE:
-            resize_into(src, a[1], a[2], a[3], a[4], view, 0, 0, oh, ow)
-            if a[5] != 0:
-                flip_(view)
+            resize_into(src, a[1], a[2], a[3], a[4], view, 0, 0, oh, ow, a[5])
         elif code == OP_FLIP:
             flip_(view)
         elif code == OP_JITTER:
             jitter_(view, a[1], a[2], a[3])
         elif code == OP_PASTE:
-            resize_into(src, a[1], a[2], a[3], a[4], view, a[5], a[6], a[7], a[8])
+            resize_into(src, a[1], a[2], a[3], a[4], view, a[5], a[6], a[7], a[8], 0)
+
+
+@intrinsic
+def _u8_pointer(typingctx, address):
+    """The uint8 pointer at an integer address (of a live numpy buffer the caller holds)."""
+    sig = types.CPointer(types.uint8)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.uint8)))
+
+    return sig, codegen
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def render_views(flat, offsets, shapes, src_of, progs, out):
-    """out[b] (uint8 [3, H, W]) = program progs[b] (int64 [n_ops, 9]) run on source src_of[b].
-
-    Sources are packed in `flat` (uint8): source s is flat[offsets[s]:][:H*W*3] with
-    (H, W) = shapes[s]. Views are independent: prange over b, results do not depend on the
-    thread count.
-    """
+def _render_views(addresses, shapes, src_of, progs, out):
     for b in numba.prange(out.shape[0]):
         s = src_of[b]
-        _run(flat, offsets[s], shapes[s, 0], shapes[s, 1], progs[b], out[b])
+        src = numba.carray(_u8_pointer(addresses[s]), (shapes[s, 0], shapes[s, 1], 3))
+        _run(src, progs[b], out[b])
+
+
+@numba.njit(cache=True, nogil=True)
+def _render_views_serial(addresses, shapes, src_of, progs, out):
+    for b in range(out.shape[0]):
+        s = src_of[b]
+        src = numba.carray(_u8_pointer(addresses[s]), (shapes[s, 0], shapes[s, 1], 3))
+        _run(src, progs[b], out[b])
+
+
+def render_views(sources: list, src_of: np.ndarray, progs: np.ndarray, out: np.ndarray,
+                 parallel: bool = True) -> None:
+    """out[b] (uint8 [3, H, W]) = program progs[b] (int64 [n_ops, 9]) run on sources[src_of[b]].
+
+    sources: uint8 [H, W, 3] images, read in place by address (C-contiguous ones are not copied;
+    numba's typed lists would cost a compile per process). Views are independent: prange over b,
+    the results do not depend on the thread count. parallel=False: on the calling thread only
+    (several Python threads rendering batches at once, without numba's barrier per batch).
+    """
+    srcs = [np.ascontiguousarray(im, dtype=np.uint8) for im in sources]  # held alive until the call returns
+    for im in srcs:
+        if im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"a source must be uint8 [H, W, 3], got {im.shape}")
+    addresses = np.array([im.ctypes.data for im in srcs], np.int64)
+    shapes = np.array([im.shape[:2] for im in srcs], np.int64).reshape(-1, 2)
+    src_of = np.ascontiguousarray(src_of, np.int64)
+    if len(src_of) and (src_of.min() < 0 or src_of.max() >= len(srcs)):
+        raise ValueError(f"src_of must index the {len(srcs)} sources")
+    (_render_views if parallel else _render_views_serial)(addresses, shapes, src_of, progs, out)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -236,28 +304,6 @@ def paste_boxes(out, partner, boxes):
             for i in range(y, y + h):
                 for j in range(x, x + w):
                     out[b, c, i, j] = partner[b, c, i, j]
-
-
-_buffers = threading.local()  # one reusable packing buffer per rendering thread
-
-
-def pack_sources(images: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 HWC images -> (flat uint8, offsets int64 [S], shapes int64 [S, 2]).
-
-    `flat` is a view of this thread's reusable buffer (valid until the thread's next call): a fresh
-    100+ MB allocation per batch would cost more in page faults than the rendering itself.
-    """
-    shapes = np.array([im.shape[:2] for im in images], np.int64).reshape(-1, 2)
-    sizes = shapes[:, 0] * shapes[:, 1] * 3
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(images) else np.zeros(0, np.int64)
-    total = int(sizes.sum())
-    buf = getattr(_buffers, "flat", None)
-    if buf is None or len(buf) < total:
-        buf = _buffers.flat = np.empty(max(total, 2 * len(buf) if buf is not None else 0), np.uint8)
-    flat = buf[:total]
-    for im, o, n in zip(images, offsets.tolist(), sizes.tolist()):
-        flat[o : o + n] = np.ascontiguousarray(im).reshape(-1)
-    return flat, offsets, shapes
 
 
 # --------------------------------------------------------------------------- pure numpy reference
@@ -280,8 +326,8 @@ def reference_resize(src: np.ndarray, box, size) -> np.ndarray:
     y, x, h, w = box
     oh, ow = size
     crop = src[y : y + h, x : x + w].astype(np.int64)
-    tmp = (np.einsum("ow,hwc->hoc", reference_weights(w, ow), crop) + (ONE >> 1)) >> Q
-    out = (np.einsum("ph,hoc->poc", reference_weights(h, oh), tmp) + (ONE >> 1)) >> Q
+    tmp = (np.einsum("ph,hwc->pwc", reference_weights(h, oh), crop) + (ONE >> 1)) >> Q  # vertical first
+    out = (np.einsum("ow,pwc->poc", reference_weights(w, ow), tmp) + (ONE >> 1)) >> Q
     return out.transpose(2, 0, 1).astype(np.uint8)
 
 

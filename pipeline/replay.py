@@ -39,6 +39,26 @@ def check_data(store, data) -> None:
             f"with {have.get('num_samples')} samples (digest {str(have.get('digest'))[:12]}), given "
             f"{fp.get('kind')} with {fp.get('num_samples')} samples (digest {str(fp.get('digest'))[:12]})"
         )
+    check_decoder(store, data)
+
+
+def _libraries(decoder: dict) -> dict:
+    return {k: str(v).split(" ")[0] for k, v in decoder.items()}
+
+
+def check_decoder(store, data) -> None:
+    """Refuse, by name, a source that decodes with other libraries than the teacher's (the decoded
+    pixels are part of the views). Another version of the same library is accepted: the store's
+    view digests (`labelstore verify`) check that its pixels are the same."""
+    have = store.attrs.get("dataset", {}).get("decoder")
+    describe = getattr(data, "describe", None)
+    given = describe().get("decoder") if describe is not None else None
+    if have is None and given is None:
+        return
+    if have is None or given is None or _libraries(have) != _libraries(given):
+        raise StoreMismatch(f"{store.path}: the teacher's views were decoded with {have or 'no decoder (raw arrays)'}, "
+                            f"this source decodes with {given or 'no decoder (raw arrays)'}: install the same "
+                            "decoders (see docs/store-format.md, dataset.decoder) to replay these views")
 
 
 def store_policy(store) -> Policy:
@@ -81,15 +101,27 @@ def _params(rec: dict, policy: Policy) -> dict:
     return {k: rec[k] for k in policy.param_spec()}
 
 
-def replay_views(store, data, epoch: int, indices, policy: Policy | None = None) -> Views:
-    """uint8 views of `indices` at `epoch`, in order, exactly as the teacher got them."""
+def replay_views(store, data, epoch: int, indices, policy: Policy | None = None, device=None) -> Views:
+    """uint8 views of `indices` at `epoch`, in order, exactly as the teacher got them.
+
+    device: None renders with the numba kernels on the CPU; a torch device ("cuda", or "cpu" for
+    the torch path on the CPU) uploads each decoded source once and renders there
+    (pipeline/render_torch.py, the same bytes); the Views' tensors are then on that device."""
     policy = policy or store_policy(store)
     idx = np.asarray(indices, dtype=np.int64)
     params = _params(store.read(epoch, idx, include_rows=False), policy)
     partners = policy.partners(params, len(idx))
     pparams = _params(store.read(epoch, np.maximum(partners, 0), include_rows=False), policy)
-    return policy.render_batch([data.load(int(i)) for i in idx], params,
-                               [data.load(int(q)) if q >= 0 else None for q in partners], pparams)
+    srcs = {int(i): data.load(int(i)) for i in set(idx.tolist()) | set(partners[partners >= 0].tolist())}
+    if device is not None:
+        from . import render_torch
+
+        dev = torch.device(device)
+        srcs = {i: torch.from_numpy(im).to(dev, non_blocking=True) for i, im in srcs.items()}
+        return render_torch.render_batch(policy, [srcs[int(i)] for i in idx], params,
+                                         [srcs[int(q)] if q >= 0 else None for q in partners], pparams, dev)
+    return policy.render_batch([srcs[int(i)] for i in idx], params,
+                               [srcs[int(q)] if q >= 0 else None for q in partners], pparams)
 
 
 def replay_inputs(store, data, epoch: int, indices, policy: Policy | None = None) -> torch.Tensor:

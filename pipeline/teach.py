@@ -69,6 +69,10 @@ class TeachConfig:
     digests: bool = True
     store_params: bool = False  # also store the aug/* arrays (by default students re-derive them)
     decode_workers: int = 4
+    # where views are rendered (same bytes anywhere): None = the teacher's device; "cpu" = the numba
+    # kernels; a torch device ("cuda", "cuda:1") = pipeline/render_torch.py there, the sources uploaded
+    # once per image; "torch:<device>" forces the torch path (e.g. "torch:cpu", to check it)
+    render_device: str | None = None
 
     @property
     def group_size(self) -> int:
@@ -128,8 +132,40 @@ def _decode(source, rows: np.ndarray, pool: ThreadPoolExecutor, skip_bad: bool) 
     return images, hw
 
 
-def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: ThreadPoolExecutor):
-    """Producer: per unit and epoch, the rendered views in batches (runs on a background thread)."""
+def render_device(cfg: TeachConfig, teacher_device) -> torch.device | None:
+    """The torch device of the torch render path, or None for the numba kernels (CPU)."""
+    want = cfg.render_device if cfg.render_device is not None else str(teacher_device)
+    if want.startswith("torch:"):
+        return torch.device(want[len("torch:"):])
+    try:
+        dev = torch.device(want)
+    except RuntimeError as e:
+        raise ConfigError(f"--render-device {want!r} is not a torch device: {e}") from e
+    return None if dev.type == "cpu" else dev
+
+
+class _Uploaded(dict):
+    """{row: uint8 [H, W, 3] tensor on `device`}, each decoded image uploaded once, on first use."""
+
+    def __init__(self, images: dict, device: torch.device):
+        super().__init__()
+        self.images, self.device = images, device
+
+    def get(self, row, default=None):
+        if row not in self:
+            img = self.images.get(row)
+            if img is None:
+                return default
+            self[row] = torch.from_numpy(img).to(self.device, non_blocking=True)
+        return self[row]
+
+
+def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: ThreadPoolExecutor,
+           device: torch.device | None = None):
+    """Producer: per unit and epoch, the rendered views in batches (runs on a background thread);
+    rendered on `device` by pipeline/render_torch.py when given, else by the numba kernels."""
+    from . import render_torch
+
     S, V, N = cfg.shard_rows, cfg.group_size, num_samples
     for g, p in units:
         rows = np.arange(p * S, min(N, (p + 1) * S))
@@ -148,18 +184,30 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
             p_hw = np.array([images[q].shape[:2] for q in uniq.tolist()], dtype=np.int64).reshape(-1, 2)
             p_params = policy.sample(cfg.seed, e, uniq, p_hw, N) if len(uniq) else {}
             p_pos = {q: j for j, q in enumerate(uniq.tolist())}
-            for j0 in range(0, len(rows), cfg.batch_size):
-                sel = np.arange(j0, min(len(rows), j0 + cfg.batch_size))
-                keep = sel[ok[sel]]
-                views = None
-                if len(keep):
-                    qs = partners[keep].tolist()
-                    views = policy.render_batch(  # uint8, all cores, no GIL
-                        [images[int(rows[j])] for j in keep.tolist()], {k: v[keep] for k, v in params.items()},
-                        [images.get(q) if q >= 0 else None for q in qs],
+            srcs = images if device is None else _Uploaded(images, device)
+
+            def render(keep):
+                if not len(keep):
+                    return None
+                qs = partners[keep].tolist()
+                args = ([srcs.get(int(rows[j])) for j in keep.tolist()], {k: v[keep] for k, v in params.items()},
+                        [srcs.get(q) if q >= 0 else None for q in qs],
                         {k: v[[p_pos.get(q, 0) for q in qs]] for k, v in p_params.items()} if len(uniq) else None)
-                x = views
-                yield Item("batch", (g, p), e, rows, (sel[ok[sel]], x))
+                # uint8 views: the numba kernels (GIL released) on a pool thread, or torch on `device`
+                return policy.render_batch(*args, parallel=False) if device is None else \
+                    render_torch.render_batch(policy, *args)
+
+            sels = [np.arange(j0, min(len(rows), j0 + cfg.batch_size)) for j0 in range(0, len(rows), cfg.batch_size)]
+            # CPU: batches render on the decode pool's threads at once (no barrier per batch), yielded in
+            # order with at most 2 x workers in flight; a torch device renders them in turn here
+            window = 2 * cfg.decode_workers if device is None else 1
+            pending: list = []
+            for i, sel in enumerate(sels):
+                keep = sel[ok[sel]]
+                pending.append((keep, pool.submit(render, keep) if device is None else None))
+                while pending and (len(pending) >= window or i == len(sels) - 1):
+                    keep, fut = pending.pop(0)
+                    yield Item("batch", (g, p), e, rows, (keep, fut.result() if fut is not None else render(keep)))
             yield Item("epoch", (g, p), e, rows, params)
         yield Item("unit", (g, p), None, rows, (hw, ~ok))
         # drop the partners decoded for this unit, keep memory bounded by one unit
@@ -175,6 +223,7 @@ class ClassificationTask:
                  teacher: torch.nn.Module | None = None, device: str | None = None, amp: bool | None = None):
         self.source, self.policy, self.cfg, self.num_classes = source, policy, cfg, num_classes
         self.dev = pick_device(device)
+        self.render_dev = render_device(cfg, self.dev)  # a bad --render-device fails here, before any work
         self.teacher = teacher.to(self.dev).eval() if teacher is not None else None
         self.amp = amp
         self.attrs = store_attrs(source, policy, cfg, teacher_info, num_classes)
@@ -199,7 +248,7 @@ class ClassificationTask:
         return sum(min(N, (p + 1) * S) - p * S for _, p in units) * self.cfg.group_size
 
     def inputs(self, units, pool):
-        return _views(self.source, self.policy, self.cfg, units, len(self.source), pool)
+        return _views(self.source, self.policy, self.cfg, units, len(self.source), pool, self.render_dev)
 
     def label(self, item: Item):
         cfg, rows, e = self.cfg, item.rows, item.epoch

@@ -422,8 +422,8 @@ def test_to_json_round_trip():
         Policy.from_json(bad)
     with pytest.raises(ValueError, match="render_version"):
         Policy.from_json(dict(custom.to_json(), render_version=A.RENDER_VERSION + 1))
-    with pytest.raises(ValueError, match="recorded with render_version 1; this code renders version 2"):
-        Policy.from_json(dict(custom.to_json(), render_version=1))  # float32 views of the old torch path
+    with pytest.raises(ValueError, match="recorded with render_version 2; this code renders version 3"):
+        Policy.from_json(dict(custom.to_json(), render_version=2))  # horizontal-pass-first kernels
 
 
 def test_policy_validation():

@@ -277,3 +277,27 @@ def test_folder_views_render_end_to_end(shapes_root):
     assert views.shape == (len(src), 3, 32, 32) and bool(np.isfinite(views.numpy()).all())
     # normalised with ImageNet statistics: roughly centred
     assert abs(float(views.mean())) < 1.0
+
+
+def test_jpeg_decodes_with_libjpeg_turbo_and_the_rest_with_pillow(tmp_path):
+    import simplejpeg
+
+    from labelstore.pipeline.images import decoders
+
+    (tmp_path / "c").mkdir()
+    g = np.random.default_rng(0)
+    rgb = g.integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c" / "a.jpg", quality=90)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c" / "b.jpeg")  # libjpeg-turbo gives no RGB: Pillow
+    Image.fromarray(rgb).save(tmp_path / "c" / "c.png")
+    (tmp_path / "c" / "d.jpg").write_bytes((tmp_path / "c" / "a.jpg").read_bytes()[:200])
+    src = ImageFolder(tmp_path)
+    data = (tmp_path / "c" / "a.jpg").read_bytes()
+    np.testing.assert_array_equal(src.load(0), simplejpeg.decode_jpeg(data, colorspace="RGB"))
+    with Image.open(tmp_path / "c" / "b.jpeg") as im:
+        np.testing.assert_array_equal(src.load(1), np.array(im.convert("RGB")))
+    np.testing.assert_array_equal(src.load(2), rgb)
+    with pytest.raises(DecodeError, match="d.jpg"):
+        src.load(3)
+    assert src.describe()["decoder"] == decoders()
+    assert decoders()["jpeg"] == f"simplejpeg {simplejpeg.__version__}"

@@ -17,8 +17,7 @@ def test_resize_matches_numpy_reference(box, size):
     out = np.zeros((1, 3, *size), np.uint8)
     prog = np.zeros((1, 2, K.OP_WIDTH), np.int64)
     prog[0, 0, :5] = (K.OP_RESIZE, *box)
-    flat, off, shapes = K.pack_sources([src])
-    K.render_views(flat, off, shapes, np.zeros(1, np.int64), prog, out)
+    K.render_views([src], np.zeros(1, np.int64), prog, out)
     np.testing.assert_array_equal(out[0], K.reference_resize(src, box, size))
 
 

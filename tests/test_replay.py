@@ -293,3 +293,24 @@ def test_inspect_crop_histograms_from_derived_params(policy_stores, stored_polic
     stored = classification_stats(labelstore.open(stored_policy_stores["crop-flip"]))
     assert derived["histograms"]["crop_area"]["counts"] and derived == stored
     assert sum(derived["histograms"]["crop_area"]["counts"]) == EPOCHS * N_TRAIN
+
+
+def test_other_decoder_refused_by_name(tmp_path, base_store, source):
+    import shutil
+
+    import zarr
+
+    from labelstore.errors import StoreMismatch
+    from labelstore.pipeline.replay import ReplayDataset
+
+    copy = tmp_path / "other-decoder.zarr"
+    shutil.copytree(base_store, copy)
+    attrs = zarr.open_group(str(copy), mode="r+").attrs
+    ds = dict(attrs["dataset"])
+    assert ds["decoder"]["jpeg"].startswith("simplejpeg ") and ds["decoder"]["other"].startswith("pillow ")
+    ReplayDataset(labelstore.open(copy), source)  # the same decoders: accepted
+    attrs["dataset"] = {**ds, "decoder": {**ds["decoder"], "jpeg": "simplejpeg 0.1"}}
+    ReplayDataset(labelstore.open(copy), source)  # another version of the same library: accepted
+    attrs["dataset"] = {**ds, "decoder": {**ds["decoder"], "jpeg": "opencv 4.10"}}
+    with pytest.raises(StoreMismatch, match="decoded with .*opencv 4.10.*this source decodes with .*simplejpeg"):
+        ReplayDataset(labelstore.open(copy), source)

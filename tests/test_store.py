@@ -406,7 +406,7 @@ def test_resume_with_another_teacher_refused(tmp_path, source, teacher):
 def test_other_format_version_refused(tmp_path, base_store):
     copy = tmp_path / "v2.zarr"
     shutil.copytree(base_store, copy)
-    zarr.open_group(str(copy), mode="r+").attrs["format_version"] = 2  # stored params, 32-bit digests, float16
+    zarr.open_group(str(copy), mode="r+").attrs["format_version"] = 2  # stored params, 32-bit digests, render version 2
     with pytest.raises(StoreMismatch, match=r"v2.zarr: store format version 2, this labelstore reads version 3"):
         labelstore.open(copy)
     with pytest.raises(StoreMismatch, match="version"):

@@ -30,7 +30,8 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
     cfg = TeachConfig(epochs=o["epochs"], seed=o["seed"], top_k=top_k, mc_passes=o["mc_passes"],
                       batch_size=o["batch_size"], views_per_decode=o["views_per_decode"], shard_rows=o["shard_samples"],
                       chunk_rows=o["chunk_samples"], skip_bad=o["skip_bad"], digests=not o["no_digest"],
-                      store_params=o["store_params"], decode_workers=o["workers"])
+                      store_params=o["store_params"], decode_workers=o["workers"],
+                      render_device=o.get("render_device"))
     resume, overwrite = o["resume"], o["overwrite"]
     if world_size > 1:  # rank 0 creates (or replaces, or checks) the store first; the others then join it
         resume, overwrite = create_on_rank0(out, rank, world_size, o["local_rank"], lambda: open_or_create(
