@@ -171,7 +171,7 @@ def write_block(group: zarr.Group, name: str, start: int, data: np.ndarray, epoc
     rows = arr.shape[1 if epoch is not None else 0]
     stop = start + len(data)
     if start % shard_rows or (stop % shard_rows and stop != rows):
-        raise ValueError(f"{name}: rows [{start}, {stop}) are not aligned to shards of {shard_rows} rows")
+        raise ValueError(f"{name}: rows [{start}, {stop}) are not aligned to shards of {shard_rows} rows")  # internal invariant
     if epoch is None:
         arr[start:stop] = data
     else:
@@ -183,8 +183,13 @@ def mark_done(group: zarr.Group, unit: tuple[int, int]) -> None:
 
 
 def pending_units(group: zarr.Group) -> list[tuple[int, int]]:
-    """Work units (epoch group, partition) not yet flagged done, in order."""
-    done = group[PROGRESS][:]
+    """Work units (epoch group, partition) not yet flagged done, in order. StoreError naming the
+    progress array when it cannot be read (a damaged or truncated chunk)."""
+    try:
+        done = group[PROGRESS][:]
+    except Exception as e:  # a checksum mismatch, a truncated chunk
+        raise StoreError(f"{getattr(group.store, 'root', None) or group.store}: cannot read the array {PROGRESS!r} (which work units are done): "
+                         f"{type(e).__name__}: {e}; `labelstore verify` lists every damaged shard") from e
     return [(int(g), int(p)) for g, p in zip(*np.nonzero(done == 0))]
 
 
