@@ -94,7 +94,8 @@ def _first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] |
             if d:
                 return d
         return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+    nested = any(isinstance(v, (dict, list)) for v in (*(a or ()), *(b or ()))) if isinstance(a, list) else False
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and nested:  # a list of numbers is one value
         for i, (x, y) in enumerate(zip(a, b)):
             d = _first_difference(x, y, f"{where}[{i}]")
             if d:
@@ -115,7 +116,7 @@ def _policy_difference(have: Any, want: Any) -> str:
     if d is None:
         return "the policy differs from the store's"
     where, a, b = d
-    option = _POLICY_OPTIONS.get(where.rsplit(".", 1)[-1].split("[")[0])
+    option = _POLICY_OPTIONS.get(where.rsplit(".", 1)[-1])
     return f"policy {where} is {a!r} in the store, {b!r} now" + (f" ({option})" if option else "")
 
 
