@@ -159,6 +159,9 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
 
     if cfg.mode == "online" and teacher is None:
         raise ConfigError("mode 'online' needs a teacher (--online-teacher)")
+    if cfg.epochs < 0 or cfg.batch_size < 1 or not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"epochs (--epochs) must be >= 0, batch_size (--batch-size) >= 1 and seed (--seed) in "
+                          f"[0, 2**63); got {cfg.epochs}, {cfg.batch_size}, {cfg.seed}")
     if unlabeled is not None:
         _check_unlabeled(store, unlabeled[0], cfg)
     dev = torch.device(device)
