@@ -203,7 +203,7 @@ def pick_device(prefer: str | torch.device | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(prefer)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(prefer)!r} requested but CUDA is not available")
+        raise ConfigError(f"device {str(prefer)!r} (--device) requested but CUDA is not available")
     return dev
 
 

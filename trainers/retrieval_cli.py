@@ -34,7 +34,7 @@ def save_retrieval_checkpoint(path: str | os.PathLike, model: torch.nn.Module, s
     save_checkpoint(path, model, spec, kwargs, extra={"tokenizer": tokenizer.to_json(), "num_frames": int(num_frames),
                                                       "frame_size": int(frame_size), **extra})
     if weights_hash(load_model(str(path))) != weights_hash(model):
-        raise RuntimeError(f"{path}: load_model does not rebuild the saved {spec} model (weights hash differs)")
+        raise RuntimeError(f"{path}: load_model does not rebuild the saved {spec} model (weights hash differs)")  # internal invariant
     return str(path)
 
 

@@ -37,7 +37,7 @@ def save_videoqa_checkpoint(path, model: nn.Module, spec: str, kwargs: dict, tok
                                                                "num_frames": int(num_frames), "frame_size": int(frame_size),
                                                                **(extra or {})})
     if weights_hash(load_model(str(path))) != weights_hash(model):
-        raise RuntimeError(f"{path}: load_model does not rebuild the saved weights ({spec}, {kwargs})")
+        raise RuntimeError(f"{path}: load_model does not rebuild the saved weights ({spec}, {kwargs})")  # internal invariant
     return digest
 
 
