@@ -83,7 +83,7 @@ def _lookup(attrs: dict, key: str) -> Any:
     return attrs
 
 
-_POLICY_OPTIONS = {"scale": "--crop-scale", "output_size": "--image-size", "type": "--policy"}  # the CLI options
+_POLICY_OPTIONS = {"scale": "--crop-scale", "output_size": "--image-size", "frame_size": "--frame-size"}  # CLI options
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | None:
@@ -94,8 +94,8 @@ def _first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] |
             if d:
                 return d
         return None
-    nested = any(isinstance(v, (dict, list)) for v in (*(a or ()), *(b or ()))) if isinstance(a, list) else False
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and nested:  # a list of numbers is one value
+    if (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and any(isinstance(v, (dict, list)) for v in a + b)):  # a list of numbers is one value
         for i, (x, y) in enumerate(zip(a, b)):
             d = _first_difference(x, y, f"{where}[{i}]")
             if d:
