@@ -20,21 +20,6 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
-def _raised_in_labelstore(e: BaseException) -> bool:
-    """Whether `e` is one of our classes, or a message we wrote: raised by a `raise` statement of a
-    labelstore module (the last frame of its traceback), not by a library or a failed unpacking."""
-    import linecache
-
-    if type(e).__module__.split(".")[0] == "labelstore":
-        return True
-    tb = e.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None or str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] != "labelstore":
-        return False
-    return linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip().startswith("raise")
-
-
 def _warn(msg: str | None) -> None:
     if msg:
         click.echo(f"warning: {msg}", err=True)
@@ -62,12 +47,8 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (LabelstoreError, FileNotFoundError) as e:  # DecodeError etc. are DataError
+        except (LabelstoreError, FileNotFoundError) as e:  # DecodeError etc. are DataError; any other error is a bug
             _fail(str(e))
-        except ValueError as e:  # raised by our own code: a message for the user (pipeline/trainers install under labelstore.)
-            if _raised_in_labelstore(e):
-                _fail(str(e))
-            raise  # from a library: a bug, keep the traceback
 
 
 @click.group(cls=_Group)
@@ -87,11 +68,25 @@ def _stdout_to_stderr(on: bool):
     return contextlib.redirect_stdout(sys.stderr) if on else contextlib.nullcontext()
 
 
+SEED = click.IntRange(0, 2**63 - 1)  # seeds are uint64 RNG keys below 2**63 (store attributes are JSON int64)
+POSITIVE = click.IntRange(min=1)
+NONNEGATIVE = click.IntRange(min=0)
 STORE = click.Path()  # a local path or a URL (s3://, gs://, memory://): existence is checked when opened
 STORAGE_OPTIONS = click.option(
     "--storage-options", default=None, metavar="JSON",
     help='For URL stores: fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
          "(default: fsspec's configuration and the environment).")
+
+
+def _check_not_a_file(option: str, path: str) -> None:
+    """--out / --store naming an existing regular file (not a folder, not a URL): one error line."""
+    import os
+
+    from labelstore import location
+
+    if not location.is_url(path) and os.path.lexists(location.local_path(path)) \
+            and not os.path.isdir(location.local_path(path)):
+        _fail(f"{option} {path} is an existing file, not a folder: give another path (nothing was changed)")
 
 
 def _use_storage_options(store: str, text: str | None) -> None:
@@ -105,9 +100,9 @@ def _use_storage_options(store: str, text: str | None) -> None:
 @main.command()
 @click.argument("kind", type=click.Choice(["shapes", "shapes-h5"]))
 @click.option("--out", required=True, type=click.Path(), help="Directory (or .h5 file) to write.")
-@click.option("--train", "n_train", default=2000, show_default=True)
-@click.option("--test", "n_test", default=500, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--train", "n_train", type=POSITIVE, default=2000, show_default=True)
+@click.option("--test", "n_test", type=NONNEGATIVE, default=500, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
 def data(kind: str, out: str, n_train: int, n_test: int, seed: int, as_json: bool) -> None:
     """Write a built-in generated dataset as real image files (ImageFolder layout) or HDF5."""
@@ -142,30 +137,30 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
                    "(give --num-classes).")
 @click.option("--captions", default=None, help="(retrieval) captions file: JSON lines or CSV (video_id, caption).")
 @click.option("--questions", default=None, help="(videoqa) questions file: JSON lines or CSV (video_id, question, answer).")
-@click.option("--frames", type=int, default=None, help="(video tasks) frames sampled per video (default: the teacher's).")
-@click.option("--frame-size", type=int, default=None, help="(video tasks) frame resolution (default: the teacher's).")
+@click.option("--frames", type=POSITIVE, default=None, help="(video tasks) frames sampled per video (default: the teacher's).")
+@click.option("--frame-size", type=POSITIVE, default=None, help="(video tasks) frame resolution (default: the teacher's).")
 @click.option("--similarity-mode", type=click.Choice(["dense", "embeddings", "batches"]), default="dense",
               show_default=True, help="(retrieval) how teacher similarities are stored.")
 @click.option("--teacher", required=True, help="Checkpoint .pt, built-in model name, or module:callable.")
 @click.option("--allow-untrained-teacher", is_flag=True, help="Accept a built-in model name (random weights) as teacher.")
 @click.option("--out", required=True, type=STORE, help="Store to write: a directory (*.zarr) or a URL (s3://...).")
 @STORAGE_OPTIONS
-@click.option("--epochs", default=4, show_default=True, help="Epochs of views to label.")
-@click.option("--top-k", type=int, default=None,
+@click.option("--epochs", type=POSITIVE, default=4, show_default=True, help="Epochs of views to label.")
+@click.option("--top-k", type=POSITIVE, default=None,
               help="Stored top-k (default: 5 for classification; every answer for videoqa, the full ranking RADI's "
                    "cold lists are drawn from).")
-@click.option("--mc-passes", default=0, show_default=True, help="MC-dropout passes (0 = none).")
+@click.option("--mc-passes", type=NONNEGATIVE, default=0, show_default=True, help="MC-dropout passes (0 = none).")
 @click.option("--policy", "policy_name", default="crop-flip", show_default=True)
 @click.option("--crop-scale", nargs=2, type=float, default=(0.08, 1.0), show_default=True,
               help="Random-resized-crop area range.")
-@click.option("--image-size", default=32, show_default=True, help="Output resolution of the views.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--num-classes", type=int, default=None, help="Teacher classes (default: the dataset's).")
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--views-per-decode", default=0, show_default=True, help="Epochs labelled per image decode; 0 = all.")
-@click.option("--shard-samples", default=8192, show_default=True, help="Rows per shard = per work unit.")
-@click.option("--chunk-samples", default=2048, show_default=True, help="Rows per inner chunk (read unit).")
-@click.option("--workers", default=4, show_default=True, help="Decode threads.")
+@click.option("--image-size", type=POSITIVE, default=32, show_default=True, help="Output resolution of the views.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--num-classes", type=POSITIVE, default=None, help="Teacher classes (default: the dataset's).")
+@click.option("--batch-size", type=POSITIVE, default=256, show_default=True)
+@click.option("--views-per-decode", type=NONNEGATIVE, default=0, show_default=True, help="Epochs labelled per image decode; 0 = all.")
+@click.option("--shard-samples", type=POSITIVE, default=8192, show_default=True, help="Rows per shard = per work unit.")
+@click.option("--chunk-samples", type=POSITIVE, default=2048, show_default=True, help="Rows per inner chunk (read unit).")
+@click.option("--workers", type=POSITIVE, default=4, show_default=True, help="Decode threads.")
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when present).")
 @click.option("--render-device", default=None,
               help="Where views are rendered, the same bytes anywhere: cpu (numba kernels), cuda[:i] (torch, sources "
@@ -178,9 +173,9 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
                    "crop-flip); by default students re-derive them from the counter-based RNG.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted store.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@click.option("--rank", type=int, default=None,
+@click.option("--rank", type=NONNEGATIVE, default=None,
               help="This process's rank (several processes fill one store; default: $RANK or 0).")
-@click.option("--world-size", type=int, default=None, help="Processes filling the store (default: $WORLD_SIZE or 1).")
+@click.option("--world-size", type=POSITIVE, default=None, help="Processes filling the store (default: $WORLD_SIZE or 1).")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
 def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, similarity_mode, teacher, allow_untrained_teacher,
@@ -198,6 +193,7 @@ def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, s
     from labelstore.trainers.tasks import check_ranks, entry_point
 
     checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
+    _check_not_a_file("--out", out)
     _use_storage_options(out, storage_options)
     rank, world_size, local_rank = dist_env(rank, world_size)
     check_ranks(task, "teach", world_size)
@@ -354,8 +350,8 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
 @click.option("--data", "data_spec", required=True, help="The dataset the store was built from.")
 @click.option("--teacher", default=None, help="Recompute the teacher on replayed views (checkpoint / name / module:callable).")
 @click.option("--allow-untrained-teacher", is_flag=True, help="Accept a built-in model name (random weights) as teacher.")
-@click.option("--samples", default=64, show_default=True, help="Random (epoch, sample) views to replay.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--samples", type=POSITIVE, default=64, show_default=True, help="Random (epoch, sample) views to replay.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--json", "as_json", is_flag=True)
 def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teacher, samples, seed, device,
@@ -408,8 +404,8 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
                    "(CgT + FgT, default), cgt (CgT only), fgt (FgT only).")
 @click.option("--eval-questions", default=None, help="(videoqa) held-out questions with full answer sets.")
 @click.option("--eval-captions", default=None, help="(retrieval) held-out captions.")
-@click.option("--hot-k", default=10, show_default=True, help="(videoqa) RADI hot list.")
-@click.option("--cold-n", default=10, show_default=True, help="(videoqa) RADI cold list.")
+@click.option("--hot-k", type=NONNEGATIVE, default=10, show_default=True, help="(videoqa) RADI hot list.")
+@click.option("--cold-n", type=NONNEGATIVE, default=10, show_default=True, help="(videoqa) RADI cold list.")
 @click.option("--cold-scheme", type=click.Choice(["exp", "zipf"]), default="exp", show_default=True)
 @click.option("--radi-rank", type=click.Choice(["pairwise", "listwise", "both"]), default="both", show_default=True,
               help="(videoqa) RADI's ranking terms.")
@@ -418,8 +414,8 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
 @click.option("--alpha", type=float, default=None, help="(videoqa) weight of the ranking loss (default: RADI's).")
 @click.option("--online-teacher", default=None, help="Teacher spec for --mode online.")
 @click.option("--eval-data", default=None, help="Held-out ImageFolder/HDF5 for evaluation.")
-@click.option("--epochs", default=0, show_default=True, help="0 = the store's epochs.")
-@click.option("--batch-size", default=128, show_default=True)
+@click.option("--epochs", type=NONNEGATIVE, default=0, show_default=True, help="0 = the store's epochs.")
+@click.option("--batch-size", type=POSITIVE, default=128, show_default=True)
 @click.option("--lr", type=float, default=None, help="Learning rate (default: AdamW 5e-3).")
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--fill", type=click.Choice(["marginal", "renorm"]), default="marginal", show_default=True)
@@ -431,8 +427,8 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
 @click.option("--select-threshold", default=0.9, show_default=True, help="Teacher confidence that selects an unlabelled view.")
 @click.option("--ferkd-low", default=0.05, show_default=True)
 @click.option("--ferkd-high", default=0.95, show_default=True)
-@click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", type=NONNEGATIVE, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--out", required=True, type=click.Path(), help="Directory for the checkpoint and metrics.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout (nothing else).")
@@ -446,6 +442,7 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
     from labelstore.pipeline.dist import dist_env
     from labelstore.trainers.tasks import check_ranks, entry_point
 
+    _check_not_a_file("--out", out)
     _use_storage_options(store_path, storage_options)
     check_ranks(task, "train", dist_env()[1])
     if mode == "online" and not online_teacher:
@@ -463,7 +460,7 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
 @main.command()
 @click.option("--task", type=TASKS, default="classification", show_default=True)
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path())
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout (the log goes to stderr).")
 def demo(task: str, out: str, seed: int, quiet: bool, as_json: bool) -> None:
@@ -481,7 +478,7 @@ def demo(task: str, out: str, seed: int, quiet: bool, as_json: bool) -> None:
 @click.option("--out", default=None, type=click.Path(),
               help="Setup (data, teacher, store) and one JSON per (arm, seed); a rerun resumes from them.  "
                    "[default: runs/experiment-TASK]")
-@click.option("--seeds", default=5, show_default=True, help="Seeds per arm (0..N-1), shared by all arms.")
+@click.option("--seeds", type=POSITIVE, default=5, show_default=True, help="Seeds per arm (0..N-1), shared by all arms.")
 @click.option("--arms", default=None, help="Comma-separated arms.  [default: the task's arms]")
 @click.option("--reference", default=None, help="Arm the paired differences are taken against.  [default: the task's]")
 @click.option("--recipe", default="{}", show_default=True,
@@ -525,9 +522,9 @@ def experiment(task: str, out: str | None, seeds: int, arms: str | None, referen
 
 
 @main.command()
-@click.option("--images", default=2048, show_default=True, help="Images of the built-in data to run on.")
+@click.option("--images", type=POSITIVE, default=2048, show_default=True, help="Images of the built-in data to run on.")
 @click.option("--only-image", is_flag=True, help="Skip the video tasks' figures.")
-@click.option("--size", default=32, show_default=True,
+@click.option("--size", type=POSITIVE, default=32, show_default=True,
               help="View size of figures 1-3 (32: the shapes data; larger: 500x375 JPEGs, e.g. 224 on a GPU).")
 @click.option("--scale", is_flag=True,
               help="Instead: every read path of a synthetic ImageNet-1k-size store written through the real "

@@ -5,7 +5,9 @@ derives from LabelstoreError. The CLI prints such an error as one line, `error: 
 and exits with status 2; anything else is a bug and keeps its traceback.
 
     LabelstoreError
-      StoreError            a store that cannot be used as asked: wrong format, unfinished, corrupt
+      StoreError            a store that cannot be used as asked: wrong format, unfinished, corrupt, or
+                            not writable (a full disk, a read-only file system: the message names the
+                            store and says whether --resume finishes it)
         StoreMismatch       built from another dataset, teacher, policy or format version
       DataError             input data that cannot be read (the message names the file / row / line)
       ConfigError           an impossible configuration or argument, refused before anything is written

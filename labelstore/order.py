@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ConfigError
+
 
 def quasi_random_order(rows: np.ndarray, block_rows: int, seed: int, epoch: int, window: int = 8) -> np.ndarray:
     """Positions p (int64 [n], a permutation of range(n)) such that rows[p] is the epoch's order:
@@ -28,7 +30,7 @@ def quasi_random_order(rows: np.ndarray, block_rows: int, seed: int, epoch: int,
     blocks (see the module docstring)."""
     rows = np.asarray(rows, dtype=np.int64)
     if block_rows < 1 or window < 1:
-        raise ValueError(f"block_rows and window must be >= 1, got {block_rows}, {window}")
+        raise ConfigError(f"block_rows and window must be >= 1, got {block_rows}, {window}")
     g = np.random.default_rng([int(seed), int(epoch), 0x51])
     chunk = rows // block_rows  # [n] block of each row
     ids, inv = np.unique(chunk, return_inverse=True)

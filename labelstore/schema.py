@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from .errors import ConfigError
 
 FORMAT_NAME = "labelstore"
 FORMAT_VERSION = 3  # 3: manifest + metadata checksums, derived augmentation params, 16-bit view checks, rounded probabilities, render version 3; 2: uint8 view digests; bump on any change a reader of the old version would misread
@@ -101,7 +102,7 @@ def round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
 def chunking(spec: ArraySpec, chunk_rows: int, shard_rows: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(inner chunk shape, shard shape) for an array under the layout rules above."""
     if shard_rows % chunk_rows:
-        raise ValueError(f"shard_rows ({shard_rows}) must be a multiple of chunk_rows ({chunk_rows})")
+        raise ConfigError(f"shard_rows ({shard_rows}) must be a multiple of chunk_rows ({chunk_rows})")
     rows = spec.shape[spec.row_axis]
     chunk = max(1, min(chunk_rows, rows))
     shard = min(shard_rows, -(-max(rows, 1) // chunk) * chunk)  # whole chunks; one shard when rows < shard_rows
@@ -244,5 +245,5 @@ def retrieval_arrays(
                       "teacher similarity of batch b: [i, j] = s(caption i, video of caption j)", "logit"),
         ]
     else:
-        raise ValueError(f"retrieval similarity mode must be 'embeddings', 'dense' or 'batches', got {mode!r}")
+        raise ConfigError(f"retrieval similarity mode must be 'embeddings', 'dense' or 'batches', got {mode!r}")
     return specs

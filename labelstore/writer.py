@@ -49,7 +49,7 @@ def codecs_for(spec: ArraySpec) -> tuple[list, list]:
     if spec.codec == "probs":
         return [], [BloscCodec(cname="zstd", clevel=7, shuffle="bitshuffle"), Crc32cCodec()]
     if spec.codec != "default":
-        raise ValueError(f"{spec.name}: unknown codec recipe {spec.codec!r}")
+        raise ValueError(f"{spec.name}: unknown codec recipe {spec.codec!r}")  # internal invariant
     shuffle = "noshuffle" if spec.dtype == "str" or np.dtype(spec.dtype).itemsize == 1 else "shuffle"
     return [], [BloscCodec(cname="zstd", clevel=5, shuffle=shuffle), Crc32cCodec()]
 
@@ -306,7 +306,7 @@ def write_block(group: zarr.Group, name: str, start: int, data: np.ndarray, epoc
     rows = arr.shape[1 if epoch is not None else 0]
     stop = start + len(data)
     if start % shard_rows or (stop % shard_rows and stop != rows):
-        raise ValueError(f"{name}: rows [{start}, {stop}) are not aligned to shards of {shard_rows} rows")
+        raise ValueError(f"{name}: rows [{start}, {stop}) are not aligned to shards of {shard_rows} rows")  # internal invariant
     if epoch is None:
         arr[start:stop] = data
     else:
@@ -321,10 +321,15 @@ def mark_done(group: zarr.Group, unit: tuple[int, int]) -> None:
 
 def pending_units(group: zarr.Group) -> list[tuple[int, int]]:
     """Work units (epoch group, partition) not yet flagged done, in order (none for a complete
-    store, without reading the flags; otherwise one read of the progress array)."""
+    store, without reading the flags; otherwise one read of the progress array). StoreError naming
+    the progress array when it cannot be read (a damaged or truncated chunk)."""
     if group.attrs.get("state") == "complete":
         return []
-    done = group[PROGRESS][:]
+    try:
+        done = group[PROGRESS][:]
+    except Exception as e:  # a checksum mismatch, a truncated chunk
+        raise StoreError(f"{getattr(group.store, 'root', None) or group.store}: cannot read the array {PROGRESS!r} (which work units are done): "
+                         f"{type(e).__name__}: {e}; `labelstore verify` lists every damaged shard") from e
     return [(int(g), int(p)) for g, p in zip(*np.nonzero(done == 0))]
 
 

@@ -35,6 +35,7 @@ import torch
 from labelstore.integrity import view_digest
 from labelstore.pipeline import kernels as K
 from labelstore.pipeline import rng
+from labelstore.errors import ConfigError, DataError, StoreError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -80,44 +81,44 @@ _GAMMA_ATTEMPTS = 16  # Marsaglia-Tsang attempts per gamma draw (P(all rejected)
 def _pair(v, what: str) -> tuple[float, float]:
     t = tuple(float(x) for x in v)
     if len(t) != 2:
-        raise ValueError(f"{what} must have 2 values, got {v!r}")
+        raise ConfigError(f"{what} must have 2 values, got {v!r}")
     return t
 
 
 def _check_range(scale: tuple[float, float], ratio: tuple[float, float], who: str) -> None:
     if not (0.0 < scale[0] <= scale[1] <= 1.0):
-        raise ValueError(f"{who}: scale must satisfy 0 < lo <= hi <= 1, got {scale}")
+        raise ConfigError(f"{who}: scale must satisfy 0 < lo <= hi <= 1, got {scale}")
     if not (0.0 < ratio[0] <= ratio[1]):
-        raise ValueError(f"{who}: ratio must satisfy 0 < lo <= hi, got {ratio}")
+        raise ConfigError(f"{who}: ratio must satisfy 0 < lo <= hi, got {ratio}")
 
 
 def _as_ids(ids) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.ndim != 1:
-        raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
+        raise ConfigError(f"ids must be 1-D, got shape {ids.shape}")
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
+        raise ConfigError(f"ids must be integers, got dtype {ids.dtype}")
     ids = ids.astype(np.int64)
     if ids.size and ids.min() < 0:
-        raise ValueError("ids must be >= 0")
+        raise ConfigError("ids must be >= 0")
     return ids
 
 
 def _as_shapes(src_shape, n: int, who: str) -> np.ndarray:
     s = np.asarray(src_shape, dtype=np.int64).reshape(-1, 2) if np.size(src_shape) else np.zeros((0, 2), np.int64)
     if s.shape[0] != n:
-        raise ValueError(f"src_shape has {s.shape[0]} rows for {n} ids")
+        raise ConfigError(f"src_shape has {s.shape[0]} rows for {n} ids")
     if n and s.min() < 0:
-        raise ValueError(f"{who}: negative source size {s[s.min(1) < 0][0].tolist()}")
+        raise DataError(f"{who}: negative source size {s[s.min(1) < 0][0].tolist()}")
     if n and s.max() > _MAX_SIDE:
         bad = s[s.max(1) > _MAX_SIDE][0].tolist()
-        raise ValueError(f"{who}: source size {bad} too large: H and W must be < 65536 (boxes are uint16)")
+        raise DataError(f"{who}: source size {bad} too large: H and W must be < 65536 (boxes are uint16)")
     return s
 
 
 def _out_size(output_size, who: str) -> tuple[int, int]:
     if output_size is None:
-        raise ValueError(f"{who}: sampling needs the policy output_size (call Policy.sample)")
+        raise ConfigError(f"{who}: sampling needs the policy output_size (call Policy.sample)")
     oh, ow = (int(v) for v in output_size)
     return oh, ow
 
@@ -193,7 +194,7 @@ def _partners(seed: int, epoch: int, ids: np.ndarray, stream: int, num_samples: 
     if num_samples < 2:
         return np.full(ids.shape, -1, np.int64)
     if ids.size and ids.max() >= num_samples:
-        raise ValueError(f"ids must be < num_samples={num_samples} for mixing ops, got {int(ids.max())}")
+        raise ConfigError(f"ids must be < num_samples={num_samples} for mixing ops, got {int(ids.max())}")
     r = rng.randint(seed, epoch, ids, stream, num_samples - 1)[:, 0]
     return r + (r >= ids)
 
@@ -202,7 +203,7 @@ def _check_box(box, src_hw, who: str) -> tuple[int, int, int, int]:
     y, x, h, w = (int(v) for v in box)
     H, W = (int(v) for v in src_hw)
     if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
-        raise ValueError(f"{who}: box (y={y}, x={x}, h={h}, w={w}) is not inside the {H}x{W} source")
+        raise DataError(f"{who}: box (y={y}, x={x}, h={h}, w={w}) is not inside the {H}x{W} source")
     return y, x, h, w
 
 
@@ -290,7 +291,7 @@ class HorizontalFlip(Op):
 
     def __post_init__(self):
         if not 0.0 <= float(self.p) <= 1.0:
-            raise ValueError(f"{self.name}: p must be in [0, 1], got {self.p}")
+            raise ConfigError(f"{self.name}: p must be in [0, 1], got {self.p}")
         object.__setattr__(self, "p", float(self.p))
 
     def param_spec(self):
@@ -317,7 +318,7 @@ class ColorJitter(Op):
         for k in ("brightness", "contrast", "saturation"):
             v = float(getattr(self, k))
             if v < 0:
-                raise ValueError(f"{self.name}: {k} must be >= 0, got {v}")
+                raise ConfigError(f"{self.name}: {k} must be >= 0, got {v}")
             object.__setattr__(self, k, v)
 
     def param_spec(self):
@@ -359,7 +360,7 @@ class SelfMix(Op):
         _check_range(self.scale, self.ratio, self.name)
         _check_range(self.paste_scale, self.ratio, self.name)
         if not 0.0 <= float(self.p) <= 1.0:
-            raise ValueError(f"{self.name}: p must be in [0, 1], got {self.p}")
+            raise ConfigError(f"{self.name}: p must be in [0, 1], got {self.p}")
         object.__setattr__(self, "p", float(self.p))
 
     def param_spec(self):
@@ -384,7 +385,7 @@ class SelfMix(Op):
             return []
         y, x, h, w = (int(v) for v in params["paste"])
         if h < 1 or w < 1 or y + h > output_size[0] or x + w > output_size[1]:
-            raise ValueError(f"{self.name}: paste box {(y, x, h, w)} is not inside the {tuple(output_size)} view")
+            raise DataError(f"{self.name}: paste box {(y, x, h, w)} is not inside the {tuple(output_size)} view")
         return [(K.OP_PASTE, *_check_box(params["box2"], src_hw, self.name), y, x, h, w)]
 
 
@@ -395,9 +396,9 @@ class _Mixing(Op):
 
     def __post_init__(self):
         if not float(self.alpha) > 0:
-            raise ValueError(f"{self.name}: alpha must be > 0, got {self.alpha}")
+            raise ConfigError(f"{self.name}: alpha must be > 0, got {self.alpha}")
         if not 0.0 <= float(self.p) <= 1.0:
-            raise ValueError(f"{self.name}: p must be in [0, 1], got {self.p}")
+            raise ConfigError(f"{self.name}: p must be in [0, 1], got {self.p}")
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "p", float(self.p))
 
@@ -486,7 +487,7 @@ def register_op(cls: type) -> type:
         raise TypeError(f"register_op needs an Op subclass, got {cls!r}")
     have = _OP_TYPES.get(cls.__name__)
     if have is not None and have is not cls and (have.__module__, have.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise ValueError(f"op type {cls.__name__!r} is already registered by {have.__module__}")
+        raise ConfigError(f"op type {cls.__name__!r} is already registered by {have.__module__}")
     _OP_TYPES[cls.__name__] = cls
     return cls
 
@@ -498,9 +499,9 @@ for _cls in (Resize, RandomResizedCrop, HorizontalFlip, ColorJitter, SelfMix, Cu
 def op_from_json(d: dict) -> Op:
     cls = _OP_TYPES.get(d.get("type"))
     if cls is None:
-        raise ValueError(f"unknown op type {d.get('type')!r}: a user op must be registered with "
-                         f"labelstore.pipeline.augment.register_op (import the module defining it) before the "
-                         f"policy is loaded; registered: {sorted(_OP_TYPES)}")
+        raise ConfigError(f"unknown op type {d.get('type')!r}: a user op must be registered with "
+                          f"labelstore.pipeline.augment.register_op (import the module defining it) before the "
+                          f"policy is loaded; registered: {sorted(_OP_TYPES)}")
     return cls(**d.get("config", {}))
 
 
@@ -525,36 +526,36 @@ class Policy:
         object.__setattr__(self, "ops", ops)
         oh, ow = (int(v) for v in self.output_size)
         if oh < 1 or ow < 1:
-            raise ValueError(f"output_size must be positive, got {self.output_size}")
+            raise ConfigError(f"output_size must be positive, got {self.output_size}")
         object.__setattr__(self, "output_size", (oh, ow))
         mean, std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean/std must be 3 values with std > 0, got {self.mean}, {self.std}")
+            raise ConfigError(f"mean/std must be 3 values with std > 0, got {self.mean}, {self.std}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         object.__setattr__(self, "version", int(self.version))
         for op in ops:
             if not isinstance(op, Op):
-                raise ValueError(f"not an augmentation op: {op!r}")
+                raise ConfigError(f"not an augmentation op: {op!r}")
             if "/" in op.name or not op.name:
-                raise ValueError(f"op name {op.name!r} must be non-empty without '/'")
+                raise ConfigError(f"op name {op.name!r} must be non-empty without '/'")
         names = [op.name for op in ops]
         if len(set(names)) != len(names):
-            raise ValueError(f"op names must be unique, got {names}")
+            raise ConfigError(f"op names must be unique, got {names}")
         geo = [i for i, op in enumerate(ops) if op.GEOMETRY]
         if len(geo) != 1:
-            raise ValueError(f"a policy needs exactly one geometry op (RandomResizedCrop or Resize), got {names}")
+            raise ConfigError(f"a policy needs exactly one geometry op (RandomResizedCrop or Resize), got {names}")
         mix = [i for i, op in enumerate(ops) if op.MIXING]
         if len(mix) > 1 or (mix and mix[0] != len(ops) - 1):
-            raise ValueError(f"at most one mixing op (CutMix/MixUp), and it must be last; got {names}")
+            raise ConfigError(f"at most one mixing op (CutMix/MixUp), and it must be last; got {names}")
         user = [i for i, op in enumerate(ops) if _is_user_op(op)]
         if user and any(not ops[i].MIXING and not _is_user_op(ops[i]) for i in range(user[0], len(ops))):
-            raise ValueError(f"user ops (apply_u8) must follow every built-in base op; got {names}")
+            raise ConfigError(f"user ops (apply_u8) must follow every built-in base op; got {names}")
         if user and user[0] < geo[0]:
-            raise ValueError(f"user ops must come after the geometry op; got {names}")
+            raise ConfigError(f"user ops must come after the geometry op; got {names}")
         for i, op in enumerate(ops):
             if isinstance(op, SelfMix) and i < geo[0]:
-                raise ValueError(f"{op.name} must come after the geometry op")
+                raise ConfigError(f"{op.name} must come after the geometry op")
         object.__setattr__(self, "_mix", ops[mix[0]] if mix else None)
 
     # ---- parameters
@@ -566,7 +567,7 @@ class Policy:
         ids = _as_ids(ids)
         src_shape = np.asarray(src_shape, dtype=np.int64).reshape(-1, 2)
         if len(src_shape) != len(ids):
-            raise ValueError(f"src_shape has {len(src_shape)} rows for {len(ids)} ids")
+            raise ConfigError(f"src_shape has {len(src_shape)} rows for {len(ids)} ids")
         out = {}
         for op in self.ops:
             got = op.sample(seed, epoch, ids, src_shape, num_samples, output_size=self.output_size)
@@ -591,7 +592,7 @@ class Policy:
         if n is None:
             lens = {len(v) for v in params.values()}
             if len(lens) != 1:
-                raise ValueError("cannot infer the number of views from params; pass n=")
+                raise ConfigError("cannot infer the number of views from params; pass n=")
             n = lens.pop()
         return np.full(int(n), -1, np.int64)
 
@@ -615,10 +616,10 @@ class Policy:
         for k, (dt, shape) in op.param_spec().items():
             key = f"{op.name}/{k}"
             if key not in row:
-                raise ValueError(f"{op.name}: row is missing param {key!r}")
+                raise StoreError(f"{op.name}: row is missing param {key!r}")
             v = np.asarray(row[key])
             if v.shape != shape:
-                raise ValueError(f"{op.name}: param {key!r} has shape {v.shape}, expected {shape}")
+                raise StoreError(f"{op.name}: param {key!r} has shape {v.shape}, expected {shape}")
             out[k] = v
         return out
 
@@ -658,7 +659,7 @@ class Policy:
             mixed = np.nonzero(self.partners(rows, n) >= 0)[0]
             for i in mixed.tolist():
                 if partner_shapes is None or partner_rows is None or partner_shapes[i] is None:
-                    raise ValueError(f"{self._mix.name}: view {i} is mixed with another sample "
+                    raise ConfigError(f"{self._mix.name}: view {i} is mixed with another sample "
                                      "but its partner image/row were not given")
                 rowdicts.append({k: v[i] for k, v in partner_rows.items()})
                 progs.append(self._program(partner_shapes[i], rowdicts[-1]))
@@ -738,7 +739,7 @@ class Policy:
     def from_json(cls, d: dict) -> "Policy":
         rv = int(d.get("render_version", RENDER_VERSION))
         if rv != RENDER_VERSION:
-            raise ValueError(f"policy was recorded with render_version {rv}; this code renders version {RENDER_VERSION}")
+            raise StoreError(f"policy was recorded with render_version {rv}; this code renders version {RENDER_VERSION}")
         return cls(
             ops=tuple(op_from_json(o) for o in d["ops"]),
             output_size=tuple(d["output_size"]),
@@ -751,11 +752,11 @@ class Policy:
 def _check_image(image) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {image.dtype}")
+        raise DataError(f"image must be uint8, got {image.dtype}")
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be [H, W, 3] uint8, got shape {image.shape}")
+        raise DataError(f"image must be [H, W, 3] uint8, got shape {image.shape}")
     return image
 
 
@@ -812,7 +813,7 @@ def make_policy(name: str, output_size=(32, 32), mean=IMAGENET_MEAN, std=IMAGENE
         "selfmix": base + (SelfMix(),),
     }.get(name)
     if ops is None:
-        raise ValueError(f"unknown policy {name!r}; choose one of {POLICY_NAMES}")
+        raise ConfigError(f"unknown policy {name!r}; choose one of {POLICY_NAMES}")
     return Policy(ops=ops, output_size=tuple(output_size), mean=tuple(mean), std=tuple(std))
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from labelstore.errors import ConfigError
 
 __all__ = [
     "COLOURS",
@@ -89,7 +90,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = _FPS, co
     frames = np.asarray(frames, dtype=np.uint8)
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
-        raise ValueError(f"write_video: frame size must be even for yuv420p, got {h}x{w}")
+        raise ConfigError(f"write_video: frame size must be even for yuv420p, got {h}x{w}")
     codec = codec or video_codec()
     with av.open(str(path), "w", format="mp4") as c:
         s = c.add_stream(codec, rate=fps)
@@ -290,7 +291,7 @@ def make_retrieval_dataset(
         meta = json.loads(out["meta"].read_text())
         return {**out, "codec": meta["codec"], "n_captions": meta["n_captions"], "seconds": 0.0}
     if size % 2 or size < 16 or frames < 4:
-        raise ValueError(f"make_retrieval_dataset: need even size >= 16 and frames >= 4, got size={size}, frames={frames}")
+        raise ConfigError(f"make_retrieval_dataset: need even size >= 16 and frames >= 4, got size={size}, frames={frames}")
     t0 = time.perf_counter()
     out["videos"].mkdir(parents=True, exist_ok=True)
     codec = video_codec()
@@ -449,7 +450,7 @@ def make_videoqa_dataset(
     with several correct answers for most questions (RADI as its paper means it).
     """
     if vocab not in ("small", "large"):
-        raise ValueError(f"make_videoqa_dataset: vocab must be 'small' or 'large', got {vocab!r}")
+        raise ConfigError(f"make_videoqa_dataset: vocab must be 'small' or 'large', got {vocab!r}")
     n_obj = 3 if vocab == "small" else 4
     root = Path(root)
     params = {
@@ -469,7 +470,7 @@ def make_videoqa_dataset(
         meta = json.loads(out["meta"].read_text())
         return {**out, "codec": meta["codec"], "n_questions": meta["n_questions"], "seconds": 0.0}
     if size % 2 or size < 16 or frames < 4:
-        raise ValueError(f"make_videoqa_dataset: need even size >= 16 and frames >= 4, got size={size}, frames={frames}")
+        raise ConfigError(f"make_videoqa_dataset: need even size >= 16 and frames >= 4, got size={size}, frames={frames}")
     t0 = time.perf_counter()
     out["videos"].mkdir(parents=True, exist_ok=True)
     codec = video_codec()

@@ -15,6 +15,7 @@ backgrounds) used by the examples and tests: :func:`make_shapes_dataset`,
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image, ImageDraw
-from labelstore.errors import DataError
+from labelstore.errors import ConfigError, DataError
 
 __all__ = [
     "EXTENSIONS",
@@ -126,9 +127,13 @@ def _pil_rgb(im: Image.Image) -> np.ndarray:
     if im.mode.startswith("I;16"):
         a = np.array(im).astype(np.uint32) // 257  # 16-bit grayscale -> 8 bit
         return np.repeat(a.astype(np.uint8)[:, :, None], 3, axis=2)
-    if im.mode in ("I", "F"):
-        a = np.clip(np.array(im, dtype=np.float64), 0, 255).astype(np.uint8)
-        return np.repeat(a[:, :, None], 3, axis=2)
+    if im.mode == "I" and im.format == "PNG":  # a 16-bit grayscale PNG read as 32-bit ints: scale like I;16
+        a = np.clip(np.array(im), 0, 65535).astype(np.uint32) // 257
+        return np.repeat(a.astype(np.uint8)[:, :, None], 3, axis=2)
+    if im.mode in ("I", "F"):  # 32-bit integer / float pixels (TIFF...): no 8-bit scale is implied, refuse by name
+        raise DecodeError(getattr(im, "filename", "") or "image",
+                          f"{im.format} image of 32-bit {'float' if im.mode == 'F' else 'integer'} pixels (mode {im.mode}) "
+                          "has no 8-bit scale: convert it to 8 or 16 bits per channel")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     return np.array(im.convert("RGB"))  # L, LA, RGBA (alpha dropped, like torchvision), CMYK, YCbCr, ...
@@ -144,14 +149,41 @@ def src_shapes(source, indices=None, width: int = 2) -> np.ndarray:
     return np.asarray([source.src_shape(int(i)) for i in idx], dtype=np.int64).reshape(-1, width)
 
 
+def _check_entry(root: Path, path: str) -> None:
+    """DataError for an entry that cannot become a sample id: a name that is not UTF-8 (ids are
+    stored as UTF-8 text), a symlink loop or a broken link."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"image folder {str(root)!r}: the name {os.fsencode(path)!r} is not valid UTF-8 "
+                        "(sample ids are stored as UTF-8 text): rename it") from None
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            what = "a symlink loop" if e.errno == errno.ELOOP else f"a broken symlink ({e.strerror})"
+            raise DataError(f"image folder {str(root)!r}: {path!r} is {what} -> {os.readlink(path)!r}") from None
+
+
 def _image_files(top: Path, root: Path) -> list[str]:
-    """Image files under `top` (any depth, hidden entries skipped) as sorted '/' paths relative to root."""
+    """Image files under `top` (any depth, hidden entries skipped) as sorted '/' paths relative to root.
+    Linked folders are followed; a link back to a folder above it (a loop) is a DataError naming it."""
     files = []
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for d in dirnames:
+            link = os.path.join(dirpath, d)
+            _check_entry(root, link)
+            if os.path.islink(link):
+                target, here = os.path.realpath(link), os.path.realpath(dirpath)
+                if os.path.commonpath([target, here]) == target:
+                    raise DataError(f"image folder {str(root)!r}: {link!r} is a symlink loop: it points to "
+                                    f"{os.readlink(link)!r}, a folder that contains it")
         rel = Path(dirpath).relative_to(root).as_posix()
-        files += [f"{rel}/{f}" if rel != "." else f for f in filenames
-                  if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
+        names = [f for f in filenames if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
+        for f in names:
+            _check_entry(root, os.path.join(dirpath, f))
+        files += [f"{rel}/{f}" if rel != "." else f for f in names]
     return sorted(files)
 
 
@@ -176,22 +208,23 @@ class ImageFolder:
         if not labeled:
             self.ids = _image_files(self.root, self.root)
             if not self.ids:
-                raise ValueError(f"unlabelled image folder {str(self.root)!r} has no {'/'.join(EXTENSIONS)} files")
+                raise DataError(f"unlabelled image folder {str(self.root)!r} has no {'/'.join(EXTENSIONS)} files")
             self.labels = np.full(len(self.ids), -1, np.int64)
             self.classes = []
             return
         classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
         if not classes:
             hint = " (an unlabelled folder? pass --unlabeled)" if _image_files(self.root, self.root) else ""
-            raise ValueError(f"image folder {str(self.root)!r} has no class sub-folders{hint}")
+            raise DataError(f"image folder {str(self.root)!r} has no class sub-folders{hint}")
         ids: list[str] = []
         labels: list[int] = []
         for ci, c in enumerate(classes):
+            _check_entry(self.root, str(self.root / c))
             files = _image_files(self.root / c, self.root)
             ids += files
             labels += [ci] * len(files)
         if not ids:
-            raise ValueError(f"image folder {str(self.root)!r} has no {'/'.join(EXTENSIONS)} files in its class folders")
+            raise DataError(f"image folder {str(self.root)!r} has no {'/'.join(EXTENSIONS)} files in its class folders")
         self.ids = ids
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = classes
@@ -202,7 +235,7 @@ class ImageFolder:
         ids = [str(i) for i in ids]
         labels = np.full(len(ids), -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         if len(labels) != len(ids):
-            raise ValueError(f"{len(labels)} labels for {len(ids)} ids")
+            raise DataError(f"{len(labels)} labels for {len(ids)} ids")
         classes = list(classes) if classes is not None else _default_classes(labels)
         return cls(root, _table=(ids, labels, classes))
 
@@ -216,6 +249,8 @@ class ImageFolder:
         path = self.path(i)
         try:
             return decode_file(path)
+        except DecodeError:
+            raise
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise DecodeError(path, f"{type(e).__name__}: {e}") from e
 
@@ -238,8 +273,8 @@ class ImageFolder:
             try:
                 size = os.stat(self.root / rel).st_size
             except OSError as e:
-                raise ValueError(f"image folder {str(self.root)!r} changed since it was listed: {rel!r}: {e}") from e
-            h.update(f"{rel}\t{size}\t{lab}\n".encode())
+                raise DataError(f"image folder {str(self.root)!r} changed since it was listed: {rel!r}: {e}") from e
+            h.update(f"{rel}\t{size}\t{lab}\n".encode("utf-8", "surrogateescape"))  # any file name
         return {"kind": self.kind, "num_samples": len(self), "num_classes": len(self.classes), "digest": h.hexdigest()}
 
     def describe(self) -> dict:
@@ -277,10 +312,10 @@ class HDF5Images:
             raise FileNotFoundError(f"HDF5 file {str(self.path)!r} does not exist")
         with h5py.File(self.path, "r") as f:
             if images not in f:
-                raise ValueError(f"HDF5 file {str(self.path)!r} has no dataset {images!r} (has: {sorted(f.keys())})")
+                raise DataError(f"HDF5 file {str(self.path)!r} has no dataset {images!r} (has: {sorted(f.keys())})")
             ds = f[images]
             if ds.dtype != np.uint8 or ds.ndim not in (3, 4) or (ds.ndim == 4 and ds.shape[3] not in (1, 3)):
-                raise ValueError(
+                raise DataError(
                     f"HDF5 dataset {str(self.path)}:{images} must be uint8 [N, H, W, 3] or [N, H, W], "
                     f"got {ds.dtype} {ds.shape}"
                 )
@@ -289,13 +324,13 @@ class HDF5Images:
             if labels is not None and labels in f:
                 lab = np.asarray(f[labels][()]).astype(np.int64).reshape(-1)
                 if len(lab) != n:
-                    raise ValueError(f"HDF5 {str(self.path)}:{labels} has {len(lab)} labels for {n} images")
+                    raise DataError(f"HDF5 {str(self.path)}:{labels} has {len(lab)} labels for {n} images")
                 self.labels_key = labels
             elif labels is None or labels == "labels":
                 lab = np.full(n, -1, np.int64)
                 self.labels_key = None
             else:
-                raise ValueError(f"HDF5 file {str(self.path)!r} has no labels dataset {labels!r}")
+                raise DataError(f"HDF5 file {str(self.path)!r} has no labels dataset {labels!r}")
             classes = ds.attrs.get("classes", f.attrs.get("classes"))
         self.labels = lab
         if classes is None:
@@ -391,17 +426,17 @@ class ArrayImages:
     def __init__(self, images, labels=None, classes: Sequence[str] | None = None):
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8 or images.ndim not in (3, 4):
-                raise ValueError(f"images must be uint8 [N, H, W, 3] or [N, H, W], got {images.dtype} {images.shape}")
+                raise DataError(f"images must be uint8 [N, H, W, 3] or [N, H, W], got {images.dtype} {images.shape}")
             self.images = images
         else:
             self.images = [np.asarray(im) for im in images]
             for i, im in enumerate(self.images):
                 if im.dtype != np.uint8 or im.ndim not in (2, 3):
-                    raise ValueError(f"image {i} must be uint8 [H, W(, C)], got {im.dtype} {im.shape}")
+                    raise DataError(f"image {i} must be uint8 [H, W(, C)], got {im.dtype} {im.shape}")
         n = len(self.images)
         self.labels = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
         if len(self.labels) != n:
-            raise ValueError(f"{len(self.labels)} labels for {n} images")
+            raise DataError(f"{len(self.labels)} labels for {n} images")
         self.classes = list(classes) if classes is not None else _default_classes(self.labels)
         self.ids = [f"index:{i}" for i in range(n)]
 
@@ -454,7 +489,7 @@ def open_source(spec, labeled: bool = True) -> ImageFolder | HDF5Images:
         raise FileNotFoundError(
             f"image source {spec!r} does not exist (expected a folder of class sub-folders or an .h5/.hdf5 file)"
         )
-    raise ValueError(f"cannot open image source {spec!r}: not a directory and not an .h5/.hdf5 file")
+    raise DataError(f"cannot open image source {spec!r}: not a directory and not an .h5/.hdf5 file")
 
 
 # --------------------------------------------------------------------------- shapes dataset
@@ -499,7 +534,7 @@ def _shape_polys(rng: np.random.Generator, cls: int) -> tuple[list[np.ndarray], 
         polys = [np.array([[-1, -t], [1, -t], [1, t], [-1, t]])]
         ang = rng.uniform(-20, 20) + (90.0 if name == "vbar" else 0.0)
     else:  # pragma: no cover
-        raise ValueError(f"unknown shape class {cls}")
+        raise ValueError(f"unknown shape class {cls}")  # internal invariant
     return polys, holes, ang
 
 
@@ -611,7 +646,7 @@ def make_shapes_dataset(root, n_train: int = 2000, n_test: int = 500, seed: int 
     FileExistsError rather than being overwritten.
     """
     if not 1 <= min_size <= max_size:
-        raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+        raise ConfigError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     meta = {"generator": "labelstore-shapes", "version": _SHAPES_VERSION, "n_train": n_train, "n_test": n_test,

@@ -32,6 +32,8 @@ import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
+from labelstore.errors import DataError
+
 # numba's own thread pool: unlike GNU OpenMP it survives fork() (DataLoader workers). It runs one
 # parallel launch at a time, so a process renders batches from one thread (the teacher stage's
 # producer thread, the replay loader).
@@ -286,12 +288,12 @@ def render_views(sources: list, src_of: np.ndarray, progs: np.ndarray, out: np.n
     srcs = [np.ascontiguousarray(im, dtype=np.uint8) for im in sources]  # held alive until the call returns
     for im in srcs:
         if im.ndim != 3 or im.shape[2] != 3:
-            raise ValueError(f"a source must be uint8 [H, W, 3], got {im.shape}")
+            raise DataError(f"a source must be uint8 [H, W, 3], got {im.shape}")
     addresses = np.array([im.ctypes.data for im in srcs], np.int64)
     shapes = np.array([im.shape[:2] for im in srcs], np.int64).reshape(-1, 2)
     src_of = np.ascontiguousarray(src_of, np.int64)
     if len(src_of) and (src_of.min() < 0 or src_of.max() >= len(srcs)):
-        raise ValueError(f"src_of must index the {len(srcs)} sources")
+        raise ValueError(f"src_of must index the {len(srcs)} sources")  # internal invariant
     (_render_views if parallel else _render_views_serial)(addresses, shapes, src_of, progs, out)
 
 

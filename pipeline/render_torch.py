@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from labelstore.errors import DataError
+
 from . import kernels as K
 from .augment import CutMix, MixUp, Policy, Views, _is_user_op
 
@@ -162,7 +164,7 @@ def render_batch(policy: Policy, images: list, rows: dict, partner_images=None, 
     srcs = list(images) + [partner_images[i] for i in mixed.tolist()]
     for im in srcs:
         if im.dtype not in (torch.uint8, np.uint8) or im.ndim != 3 or im.shape[2] != 3:
-            raise ValueError(f"image must be [H, W, 3] uint8, got {tuple(im.shape)} {im.dtype}")
+            raise DataError(f"image must be [H, W, 3] uint8, got {tuple(im.shape)} {im.dtype}")
     out = render_programs(srcs, np.arange(len(srcs)), prog, policy.output_size, device)
     if any(_is_user_op(op) for op in policy.ops):  # user ops edit numpy views: run them on the CPU
         cpu = out.cpu().numpy()

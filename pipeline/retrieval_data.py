@@ -16,6 +16,7 @@ import torch
 from . import rng
 from .text import Caption, check_videos, read_captions
 from .video import FeatureH5, FrameSampler, VideoPolicy
+from labelstore.errors import ConfigError
 
 
 def load_captions(captions: str | os.PathLike | Sequence[Caption]) -> tuple[list[Caption], str | None]:
@@ -121,9 +122,9 @@ def check_feature_dim(videos, teacher: torch.nn.Module) -> None:
     fdim = getattr(teacher, "feature_dim", None)
     if isinstance(videos, FeatureH5):
         if fdim is None:
-            raise ValueError(f"{videos.path}: the video source holds features (dimension {videos.dim}) but the "
-                             f"model {type(teacher).__name__} takes frames (no feature_dim)")
+            raise ConfigError(f"{videos.path}: the video source holds features (dimension {videos.dim}) but the "
+                              f"model {type(teacher).__name__} takes frames (no feature_dim)")
         videos.check_dim(fdim)
     elif fdim is not None:
-        raise ValueError(f"{videos}: the video source holds frames but the model {type(teacher).__name__} "
-                         f"takes features of dimension {fdim}")
+        raise ConfigError(f"{videos}: the video source holds frames but the model {type(teacher).__name__} "
+                          f"takes features of dimension {fdim}")

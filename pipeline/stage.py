@@ -26,6 +26,7 @@ The task interface (see docs/adding-a-task.md):
 
 from __future__ import annotations
 
+import errno
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import torch
 import zarr
 
 from labelstore import writer
-from labelstore.errors import StoreMismatch, TeacherOutputError
+from labelstore.errors import StoreError, StoreMismatch, TeacherOutputError
 
 from .dist import rank_units
 from .prefetch import prefetch
@@ -82,15 +83,54 @@ def _lookup(attrs: dict, key: str) -> Any:
     return attrs
 
 
+_POLICY_OPTIONS = {"scale": "--crop-scale", "output_size": "--image-size", "frame_size": "--frame-size"}  # CLI options
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted path, a's value, b's value) of the first place two JSON values differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            d = _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+            if d:
+                return d
+        return None
+    if (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and any(isinstance(v, (dict, list)) for v in a + b)):  # a list of numbers is one value
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _first_difference(x, y, f"{where}[{i}]")
+            if d:
+                return d
+        return None
+    return None if a == b else (where, a, b)
+
+
+def _policy_difference(have: Any, want: Any) -> str:
+    """The first setting two policy JSONs differ in, named with its option: 'ops[0].config.scale is
+    [0.08, 1.0] in the store, [0.5, 1.0] now (--crop-scale)'."""
+    have = {k: v for k, v in (have or {}).items() if k != "digest"}
+    want = {k: v for k, v in (want or {}).items() if k != "digest"}
+    ops = [[op.get("type") for op in p.get("ops", [])] for p in (have, want)]
+    if ops[0] != ops[1]:
+        return f"the policy's ops are {ops[0]} in the store, {ops[1]} now (--policy)"
+    d = _first_difference(have, want)
+    if d is None:
+        return "the policy differs from the store's"
+    where, a, b = d
+    option = _POLICY_OPTIONS.get(where.rsplit(".", 1)[-1])
+    return f"policy {where} is {a!r} in the store, {b!r} now" + (f" ({option})" if option else "")
+
+
 def check_resume(have: dict, want: dict, keys: Sequence[str], path: str) -> None:
     """StoreMismatch naming the first of `keys` (dotted: "dataset.digest") where the store's
-    attributes `have` differ from this run's `want`."""
+    attributes `have` differ from this run's `want` (for the policy: the setting and both values)."""
     for key in keys:
         a, b = _lookup(have, key), _lookup(want, key)
         if a == b:
             continue
         head, _, field = key.partition(".")
-        if head == "teach_config":
+        if head == "policy":
+            msg = _policy_difference(have.get("policy"), want.get("policy"))
+        elif head == "teach_config":
             msg = f"{field} is {a!r} in the store, {b!r} now"
         elif field:
             msg = (f"{head} {field} differs (store {a!r}, now {b!r}): another {head} than the one the store "
@@ -107,8 +147,9 @@ def check_teacher_output(x: torch.Tensor, epoch: int, rows: np.ndarray, name: Ca
     """TeacherOutputError unless x [n, ...] (one record per row of `rows`) is finite and, when
     columns = (width, noun) is given, has `width` columns. The NaN/inf message names the epoch
     and up to 10 rows with name(row)."""
-    if columns is not None and x.shape[1] != columns[0]:
-        raise TeacherOutputError(f"teacher returned {x.shape[1]} {columns[1]}, the store expects {columns[0]}")
+    if columns is not None and (x.ndim != 2 or x.shape[1] != columns[0]):
+        raise TeacherOutputError(f"teacher returned {what} of shape {list(x.shape)} for {len(rows)} views, "
+                                 f"the store expects [{len(rows)}, {columns[0]}] ({columns[0]} {columns[1]})")
     finite = torch.isfinite(x).reshape(len(x), -1).all(1).cpu().numpy()
     if not finite.all():
         bad = np.asarray(rows)[~finite][:10].tolist()
@@ -156,12 +197,40 @@ def run_stage(task: Task, out: str, *, resume: bool = False, overwrite: bool = F
     max_units stops after that many of this rank's pending units (an interrupted run; resume=True
     finishes it). world_size > 1: ranks share one store, each labelling its partitions.
     """
+    opened: list[zarr.Group] = []
+    try:
+        return _run_stage(task, out, opened, resume=resume, overwrite=overwrite, rank=rank, world_size=world_size,
+                          max_units=max_units, decode_workers=decode_workers, progress=progress, depth=depth)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise StoreError(store_write_error(out, e, created=bool(opened))) from e
+
+
+# errno of a write the user can fix: a full disk, a quota, a read-only file system, no permission
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def store_write_error(out: str, e: OSError, created: bool) -> str:
+    """The one line for a failed write: the path, the reason, and how to go on."""
+    where = f" ({e.filename})" if e.filename else ""
+    if created:
+        then = ("every work unit finished so far is kept: fix that (free space, make it writable) and rerun "
+                "with --resume to finish the rest")
+    else:
+        then = "the store could not be opened for writing: rerun once it can be written"
+    return f"{out}: cannot write the store{where}: {e.strerror or e}; {then}"
+
+
+def _run_stage(task: Task, out: str, opened: list, *, resume: bool, overwrite: bool, rank: int, world_size: int,
+               max_units: int | None, decode_workers: int, progress: bool, depth: int) -> dict:
     from tqdm import tqdm
 
     from labelstore import location
 
     fresh = overwrite or not location.group_exists(out)
     group = open_store(task, out, resume=resume, overwrite=overwrite, join=world_size > 1)
+    opened.append(group)
     if group.attrs.get("state") == "complete":  # --resume of a finished store: nothing to do, nothing written
         return {**task.stats(0, 0.0), "units": 0, "seconds": 0.0, "complete": True, "already_complete": True}
     units = rank_units(writer.pending_units(group), rank, world_size)[:max_units]

@@ -45,8 +45,10 @@ TeachConfigError = ConfigError
 def check_config(cfg: "TeachConfig", num_classes: int) -> None:
     if cfg.epochs < 1:
         raise TeachConfigError(f"epochs must be >= 1, got {cfg.epochs}")
+    if not 0 <= cfg.seed < 2**63:
+        raise TeachConfigError(f"seed (--seed) must be in [0, 2**63), got {cfg.seed}")
     if not 1 <= cfg.top_k <= num_classes:
-        raise TeachConfigError(f"top_k must be in [1, {num_classes}] (the number of classes), got {cfg.top_k}")
+        raise TeachConfigError(f"top_k (--top-k) must be in [1, {num_classes}] (the number of classes), got {cfg.top_k}")
     if cfg.mc_passes < 0 or cfg.views_per_decode < 0:
         raise TeachConfigError(f"mc_passes and views_per_decode must be >= 0, got {cfg.mc_passes}, {cfg.views_per_decode}")
     if cfg.batch_size < 1 or cfg.decode_workers < 1:

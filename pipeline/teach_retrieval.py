@@ -30,7 +30,7 @@ import zarr
 
 import labelstore
 from labelstore import schema, writer
-from labelstore.errors import TeacherOutputError
+from labelstore.errors import ConfigError, TeacherOutputError
 from labelstore.integrity import json_digest, view_digest
 
 from .stage import Item, check_teacher_output, run_stage
@@ -113,7 +113,7 @@ class RetrievalTask:
         ids, mask = tokenizer.encode_batch(self.texts, text_max_len)
         self.nb = self.Nc // batch_size if mode == "batches" else 0
         if mode == "batches" and self.nb == 0:
-            raise ValueError(f"teach_retrieval: batch_size {batch_size} exceeds the {self.Nc} captions")
+            raise ConfigError(f"teach_retrieval: batch_size {batch_size} exceeds the {self.Nc} captions")
         pol, tok = policy.to_json(), tokenizer.to_json()
         self.attrs = {
             "task": schema.RETRIEVAL,
@@ -282,12 +282,12 @@ def teach_retrieval(
     video named), VideoDecodeError (file named), ValueError (feature dimension differs from the model).
     """
     if mode not in MODES:
-        raise ValueError(f"teach_retrieval: mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"teach_retrieval: mode must be one of {MODES}, got {mode!r}")
     if not frame_temperature > 0:
-        raise ValueError(f"teach_retrieval: frame_temperature must be > 0, got {frame_temperature}")
+        raise ConfigError(f"teach_retrieval: frame_temperature must be > 0, got {frame_temperature}")
     if mode == "embeddings" and not is_dual_encoder(teacher):
-        raise ValueError(f"teach_retrieval: mode 'embeddings' needs a dual-encoder teacher (video_embedding, "
-                         f"text_embedding, similarity_scale); {type(teacher).__name__} is cross-modal: use 'dense' or 'batches'")
+        raise ConfigError(f"teach_retrieval: mode 'embeddings' needs a dual-encoder teacher (video_embedding, "
+                          f"text_embedding, similarity_scale); {type(teacher).__name__} is cross-modal: use 'dense' or 'batches'")
     caps, cap_path = load_captions(captions)
     task = RetrievalTask(videos, caps, cap_path, tokenizer, teacher, as_policy(sampler), epochs=epochs, seed=seed,
                          mode=mode, batch_size=batch_size, text_max_len=text_max_len, chunk_rows=chunk_rows,

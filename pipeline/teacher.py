@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from labelstore.errors import ConfigError
 
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
@@ -130,7 +131,7 @@ def mc_head_passes(
     the VideoQA teacher stage (labelstore.pipeline.teach_videoqa.mc_forward_qa). passes must be >= 1.
     """
     if passes < 1:
-        raise ValueError(f"passes must be >= 1, got {passes}")
+        raise ConfigError(f"passes must be >= 1, got {passes}")
     args = tuple(feats) if isinstance(feats, (tuple, list)) else (feats,)
     if device is None:
         device = next(a.device for a in args if isinstance(a, torch.Tensor))
@@ -165,7 +166,7 @@ def mc_forward(model: nn.Module, x: torch.Tensor, passes: int, generator_seed: i
     caller has active.
     """
     if passes < 0:
-        raise ValueError(f"passes must be >= 0, got {passes}")
+        raise ConfigError(f"passes must be >= 0, got {passes}")
     modes = {m: m.training for m in model.modules()}
     try:
         split = (
@@ -202,7 +203,7 @@ def pick_device(prefer: str | torch.device | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(prefer)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(prefer)!r} requested but CUDA is not available")
+        raise ConfigError(f"device {str(prefer)!r} (--device) requested but CUDA is not available")
     return dev
 
 

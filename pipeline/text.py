@@ -285,7 +285,7 @@ class Tokenizer:
         self.words = list(words)
         self._ids = {w: i + len(self.SPECIALS) for i, w in enumerate(self.words)}
         if len(self._ids) != len(self.words):
-            raise ValueError("Tokenizer: duplicate words in the vocabulary")
+            raise DataError("Tokenizer: duplicate words in the vocabulary")
 
     @staticmethod
     def tokenize(text: str) -> list[str]:
@@ -333,7 +333,7 @@ class Tokenizer:
     def from_json(cls, obj: str | bytes | dict) -> "Tokenizer":
         cfg = obj if isinstance(obj, dict) else json.loads(obj)
         if cfg.get("kind") != "word_tokenizer":
-            raise ValueError(f"Tokenizer.from_json: not a word tokenizer config (kind={cfg.get('kind')!r})")
+            raise DataError(f"Tokenizer.from_json: not a word tokenizer config (kind={cfg.get('kind')!r})")
         return cls(cfg["words"])
 
 
@@ -349,7 +349,7 @@ class AnswerVocab:
         self.answers = [normalize_answer(a) for a in answers]
         self._ids = {a: i for i, a in enumerate(self.answers)}
         if len(self._ids) != len(self.answers):
-            raise ValueError("AnswerVocab: duplicate answers")
+            raise DataError("AnswerVocab: duplicate answers")
 
     @classmethod
     def build(cls, answers: Iterable[str], top_n: int | None = None) -> "AnswerVocab":
@@ -387,7 +387,7 @@ class AnswerVocab:
     def from_json(cls, obj: str | bytes | dict) -> "AnswerVocab":
         cfg = obj if isinstance(obj, dict) else json.loads(obj)
         if cfg.get("kind") != "answer_vocab":
-            raise ValueError(f"AnswerVocab.from_json: not an answer vocabulary config (kind={cfg.get('kind')!r})")
+            raise DataError(f"AnswerVocab.from_json: not an answer vocabulary config (kind={cfg.get('kind')!r})")
         return cls(cfg["answers"])
 
 

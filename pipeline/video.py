@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
-from labelstore.errors import DataError
+from labelstore.errors import ConfigError, DataError, StoreError
 
 from labelstore.pipeline import rng
 from labelstore.pipeline.images import src_shapes
@@ -83,10 +83,10 @@ class FrameSampler:
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_frames, (int, np.integer)) or isinstance(self.num_frames, bool) or self.num_frames < 1:
-            raise ValueError(f"FrameSampler: num_frames must be a positive int, got {self.num_frames!r}")
+            raise ConfigError(f"FrameSampler: num_frames must be a positive int, got {self.num_frames!r}")
         object.__setattr__(self, "num_frames", int(self.num_frames))
         if self.mode not in self.MODES:
-            raise ValueError(f"FrameSampler: mode must be one of {self.MODES}, got {self.mode!r}")
+            raise ConfigError(f"FrameSampler: mode must be one of {self.MODES}, got {self.mode!r}")
 
     # -- spec / sampling ---------------------------------------------------------------
     def param_spec(self) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -108,13 +108,13 @@ class FrameSampler:
         ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
         n = np.asarray(src_shape, dtype=np.int64).reshape(len(ids), -1)[:, 0]
         if num_samples is not None and len(ids) and (ids.min() < 0 or ids.max() >= num_samples):
-            raise ValueError(f"FrameSampler: sample ids must be in [0, {num_samples}), got range [{ids.min()}, {ids.max()}]")
+            raise ConfigError(f"FrameSampler: sample ids must be in [0, {num_samples}), got range [{ids.min()}, {ids.max()}]")
         if len(n) and n.min() < 1:
             bad = ids[np.argmin(n)]
-            raise ValueError(f"FrameSampler: sample {bad} has {n.min()} frames; every video needs at least one frame")
+            raise DataError(f"FrameSampler: sample {bad} has {n.min()} frames; every video needs at least one frame")
         if len(n) and n.max() > _INT16_MAX + 1:
             bad = ids[np.argmax(n)]
-            raise ValueError(
+            raise DataError(
                 f"FrameSampler: sample {bad} has {n.max()} frames; frame indices are recorded as int16 "
                 f"(at most {_INT16_MAX + 1} frames per video) — subsample the video first"
             )
@@ -143,7 +143,7 @@ class FrameSampler:
     def from_json(cls, obj: str | bytes | dict) -> "FrameSampler":
         d = _loads(obj)
         if d.get("type", cls.__name__) != cls.__name__:
-            raise ValueError(f"FrameSampler.from_json: expected type {cls.__name__!r}, got {d.get('type')!r}")
+            raise StoreError(f"FrameSampler.from_json: expected type {cls.__name__!r}, got {d.get('type')!r}")
         return cls(**d["config"])
 
 
@@ -164,9 +164,9 @@ class VideoPolicy:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if len(self.frame_size) != 2 or min(self.frame_size) < 1:
-            raise ValueError(f"VideoPolicy: frame_size must be (H, W) with positive entries, got {self.frame_size}")
+            raise ConfigError(f"VideoPolicy: frame_size must be (H, W) with positive entries, got {self.frame_size}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"VideoPolicy: mean/std need 3 entries with std > 0, got {self.mean}, {self.std}")
+            raise ConfigError(f"VideoPolicy: mean/std need 3 entries with std > 0, got {self.mean}, {self.std}")
 
     @property
     def num_frames(self) -> int:
@@ -186,7 +186,7 @@ class VideoPolicy:
 
         x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
         if x.dtype != torch.uint8 or x.ndim < 4 or x.shape[-1] != 3:
-            raise ValueError(f"VideoPolicy.render expects uint8 [..., H, W, 3] frames, got {tuple(x.shape)} {x.dtype}")
+            raise DataError(f"VideoPolicy.render expects uint8 [..., H, W, 3] frames, got {tuple(x.shape)} {x.dtype}")
         lead = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2).float().div_(255.0)
         if tuple(x.shape[-2:]) != self.frame_size:
@@ -214,10 +214,10 @@ class VideoPolicy:
         cfg = dict(_loads(obj))
         kind = cfg.pop("kind", cls.kind)
         if kind != cls.kind:
-            raise ValueError(f"VideoPolicy.from_json: expected kind {cls.kind!r}, got {kind!r}")
+            raise StoreError(f"VideoPolicy.from_json: expected kind {cls.kind!r}, got {kind!r}")
         version = int(cfg.pop("version", 1))
         if version != 1:
-            raise ValueError(f"VideoPolicy.from_json: unsupported version {version} (this code reads version 1)")
+            raise StoreError(f"VideoPolicy.from_json: unsupported version {version} (this code reads version 1)")
         return cls(sampler=FrameSampler.from_json(cfg.pop("sampler")), version=version, **cfg)
 
 
@@ -253,7 +253,7 @@ def _check_indices(where: str, indices, n: int) -> np.ndarray:
     if idx.ndim != 1:
         idx = idx.reshape(-1)
     if idx.size and not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"{where}: frame indices must be integers, got {idx.dtype}")
+        raise ConfigError(f"{where}: frame indices must be integers, got {idx.dtype}")
     idx = idx.astype(np.int64)
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         raise IndexError(f"{where}: frame indices must be in [0, {n}), got range [{idx.min()}, {idx.max()}]")
@@ -567,7 +567,7 @@ class FeatureH5:
         d0 = shapes[self.ids[0]][1]
         for name in self.ids:
             if shapes[name][1] != d0:
-                raise ValueError(
+                raise DataError(
                     f"FeatureH5: {self.path}: dataset {name!r} has feature dimension {shapes[name][1]}, "
                     f"but {self.ids[0]!r} has {d0}; all videos must share one dimension"
                 )
@@ -601,7 +601,7 @@ class FeatureH5:
 
     def check_dim(self, expected: int) -> None:
         if int(expected) != self._dim:
-            raise ValueError(
+            raise DataError(
                 f"FeatureH5: {self.path}: dataset {self.ids[0]!r} has feature dimension {self._dim}, "
                 f"but the model expects {int(expected)}"
             )

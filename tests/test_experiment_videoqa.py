@@ -194,7 +194,7 @@ def test_cli_experiment_videoqa_end_to_end(tmp_path):
     out = tmp_path / "exp"
     cmd = [sys.executable, "-m", "labelstore", "experiment", "videoqa", "--seeds", "2", "--arms", "ce,radi-both",
            "--out", str(out), "--recipe", json.dumps(TINY)]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert lines[0].startswith("$ labelstore experiment videoqa --seeds 2 --arms ce,radi-both")
@@ -209,7 +209,7 @@ def test_cli_experiment_videoqa_end_to_end(tmp_path):
     for arm in ("ce", "radi-both"):
         vals = result["arms"][arm]["values"]
         assert len(vals) == 2 and all(0 <= v <= 1 for v in vals)
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("loaded") == 4 and "running" not in again.stderr
     assert again.stdout.splitlines()[1:] == lines[1:]

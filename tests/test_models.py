@@ -282,7 +282,7 @@ def test_devices_and_autocast():
     assert pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert isinstance(autocast_context("cpu"), contextlib.nullcontext)
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="CUDA is not available"):
             pick_device("cuda")
 
 

@@ -30,7 +30,7 @@ PROBE = ("<script>window.addEventListener('load', () => { for (const im of docum
 def _browser(tmp_path, *args) -> subprocess.CompletedProcess:
     cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
            f"--user-data-dir={tmp_path / 'profile'}", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0, (cmd, p.stderr[-2000:])
     return p
 

@@ -58,9 +58,9 @@ def test_timm_style_factory_with_arguments(timm_like):
 
 
 def test_python_dash_m_labelstore():
-    p = subprocess.run([sys.executable, "-m", "labelstore", "--help"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-m", "labelstore", "--help"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "Usage: labelstore" in p.stdout and "teach" in p.stdout
     p = subprocess.run([sys.executable, "-m", "labelstore", "info", "/nonexistent/x.zarr"], capture_output=True,
-                       text=True, timeout=120)
+                       text=True)
     assert p.returncode == 2 and "x.zarr" in p.stderr

@@ -31,7 +31,7 @@ def _env(**extra) -> dict:
 
 
 def _run(cmd: list, **env) -> subprocess.CompletedProcess:
-    p = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=600)
+    p = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=_env(**env), capture_output=True, text=True)
     assert p.returncode == 0, f"{cmd}: rc={p.returncode}\n{p.stdout}\n{p.stderr[-4000:]}"
     return p
 

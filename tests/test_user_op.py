@@ -71,9 +71,9 @@ def test_user_op_recorded_and_replayed_in_new_process(tmp_path, source, shapes_d
     script = tmp_path / "replay.py"
     script.write_text(REPLAY)
     run = [sys.executable, str(script), str(tmp_path), str(out), str(shapes_dir)]
-    ok = subprocess.run(run + ["register"], capture_output=True, text=True, timeout=600)
+    ok = subprocess.run(run + ["register"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "digests 40 40" in ok.stdout
-    bad = subprocess.run(run + ["none"], capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(run + ["none"], capture_output=True, text=True)
     assert bad.returncode != 0
     assert "unknown op type 'Posterize'" in bad.stderr and "register_op" in bad.stderr

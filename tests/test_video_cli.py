@@ -21,7 +21,7 @@ CLI = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "labelstore.cli"]
 
 def run(*args) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    p = subprocess.run(CLI + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(CLI + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True)
     assert p.returncode == 0, f"{args}: rc={p.returncode}\n{p.stdout}\n{p.stderr}"
     return p
 

@@ -23,7 +23,17 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
     C = o["num_classes"] or len(source.classes)
     if not C:
         raise ConfigError(f"--data {o['data_spec']} is unlabelled: give --num-classes (the teacher's classes)")
-    model, info = load_teacher(o["teacher"], C)
+    empty = [c for i, c in enumerate(source.classes) if not (source.labels == i).any()]
+    try:
+        model, info = load_teacher(o["teacher"], C)
+    except ConfigError as e:
+        if not empty:
+            raise
+        raise ConfigError(f"{e} (--data {o['data_spec']} has {C} class folders, and {empty} of them hold no "
+                          "images: an empty class folder still counts as a class)") from e
+    if empty:
+        warn(f"--data {o['data_spec']}: class folder(s) {empty} hold no images (each still counts as one of the "
+             f"{C} classes)")
     warn(checks.mc_without_dropout(model, o["mc_passes"]))
     policy = make_policy(o["policy_name"], output_size=(o["image_size"],) * 2, crop_scale=o["crop_scale"])
     top_k = o["top_k"] or 5
@@ -48,6 +58,24 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
     return stats, f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}"
 
 
+def check_output_classes(model, option: str, spec: str, num_classes: int, size: tuple[int, int], store) -> None:
+    """ConfigError unless model(x) for one view x [1, 3, H, W] is [1, num_classes] (the store's classes)."""
+    import torch
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, *size))
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        n = f"{out.shape[1]} classes" if isinstance(out, torch.Tensor) and out.ndim == 2 else f"shape {shape}"
+        raise ConfigError(f"{option} {spec}: the model outputs {n} per view, but the store {store.path} has "
+                          f"{num_classes} classes")
+
+
 def train_command(o: dict, warn) -> tuple[dict | None, str]:
     """Distillation of a classification student; under torchrun only rank 0 returns the metrics (others: None)."""
     from labelstore.pipeline.dist import dist_env, local_device, process_group
@@ -67,6 +95,9 @@ def train_command(o: dict, warn) -> tuple[dict | None, str]:
     seed_everything(o["seed"])  # the student's initialisation is a function of --seed
     model = load_model(o["student"] or "cnn-tiny", num_classes=store.num_classes)
     size = tuple(store.attrs["policy"]["output_size"])
+    check_output_classes(model, "--student", o["student"] or "cnn-tiny", store.num_classes, size, store)
+    if teacher is not None:
+        check_output_classes(teacher, "--online-teacher", o["online_teacher"], store.num_classes, size, store)
     evals = eval_batches(open_source(o["eval_data"]), size) if o["eval_data"] else None
     unlabeled = None
     if o["unlabeled_store"]:

@@ -134,7 +134,7 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
         q, keep, info = losses.ferkd_targets(vals, idx, t["gt"], gt_prob, num_classes, fill=cfg.fill, **cfg.ferkd)
         loss = losses.soft_target_ce(logits, q, cfg.temperature)[keep].mean() if keep.any() else logits.sum() * 0
     else:
-        raise ValueError(f"unknown loss {cfg.loss!r}: choose fkd, ferkd or adl")
+        raise ConfigError(f"unknown loss {cfg.loss!r}: choose fkd, ferkd or adl")
     if cfg.hard_weight:
         binary = cfg.loss == "adl" and cfg.adl_mode == "binary"
         loss = loss + cfg.hard_weight * _hard_loss(logits, t, binary)
@@ -158,7 +158,10 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
     from tqdm import tqdm
 
     if cfg.mode == "online" and teacher is None:
-        raise ValueError("mode 'online' needs a teacher (--online-teacher)")
+        raise ConfigError("mode 'online' needs a teacher (--online-teacher)")
+    if cfg.epochs < 0 or cfg.batch_size < 1 or not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"epochs (--epochs) must be >= 0, batch_size (--batch-size) >= 1 and seed (--seed) in "
+                          f"[0, 2**63); got {cfg.epochs}, {cfg.batch_size}, {cfg.seed}")
     if unlabeled is not None:
         _check_unlabeled(store, unlabeled[0], cfg)
     dev = torch.device(device)

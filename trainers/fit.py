@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from labelstore.pipeline.teacher import autocast_context, autocast_dtype, pick_device
+from labelstore.errors import ConfigError
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -55,9 +56,9 @@ class TensorBatches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
         if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+            raise ConfigError(f"x has {len(x)} rows but y has {len(y)}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
 
@@ -113,7 +114,7 @@ def make_optimizer(model: nn.Module, optimizer: str, lr: float, weight_decay: fl
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     if optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
-    raise ValueError(f"unknown optimizer {optimizer!r}; use 'sgd' or 'adamw'")
+    raise ConfigError(f"unknown optimizer {optimizer!r}; use 'sgd' or 'adamw'")
 
 
 DEFAULT_LR = {"sgd": 0.1, "adamw": 5e-3}
@@ -164,7 +165,7 @@ def train_classifier(
     from tqdm.auto import tqdm
 
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise ConfigError(f"epochs must be >= 0, got {epochs}")
     device = pick_device(device)
     lr = DEFAULT_LR[optimizer] if lr is None and optimizer in DEFAULT_LR else lr
     weight_decay = DEFAULT_WD.get(optimizer, 0.0) if weight_decay is None else weight_decay

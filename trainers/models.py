@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from labelstore.errors import ConfigError
 
 # -----------------------------------------------------------------------------
 # building blocks
@@ -101,7 +102,7 @@ class ResNetS(nn.Module):
     ):
         super().__init__()
         if len(widths) != len(blocks) or not widths:
-            raise ValueError(f"widths {tuple(widths)} and blocks {tuple(blocks)} must be non-empty and the same length")
+            raise ConfigError(f"widths {tuple(widths)} and blocks {tuple(blocks)} must be non-empty and the same length")
         self.stem = ConvBN(in_ch, widths[0], 3, 1)
         stages, cin = [], widths[0]
         for i, (w, n) in enumerate(zip(widths, blocks)):

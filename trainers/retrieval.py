@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import labelstore
-from labelstore.errors import StoreError
+from labelstore.errors import ConfigError, StoreError, StoreMismatch
 from labelstore.pipeline.retrieval_data import (FRAME_TEMPERATURE, FrameCache, as_policy, caption_rows, check_feature_dim,
                                                 frame_targets, load_captions, plan_batches, render_inputs)
 from labelstore.pipeline.text import Caption, Tokenizer
@@ -84,14 +84,14 @@ def _store_data(store, videos, captions) -> _Data:
     sample_ids = store.read_array("sample_id")
     missing = [s for s in sample_ids if str(s) not in index]
     if missing:
-        raise ValueError(f"{store.path}: {len(missing)} video(s) of the store are not in {videos}, e.g. {missing[:5]}")
+        raise StoreMismatch(f"{store.path}: {len(missing)} video(s) of the store are not in {videos}, e.g. {missing[:5]}")
     src_rows = np.array([index[str(s)] for s in sample_ids], np.int64)
     texts = [str(t) for t in store.read_array("caption_text")]
     cv = store.read_array("caption_video").astype(np.int64)
     if captions is not None:
         caps, _ = load_captions(captions)
         if [c.text for c in caps] != texts:
-            raise ValueError(f"{store.path}: the captions given differ from the store's caption table")
+            raise StoreMismatch(f"{store.path}: the captions given differ from the store's caption table")
     caps = [Caption(str(sample_ids[v]), t, line=i + 1) for i, (t, v) in enumerate(zip(texts, cv))]
     policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
     tok = Tokenizer.from_json(a["tokenizer"])
@@ -140,23 +140,23 @@ def train_retrieval_student(
     else the batch's caption rows are read per step. max_steps: stop after this many steps (benchmarks).
     """
     if mode not in TRAIN_MODES:
-        raise ValueError(f"train_retrieval_student: mode must be one of {TRAIN_MODES}, got {mode!r}")
+        raise ConfigError(f"train_retrieval_student: mode must be one of {TRAIN_MODES}, got {mode!r}")
     if mode == "online" and teacher is None:
-        raise ValueError("train_retrieval_student: mode='online' needs the teacher")
+        raise ConfigError("train_retrieval_student: mode='online' needs the teacher")
     if teaching not in TEACHING:
-        raise ValueError(f"train_retrieval_student: teaching must be one of {TEACHING}, got {teaching!r}")
+        raise ConfigError(f"train_retrieval_student: teaching must be one of {TEACHING}, got {teaching!r}")
     if isinstance(store, (str, os.PathLike)):
         store = labelstore.open(store)
     if store is not None:
         if store.task != "retrieval":
-            raise ValueError(f"{store.path}: task is {store.task!r}, not 'retrieval'")
+            raise StoreError(f"{store.path}: task is {store.task!r}, not 'retrieval'")
         data = _store_data(store, videos, captions)
         smode = store.attrs["similarity_mode"]
     else:
         if mode == "cache":
-            raise ValueError("train_retrieval_student: mode='cache' needs a store")
+            raise ConfigError("train_retrieval_student: mode='cache' needs a store")
         if captions is None or tokenizer is None or sampler is None:
-            raise ValueError("train_retrieval_student: without a store, captions, tokenizer and sampler are required")
+            raise ConfigError("train_retrieval_student: without a store, captions, tokenizer and sampler are required")
         caps, path = load_captions(captions)
         src_rows, cv = caption_rows(videos, caps, path)
         data = _Data(videos, caps, tokenizer, as_policy(sampler), text_max_len, src_rows, cv)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 import labelstore
-from labelstore.errors import ConfigError
+from labelstore.errors import ConfigError, StoreError, StoreMismatch
 from labelstore.pipeline.teach_retrieval import teach_retrieval
 from labelstore.pipeline.teacher import weights_hash
 from labelstore.pipeline.text import Tokenizer, read_captions
@@ -34,7 +34,7 @@ def save_retrieval_checkpoint(path: str | os.PathLike, model: torch.nn.Module, s
     save_checkpoint(path, model, spec, kwargs, extra={"tokenizer": tokenizer.to_json(), "num_frames": int(num_frames),
                                                       "frame_size": int(frame_size), **extra})
     if weights_hash(load_model(str(path))) != weights_hash(model):
-        raise RuntimeError(f"{path}: load_model does not rebuild the saved {spec} model (weights hash differs)")
+        raise RuntimeError(f"{path}: load_model does not rebuild the saved {spec} model (weights hash differs)")  # internal invariant
     return str(path)
 
 
@@ -56,14 +56,14 @@ def _load_spec(spec: str, what: str) -> tuple[torch.nn.Module, dict | None]:
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{what} {spec!r}: {e}") from e
     except (ValueError, ImportError, AttributeError, TypeError) as e:
-        raise ValueError(f"{what} {spec!r}: cannot load the model: {e}") from e
+        raise ConfigError(f"{what} {spec!r}: cannot load the model: {e}") from e
 
 
 def _frame_square(policy: VideoPolicy, store_path) -> int:
     h, w = policy.frame_size
     if h != w:
-        raise ValueError(f"{store_path}: frame_size {policy.frame_size} is not square; the built-in student needs "
-                         f"square frames (pass student_spec)")
+        raise ConfigError(f"{store_path}: frame_size {policy.frame_size} is not square; the built-in student needs "
+                          f"square frames (pass student_spec)")
     return int(h)
 
 
@@ -104,12 +104,12 @@ def cli_teach_retrieval(
         tok, tok_src = Tokenizer.build(c.text for c in caps), "built"
     vocab = getattr(getattr(getattr(teacher, "text", None), "emb", None), "num_embeddings", None)
     if vocab is not None and vocab < len(tok):
-        raise ValueError(f"teacher {teacher_spec!r}: its text embedding has {vocab} entries but the tokenizer "
-                         f"({tok_src}) has {len(tok)} words: save the teacher with extra['tokenizer']")
+        raise ConfigError(f"teacher {teacher_spec!r}: its text embedding has {vocab} entries but the tokenizer "
+                          f"({tok_src}) has {len(tok)} words: save the teacher with extra['tokenizer']")
     num_frames = int(num_frames if num_frames is not None else extra.get("num_frames", 8))
     frame_size = int(frame_size if frame_size is not None else extra.get("frame_size", 32))
     if extra.get("frame_size") is not None and int(extra["frame_size"]) != frame_size:
-        raise ValueError(f"teacher {teacher_spec!r} was saved for frame_size {extra['frame_size']}, not {frame_size}")
+        raise ConfigError(f"teacher {teacher_spec!r} was saved for frame_size {extra['frame_size']}, not {frame_size}")
     policy = VideoPolicy(FrameSampler(num_frames), frame_size=(frame_size, frame_size))
     stats = teach_retrieval(str(out), videos, captions_path, tok, teacher, policy, epochs=epochs, seed=seed,
                                   mode=mode, batch_size=batch_size, resume=resume, overwrite=overwrite, progress=progress)
@@ -149,15 +149,15 @@ def cli_train_retrieval(
     import json
 
     if mode not in TRAIN_MODES:
-        raise ValueError(f"mode must be one of {TRAIN_MODES}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {TRAIN_MODES}, got {mode!r}")
     if mode == "online" and not online_teacher:
-        raise ValueError("mode 'online' needs an online teacher spec (online_teacher / --online-teacher)")
+        raise ConfigError("mode 'online' needs an online teacher spec (online_teacher / --online-teacher)")
     for what, p in (("captions", captions_path), ("eval captions", eval_captions)):
         if p is not None and not os.path.isfile(p):
             raise FileNotFoundError(f"{what} file {p} does not exist")
     store = labelstore.open(str(store_path))
     if store.task != "retrieval":
-        raise ValueError(f"{store_path}: task is {store.task!r}, not 'retrieval'")
+        raise StoreError(f"{store_path}: task is {store.task!r}, not 'retrieval'")
     a = store.attrs
     tok = Tokenizer.from_json(a["tokenizer"])
     policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
@@ -169,7 +169,7 @@ def cli_train_retrieval(
             sspec, skw = ckpt["spec"], dict(ckpt["kwargs"])
             ctok = (ckpt.get("extra") or {}).get("tokenizer")
             if ctok is not None and Tokenizer.from_json(ctok).words != tok.words:
-                raise ValueError(f"student {student_spec!r}: its tokenizer differs from the store's ({store_path})")
+                raise StoreMismatch(f"student {student_spec!r}: its tokenizer differs from the store's ({store_path})")
         else:
             sspec, skw = str(student_spec), {}
         frame_side = policy.frame_size[0]

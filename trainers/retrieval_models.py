@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labelstore.trainers.losses.teachclip import AttentionalFrameAggregation
+from labelstore.errors import DataError
 
 MAX_SCALE = 100.0
 
@@ -62,7 +63,7 @@ class FrameEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, m = x.shape[:2]
         if self.feature_dim is not None and x.shape[-1] != self.feature_dim:
-            raise ValueError(f"FrameEncoder: features have dimension {x.shape[-1]}, the model expects {self.feature_dim}")
+            raise DataError(f"FrameEncoder: features have dimension {x.shape[-1]}, the model expects {self.feature_dim}")
         y = self.net(x.reshape(B * m, *x.shape[2:]))  # [B*m, D]
         return self.norm(y).reshape(B, m, -1)
 

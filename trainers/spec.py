@@ -131,7 +131,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: str, kwargs
     float, bool, None, lists/tuples/dicts of them) or tensors, as the file is read back
     with torch.load(weights_only=True)."""
     if _looks_like_path(spec):
-        raise ValueError(f"save_checkpoint: spec {spec!r} must be a built-in name or 'module:callable', not a path")
+        raise ConfigError(f"save_checkpoint: spec {spec!r} must be a built-in name or 'module:callable', not a path")
     model = _unwrap(model)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     digest = _hash_state(state)

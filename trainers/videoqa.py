@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import labelstore
+from labelstore.errors import ConfigError
 from labelstore.integrity import StoreError, StoreMismatch
 from labelstore.pipeline import rng
 from labelstore.pipeline.teach_videoqa import mc_seed, teacher_targets
@@ -160,7 +161,7 @@ def evaluate_videoqa(
         qa = questions
     else:
         if tokenizer is None:
-            raise ValueError("evaluate_videoqa: pass the tokenizer (or a prepared QASet)")
+            raise ConfigError("evaluate_videoqa: pass the tokenizer (or a prepared QASet)")
         qa = prepare_questions(videos, questions, tokenizer, vocab, strict_answers=False, max_len=max_len)
     sampler = FrameSampler(num_frames=num_frames, mode="uniform")
     policy = VideoPolicy(sampler=sampler, frame_size=tuple(frame_size))
@@ -196,13 +197,13 @@ def check_radi(store, hot_k: int, cold_n: int, rank: str = "both", margins: str 
     the listwise term needs the full ranking (top_k = the vocabulary size A, so cold answers can be
     drawn from any rank), the pairwise term hot_k <= K, adaptive margins >= 2 MC passes."""
     if rank not in RANKS or margins not in MARGINS:
-        raise ValueError(f"rank must be one of {RANKS} and margins one of {MARGINS}, got {rank!r}, {margins!r}")
+        raise ConfigError(f"rank must be one of {RANKS} and margins one of {MARGINS}, got {rank!r}, {margins!r}")
     K, A = store.top_k, store.num_classes
     pairwise, listwise = rank in ("pairwise", "both"), rank in ("listwise", "both")
     if pairwise and hot_k < 2:
-        raise ValueError(f"pairwise RADI needs hot_k >= 2, got {hot_k}")
+        raise ConfigError(f"pairwise RADI needs hot_k >= 2, got {hot_k}")
     if listwise and hot_k + cold_n > A:
-        raise ValueError(f"hot_k + cold_n = {hot_k} + {cold_n} exceeds the {A} answers of the vocabulary")
+        raise ConfigError(f"hot_k + cold_n = {hot_k} + {cold_n} exceeds the {A} answers of the vocabulary")
     if listwise and K < A:
         raise StoreError(f"{store.path}: listwise RADI draws cold answers over the teacher's full ranking, but the "
                          f"store keeps only the top {K} of {A} answers per view; rebuild it with top_k = {A} "
@@ -305,9 +306,9 @@ def train_videoqa_student(
     encoded once per batch); the cold list of batch b in epoch e is drawn from seed (seed, e, b).
     """
     if method not in METHODS or mode not in MODES:
-        raise ValueError(f"method must be one of {METHODS} and mode one of {MODES}, got {method!r}, {mode!r}")
+        raise ConfigError(f"method must be one of {METHODS} and mode one of {MODES}, got {method!r}, {mode!r}")
     if mode == "online" and method != "ce" and teacher is None:
-        raise ValueError("mode='online' needs the teacher")
+        raise ConfigError("mode='online' needs the teacher")
     store = _open(store)
     a = store.attrs
     vocab, tokenizer = AnswerVocab.from_json(a["vocab"]), Tokenizer.from_json(a["tokenizer"])

@@ -37,7 +37,7 @@ def save_videoqa_checkpoint(path, model: nn.Module, spec: str, kwargs: dict, tok
                                                                "num_frames": int(num_frames), "frame_size": int(frame_size),
                                                                **(extra or {})})
     if weights_hash(load_model(str(path))) != weights_hash(model):
-        raise RuntimeError(f"{path}: load_model does not rebuild the saved weights ({spec}, {kwargs})")
+        raise RuntimeError(f"{path}: load_model does not rebuild the saved weights ({spec}, {kwargs})")  # internal invariant
     return digest
 
 
@@ -54,10 +54,10 @@ def _videoqa_model(spec: str, role: str, *, num_tokens: int | None = None, num_a
     from labelstore.trainers.spec import _looks_like_path, load_checkpoint, load_model, model_from_checkpoint
 
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"{role} spec must be a non-empty string, got {spec!r}")
+        raise ConfigError(f"{role} spec must be a non-empty string, got {spec!r}")
     if spec in MODELS:
-        raise ValueError(f"{role} spec {spec!r} is a built-in image classifier; a VideoQA {role} takes (frames, q_ids, "
-                         f"q_mask): pass a checkpoint (.pt) or 'module:callable' (e.g. {STUDENT_SPEC})")
+        raise ConfigError(f"{role} spec {spec!r} is a built-in image classifier; a VideoQA {role} takes (frames, q_ids, "
+                          f"q_mask): pass a checkpoint (.pt) or 'module:callable' (e.g. {STUDENT_SPEC})")
     try:
         if _looks_like_path(spec):
             if not os.path.isfile(spec):
@@ -83,16 +83,16 @@ def _videoqa_model(spec: str, role: str, *, num_tokens: int | None = None, num_a
             model = load_model(spec, **kw)
             info = {"spec": spec, "kwargs": kw, "extra": {}, "checkpoint": None}
         else:
-            raise ValueError("expected a checkpoint path ending in .pt or 'module:callable'")
+            raise ConfigError("expected a checkpoint path ending in .pt or 'module:callable'")
     except Exception as e:
         msg = str(e)
-        raise ValueError(f"{role}: {msg}" if repr(spec) in msg else f"{role} spec {spec!r}: {msg}") from e
+        raise ConfigError(f"{role}: {msg}" if repr(spec) in msg else f"{role} spec {spec!r}: {msg}") from e
     cfg = getattr(model, "config", None)
     if isinstance(cfg, dict):
         for key, want_v in (("num_answers", num_answers), ("num_tokens", num_tokens), ("num_frames", num_frames),
                             ("frame_size", frame_size)):
             if want_v is not None and key in cfg and cfg[key] != want_v:
-                raise ValueError(f"{role} spec {spec!r}: the model has {key}={cfg[key]}, but {want_v} is needed here")
+                raise ConfigError(f"{role} spec {spec!r}: the model has {key}={cfg[key]}, but {want_v} is needed here")
     return model, info
 
 
@@ -141,7 +141,7 @@ def cli_teach_videoqa(
         extra = info["extra"]
     for key, val in (("num_frames", num_frames), ("frame_size", frame_size)):
         if key in extra and int(extra[key]) != int(val):
-            raise ValueError(f"teacher spec {teacher_spec!r} was trained with {key}={extra[key]}, got {key}={val}")
+            raise ConfigError(f"teacher spec {teacher_spec!r} was trained with {key}={extra[key]}, got {key}={val}")
     if "tokenizer" in extra and "vocab" in extra:
         tokenizer, vocab = Tokenizer.from_json(extra["tokenizer"]), AnswerVocab.from_json(extra["vocab"])
         source = "checkpoint"
@@ -157,9 +157,9 @@ def cli_teach_videoqa(
     if isinstance(cfg, dict):
         for key, n in (("num_answers", len(vocab)), ("num_tokens", len(tokenizer)), ("num_frames", num_frames)):
             if key in cfg and cfg[key] != n:
-                raise ValueError(f"teacher spec {teacher_spec!r}: the model has {key}={cfg[key]}, but the "
-                                 f"{'vocabulary' if key == 'num_answers' else 'tokenizer' if key == 'num_tokens' else 'sampler'} "
-                                 f"({source}) needs {n}")
+                raise ConfigError(f"teacher spec {teacher_spec!r}: the model has {key}={cfg[key]}, but the "
+                                  f"{'vocabulary' if key == 'num_answers' else 'tokenizer' if key == 'num_tokens' else 'sampler'} "
+                                  f"({source}) needs {n}")
     log(f"teacher {teacher_spec}: {type(teacher).__name__}; tokenizer/vocab from {source}: "
         f"{len(tokenizer)} words, {len(vocab)} answers")
     teacher_info = {"name": type(teacher).__name__, "spec": teacher_spec, "weights_sha256": weights_hash(teacher),
@@ -212,13 +212,13 @@ def cli_train_videoqa(
     from labelstore.pipeline.video import VideoFolder
 
     if method not in METHODS or mode not in MODES:
-        raise ValueError(f"method must be one of {METHODS} and mode one of {MODES}, got {method!r}, {mode!r}")
+        raise ConfigError(f"method must be one of {METHODS} and mode one of {MODES}, got {method!r}, {mode!r}")
     log = _cli_log(progress)
     store = _open(str(store_path))
     if method == "radi":
         check_radi(store, hot_k, cold_n, rank, margins)
     if mode == "online" and method != "ce" and not online_teacher:
-        raise ValueError("mode='online' needs online_teacher (a checkpoint or 'module:callable')")
+        raise ConfigError("mode='online' needs online_teacher (a checkpoint or 'module:callable')")
     a = store.attrs
     vocab, tokenizer = AnswerVocab.from_json(a["vocab"]), Tokenizer.from_json(a["tokenizer"])
     policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from labelstore.errors import ConfigError
 
 
 class FrameEncoder(nn.Module):
@@ -71,7 +72,7 @@ class VideoQAClassifier(nn.Module):
     ):
         super().__init__()
         if question_encoder not in ("gru", "mean"):
-            raise ValueError(f"question_encoder must be 'gru' or 'mean', got {question_encoder!r}")
+            raise ConfigError(f"question_encoder must be 'gru' or 'mean', got {question_encoder!r}")
         self.config = dict(num_tokens=num_tokens, num_answers=num_answers, dim=dim, width=width, num_frames=num_frames,
                            frame_size=frame_size, dropout=dropout, question_encoder=question_encoder)
         self.frames = FrameEncoder(width, dim, frame_size)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .kd import xlogx
+from labelstore.errors import ConfigError
 
 
 def _adw(kl: Tensor, entropy: Tensor, gamma: float, beta: float) -> Tensor:
@@ -66,7 +67,7 @@ def adl_loss(
         if detach_weight:
             weight = weight.detach()
         return (weight * kl).mean()
-    raise ValueError(f"mode must be 'binary' or 'softmax', got {mode!r}")
+    raise ConfigError(f"mode must be 'binary' or 'softmax', got {mode!r}")
 
 
 def adl_select_unlabeled(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .kd import soften
+from labelstore.errors import ConfigError
 
 FILLS = ("marginal", "renorm")
 
@@ -47,10 +48,10 @@ def dense_soft_labels(
     fill="renorm": q[b, idx[b, k]] = val[b, k] / sum_k val[b, k], zeros elsewhere.
     """
     if fill not in FILLS:
-        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        raise ConfigError(f"fill must be one of {FILLS}, got {fill!r}")
     B, K = topk_values.shape
     if K > num_classes:
-        raise ValueError(f"top-k has {K} entries but num_classes is {num_classes}")
+        raise ConfigError(f"top-k has {K} entries but num_classes is {num_classes}")
     values = topk_values.to(_float_dtype(topk_values))  # [B, K]
     indices = topk_indices.long()  # [B, K]
     total = values.sum(dim=1, keepdim=True)  # [B, 1]
@@ -134,9 +135,9 @@ def ferkd_targets(
     if mid is None:
         mid = (low + high) / 2
     if not (low <= mid <= high):
-        raise ValueError(f"need low <= mid <= high, got {low}, {mid}, {high}")
+        raise ConfigError(f"need low <= mid <= high, got {low}, {mid}, {high}")
     if num_classes < 2:
-        raise ValueError("ferkd_targets needs num_classes >= 2")
+        raise ConfigError("ferkd_targets needs num_classes >= 2")
     teacher = dense_soft_labels(topk_values, topk_indices, num_classes, fill)  # [B, C]
     p = gt_prob.to(teacher.dtype)  # [B]
     labeled = gt >= 0  # [B]

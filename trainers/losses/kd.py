@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from labelstore.errors import ConfigError
 
 
 def xlogx(q: Tensor) -> Tensor:
@@ -30,7 +31,7 @@ def soften(q: Tensor, temperature: float) -> Tensor:
     if temperature == 1.0:
         return q
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     log_q = torch.where(q > 0, q.clamp_min(torch.finfo(q.dtype).tiny).log(), torch.full_like(q, float("-inf")))
     return F.softmax(log_q / temperature, dim=-1)
 

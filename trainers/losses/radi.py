@@ -17,6 +17,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from labelstore.errors import ConfigError
 
 # ---------------------------------------------------------------------------
 # pairwise: uncertainty -> Sinkhorn margins -> hinge
@@ -74,9 +75,9 @@ def sinkhorn_margins(
 def _sinkhorn_margins(U: Tensor, margin: float, epsilon: float, iters: int, tol: float) -> Tensor:
     B, K, K2 = U.shape
     if K != K2 or K < 2:
-        raise ValueError(f"U must be [B, K, K] with K >= 2, got {tuple(U.shape)}")
+        raise ConfigError(f"U must be [B, K, K] with K >= 2, got {tuple(U.shape)}")
     if epsilon <= 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+        raise ConfigError(f"epsilon must be > 0, got {epsilon}")
     out_dtype = U.dtype if U.is_floating_point() else torch.float32
     log_kernel = U.to(torch.float64) / -epsilon  # [B, K, K], log G
     log_kernel.diagonal(dim1=1, dim2=2).fill_(-math.inf)
@@ -177,11 +178,11 @@ DEFAULT_ALPHA = {"exp": 0.005, "zipf": 1.0}
 def _check_partial_list(scheme: str, alpha: float | None, hot_k: int, cold_n: int, n: int, what: str) -> float:
     """Validate a partial-list request over n candidates per row; returns alpha (the scheme's default if None)."""
     if scheme not in DEFAULT_ALPHA:
-        raise ValueError(f"scheme must be one of {tuple(DEFAULT_ALPHA)}, got {scheme!r}")
+        raise ConfigError(f"scheme must be one of {tuple(DEFAULT_ALPHA)}, got {scheme!r}")
     if hot_k < 0 or cold_n < 0:
-        raise ValueError(f"hot_k and cold_n must be >= 0, got {hot_k}, {cold_n}")
+        raise ConfigError(f"hot_k and cold_n must be >= 0, got {hot_k}, {cold_n}")
     if hot_k + cold_n > n:
-        raise ValueError(f"hot_k + cold_n = {hot_k + cold_n} exceeds the {n} {what} per row")
+        raise ConfigError(f"hot_k + cold_n = {hot_k + cold_n} exceeds the {n} {what} per row")
     return DEFAULT_ALPHA[scheme] if alpha is None else alpha
 
 
@@ -210,7 +211,7 @@ def sample_cold_full_ranking(
     for zipf it is not.
     """
     if teacher_probs.dim() != 2:
-        raise ValueError(f"teacher_probs must be [B, A], got shape {tuple(teacher_probs.shape)}")
+        raise ConfigError(f"teacher_probs must be [B, A], got shape {tuple(teacher_probs.shape)}")
     B, A = teacher_probs.shape
     alpha = _check_partial_list(scheme, alpha, hot_k, cold_n, A, "answers")
     order = torch.argsort(teacher_probs, dim=1, descending=True, stable=True)  # [B, A] ids by rank
@@ -304,7 +305,7 @@ def radi_listwise_loss(
         return -(q * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
     if method == "lambda":
         return _lambda_loss(s, t)
-    raise ValueError(f"method must be one of {LIST_METHODS}, got {method!r}")
+    raise ConfigError(f"method must be one of {LIST_METHODS}, got {method!r}")
 
 
 def radi_objective(

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelstore.errors import ConfigError
+
 
 def _pearson(a: Tensor, b: Tensor, dim: int) -> Tensor:
     """pearson(a, b) = sum (a - mean a)(b - mean b) / (||a - mean a|| ||b - mean b|| + 1e-8) along `dim`.
@@ -148,9 +150,9 @@ def teachclip_loss(
     returns (total, {"infonce", "cgt" and/or "fgt"}), all scalar tensors in the graph.
     """
     if teaching not in TEACHING:
-        raise ValueError(f"teaching must be one of {TEACHING}, got {teaching!r}")
+        raise ConfigError(f"teaching must be one of {TEACHING}, got {teaching!r}")
     if len(teacher_sims) == 0 or len(teacher_sims) != len(teacher_frame_scores):
-        raise ValueError(
+        raise ConfigError(
             f"need >= 1 teacher and as many frame-score tensors as similarity matrices, "
             f"got {len(teacher_sims)} and {len(teacher_frame_scores)}"
         )
