@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from conftest import assert_same_arrays, make_teacher_checkpoint
 from test_cli import ROOT, assert_user_error, run
 
@@ -99,9 +100,12 @@ def _int32_image(env) -> Path:
 
 
 def _flipped_progress(env) -> Path:
+    """An unfinished store (the state `info` reads the progress flags in) with a flipped byte in one
+    progress chunk. A complete store's state says every unit is done, and info does not read them."""
     bad = env["w"] / "bad_progress.zarr"
     if not bad.exists():
         shutil.copytree(env["store"], bad)
+        zarr.open_group(str(bad), mode="r+").attrs["state"] = "running"
         chunk = sorted(p for p in (bad / "progress" / "c").rglob("*") if p.is_file())[0]
         b = bytearray(chunk.read_bytes())
         b[len(b) // 2] ^= 0xFF

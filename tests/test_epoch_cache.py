@@ -27,19 +27,16 @@ def synth(tmp_path_factory):
 
 
 def _direct(path, epoch: int, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """The records of idx read with zarr alone, keyed as store.read keys them."""
+    """The records of idx read with zarr alone, keyed as store.read keys them; the augmentation
+    parameters from replay.derived_params of the store (they are derived, not stored)."""
     g = zarr.open_group(str(path), mode="r")
     out = {}
     for name in ("topk_values", "topk_indices", "gt_prob", "view_digest"):
         out[name] = g[name][epoch][idx]
+    assert "aug" not in g  # write_store's default: the parameters are derived
+    out.update(derived_params(labelstore.open(path), epoch, idx))
     for name in ("gt", "skipped", "source_hw"):
         out[name] = g[name][:][idx]
-    if "aug" in g:  # parameters stored (--store-params)
-        for name in ("aug/rrc/box", "aug/flip/flag"):
-            out[name.removeprefix("aug/")] = g[name][epoch][idx]
-    else:  # derived: what the teacher stage drew for these views
-        out.update(derived_params(labelstore.open(path), epoch, idx))
-    assert {"rrc/box", "flip/flag"} <= out.keys()
     return out
 
 
@@ -50,6 +47,8 @@ def _assert_same(got: dict, want: dict) -> None:
 
 
 def test_store_read_of_shuffled_indices_equals_direct_reads(synth):
+    """Also on a store that derives its parameters: rrc/box and flip/flag of shuffled indices through
+    the epoch cache equal replay.derived_params of those views."""
     store = labelstore.open(synth)
     g = np.random.default_rng(0)
     for epoch in range(E):

@@ -91,8 +91,11 @@ def test_deleted_shard_is_named_and_refused(env):
     p = run("verify", s, "--data", env["data"], "--samples", "4", check=False)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "array topk_values epoch 1 rows 8:16: missing" in p.stdout, p.stdout
-    info = json.loads(run("info", s, "--json").stdout)
-    assert info["state"] != "complete" and "topk_values epoch 1 rows 8:16" in info["missing"][0]
+    info = json.loads(run("info", s, "--check-objects", "--json").stdout)
+    assert info["state"].startswith("damaged") and "topk_values epoch 1 rows 8:16" in info["missing"][0]
+    info = json.loads(run("info", s, "--json").stdout)  # metadata only: objects are not checked by default
+    assert info["missing"] is None and info["state"] == "complete"
+    assert "objects: not checked" in run("info", s).stdout
     for r in _readers(env, s):
         assert_user_error(r, "topk_values epoch 1 rows 8:16", "missing")
     store = labelstore.open(s)

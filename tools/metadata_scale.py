@@ -6,7 +6,7 @@ Builds, for each epoch count, a classification store of the real schema (1000 cl
 crop-flip) through the real writer (`writer.open_or_create` -> `writer.create`, `seal`), then
 completes every work unit as the teacher stage does (`writer.mark_done`: the unit's manifest
 record, then its progress flag) and `writer.finalize`. The data objects themselves are written
-as empty files (the metadata paths never read them: `info` checks they exist), so the store has
+as empty files (the metadata paths never read them: `info --check-objects` checks they exist), so the store has
 the real number of objects, records and metadata, without hours of teacher time.
 """
 
@@ -84,12 +84,13 @@ def main() -> None:
         built = time.perf_counter() - t0
         t_open = timed(lambda: labelstore.open(path))
         t_info = timed(lambda: store_info(labelstore.open(path)))
+        t_checked = timed(lambda: store_info(labelstore.open(path), check_objects=True))
         g = labelstore.open(path).group
         t_records = timed(lambda: manifest.unit_records(g), repeat=1)
         arrays = labelstore.open(path).arrays
         t_listing = timed(lambda: [arr.nbytes_stored() for arr in arrays.values()], repeat=1)  # sizes by listing
         print(f"N={a.samples} E={e}: {objects} data objects, {np.prod(g['progress'].shape)} units (built in "
-              f"{built:.0f}s); open {t_open:.3f}s, info {t_info:.3f}s, open+pending_units before the last unit "
+              f"{built:.0f}s); open {t_open:.3f}s, info {t_info:.3f}s, info --check-objects {t_checked:.3f}s, open+pending_units before the last unit "
               f"{t_resume:.3f}s, "
               f"all unit records {t_records:.3f}s; sizes by listing every object (as before) {t_listing:.3f}s")
 

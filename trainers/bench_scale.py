@@ -1,19 +1,34 @@
-"""`labelstore bench --scale`: every read path of a store of ImageNet-1k size, measured in one run.
+"""`labelstore bench --scale`: every read path of a store of ImageNet-1k size, measured in one run; and
+the one writer of synthetic ImageNet-size stores (write_store).
 
 The store is written through the project's real teacher stage (`run_stage`, `ClassificationTask`,
-the background writer, the real schema and codecs) with precomputed synthetic records in place
-of decode, render and teacher (SyntheticTask below): N samples, 1000 classes, top-5, the
-crop-flip policy whose crop boxes come from the policy's own `sample` on ImageNet-like image
-sizes (height ~ N(400, 80), width ~ N(350, 70) pixels, clipped to [64, 1024]). Then measured:
+the background writer, the real schema and codecs) with precomputed synthetic records in place of
+decode, render and teacher (SyntheticImages, SyntheticTask below). What it holds, per (epoch,
+sample), is shaped like a strong teacher on random-resized crops of ImageNet-1k:
 
-  read        shuffled batches through store.read (epoch cache) and through the old per-batch
-              chunk reads (zarr oindex of the chunks a batch touches), records/s
+- samples in class order (as an ImageFolder lists them), 732..1300 per class (ImageNet-1k's range);
+  sample ids `nXXXXXXXX/nXXXXXXXX_<i>.JPEG`; source sizes mostly 500 x {375, 333, 500, 281}, else
+  random in [150, 800];
+- teacher logits over C classes (teacher_topk): z_c ~ N(0, 1); the ground truth gets + N(8, 4²);
+  each class has 9 fixed confusable classes (random ids) with + U(1, 4) + N(0, 1). The top of the
+  C - 10 background logits comes from their order statistics (exponential spacings), their
+  partition sum from its normal approximation. p = softmax(z): top-1 = ground truth in ~80 % of
+  views, top-1 p median ~0.6;
+- view checks: of uniform random 32-bit view digests (a check of distinct views is incompressible);
+- augmentation parameters: the crop-flip policy's own `sample` at 224 px on the source sizes,
+  derived by readers (default) or stored as aug/* (store_params).
+
+Then measured:
+
+  read        shuffled batches through store.read (epoch cache, derived parameters filled in at
+              load) and through the old per-batch chunk reads (zarr oindex of the chunks a batch
+              touches, parameters derived per batch), records/s
   dataset     ReplayDataset (targets only) through a DataLoader with 0/2/4 workers, records/s,
               and each worker's unique memory (smaps: private pages outside the shared cache)
   open/info   labelstore.open in this process; `labelstore info --json` and
               `labelstore inspect --json` as subprocesses (wall and CPU seconds)
   xarray      store.to_xarray() open time
-  bytes       stored bytes per view per array
+  bytes       stored bytes per view per array (LabelStore.bytes_per_view_table)
 """
 
 from __future__ import annotations
@@ -38,21 +53,69 @@ from labelstore.pipeline.stage import Item, run_stage
 from labelstore.pipeline.teach import ClassificationTask, TeachConfig, check_config
 
 IMAGENET_TRAIN = 1_281_167
+NUM_CLASSES = 1000
+CONFUSABLE = 9  # fixed confusable classes per class
+
+
+def class_counts(num_samples: int, num_classes: int, g: np.random.Generator) -> np.ndarray:
+    """int64 [C] images per class in [732, 1300], summing to num_samples (when that fits)."""
+    c = g.integers(732, 1301, num_classes).astype(np.int64)
+    c = np.maximum(1, np.round(c * num_samples / c.sum()).astype(np.int64))
+    c[-1] += num_samples - c.sum()
+    return c
+
+
+def confusions(num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 [C, 9] each class's confusable classes, float64 [C, 9] their logit boosts ~ U(1, 4))."""
+    g, C = np.random.default_rng([seed, 0]), num_classes
+    conf = np.stack([g.choice(np.delete(np.arange(C), c), CONFUSABLE, replace=False) for c in range(C)])
+    return conf, g.uniform(1, 4, (C, CONFUSABLE))
+
+
+def teacher_topk(gt: np.ndarray, g: np.random.Generator, conf: np.ndarray, boost: np.ndarray, k: int) -> tuple:
+    """(top-k probabilities float32 [n, k] descending, their class ids int64 [n, k], p[gt] float32 [n]) of
+    the synthetic teacher of the module docstring for ground truths gt [n]."""
+    C, n, nconf = len(conf), len(gt), conf.shape[1]
+    special = g.standard_normal((n, 1 + nconf))
+    special[:, 0] += 8.0 + 4.0 * g.standard_normal(n)
+    special[:, 1:] += boost[gt]
+    M, nbg = C - 1 - nconf, k + 1  # background classes; the top nbg of them can enter the top-k
+    u = 1.0 - np.cumsum(g.standard_exponential((n, nbg)), 1) / (M + 1)
+    background = torch.special.ndtri(torch.from_numpy(u)).numpy()
+    bg_sum = M * np.exp(0.5) + np.sqrt(M * (np.e**2 - np.e)) * g.standard_normal(n)  # sum of exp(N(0,1)) over M
+    ids = np.concatenate([gt[:, None], conf[gt], g.integers(0, C, (n, nbg))], 1)
+    for j in range(1 + nconf, ids.shape[1]):  # background ids distinct from the others of the row
+        for _ in range(ids.shape[1]):
+            clash = (ids[:, :j] == ids[:, j : j + 1]).any(1)
+            if not clash.any():
+                break
+            ids[clash, j] = (ids[clash, j] + 1) % C
+    z = np.concatenate([special, background], 1)
+    m = np.maximum(z.max(1, keepdims=True), 0.0)
+    Z = np.exp(special - m).sum(1) + bg_sum * np.exp(-m[:, 0])
+    p = np.exp(z - m) / Z[:, None]
+    order = np.argsort(-p, 1, kind="stable")[:, :k]
+    return (np.take_along_axis(p, order, 1).astype(np.float32), np.take_along_axis(ids, order, 1),
+            p[:, 0].astype(np.float32))
 
 
 class SyntheticImages:
-    """An ImageSource of N synthetic ImageNet-like samples: ids, labels, sizes; nothing to decode."""
+    """An ImageSource of N synthetic ImageNet-like samples (module docstring): ids, labels, sizes;
+    nothing to decode."""
 
     kind = "synthetic-imagenet"
 
-    def __init__(self, n: int, num_classes: int = 1000, seed: int = 0):
+    def __init__(self, n: int, num_classes: int = NUM_CLASSES, seed: int = 0):
         g = np.random.default_rng(seed)
-        self.labels = np.sort(g.integers(0, num_classes, n)).astype(np.int64)  # class folders, files sorted
-        self.classes = [f"n{c:08d}" for c in range(num_classes)]
-        self.ids = [f"{self.classes[c]}/{self.classes[c]}_{i}.JPEG" for i, c in enumerate(self.labels.tolist())]
-        h = np.clip(g.normal(400, 80, n), 64, 1024)
-        w = np.clip(g.normal(350, 70, n), 64, 1024)
-        self.hw = np.stack([h, w], 1).astype(np.int64)  # [N, 2]
+        counts = class_counts(n, num_classes, g)
+        self.labels = np.repeat(np.arange(num_classes), counts).astype(np.int64)  # class folders, files sorted
+        wnid = np.sort(g.choice(np.arange(1_440_764, 15_075_141), num_classes, replace=False))
+        self.classes = [f"n{w:08d}" for w in wnid]
+        self.ids = [f"{self.classes[c]}/{self.classes[c]}_{i}.JPEG"
+                    for c, m in enumerate(counts) for i in np.sort(g.choice(60_000, m, replace=False)).tolist()]
+        common = g.random(n) < 0.8
+        self.hw = np.stack([np.where(common, g.choice([375, 333, 500, 281], n), g.integers(150, 801, n)),
+                            np.where(common, 500, g.integers(150, 801, n))], 1).astype(np.int64)  # [N, 2]
         self.seed = seed
 
     def __len__(self) -> int:
@@ -84,9 +147,12 @@ class _Digests:
 
 class SyntheticTask(ClassificationTask):
     """ClassificationTask with precomputed records: inputs() yields each unit's epochs as one batch of
-    synthetic digests (no decode, no render), targets() returns synthetic teacher records: a top-1
-    probability ~ 0.98 Beta(2, 1), the rest of the mass over 4 more classes in decreasing order; top-1
-    = gt for 75 % of views; class ids near the gt class (gt + increasing offsets, mod C)."""
+    synthetic digests (no decode, no render) with the policy's own parameters, targets() returns the
+    synthetic teacher's records (teacher_topk)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conf, self.boost = confusions(self.num_classes, self.cfg.seed)
 
     def inputs(self, units, pool):
         cfg, N = self.cfg, len(self.source)
@@ -103,29 +169,24 @@ class SyntheticTask(ClassificationTask):
             yield Item("unit", (g, p), None, rows, (hw, np.zeros(len(rows), bool)))
 
     def targets(self, x, epoch: int, ids: np.ndarray) -> dict[str, np.ndarray]:
-        n, K, C = len(ids), self.cfg.top_k, self.num_classes
-        r = np.random.default_rng([self.cfg.seed, epoch, int(ids[0])])
-        p1 = 0.98 * r.beta(2.0, 1.0, n)
-        rest = np.sort(r.dirichlet(np.full(K + 3, 0.5), n)[:, : K - 1], axis=1)[:, ::-1] * (1 - p1)[:, None]
-        vals = np.concatenate([p1[:, None], rest], 1)  # [n, K] descending
-        gt = self.gt[ids]
-        top1 = np.where(r.random(n) < 0.75, gt, r.integers(0, C, n))
-        idx = (top1[:, None] + np.concatenate([np.zeros((n, 1), np.int64),
-                                               np.cumsum(r.integers(1, C // K, (n, K - 1)), 1)], 1)) % C
-        gp = np.where(top1 == gt, p1, r.uniform(0, 1, n) * rest[:, -1])
-        return {"topk_values": vals.astype(np.float16), "topk_indices": idx, "gt_prob": gp.astype(np.float16)}
+        r = np.random.default_rng([self.cfg.seed, 1 + epoch, int(ids[0])])
+        vals, idx, gp = teacher_topk(self.gt[ids], r, self.conf, self.boost, self.cfg.top_k)
+        return {"topk_values": vals, "topk_indices": idx, "gt_prob": gp}
 
 
 def write_store(path: str, n: int = IMAGENET_TRAIN, epochs: int = 4, seed: int = 0,
-                shard_rows: int = TeachConfig.shard_rows, chunk_rows: int = TeachConfig.chunk_rows) -> dict:
-    """The synthetic store at `path` through run_stage (see the module docstring), in the teacher
-    stage's default layout unless told; its run statistics."""
+                shard_rows: int = TeachConfig.shard_rows, chunk_rows: int = TeachConfig.chunk_rows,
+                store_params: bool = False) -> dict:
+    """The synthetic store at `path` (replaced) through run_stage (see the module docstring), in the
+    teacher stage's default layout unless told; parameters derived unless store_params. Its run
+    statistics."""
     src = SyntheticImages(n, seed=seed)
     policy = make_policy("crop-flip", (224, 224))
     cfg = TeachConfig(epochs=epochs, seed=seed, top_k=5, batch_size=shard_rows, shard_rows=shard_rows,
-                      chunk_rows=chunk_rows)
-    check_config(cfg, 1000)
-    task = SyntheticTask(src, policy, cfg, {"name": "synthetic", "weights_sha256": "0" * 64}, 1000, device="cpu")
+                      chunk_rows=chunk_rows, store_params=store_params)
+    check_config(cfg, NUM_CLASSES)
+    task = SyntheticTask(src, policy, cfg, {"name": "synthetic", "weights_sha256": "0" * 64}, NUM_CLASSES,
+                         device="cpu")
     return run_stage(task, path, overwrite=True, decode_workers=1)
 
 
@@ -250,8 +311,12 @@ def _timed_cli(*args: str) -> dict:
 
 def read_rates(store, epoch: int, batch_size: int = 1024, batches: int = 64, old_batches: int = 2,
                seed: int = 1) -> dict:
-    """Shuffled batches: store.read (epoch cache; the first read loads the epoch) vs the old path
-    (per-batch chunk reads, reader._take on every array)."""
+    """Shuffled batches: store.read (epoch cache; the first read loads the epoch, derived parameters
+    included) vs the old path (per-batch chunk reads, reader._take on every array, and the derived
+    parameters of the batch's views); that both give the same records, and that the cached derived
+    parameters equal labelstore.pipeline.replay.derived_params of the same views."""
+    from labelstore.pipeline.replay import derived_params
+
     g = np.random.default_rng(seed)
     N = store.num_samples
     t0 = time.perf_counter()
@@ -268,13 +333,21 @@ def read_rates(store, epoch: int, batch_size: int = 1024, batches: int = 64, old
     same = True
     for b in idx[:old_batches]:
         got = {n.removeprefix("aug/"): reader._take(a, b, epoch) for n, a in old_store.epoch_arrays().items()}
+        if old_store.params_derived:
+            got.update(derived_params(old_store, epoch, b))
         same &= all(np.array_equal(got[k], v, equal_nan=True) for k, v in store.read(epoch, b).items() if k in got)
     old_wall = time.perf_counter() - t0
     old_cpu = time.process_time() - c0
+    derived = {}
+    if store.params_derived:  # what the cache load spends on deriving the epoch's parameters
+        t0, c0 = time.perf_counter(), time.process_time()
+        whole = derived_params(labelstore.open(store.path), epoch)
+        derived = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                   "equal": all(np.array_equal(rec[k], whole[k][idx[-1]]) for k in whole)}
     return {"batch_size": batch_size, "epoch_load_s": load_s, "new_records_per_s": new,
             "old_records_per_s": old_batches * batch_size / old_wall,
             "old_records_per_cpu_s": old_batches * batch_size / max(old_cpu, 1e-9),
-            "same_records": bool(same), "keys": sorted(rec), "first_keys": sorted(first)}
+            "same_records": bool(same), "keys": sorted(rec), "first_keys": sorted(first), "derive_epoch": derived}
 
 
 def quasi_random_rate(path: str, epoch: int, batch_size: int = 1024, batches: int = 256, window: int = 8) -> dict:
@@ -305,7 +378,7 @@ def run_scale(n: int = IMAGENET_TRAIN, epochs: int = 4, echo=print, workers=(0, 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         out = path or os.path.join(tmp, "scale.zarr")
-        r = {"machine": machine(), "num_samples": n, "epochs": epochs}
+        r = {"machine": machine(), "load_average": os.getloadavg(), "num_samples": n, "epochs": epochs}
         if path and os.path.exists(os.path.join(path, "zarr.json")) and labelstore.open(path, allow_incomplete=True).complete:
             r["write"] = {"reused": path}
         else:
@@ -332,8 +405,10 @@ def run_scale(n: int = IMAGENET_TRAIN, epochs: int = 4, echo=print, workers=(0, 
         r["open_datatree_vars"] = sorted(f"{node.path.strip('/')}/{v}".lstrip("/") for node in tree.subtree
                                          for v in node.data_vars)
         views = store.epochs * store.num_samples
-        sizes = store.nbytes_on_disk()
-        r["bytes_per_view"] = {name: b / views for name, b in sorted(sizes.items()) if name in store.epoch_arrays()}
+        r["aug_params"] = store.attrs.get("aug_params")
+        r["view_check_dtype"] = str(store.group["view_digest"].dtype) if "view_digest" in store.group else None
+        r["bytes_per_view_table"] = store.bytes_per_view_table()
+        r["bytes_per_view"] = {t["name"]: t["bytes_per_view"] for t in r["bytes_per_view_table"]}
         r["bytes_per_view_all_in"] = store.bytes_per_view()
         r["read"] = read_rates(store, 0)
         r["quasi_random"] = quasi_random_rate(out, min(2, epochs - 1))
@@ -352,6 +427,7 @@ def run_scale(n: int = IMAGENET_TRAIN, epochs: int = 4, echo=print, workers=(0, 
         r["inspect"] = {"wall_s": ins["wall_s"], "cpu_s": ins["cpu_s"], "views": views,
                         "views_per_s": views / ins["wall_s"],
                         "topk_mass": ins["out"]["per_epoch"]["topk_mass"]}
+        r["load_average_end"] = os.getloadavg()
         echo(format_scale(r))
     return r
 
@@ -370,7 +446,9 @@ def format_scale(r: dict, target_epochs: int = 300) -> str:
              f"{rd['new_records_per_s']:>16,.0f}  {'>= 2,000,000':>12}",
              f"{'  old path: per-batch chunk reads, records/s (CPU-s)':<58}{rd['old_records_per_s']:>16,.0f}  "
              f"({rd['old_records_per_cpu_s']:,.0f} per CPU-s)",
-             f"{'  epoch load into the cache, s':<58}{rd['epoch_load_s']:>16.2f}",
+             f"{'  epoch load into the cache (derived parameters included), s':<58}{rd['epoch_load_s']:>16.2f}"
+             + (f"  (deriving alone: {rd['derive_epoch']['wall_s']:.2f} s wall, {rd['derive_epoch']['cpu_s']:.2f} CPU-s)"
+                if rd["derive_epoch"] else ""),
              f"{'store.read, no cache, quasi-random (window ' + str(r['quasi_random']['window']) + ' shards), records/s':<58}"
              f"{r['quasi_random']['records_per_s']:>16,.0f}  (reads per shard: {r['quasi_random']['shard_reads_per_shard']:.2f})"]
     lines.append(f"{'ReplayDataset.targets in one process (ReplayLoader label path), records/s':<58}"
@@ -395,7 +473,9 @@ def format_scale(r: dict, target_epochs: int = 300) -> str:
               f"  ({r['to_xarray_first_s']:.2f})",
               f"{'xarray.open_datatree(path, engine=zarr), s':<58}{r['open_datatree_s']:>16.2f}",
               f"{'bytes per view, all-in':<58}{r['bytes_per_view_all_in']:>16.2f}  {'<= 16':>12}"]
-    for name, b in r["bytes_per_view"].items():
-        lines.append(f"{'  ' + name:<58}{b:>16.2f}")
-    lines.append(f"(N = {N:,}, E = {E}; 300-epoch figures are linear extrapolations, not measured)")
+    for t in r["bytes_per_view_table"]:
+        lines.append(f"{'  ' + t['name'] + ('' if t['per_epoch'] else ' (per sample, / E)'):<58}{t['bytes_per_view']:>16.2f}")
+    lines.append(f"(N = {N:,}, E = {E}; augmentation parameters {r['aug_params']}; view check {r['view_check_dtype']}; "
+                 f"load average {r['load_average'][0]:.1f} at the start, {r['load_average_end'][0]:.1f} at the end; "
+                 f"300-epoch figures are linear extrapolations, not measured)")
     return "\n".join(lines)
