@@ -66,6 +66,14 @@ def mean_topk_mass(store) -> float:
     return float(to_dask(store)["topk_values"].astype("float32").sum(-1).mean().compute())
 
 
+def _written(store, like: da.Array) -> da.Array:
+    """[E, N] bool, True where a finished work unit wrote the row (store.written_rows), as a dask
+    array chunked like `like`; a complete store: one True [1, 1], broadcast (nothing to hold)."""
+    if store.complete:
+        return da.ones((1, 1), dtype=bool)
+    return da.from_array(store.written_rows("topk_values"), chunks=like.chunks[:2])
+
+
 def classification_stats(store, scheduler: str | None = None, bins: int = 20) -> dict:
     """Per-epoch statistics of an image-classification store, computed with Dask.
 
@@ -85,7 +93,7 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
     C, K = store.num_classes, store.top_k
     gt = a["gt"].astype("int64")
     v = a["topk_values"].astype("float32")  # [E, N, K]
-    written = da.from_array(store.written_rows("topk_values"), chunks=v.chunks[:2])  # [E, N]: unwritten rows left out
+    written = _written(store, v)  # [E, N]: unwritten rows left out
     valid = ((gt >= 0) & ~a["skipped"])[None] & written  # [E, N]
     top1 = a["topk_indices"][..., 0].astype("int64")  # [E, N]
     mass = v.sum(-1)  # [E, N]
@@ -93,7 +101,7 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
     per_other = rest / max(C - K, 1)
     ent = -(v * da.log(da.clip(v, 1e-12, None))).sum(-1) - (C - K) * per_other * da.log(da.clip(per_other, 1e-12, None))
     nvalid = da.maximum(valid.sum(1), 1)
-    nwritten = da.maximum(written.sum(1), 1)
+    nwritten = da.maximum(da.broadcast_to(written, mass.shape).sum(1), 1)
 
     def mean_written(x):  # [E, N] -> [E]
         return da.where(written, x, 0).sum(1) / nwritten
@@ -112,7 +120,7 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
         hw = a["source_hw"].astype("float64")  # [N, 2]
         area = (box[..., 2] * box[..., 3]) / (hw[None, :, 0] * hw[None, :, 1])
         aspect = box[..., 3] / da.maximum(box[..., 2], 1)
-        keep = ~a["skipped"][None] & (hw[None, :, 0] > 0) & written
+        keep = da.broadcast_to(~a["skipped"][None] & (hw[None, :, 0] > 0) & written, area.shape)
         hists["crop_area"] = da.histogram(area[keep], bins=bins, range=(0.0, 1.0))
         hists["crop_aspect"] = da.histogram(da.log(aspect[keep]), bins=bins, range=(-1.0, 1.0))
     with _client(scheduler):
@@ -265,8 +273,8 @@ def classification_details(store, scheduler: str | None = None, bins: int = 10, 
     E = a["topk_indices"].shape[0]
     N = gt.shape[0]
     flat = lambda x: x.ravel().rechunk(N)  # noqa: E731  [E, N] -> [E*N], one block per epoch (bincount needs equal blocks)
-    written = da.from_array(store.written_rows("topk_values"))  # [E, N]: unwritten rows are not counted
-    w = flat(((gt >= 0) & ~a["skipped"])[None] & written).astype("float64")  # [E*N] 1 = counted
+    written = _written(store, a["gt_prob"])  # [E, N]: unwritten rows are not counted
+    w = flat(da.broadcast_to(((gt >= 0) & ~a["skipped"])[None] & written, (E, N))).astype("float64")  # [E*N] 1 = counted
     g = flat(da.broadcast_to(da.maximum(gt, 0)[None], (E, N)))  # [E*N]
     top1 = da.clip(flat(a["topk_indices"][..., 0].astype("int64")), 0, C - 1)  # [E*N]
     p1 = flat(a["topk_values"][..., 0].astype("float64"))  # [E*N] top-1 probability
