@@ -103,9 +103,9 @@ def test_teach_store_matches_documented_format(base_store, source, teacher):
             assert arr.dtype == np.dtype(_smallest(False, C - 1)) == np.dtype("uint8"), name
         else:
             pytest.fail(f"undocumented dtype form {d['dtype']!r} for {name}")
-        if arr.metadata.dimension_names[0] == "epoch" and name not in ("progress", "manifest"):
+        if arr.metadata.dimension_names[0] == "epoch" and name not in ("progress", "manifest", "manifest_all"):
             assert arr.chunks[:2] == (1, 8) and arr.shards[:2] == (1, 16), name
-        elif name not in ("progress", "manifest"):
+        elif name not in ("progress", "manifest", "manifest_all"):
             assert arr.chunks[0] == 8 and arr.shards[0] == 16, name
     assert group["progress"].chunks == (1, 1) and group["progress"].shards is None  # (G, 1), G = 1 here
     assert group["manifest"].chunks == (1, 1) and group["manifest"].shards is None
