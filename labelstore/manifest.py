@@ -120,7 +120,7 @@ def unit_records(group: zarr.Group) -> dict[str, list[int]]:
     """Every object the store says it holds: of a complete store one object (manifest_all), else the
     build record and every unit's record (one array read, one object per unit)."""
     if group.attrs.get("state") == "complete" and MANIFEST_ALL in group:
-        return json.loads(str(np.asarray(group[MANIFEST_ALL][0]).item()))
+        return json.loads(np.asarray(group[MANIFEST_ALL][...]).tobytes())
     man = group[MANIFEST]
     out = dict(man.attrs.get("build", {}))
     for text in np.asarray(man[...]).ravel().tolist():
@@ -147,14 +147,17 @@ def absent(group: zarr.Group) -> list[str]:
 
 
 def write_all(group: zarr.Group, records: dict[str, list[int]]) -> None:
-    """Every record in one object (array manifest_all, shape (1,)), written before the state "complete"."""
+    """Every record in one object: array manifest_all, the UTF-8 bytes of one JSON object (uint8, one
+    chunk), written before the state "complete"."""
     from zarr.codecs import Crc32cCodec
 
-    arr = group.create_array(MANIFEST_ALL, shape=(1,), chunks=(1,), dtype=str, fill_value="", overwrite=True,
-                             compressors=[Crc32cCodec()], dimension_names=("record",),
-                             attributes={"meaning": "JSON {object key: [bytes, crc32c]} of every object the store "
-                                                    "holds (the build record and every unit's), written at completion"})
-    arr[0] = json.dumps(records, sort_keys=True, separators=(",", ":"))
+    data = np.frombuffer(json.dumps(records, sort_keys=True, separators=(",", ":")).encode(), dtype=np.uint8)
+    arr = group.create_array(MANIFEST_ALL, shape=data.shape, chunks=data.shape, dtype="uint8", fill_value=0,
+                             overwrite=True, compressors=[Crc32cCodec()], dimension_names=("byte",),
+                             attributes={"meaning": "UTF-8 JSON {object key: [bytes, crc32c]} of every object the "
+                                                    "store holds (the build record and every unit's), written at "
+                                                    "completion"})
+    arr[...] = data
 
 
 # ------------------------------------------------------------------------------------------------
