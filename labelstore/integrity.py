@@ -127,8 +127,8 @@ def verify_objects(group: zarr.Group) -> list[str]:
             continue
         b = buf.to_bytes()
         if [len(b), _crc32c.crc32c(b)] != list(want[key]):
-            problems.append(f"{where}: object {key} differs from the one written "
-                            f"({len(b)} bytes, recorded {want[key][0]})")
+            problems.append(f"{where}: object {key} differs from the one written ({len(b)} bytes, crc32c "
+                            f"{_crc32c.crc32c(b):#010x}; written: {want[key][0]} bytes, crc32c {want[key][1]:#010x})")
     return problems
 
 

@@ -33,8 +33,9 @@ from zarr.storage import LocalStore, WrapperStore
 from .errors import StoreError
 
 MANIFEST = "manifest"
+MANIFEST_ALL = "manifest_all"  # every record in one object, written at completion (what `info` reads)
 PROGRESS = "progress"
-BOOKKEEPING = (MANIFEST, PROGRESS)
+BOOKKEEPING = (MANIFEST, MANIFEST_ALL, PROGRESS)
 # root attributes that change while a store is filled (not covered by the integrity digests)
 VOLATILE_ATTRS = ("state", "completed", "integrity", "sizes", "consolidated_metadata")
 
@@ -116,7 +117,10 @@ def record_unit(group: zarr.Group, unit: tuple[int, int]) -> None:
 
 
 def unit_records(group: zarr.Group) -> dict[str, list[int]]:
-    """Every object the store says it holds: the build record and every unit's (one array read)."""
+    """Every object the store says it holds: of a complete store one object (manifest_all), else the
+    build record and every unit's record (one array read, one object per unit)."""
+    if group.attrs.get("state") == "complete" and MANIFEST_ALL in group:
+        return json.loads(np.asarray(group[MANIFEST_ALL][...]).tobytes())
     man = group[MANIFEST]
     out = dict(man.attrs.get("build", {}))
     for text in np.asarray(man[...]).ravel().tolist():
@@ -140,6 +144,20 @@ def absent(group: zarr.Group) -> list[str]:
         found = sync(run())
     lay = layout_of(group.attrs.get("integrity") or {})
     return [f"{describe_key(k, lay)}: missing (object {k})" for k, ok in zip(want, found) if not ok]
+
+
+def write_all(group: zarr.Group, records: dict[str, list[int]]) -> None:
+    """Every record in one object: array manifest_all, the UTF-8 bytes of one JSON object (uint8, one
+    chunk), written before the state "complete"."""
+    from zarr.codecs import Crc32cCodec
+
+    data = np.frombuffer(json.dumps(records, sort_keys=True, separators=(",", ":")).encode(), dtype=np.uint8)
+    arr = group.create_array(MANIFEST_ALL, shape=data.shape, chunks=data.shape, dtype="uint8", fill_value=0,
+                             overwrite=True, compressors=[Crc32cCodec()], dimension_names=("byte",),
+                             attributes={"meaning": "UTF-8 JSON {object key: [bytes, crc32c]} of every object the "
+                                                    "store holds (the build record and every unit's), written at "
+                                                    "completion"})
+    arr[...] = data
 
 
 # ------------------------------------------------------------------------------------------------

@@ -334,18 +334,21 @@ def pending_units(group: zarr.Group) -> list[tuple[int, int]]:
 
 
 def finalize(group: zarr.Group, **extra: Any) -> bool:
-    """Mark the store complete when every unit is done, write the stored bytes per array
-    (attribute "sizes", from the manifest: `info` needs no listing) and consolidate its metadata
+    """Mark the store complete when every unit is done, write every unit's record in one object
+    (manifest_all) and the stored bytes per array (attribute "sizes": `info` needs no listing)
+    and consolidate its metadata
     (all arrays' zarr.json in the root's, so xarray / zarr open it with one read). Returns whether
     it is complete. A store already complete is left as it is."""
     if group.attrs.get("state") == "complete":
         return True
     if pending_units(group):
         return False
+    records = manifest.unit_records(group)
     sizes: dict[str, int] = {}
-    for key, (nbytes, _) in manifest.unit_records(group).items():
+    for key, (nbytes, _) in records.items():
         name = manifest.array_of(key)[0]
         sizes[name] = sizes.get(name, 0) + int(nbytes)
+    manifest.write_all(group, records)
     group.attrs.update({"state": "complete", "completed": _now(), "sizes": dict(sorted(sizes.items())), **extra})
     with warnings.catch_warnings():  # "not part of the Zarr v3 specification": we know, it is for readers
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
