@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .errors import StoreError
+
 PREFIX = "labelstore-cache-"
 WHOLE_READS = {"codec_pipeline.batch_size": 64}  # zarr config for reads of whole shards: ~1/3 less CPU than 1
 
@@ -171,7 +173,13 @@ class EpochCache:
         """The records of `epoch`: a read-only structured array [N] (fields: `fields`), loaded on first use."""
         if epoch not in self._maps:
             self._maps.clear()  # unmap the previous epoch (one epoch at a time)
-            self._maps[epoch] = self._load(store, epoch)
+            try:
+                self._maps[epoch] = self._load(store, epoch)
+            except StoreError:
+                raise
+            except (OSError, ValueError, RuntimeError) as e:  # a checksum mismatch, a truncated shard
+                raise StoreError(f"{store.path}: cannot read epoch {epoch}: {type(e).__name__}: {e}; "
+                                 "`labelstore verify` lists every damaged shard") from e
         return self._maps[epoch]
 
     def take(self, store, epoch: int, idx: np.ndarray | None, keys=None) -> dict[str, np.ndarray]:

@@ -211,11 +211,7 @@ class LabelStore:
     def _read_cached(self, epoch: int, idx: np.ndarray | None, include_rows: bool) -> dict[str, np.ndarray]:
         per_epoch, per_row = self._cache_keys
         keys = per_epoch + per_row if include_rows else per_epoch
-        try:
-            out = self.epoch_cache.take(self, epoch, idx, keys)
-        except (OSError, ValueError, RuntimeError) as e:  # a checksum mismatch, a truncated shard
-            raise StoreError(f"{self.path}: cannot read epoch {epoch}: {type(e).__name__}: {e}; "
-                             f"`labelstore verify` lists every damaged shard") from e
+        out = self.epoch_cache.take(self, epoch, idx, keys)  # StoreError naming the epoch if it cannot be read
         out["index"] = np.arange(self.num_samples) if idx is None else idx
         return out
     def derived_params(self, epoch: int, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:

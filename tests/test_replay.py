@@ -218,7 +218,7 @@ def test_derived_params_equal_stored_and_replay_the_same_views(policy, policy_st
     aug = sorted(n for n in S if n.startswith("aug/"))
     assert (bool(aug) or policy == "none") and not [n for n in D if n.startswith("aug/")]
     for name in D:  # the teacher saw the same pixels and wrote the same records either way
-        if name != "progress":
+        if name not in ("progress", "manifest", "manifest_all"):  # bookkeeping: it lists the aug/* objects too
             np.testing.assert_array_equal(D[name], S[name], err_msg=name)
     idx = np.arange(N_TRAIN)[::-1].copy()
     for epoch in range(EPOCHS):
@@ -268,7 +268,7 @@ def test_derived_params_of_another_sample_version_refused(policy_stores, tmp_pat
     shutil.copytree(policy_stores["cutmix"], copy)
     g = zarr.open_group(str(copy), mode="r+")
     g.attrs["policy"] = {**g.attrs["policy"], "sample_version": 0}
-    store = labelstore.open(copy)
+    store = labelstore.open(copy, check_metadata=False)  # the edit itself is refused at open by the metadata checksums
     with pytest.raises(StoreMismatch, match="old.zarr: its augmentation parameters are derived under sample version 0"):
         store.read(0, [1, 2])
 
@@ -308,9 +308,9 @@ def test_other_decoder_refused_by_name(tmp_path, base_store, source):
     attrs = zarr.open_group(str(copy), mode="r+").attrs
     ds = dict(attrs["dataset"])
     assert ds["decoder"]["jpeg"].startswith("simplejpeg ") and ds["decoder"]["other"].startswith("pillow ")
-    ReplayDataset(labelstore.open(copy), source)  # the same decoders: accepted
+    ReplayDataset(labelstore.open(copy, check_metadata=False), source)  # the same decoders: accepted
     attrs["dataset"] = {**ds, "decoder": {**ds["decoder"], "jpeg": "simplejpeg 0.1"}}
-    ReplayDataset(labelstore.open(copy), source)  # another version of the same library: accepted
+    ReplayDataset(labelstore.open(copy, check_metadata=False), source)  # another version of the same library: accepted
     attrs["dataset"] = {**ds, "decoder": {**ds["decoder"], "jpeg": "opencv 4.10"}}
     with pytest.raises(StoreMismatch, match="decoded with .*opencv 4.10.*this source decodes with .*simplejpeg"):
-        ReplayDataset(labelstore.open(copy), source)
+        ReplayDataset(labelstore.open(copy, check_metadata=False), source)

@@ -10,6 +10,7 @@ import xarray as xr
 import zarr
 
 import labelstore
+from conftest import teach_store
 
 
 def test_to_xarray_coordinates_and_json_attributes(base_store, source):
@@ -41,9 +42,12 @@ def test_plain_open_zarr_has_no_warnings_and_no_bookkeeping_as_data(base_store):
     np.testing.assert_array_equal(ds["topk_values"].values, zarr.open_group(str(base_store))["topk_values"][:])
 
 
-def test_every_array_in_to_xarray_lazily_and_in_open_datatree(base_store):
+def test_every_array_in_to_xarray_lazily_and_in_open_datatree(tmp_path_factory, source, teacher):
     """to_xarray has every array of the store and reads no data to open (all dask, sample table too);
-    xr.open_datatree(path, engine="zarr") is the one plain-xarray call that shows the aug/* subgroups."""
+    xr.open_datatree(path, engine="zarr") is the one plain-xarray call that shows the aug/* subgroups
+    (of a store written with --store-params: by default the parameters are derived, not stored)."""
+    base_store = tmp_path_factory.mktemp("stored") / "labels.zarr"
+    teach_store(base_store, source, teacher, store_params=True)
     store = labelstore.open(base_store)
     ds = store.to_xarray()
     assert {n.removeprefix("aug/") for n in store.arrays} <= set(ds.variables)
