@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import StoreError
+from .writer import pid_alive
 
 PREFIX = "labelstore-cache-"
 WHOLE_READS = {"codec_pipeline.batch_size": 64}  # zarr config for reads of whole shards: ~1/3 less CPU than 1
@@ -54,16 +55,6 @@ def cache_root() -> str:
     return tempfile.gettempdir()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale(root: str) -> None:
     """Remove cache directories under root whose creating process is no longer running."""
     try:
@@ -77,7 +68,7 @@ def remove_stale(root: str) -> None:
             pid = int(name[len(PREFIX):].split("-")[0])
         except ValueError:
             continue
-        if not _alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 

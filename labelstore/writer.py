@@ -262,7 +262,7 @@ def remove_stale_creating(path: str) -> list[str]:
     removed = []
     for tmp in glob.glob(f"{glob.escape(os.path.abspath(path))}.creating-*"):
         pid = tmp.rsplit("-", 1)[-1]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         try:
             with open(os.path.join(tmp, "zarr.json"), "rb") as f:
@@ -275,7 +275,8 @@ def remove_stale_creating(path: str) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

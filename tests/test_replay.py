@@ -17,15 +17,18 @@ EPOCHS = 2
 SIZE = 16
 
 
-@pytest.fixture(scope="module")
-def policy_stores(tmp_path_factory, source, teacher):
-    root = tmp_path_factory.mktemp("policies")
+def _policy_stores(root, source, teacher, **overrides) -> dict:
+    """One store per policy under root (policy name -> path)."""
     out = {}
     for name in POLICIES:
-        path = root / f"{name}.zarr"
-        teach_store(path, source, teacher, policy=name, epochs=EPOCHS, mc_passes=0, image_size=SIZE)
-        out[name] = path
+        out[name] = root / f"{name}.zarr"
+        teach_store(out[name], source, teacher, policy=name, epochs=EPOCHS, mc_passes=0, image_size=SIZE, **overrides)
     return out
+
+
+@pytest.fixture(scope="module")
+def policy_stores(tmp_path_factory, source, teacher):
+    return _policy_stores(tmp_path_factory.mktemp("policies"), source, teacher)
 
 
 def _digests(x: torch.Tensor) -> np.ndarray:
@@ -201,13 +204,7 @@ def test_replay_dataset_with_distributed_sampler_and_persistent_workers(skip_sto
 @pytest.fixture(scope="module")
 def stored_policy_stores(tmp_path_factory, source, teacher):
     """The stores of policy_stores written with --store-params (explicit aug/* arrays)."""
-    root = tmp_path_factory.mktemp("stored-params")
-    out = {}
-    for name in POLICIES:
-        path = root / f"{name}.zarr"
-        teach_store(path, source, teacher, policy=name, epochs=EPOCHS, mc_passes=0, image_size=SIZE, store_params=True)
-        out[name] = path
-    return out
+    return _policy_stores(tmp_path_factory.mktemp("stored-params"), source, teacher, store_params=True)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
