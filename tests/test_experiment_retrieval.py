@@ -11,7 +11,6 @@ import torch
 
 from labelstore.errors import ConfigError
 from labelstore.trainers import experiment_retrieval as er
-from labelstore.trainers.retrieval_demo import run_retrieval_demo
 
 torch.set_num_threads(1)
 TINY = {"n_train": 24, "n_test": 8, "teacher_epochs": 1, "student_epochs": 1, "teacher_dim": 32, "student_dim": 32,
@@ -50,6 +49,16 @@ def test_cli_experiment_retrieval_end_to_end_and_resume(tmp_path):
     assert bad.returncode == 2 and "n_trian" in bad.stderr and bad.stderr.startswith("error:")
 
 
+def _demo_rows(out, seed: int) -> list[dict]:
+    """The retrieval demo's rows (teacher, TeachCLIP store, TeachCLIP online, InfoNCE) from a fresh process."""
+    code = ("import json, sys\n"
+            "from labelstore.trainers.retrieval_demo import run_retrieval_demo\n"
+            f"d = run_retrieval_demo({str(out)!r}, seed={seed}, progress=False, **{TINY!r})\n"
+            "print(json.dumps([{'name': r['name'], 'metrics': r['metrics']} for r in d['rows']]))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def test_arms_are_deterministic_paired_and_agree_with_the_demo(tmp_path):
     """Seed s gives the same run twice (one machine); the demo at seed s trains exactly the experiment's
     teachclip / teachclip-online / infonce students of seed s (same teacher, same metrics), for s = 0 and 1."""
@@ -61,13 +70,12 @@ def test_arms_are_deterministic_paired_and_agree_with_the_demo(tmp_path):
     again = arms["cgt"](0)
     again.pop("seconds")
     assert again == runs["cgt"]
-    demo = run_retrieval_demo(tmp_path / "demo", seed=0, progress=False, **TINY)
-    teacher, *students = demo["rows"]
+    demo = _demo_rows(tmp_path / "demo", 0)  # as a user runs it: `labelstore demo` is a process of its own
+    teacher, *students = demo
     assert teacher["metrics"] == meta["teacher_metrics"]
     assert [s["metrics"] for s in students] == [runs["teachclip"], runs["teachclip-online"], runs["infonce"]]
     other = er.make_arms(meta, ["infonce"])["infonce"](1)
     other.pop("seconds")
-    demo1 = run_retrieval_demo(tmp_path / "demo", seed=1, progress=False, **TINY)
-    assert demo1["rows"][3]["metrics"] == other
+    assert _demo_rows(tmp_path / "demo", 1)[3]["metrics"] == other
     with pytest.raises(ConfigError, match="bogus"):
         er.make_arms(meta, ["bogus"])
