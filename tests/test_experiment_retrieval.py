@@ -49,33 +49,42 @@ def test_cli_experiment_retrieval_end_to_end_and_resume(tmp_path):
     assert bad.returncode == 2 and "n_trian" in bad.stderr and bad.stderr.startswith("error:")
 
 
-def _demo_rows(out, seed: int) -> list[dict]:
-    """The retrieval demo's rows (teacher, TeachCLIP store, TeachCLIP online, InfoNCE) from a fresh process."""
-    code = ("import json, sys\n"
-            "from labelstore.trainers.retrieval_demo import run_retrieval_demo\n"
-            f"d = run_retrieval_demo({str(out)!r}, seed={seed}, progress=False, **{TINY!r})\n"
-            "print(json.dumps([{'name': r['name'], 'metrics': r['metrics']} for r in d['rows']]))\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+def _fresh(code: str):
+    """The JSON a Python snippet prints last, run in a fresh process: `labelstore demo` and `labelstore
+    experiment` are processes of their own. (Within one process, a cache-mode TeachCLIP student run
+    changes later training runs: a known defect whose cause is not found yet.)"""
+    p = subprocess.run([sys.executable, "-c", "import json, torch\ntorch.set_num_threads(1)\n" + code],
+                       capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _demo_rows(out, seed: int) -> list[dict]:
+    """The retrieval demo's rows (teacher, TeachCLIP store, TeachCLIP online, InfoNCE)."""
+    return _fresh("from labelstore.trainers.retrieval_demo import run_retrieval_demo\n"
+                  f"d = run_retrieval_demo({str(out)!r}, seed={seed}, progress=False, **{TINY!r})\n"
+                  "print(json.dumps([{'name': r['name'], 'metrics': r['metrics']} for r in d['rows']]))\n")
+
+
+def _arm_runs(out, runs: list[tuple[str, int]]) -> dict:
+    """The experiment's setup under `out` and the test metrics of each (arm, seed) in `runs`, in order."""
+    return _fresh("from labelstore.trainers import experiment_retrieval as er\n"
+                  f"meta = er.setup({str(out)!r}, echo=lambda m: None, **{TINY!r})\n"
+                  "arms = er.make_arms(meta, list(er.ARMS))\n"
+                  f"out = [{{k: v for k, v in arms[a](s).items() if k != 'seconds'}} for a, s in {runs!r}]\n"
+                  "print(json.dumps({'teacher': meta['teacher_metrics'], 'runs': out}))\n")
 
 
 def test_arms_are_deterministic_paired_and_agree_with_the_demo(tmp_path):
     """Seed s gives the same run twice (one machine); the demo at seed s trains exactly the experiment's
     teachclip / teachclip-online / infonce students of seed s (same teacher, same metrics), for s = 0 and 1."""
-    meta = er.setup(str(tmp_path / "exp"), echo=lambda m: None, **TINY)
-    arms = er.make_arms(meta, list(er.ARMS))
-    runs = {name: arm(0) for name, arm in arms.items()}
-    for r in runs.values():
-        r.pop("seconds")
-    again = arms["cgt"](0)
-    again.pop("seconds")
-    assert again == runs["cgt"]
-    demo = _demo_rows(tmp_path / "demo", 0)  # as a user runs it: `labelstore demo` is a process of its own
-    teacher, *students = demo
-    assert teacher["metrics"] == meta["teacher_metrics"]
+    names = list(er.ARMS)
+    got = _arm_runs(tmp_path / "exp", [(n, 0) for n in names] + [("cgt", 0), ("infonce", 1)])
+    runs = dict(zip(names, got["runs"]))
+    assert got["runs"][len(names)] == runs["cgt"]  # the same arm and seed again
+    teacher, *students = _demo_rows(tmp_path / "demo", 0)
+    assert teacher["metrics"] == got["teacher"]
     assert [s["metrics"] for s in students] == [runs["teachclip"], runs["teachclip-online"], runs["infonce"]]
-    other = er.make_arms(meta, ["infonce"])["infonce"](1)
-    other.pop("seconds")
-    assert _demo_rows(tmp_path / "demo", 1)[3]["metrics"] == other
+    assert _demo_rows(tmp_path / "demo", 1)[3]["metrics"] == got["runs"][-1]
+    meta = er.setup(str(tmp_path / "exp"), echo=lambda m: None, **TINY)  # reads the setup made above
     with pytest.raises(ConfigError, match="bogus"):
         er.make_arms(meta, ["bogus"])
