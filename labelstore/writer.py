@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import zarr
@@ -60,7 +60,7 @@ def create(
     attrs: dict[str, Any],
     *,
     chunk_rows: int,
-    shard_rows: int,
+    shard_rows: int | Mapping[str, int],
     epoch_groups: int,
     epochs_per_group: int | None = None,
 ) -> zarr.Group:
@@ -68,8 +68,11 @@ def create(
     (see docs); its state is "creating" until open_or_create marks it "running". The root zarr.json
     is the first object written and already names the format and the state "creating", so a store
     interrupted at any point of its creation is recognised as a half-created labelstore store.
+    shard_rows: rows per shard of every array, or per array {name: rows per shard} (each a multiple of
+    chunk_rows; a shard never holds more than the array's rows rounded up to whole chunks).
     epochs_per_group: epochs of one work unit (default: ceil(epochs / epoch_groups))."""
-    layout = [(spec, *chunking(spec, chunk_rows, shard_rows)) for spec in specs]  # fail before touching path
+    per_array = shard_rows if isinstance(shard_rows, Mapping) else {spec.name: shard_rows for spec in specs}
+    layout = [(spec, *chunking(spec, chunk_rows, per_array[spec.name])) for spec in specs]  # fail before touching path
     partitions = 1
     for spec, _, shards in layout:
         partitions = max(partitions, -(-spec.shape[spec.row_axis] // shards[spec.row_axis]))
@@ -79,8 +82,8 @@ def create(
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         **attrs,
-        "layout": {"chunk_rows": chunk_rows, "shard_rows": shard_rows, "epoch_groups": epoch_groups,
-                   "partitions": partitions, "epochs_per_group": epochs_per_group or -(-epochs // epoch_groups)},
+        "layout": {"chunk_rows": chunk_rows, "shard_rows": dict(shard_rows) if isinstance(shard_rows, Mapping) else shard_rows,
+                   "epoch_groups": epoch_groups, "partitions": partitions, "epochs_per_group": epochs_per_group or -(-epochs // epoch_groups)},
         "state": CREATING,
         # arrays that xarray should show as coordinates, not data (CF "coordinates" attribute)
         "coordinates": " ".join(n for n in ("sample_id", "gt", PROGRESS) if n == PROGRESS or n in names),

@@ -32,29 +32,18 @@ from labelstore import schema, writer
 from labelstore.errors import ConfigError
 from labelstore.integrity import json_digest, view_check
 
-from . import rng
+from . import records
 from .images import DecodeError
 from .stage import Item, check_teacher_output, open_store, run_stage
 from .teacher import autocast_context, mc_forward, pick_device
 
-
-# One error hierarchy (labelstore.errors); TeachConfigError is the shared ConfigError under its old name.
-TeachConfigError = ConfigError
+MC_SEED_BITS = 64  # classification stores seed MC masks with all 64 bits of records.mc_seed
 
 
 def check_config(cfg: "TeachConfig", num_classes: int) -> None:
-    if cfg.epochs < 1:
-        raise TeachConfigError(f"epochs must be >= 1, got {cfg.epochs}")
-    if not 0 <= cfg.seed < 2**63:
-        raise TeachConfigError(f"seed (--seed) must be in [0, 2**63), got {cfg.seed}")
+    """ConfigError unless cfg fits a teacher of num_classes classes (the rest is checked by TeachConfig itself)."""
     if not 1 <= cfg.top_k <= num_classes:
-        raise TeachConfigError(f"top_k (--top-k) must be in [1, {num_classes}] (the number of classes), got {cfg.top_k}")
-    if cfg.mc_passes < 0 or cfg.views_per_decode < 0:
-        raise TeachConfigError(f"mc_passes and views_per_decode must be >= 0, got {cfg.mc_passes}, {cfg.views_per_decode}")
-    if cfg.batch_size < 1 or cfg.decode_workers < 1:
-        raise TeachConfigError(f"batch_size and decode_workers must be >= 1, got {cfg.batch_size}, {cfg.decode_workers}")
-    if cfg.chunk_rows < 1 or cfg.shard_rows < 1 or cfg.shard_rows % cfg.chunk_rows:
-        raise TeachConfigError(f"shard_rows ({cfg.shard_rows}) must be a positive multiple of chunk_rows ({cfg.chunk_rows})")
+        raise ConfigError(f"top_k (--top-k) must be in [1, {num_classes}] (the number of classes), got {cfg.top_k}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +64,23 @@ class TeachConfig:
     # kernels; a torch device ("cuda", "cuda:1") = pipeline/render_torch.py there, the sources uploaded
     # once per image; "torch:<device>" forces the torch path (e.g. "torch:cpu", to check it)
     render_device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs (--epochs) must be >= 1, got {self.epochs}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed (--seed) must be in [0, 2**63), got {self.seed}")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k (--top-k) must be >= 1, got {self.top_k}")
+        if self.mc_passes < 0 or self.views_per_decode < 0:
+            raise ConfigError(f"mc_passes (--mc-passes) and views_per_decode (--views-per-decode) must be >= 0, "
+                              f"got {self.mc_passes}, {self.views_per_decode}")
+        if self.batch_size < 1 or self.decode_workers < 1:
+            raise ConfigError(f"batch_size (--batch-size) and decode_workers (--workers) must be >= 1, "
+                              f"got {self.batch_size}, {self.decode_workers}")
+        if self.chunk_rows < 1 or self.shard_rows < 1 or self.shard_rows % self.chunk_rows:
+            raise ConfigError(f"shard_rows (--shard-samples, {self.shard_rows}) must be a positive multiple of "
+                              f"chunk_rows (--chunk-samples, {self.chunk_rows})")
 
     @property
     def group_size(self) -> int:
@@ -234,8 +240,7 @@ class ClassificationTask:
             mc_passes=cfg.mc_passes, aug_spec=policy.param_spec() if cfg.store_params else {}, digests=cfg.digests,
         )
         self.gt = np.asarray(source.labels, dtype=np.int64)
-        self._idx_dtype = next(s.dtype for s in self.specs if s.name == "topk_indices")
-        self._acc: dict[str, np.ndarray] = {}  # the current epoch's records of the unit
+        self._records = records.UnitRecords(self.specs)  # the current epoch's records of the unit
 
     def build(self, at: str) -> None:
         cfg = self.cfg
@@ -255,54 +260,36 @@ class ClassificationTask:
     def label(self, item: Item):
         cfg, rows, e = self.cfg, item.rows, item.epoch
         if item.kind == "epoch":
-            if not self._acc:  # a unit of only skipped rows
+            if not self._records:  # a unit without batches
                 return [], 0
             start = int(rows[0])
-            writes = [(name, start, data, e) for name, data in self._acc.items()]
+            writes = self._records.writes(start, e)
             if cfg.store_params:
                 writes += [(f"aug/{key}", start, data, e) for key, data in item.data.items()]
-            self._acc = {}
             return writes, 0
         if item.kind == "unit":  # per-row arrays (first epoch group only); the driver then flags the unit done
             hw, skipped = item.data
             if item.unit[0] == 0:
                 return [("source_hw", int(rows[0]), hw.astype(np.uint16), None), ("skipped", int(rows[0]), skipped, None)], 0
             return [], 0
-        n, K, T = len(rows), cfg.top_k, cfg.mc_passes
-        if not self._acc:
-            self._acc = {"topk_values": np.zeros((n, K), np.float16), "topk_indices": np.zeros((n, K), self._idx_dtype),
-                         "gt_prob": np.full(n, np.nan, np.float16)}
-            if T:
-                self._acc["mc_values"] = np.zeros((n, T, K), np.float16)
-            if cfg.digests:
-                self._acc["view_digest"] = np.zeros(n, schema.VIEW_CHECK_DTYPE)
+        self._records.open(len(rows))
         sel, x = item.data  # x: uint8 Views of rows[sel], or None when all of them were skipped
         if x is None:
             return [], 0
         ids = rows[sel]
-        if cfg.digests:
-            self._acc["view_digest"][sel] = view_check(x.digests())
-        out = self.targets(x, e, ids)
-        for name, data in out.items():
-            self._acc[name][sel] = data
+        digest = {"view_digest": view_check(x.digests())} if cfg.digests else {}
+        self._records.put(sel, {**digest, **self.targets(x, e, ids)})
         return [], len(ids)
 
-    def targets(self, x, epoch: int, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """The records of one batch of views: top-k of p = softmax(teacher(x)), p[gt], MC top-k values."""
+    def targets(self, x, epoch: int, ids: np.ndarray) -> dict[str, torch.Tensor]:
+        """The records of one batch of views (records.topk_records): top-k of p = softmax(teacher(x)), p[gt],
+        MC top-k values; MC masks seeded records.mc_seed(seed, epoch, ids[0], MC_SEED_BITS)."""
         T, K, dev = self.cfg.mc_passes, self.cfg.top_k, self.dev
-        mc_seed = int(rng.mix64(np.uint64(self.cfg.seed) ^ rng.mix64(np.uint64(epoch * 1_000_003 + int(ids[0])))))
+        seed = records.mc_seed(self.cfg.seed, epoch, int(ids[0]), MC_SEED_BITS)
         with torch.inference_mode(), autocast_context(dev, self.amp):
-            logits, mc_logits = mc_forward(self.teacher, self.policy.to_input(x, dev), T, mc_seed)
-        logits = logits.float()
+            logits, mc_logits = mc_forward(self.teacher, self.policy.to_input(x, dev), T, seed)
         check_teacher_output(logits, epoch, ids, lambda i: self.source.ids[i], columns=(self.num_classes, "classes"))
-        probs = logits.softmax(1)
-        vals, idx = probs.topk(K, dim=1)
-        gt = torch.as_tensor(self.gt[ids], device=dev)
-        gp = probs.gather(1, gt.clamp(min=0)[:, None])[:, 0].masked_fill(gt < 0, float("nan"))
-        out = {"topk_values": vals.cpu().numpy(), "topk_indices": idx.cpu().numpy(), "gt_prob": gp.cpu().numpy()}
-        if T:
-            out["mc_values"] = mc_logits.float().softmax(-1).gather(2, idx[:, None, :].expand(-1, T, -1)).cpu().numpy()  # [b, T, K]
-        return out
+        return records.topk_records(logits, torch.as_tensor(self.gt[ids], device=dev), K, mc_logits)
 
     def stats(self, count: int, seconds: float) -> dict:
         return {"views": count, "views_per_s": count / max(seconds, 1e-9)}

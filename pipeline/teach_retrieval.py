@@ -22,16 +22,17 @@ Decoding and rendering run one epoch batch ahead of the teacher on a thread; wri
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import zarr
 
 import labelstore
 from labelstore import schema, writer
 from labelstore.errors import ConfigError, TeacherOutputError
 from labelstore.integrity import json_digest, view_digest
+from labelstore.manifest import PROGRESS
 
 from .stage import Item, check_teacher_output, run_stage
 from .teacher import teacher_info
@@ -41,6 +42,35 @@ from .text import Caption, Tokenizer
 from .video import FeatureH5, FrameSampler, VideoFolder, VideoPolicy
 
 MODES = ("embeddings", "dense", "batches")
+
+
+@dataclass(frozen=True)
+class RetrievalTeachConfig:
+    """The settings of a retrieval teacher stage (teach_retrieval); every check names its option."""
+
+    epochs: int
+    seed: int = 0
+    mode: str = "dense"  # similarity mode: "embeddings", "dense" or "batches" (module docstring)
+    batch_size: int = 64  # videos per teacher forward and, in "batches" mode, captions per training batch B
+    text_max_len: int = 32  # caption tokens
+    chunk_rows: int = 256  # rows per inner chunk (one shard = all rows of one epoch)
+    digests: bool = True  # store view_digest
+    # frame_scores = softmax over frames of frame_text_scores / frame_temperature (recorded as the attribute
+    # frame_score_temperature; 1 = the official TeachCLIP convention for cosine scores)
+    frame_temperature: float = FRAME_TEMPERATURE
+    decode_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"teach_retrieval: mode (--similarity-mode) must be one of {MODES}, got {self.mode!r}")
+        if not self.frame_temperature > 0:
+            raise ConfigError(f"teach_retrieval: frame_temperature must be > 0, got {self.frame_temperature}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"teach_retrieval: seed (--seed) must be in [0, 2**63), got {self.seed}")
+        for name, option in (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("text_max_len", "text_max_len"),
+                             ("chunk_rows", "chunk_rows"), ("decode_workers", "--workers")):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"teach_retrieval: {name} ({option}) must be >= 1, got {getattr(self, name)}")
 
 
 def is_dual_encoder(model) -> bool:
@@ -77,37 +107,20 @@ RESUME_KEYS = ("task", "epochs", "seed", "num_videos", "num_captions", "num_fram
                "teach_config.batch_size", "teach_config.chunk_rows", "teach_config.digests", "frame_score_temperature")
 
 
-def _create_array(group: zarr.Group, spec: schema.ArraySpec, chunk_rows: int) -> None:
-    """Per-array chunking: inner chunks of `chunk_rows` rows; one shard = all rows (of one epoch)."""
-    rows = spec.shape[spec.row_axis]
-    chunk = max(1, min(chunk_rows, rows))
-    shard = -(-rows // chunk) * chunk
-    tail = tuple(spec.shape[spec.row_axis + 1 :])
-    lead = (1,) if spec.per_epoch else ()
-    filters, compressors = writer.codecs_for(spec)
-    group.create_array(
-        spec.name, shape=spec.shape, chunks=(*lead, chunk, *tail), shards=(*lead, shard, *tail),
-        dtype=str if spec.dtype == "str" else spec.dtype, filters=filters, compressors=compressors,
-        fill_value=spec.fill_value, dimension_names=spec.dims,
-        attributes={"meaning": spec.meaning, "units": spec.units, **spec.attrs},
-    )
-
-
 class RetrievalTask:
     """Rows are videos and captions; one work unit = one epoch (unit (e, 0)), written whole."""
 
     name, count_unit, resume_keys = schema.RETRIEVAL, "pair", RESUME_KEYS
 
     def __init__(self, videos, caps: list[Caption], cap_path: str | None, tokenizer: Tokenizer,
-                 teacher: torch.nn.Module, policy: VideoPolicy, *, epochs: int, seed: int, mode: str, batch_size: int,
-                 text_max_len: int, chunk_rows: int, teacher_name: str | None, digests: bool,
-                 frame_temperature: float = FRAME_TEMPERATURE):
+                 teacher: torch.nn.Module, policy: VideoPolicy, cfg: RetrievalTeachConfig, teacher_name: str | None):
         self.videos, self.caps, self.teacher, self.policy = videos, caps, teacher.eval(), policy
-        self.mode, self.batch_size, self.seed, self.digests, self.chunk_rows = mode, batch_size, int(seed), digests, chunk_rows
-        self.frame_temperature = float(frame_temperature)
+        mode, batch_size, text_max_len, chunk_rows, digests = cfg.mode, cfg.batch_size, cfg.text_max_len, cfg.chunk_rows, cfg.digests
+        self.mode, self.batch_size, self.seed, self.digests, self.chunk_rows = mode, batch_size, int(cfg.seed), digests, chunk_rows
+        self.frame_temperature = float(cfg.frame_temperature)
         self.src_rows, self.caption_video = caption_rows(videos, caps, cap_path)
         check_feature_dim(videos, teacher)
-        self.Nv, self.Nc, self.m, self.E = len(self.src_rows), len(caps), policy.num_frames, int(epochs)
+        self.Nv, self.Nc, self.m, self.E = len(self.src_rows), len(caps), policy.num_frames, int(cfg.epochs)
         self.n_frames = videos.src_shapes(self.src_rows)  # [Nv, 1]; a missing/unreadable file raises VideoDecodeError here
         self.texts = [c.text for c in caps]
         ids, mask = tokenizer.encode_batch(self.texts, text_max_len)
@@ -155,11 +168,12 @@ class RetrievalTask:
         specs = schema.retrieval_arrays(num_videos=self.Nv, num_captions=self.Nc, epochs=self.E, num_frames=self.m,
                                         mode=self.mode, embed_dim=self.embed_dim, num_batches=self.nb,
                                         batch_size=self.batch_size, digests=self.digests)
-        group = writer.create(at, [], self.attrs, chunk_rows=self.chunk_rows, shard_rows=self.chunk_rows, epoch_groups=self.E)
-        for spec in specs:
-            _create_array(group, spec, self.chunk_rows)
-        group.attrs["layout"] = {"chunk_rows": self.chunk_rows, "shard_rows": "all rows of one epoch",
-                                 "epoch_groups": self.E, "partitions": 1, "work_unit": "one epoch"}
+        whole = {s.name: -(-s.shape[s.row_axis] // self.chunk_rows) * self.chunk_rows for s in specs}  # one shard: all rows
+        group = writer.create(at, specs, self.attrs, chunk_rows=self.chunk_rows, shard_rows=whole, epoch_groups=self.E)
+        # the layout and coordinates attributes retrieval stores have always recorded
+        group.attrs.update({"layout": {"chunk_rows": self.chunk_rows, "shard_rows": "all rows of one epoch",
+                                       "epoch_groups": self.E, "partitions": 1, "work_unit": "one epoch"},
+                            "coordinates": PROGRESS})
         group["sample_id"][:] = np.asarray([self.videos.ids[int(i)] for i in self.src_rows], dtype=str)
         group["caption_video"][:] = self.caption_video
         group["caption_text"][:] = np.asarray(self.texts, dtype=str)
@@ -256,44 +270,28 @@ def teach_retrieval(
     tokenizer: Tokenizer,
     teacher: torch.nn.Module,
     sampler: FrameSampler | VideoPolicy,
+    cfg: RetrievalTeachConfig,
     *,
-    epochs: int,
-    seed: int = 0,
-    mode: str = "dense",
-    batch_size: int = 64,
-    text_max_len: int = 32,
-    chunk_rows: int = 256,
     teacher_name: str | None = None,
-    digests: bool = True,
-    frame_temperature: float = FRAME_TEMPERATURE,
     resume: bool = False,
     overwrite: bool = False,
-    decode_workers: int = 2,
     stop_after_units: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Fill the retrieval store at `out` (see the module docstring); returns run statistics.
+    """Fill the retrieval store at `out` (see the module docstring) with the settings `cfg`; returns run statistics.
 
-    batch_size: videos per teacher forward and, in "batches" mode, captions per training batch B.
-    frame_temperature: frame_scores = softmax over frames of frame_text_scores / frame_temperature (recorded
-    as the attribute frame_score_temperature; 1 = the official TeachCLIP convention for cosine scores).
     stop_after_units: write only this many pending units, then return (to test resume).
-    Errors: CaptionsError (malformed captions file, or captions whose video is missing: line and
-    video named), VideoDecodeError (file named), ValueError (feature dimension differs from the model).
+    Errors: ConfigError (mode "embeddings" with a cross-modal teacher), CaptionsError (malformed captions
+    file, or captions whose video is missing: line and video named), VideoDecodeError (file named),
+    ValueError (feature dimension differs from the model).
     """
-    if mode not in MODES:
-        raise ConfigError(f"teach_retrieval: mode must be one of {MODES}, got {mode!r}")
-    if not frame_temperature > 0:
-        raise ConfigError(f"teach_retrieval: frame_temperature must be > 0, got {frame_temperature}")
-    if mode == "embeddings" and not is_dual_encoder(teacher):
+    if cfg.mode == "embeddings" and not is_dual_encoder(teacher):
         raise ConfigError(f"teach_retrieval: mode 'embeddings' needs a dual-encoder teacher (video_embedding, "
                           f"text_embedding, similarity_scale); {type(teacher).__name__} is cross-modal: use 'dense' or 'batches'")
     caps, cap_path = load_captions(captions)
-    task = RetrievalTask(videos, caps, cap_path, tokenizer, teacher, as_policy(sampler), epochs=epochs, seed=seed,
-                         mode=mode, batch_size=batch_size, text_max_len=text_max_len, chunk_rows=chunk_rows,
-                         teacher_name=teacher_name, digests=digests, frame_temperature=frame_temperature)
+    task = RetrievalTask(videos, caps, cap_path, tokenizer, teacher, as_policy(sampler), cfg, teacher_name)
     return run_stage(task, out, resume=resume, overwrite=overwrite, max_units=stop_after_units,
-                     decode_workers=decode_workers, progress=progress)
+                     decode_workers=cfg.decode_workers, progress=progress)
 
 
 def dense_similarity(teacher: torch.nn.Module, v_all, t_all, block: int = 256) -> torch.Tensor:

@@ -22,8 +22,10 @@ uninterrupted one, and `teacher_targets` on the replayed inputs of a stored batc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -32,9 +34,10 @@ import torch.nn as nn
 
 import labelstore
 from labelstore import schema, writer
+from labelstore.errors import ConfigError
 from labelstore.integrity import json_digest
 
-from . import rng
+from . import records
 from .stage import Item, check_teacher_output, run_stage
 from .teacher import mc_head_passes, set_mc_dropout
 from .teacher import teacher_info as describe_teacher
@@ -43,6 +46,41 @@ from .video import FrameSampler, VideoPolicy
 from .videoqa_data import ClipCache, QASet, frame_indices, prepare_questions
 
 
+@dataclass(frozen=True)
+class VideoQATeachConfig:
+    """The settings of a VideoQA teacher stage (teach_videoqa); every check names its option."""
+
+    epochs: int
+    seed: int = 0
+    top_k: int | None = None  # answers kept per view, clamped to the vocabulary size A; None = all A (the full ranking)
+    mc_passes: int = 8
+    batch_size: int = 128  # questions per teacher forward
+    shard_rows: int = 8192  # questions per shard = per work unit
+    chunk_rows: int | None = None  # questions per inner chunk; None = min(2048, shard_rows)
+    frame_size: tuple[int, int] = (32, 32)
+    max_len: int = 16  # question tokens
+    strict_answers: bool = True  # False: keep questions whose answer is outside the vocabulary (gt = -1)
+    decode_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows is None and self.shard_rows >= 1:
+            object.__setattr__(self, "chunk_rows", min(2048, self.shard_rows))
+        object.__setattr__(self, "frame_size", tuple(self.frame_size))
+        if self.epochs < 1:
+            raise ConfigError(f"epochs (--epochs) must be >= 1, got {self.epochs}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed (--seed) must be in [0, 2**63), got {self.seed}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k (--top-k) must be >= 1 (or None: every answer), got {self.top_k}")
+        if self.mc_passes < 0:
+            raise ConfigError(f"mc_passes (--mc-passes) must be >= 0, got {self.mc_passes}")
+        for name, option in (("batch_size", "--batch-size"), ("max_len", "max_len"), ("decode_workers", "--workers")):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} ({option}) must be >= 1, got {getattr(self, name)}")
+        if self.shard_rows < 1 or self.chunk_rows < 1 or self.shard_rows % self.chunk_rows:
+            raise ConfigError(f"shard_rows ({self.shard_rows}) must be a positive multiple of chunk_rows ({self.chunk_rows})")
+        if len(self.frame_size) != 2 or min(self.frame_size) < 1:
+            raise ConfigError(f"frame_size (--frame-size) must be two positive sizes (h, w), got {self.frame_size}")
 
 
 # --------------------------------------------------------------------------------------
@@ -51,11 +89,13 @@ from .videoqa_data import ClipCache, QASet, frame_indices, prepare_questions
 
 # how MC masks are seeded; kept in teach_config so a store is never resumed under another scheme
 MC_RNG = "pass_seed(mc_seed, t)"
+MC_SEED_BITS = 63  # VideoQA stores seed MC masks with the low 63 bits of records.mc_seed
 
 
 def mc_seed(seed: int, epoch: int, first_row: int) -> int:
-    """Seed of the MC-dropout masks of the batch starting at question `first_row` in `epoch`."""
-    return int(rng.mix64(np.uint64(seed) ^ rng.mix64(np.uint64(epoch * 1_000_003 + int(first_row))))) & 0x7FFF_FFFF_FFFF_FFFF
+    """Seed of the MC-dropout masks of the batch starting at question `first_row` in `epoch`:
+    records.mc_seed(seed, epoch, first_row, MC_SEED_BITS)."""
+    return records.mc_seed(seed, epoch, first_row, MC_SEED_BITS)
 
 
 def mc_forward_qa(model: nn.Module, frames: torch.Tensor, q_ids: torch.Tensor, q_mask: torch.Tensor,
@@ -99,29 +139,23 @@ def mc_forward_qa(model: nn.Module, frames: torch.Tensor, q_ids: torch.Tensor, q
 def teacher_targets(teacher: nn.Module, frames: torch.Tensor, q_ids: torch.Tensor, q_mask: torch.Tensor,
                     gt: torch.Tensor, top_k: int, mc_passes: int, seed: int,
                     head_only: bool | None = None, video_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The records of one batch, float32 (the stage casts them to float16):
+    """The records of one batch (records.topk_records), float32 (the stage casts them to float16), plus "logits":
 
     topk_values [B, K] = top-K of p = softmax(logits), topk_indices [B, K] (int64),
     gt_prob [B] = p[gt] (NaN where gt < 0), mc_values [B, T, K] = softmax(mc_logits)[topk_indices].
     """
     logits, mc = mc_forward_qa(teacher, frames, q_ids, q_mask, mc_passes, seed, head_only, video_index)
-    probs = logits.float().softmax(1)  # [B, A]
-    vals, idx = probs.topk(top_k, dim=1)
-    gp = probs.gather(1, gt.clamp(min=0)[:, None])[:, 0].masked_fill(gt < 0, float("nan"))
-    out = {"topk_values": vals, "topk_indices": idx, "gt_prob": gp, "logits": logits.float()}
-    if mc is not None:
-        out["mc_values"] = mc.float().softmax(-1).gather(2, idx[:, None, :].expand(-1, mc_passes, -1))  # [B, T, K]
-    return out
+    return {**records.topk_records(logits, gt, top_k, mc), "logits": logits.float()}
 
 
 # --------------------------------------------------------------------------------------
 # The task (run by labelstore.pipeline.stage.run_stage)
 # --------------------------------------------------------------------------------------
 
-_CONFIG_FIELDS = ("batch_size", "shard_rows", "chunk_rows", "max_len", "strict_answers", "mc_rng")
+_CONFIG_FIELDS = ("batch_size", "shard_rows", "chunk_rows", "max_len", "strict_answers")  # + "mc_rng"
 RESUME_KEYS = ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epochs", "seed", "dataset.digest",
                "teacher.weights_sha256", "policy.digest", "vocab", "tokenizer",
-               *(f"teach_config.{f}" for f in _CONFIG_FIELDS))
+               *(f"teach_config.{f}" for f in (*_CONFIG_FIELDS, "mc_rng")))
 
 
 class VideoQATask:
@@ -130,30 +164,30 @@ class VideoQATask:
     name, count_unit, resume_keys = schema.VIDEOQA, "view", RESUME_KEYS
 
     def __init__(self, videos, qa: QASet, tokenizer: Tokenizer, vocab: AnswerVocab, teacher: nn.Module,
-                 policy: VideoPolicy, cfg: dict, teacher_info: dict, head_only: bool | None):
+                 policy: VideoPolicy, cfg: VideoQATeachConfig, teacher_info: dict, head_only: bool | None):
+        """cfg: with top_k resolved (an int <= the vocabulary size; teach_videoqa does it)."""
         self.videos, self.qa, self.vocab, self.teacher, self.policy = videos, qa, vocab, teacher.eval(), policy
         self.cfg, self.head_only = cfg, head_only
         self.attrs = _attrs(videos, qa, tokenizer, vocab, policy, teacher_info, cfg)
-        self.specs = schema.videoqa_arrays(num_questions=len(qa), epochs=cfg["epochs"], num_answers=len(vocab),
-                                           num_videos=len(videos), top_k=cfg["top_k"], mc_passes=cfg["mc_passes"],
+        self.specs = schema.videoqa_arrays(num_questions=len(qa), epochs=cfg.epochs, num_answers=len(vocab),
+                                           num_videos=len(videos), top_k=cfg.top_k, mc_passes=cfg.mc_passes,
                                            num_frames=policy.sampler.num_frames)
-        self._idx_dtype = next(s.dtype for s in self.specs if s.name == "topk_indices")
-        self._acc: dict[str, np.ndarray] = {}  # the current epoch's records of the unit
+        self._records = records.UnitRecords(self.specs)  # the current epoch's records of the unit
 
     def build(self, at: str) -> None:
         qa, c = self.qa, self.cfg
-        group = writer.create(at, self.specs, self.attrs, chunk_rows=c["chunk_rows"], shard_rows=c["shard_rows"],
+        group = writer.create(at, self.specs, self.attrs, chunk_rows=c.chunk_rows, shard_rows=c.shard_rows,
                               epoch_groups=1)
         group["sample_id"][:] = np.asarray([self.videos.ids[v] for v in qa.video_rows], dtype=str)
         group["gt"][:] = qa.gt
         group["question_video"][:] = qa.video_rows.astype(np.int32)
 
     def _rows(self, p: int) -> np.ndarray:
-        S = self.cfg["shard_rows"]
+        S = self.cfg.shard_rows
         return np.arange(p * S, min(len(self.qa), (p + 1) * S))
 
     def work(self, units) -> int:
-        return sum(len(self._rows(p)) for _, p in units) * self.cfg["epochs"]
+        return sum(len(self._rows(p)) for _, p in units) * self.cfg.epochs
 
     def inputs(self, units, pool):
         """Per unit: decode its videos once; per epoch and batch: the rendered shared views."""
@@ -161,48 +195,40 @@ class VideoQATask:
         for g, p in units:
             rows = self._rows(p)
             vrows = self.qa.video_rows[rows]
-            idx = {e: frame_indices(sampler, c["seed"], e, videos, vrows) for e in range(c["epochs"])}  # e -> [n, m]
+            idx = {e: frame_indices(sampler, c.seed, e, videos, vrows) for e in range(c.epochs)}  # e -> [n, m]
             cache = ClipCache(videos, whole=False)
             need = {int(v): np.concatenate([idx[e][vrows == v].ravel() for e in idx]) for v in np.unique(vrows)}
             list(pool.map(lambda v: cache.preload(v, need[v]), need))
-            for e in range(c["epochs"]):
-                for j0 in range(0, len(rows), c["batch_size"]):
-                    sel = slice(j0, min(len(rows), j0 + c["batch_size"]))
+            for e in range(c.epochs):
+                for j0 in range(0, len(rows), c.batch_size):
+                    sel = slice(j0, min(len(rows), j0 + c.batch_size))
                     yield Item("batch", (g, p), e, rows, (sel, cache.shared_views(self.policy, vrows[sel], idx[e][sel])))
                 yield Item("epoch", (g, p), e, rows, idx[e])
             yield Item("unit", (g, p), None, rows)
 
     def label(self, item: Item):
-        c, qa, e, n = self.cfg, self.qa, item.epoch, len(item.rows)
-        K, T = c["top_k"], c["mc_passes"]
+        c, qa, e = self.cfg, self.qa, item.epoch
         if item.kind == "epoch":
             start = int(item.rows[0])
-            writes = [(name, start, data, e) for name, data in self._acc.items()]
-            self._acc = {}
-            return writes + [("aug/frames/indices", start, item.data, e)], 0
+            return self._records.writes(start, e) + [("aug/frames/indices", start, item.data, e)], 0
         if item.kind == "unit":
             return [], 0
-        if not self._acc:
-            self._acc = {"topk_values": np.zeros((n, K), np.float16),
-                         "topk_indices": np.zeros((n, K), self._idx_dtype),
-                         "gt_prob": np.full(n, np.nan, np.float16)}
-            if T:
-                self._acc["mc_values"] = np.zeros((n, T, K), np.float16)
+        self._records.open(len(item.rows))
         sel, (x, vi) = item.data  # shared clips [V, m, 3, h, w], question -> clip [b]
         ids = item.rows[sel]
         out = teacher_targets(self.teacher, x, torch.as_tensor(qa.q_ids[ids]), torch.as_tensor(qa.q_mask[ids]),
-                              torch.as_tensor(qa.gt[ids]), K, T, mc_seed(c["seed"], e, int(ids[0])), self.head_only, vi)
+                              torch.as_tensor(qa.gt[ids]), c.top_k, c.mc_passes, mc_seed(c.seed, e, int(ids[0])),
+                              self.head_only, vi)
         check_teacher_output(out["logits"], e, ids, lambda i: f"{qa.questions[i].video_id}: {qa.questions[i].question}",
                              columns=(len(self.vocab), "answers"))
-        for name in self._acc:
-            self._acc[name][sel] = out[name].numpy()
+        self._records.put(sel, out)
         return [], len(ids)
 
     def stats(self, count: int, seconds: float) -> dict:
-        return {"views": count, "views_per_s": count / max(seconds, 1e-9), "top_k": self.cfg["top_k"]}
+        return {"views": count, "views_per_s": count / max(seconds, 1e-9), "top_k": self.cfg.top_k}
 
 
-def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_info: dict, cfg: dict) -> dict:
+def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_info: dict, cfg: VideoQATeachConfig) -> dict:
     vfp = videos.fingerprint()
     pol = policy.to_json()
     return {
@@ -222,14 +248,14 @@ def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_inf
         "sampler": policy.sampler.to_json(),
         "vocab": vocab.to_json(),
         "tokenizer": tokenizer.to_json(),
-        "seed": cfg["seed"],
-        "epochs": cfg["epochs"],
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
         "num_samples": len(qa),
         "num_classes": len(vocab),
         "classes": list(vocab.answers),
-        "top_k": cfg["top_k"],
-        "mc_passes": cfg["mc_passes"],
-        "teach_config": {k: cfg[k] for k in _CONFIG_FIELDS},
+        "top_k": cfg.top_k,
+        "mc_passes": cfg.mc_passes,
+        "teach_config": {**{k: getattr(cfg, k) for k in _CONFIG_FIELDS}, "mc_rng": MC_RNG},
     }
 
 
@@ -241,42 +267,28 @@ def teach_videoqa(
     vocab: AnswerVocab,
     teacher: nn.Module,
     sampler: FrameSampler,
+    cfg: VideoQATeachConfig,
     *,
-    epochs: int,
-    seed: int = 0,
-    top_k: int | None = None,
-    mc_passes: int = 8,
-    batch_size: int = 128,
-    shard_rows: int = 8192,
-    chunk_rows: int | None = None,
-    frame_size: tuple[int, int] = (32, 32),
-    max_len: int = 16,
-    strict_answers: bool = True,
     teacher_info: dict | None = None,
     head_only: bool | None = None,
     resume: bool = False,
     overwrite: bool = False,
     max_units: int | None = None,
-    decode_workers: int = 2,
     progress: bool = False,
 ) -> dict:
     """Fill the VideoQA store at `out`; returns {"views", "seconds", "views_per_s", "complete", "units", "top_k"}.
 
     videos: VideoFolder (or any source with ids/index/src_shape(s)/load_frames/fingerprint/describe).
-    questions: questions file (JSON lines / CSV) or a list of Question.
-    top_k: answers kept per view, clamped to the vocabulary size A; None (default) keeps all A, i.e.
-    the teacher's full ranking, which RADI's cold lists are drawn from. strict_answers=False keeps questions whose annotated
-    answer is outside the vocabulary with gt = -1. max_units stops after that many work units
-    (an interrupted run; finish it with resume=True). head_only: see mc_forward_qa.
+    questions: questions file (JSON lines / CSV) or a list of Question. cfg: the settings (VideoQATeachConfig;
+    cfg.top_k is clamped to the vocabulary size A, None keeps all A: the teacher's full ranking, which RADI's
+    cold lists are drawn from). max_units stops after that many work units (an interrupted run; finish it
+    with resume=True). head_only: see mc_forward_qa.
     """
-    top_k = len(vocab) if top_k is None else min(int(top_k), len(vocab))
-    chunk_rows = chunk_rows or min(2048, shard_rows)
-    qa = prepare_questions(videos, questions, tokenizer, vocab, strict_answers=strict_answers, max_len=max_len)
-    policy = VideoPolicy(sampler=sampler, frame_size=tuple(frame_size))
+    cfg = dataclasses.replace(cfg, top_k=len(vocab) if cfg.top_k is None else min(int(cfg.top_k), len(vocab)))
+    qa = prepare_questions(videos, questions, tokenizer, vocab, strict_answers=cfg.strict_answers, max_len=cfg.max_len)
+    policy = VideoPolicy(sampler=sampler, frame_size=cfg.frame_size)
     if teacher_info is None:
         teacher_info = describe_teacher(teacher, type(teacher).__name__)
-    cfg = dict(seed=seed, epochs=epochs, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size, shard_rows=shard_rows,
-               chunk_rows=chunk_rows, max_len=max_len, strict_answers=strict_answers, mc_rng=MC_RNG)
     task = VideoQATask(videos, qa, tokenizer, vocab, teacher, policy, cfg, teacher_info, head_only)
     return run_stage(task, out, resume=resume, overwrite=overwrite, max_units=max_units,
-                     decode_workers=decode_workers, progress=progress)
+                     decode_workers=cfg.decode_workers, progress=progress)

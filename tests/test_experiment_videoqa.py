@@ -16,7 +16,7 @@ import torch
 import labelstore
 from labelstore.integrity import StoreError
 from labelstore.pipeline import builtin_video as bv
-from labelstore.pipeline.teach_videoqa import teach_videoqa
+from labelstore.pipeline.teach_videoqa import VideoQATeachConfig, teach_videoqa
 from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_questions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
 from labelstore.pipeline.videoqa_data import ClipCache, prepare_questions
@@ -40,8 +40,8 @@ def large(tmp_path_factory):
     teacher = VideoQAClassifier(len(tok), len(vocab), dim=16, width=8, num_frames=M, frame_size=32, dropout=0.3,
                                 question_encoder="mean")
     store = str(root / "full.zarr")
-    teach_videoqa(store, videos, d["questions_train"], tok, vocab, teacher, FrameSampler(num_frames=M), epochs=2,
-                  seed=2, mc_passes=3, batch_size=8, shard_rows=16)  # top_k default: the full ranking
+    teach_videoqa(store, videos, d["questions_train"], tok, vocab, teacher, FrameSampler(num_frames=M),
+                  VideoQATeachConfig(epochs=2, seed=2, mc_passes=3, batch_size=8, shard_rows=16))  # top_k default: the full ranking
     return {**d, "videos_src": videos, "tok": tok, "vocab": vocab, "teacher": teacher, "store": store}
 
 
@@ -156,8 +156,8 @@ def test_switches_in_the_trainer_and_their_errors(large, tmp_path):
         train_videoqa_student(student(), large["store"], videos, q, method="radi", rank="pairs", epochs=1)
     # a store cut to the top 64 cannot give cold lists over the full ranking (pairwise still works)
     cut = str(tmp_path / "cut.zarr")
-    teach_videoqa(cut, videos, q, large["tok"], large["vocab"], large["teacher"], FrameSampler(num_frames=M), epochs=1,
-                  seed=2, top_k=64, mc_passes=0, batch_size=8, shard_rows=16)
+    teach_videoqa(cut, videos, q, large["tok"], large["vocab"], large["teacher"], FrameSampler(num_frames=M),
+                  VideoQATeachConfig(epochs=1, seed=2, top_k=64, mc_passes=0, batch_size=8, shard_rows=16))
     with pytest.raises(StoreError, match=r"cut.zarr: listwise RADI .* top 64 of 400 answers.*--top-k 400"):
         train_videoqa_student(student(), cut, videos, q, method="radi", epochs=1)
     with pytest.raises(StoreError, match=r"adaptive margins need MC passes"):

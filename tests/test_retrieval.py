@@ -14,7 +14,7 @@ from labelstore.integrity import view_digest
 from labelstore.views import inspect_store
 from labelstore.pipeline import builtin_video as bv
 from labelstore.pipeline.retrieval_data import plan_batches
-from labelstore.pipeline.teach_retrieval import dense_similarity, teach_retrieval
+from labelstore.pipeline.teach_retrieval import RetrievalTeachConfig, dense_similarity, teach_retrieval
 from labelstore.pipeline.text import CaptionsError, Tokenizer, read_captions
 from labelstore.pipeline.video import FeatureH5, FrameSampler, VideoDecodeError, VideoFolder, VideoPolicy
 from labelstore.trainers.retrieval import retrieval_metrics, train_retrieval_student
@@ -39,10 +39,12 @@ def data(tmp_path_factory):
     }
 
 
-def _teach(data, path, mode, epochs=2, **kw):
+def _teach(data, path, mode, epochs=2, overwrite=True, **kw):
     teacher = data["dual"] if mode == "embeddings" else data["xclip"]
+    run = {k: kw.pop(k) for k in ("resume", "stop_after_units") if k in kw}
+    cfg = RetrievalTeachConfig(epochs=epochs, seed=5, mode=mode, batch_size=8, chunk_rows=16, **kw)
     return teach_retrieval(str(path), data["videos"], data["d"]["captions_train"], data["tok"], teacher, data["policy"],
-                           epochs=epochs, seed=5, mode=mode, batch_size=8, chunk_rows=16, overwrite=kw.pop("overwrite", True), **kw)
+                           cfg, overwrite=overwrite, **run)
 
 
 @pytest.mark.parametrize("mode", ["dense", "batches", "embeddings"])
@@ -132,7 +134,8 @@ def test_malformed_captions_named(data, tmp_path):
     bad = tmp_path / "caps.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(CaptionsError, match=r"caps\.jsonl:5: bad JSON"):
-        teach_retrieval(str(tmp_path / "x.zarr"), data["videos"], bad, data["tok"], data["xclip"], data["policy"], epochs=1)
+        teach_retrieval(str(tmp_path / "x.zarr"), data["videos"], bad, data["tok"], data["xclip"], data["policy"],
+                        RetrievalTeachConfig(epochs=1))
 
 
 def test_missing_video_named(data, tmp_path):
@@ -141,7 +144,8 @@ def test_missing_video_named(data, tmp_path):
     path = tmp_path / "caps.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     with pytest.raises(CaptionsError, match=r"line 8: video 'train_09999'"):
-        teach_retrieval(str(tmp_path / "x.zarr"), data["videos"], path, data["tok"], data["xclip"], data["policy"], epochs=1)
+        teach_retrieval(str(tmp_path / "x.zarr"), data["videos"], path, data["tok"], data["xclip"], data["policy"],
+                        RetrievalTeachConfig(epochs=1))
 
 
 def test_undecodable_video_named(data, tmp_path):
@@ -150,7 +154,7 @@ def test_undecodable_video_named(data, tmp_path):
     (vids / "train_00002.mp4").write_bytes(b"not a video at all" * 50)
     with pytest.raises(VideoDecodeError, match="train_00002.mp4"):
         teach_retrieval(str(tmp_path / "x.zarr"), VideoFolder(vids), data["d"]["captions_train"], data["tok"],
-                        data["xclip"], data["policy"], epochs=1)
+                        data["xclip"], data["policy"], RetrievalTeachConfig(epochs=1))
 
 
 def test_features_and_dim_mismatch_named(data, tmp_path):
@@ -163,12 +167,14 @@ def test_features_and_dim_mismatch_named(data, tmp_path):
     feats = FeatureH5(h5)
     wrong = CrossModalTeacher(len(tok), dim=16, feature_dim=32)
     with pytest.raises(ValueError, match=r"feats\.h5.*dimension 24.*expects 32"):
-        teach_retrieval(str(tmp_path / "x.zarr"), feats, caps, tok, wrong, FrameSampler(4), epochs=1)
+        teach_retrieval(str(tmp_path / "x.zarr"), feats, caps, tok, wrong, FrameSampler(4), RetrievalTeachConfig(epochs=1))
     with pytest.raises(ValueError, match=r"takes frames"):
-        teach_retrieval(str(tmp_path / "x.zarr"), feats, caps, tok, data["xclip"], FrameSampler(4), epochs=1)
+        teach_retrieval(str(tmp_path / "x.zarr"), feats, caps, tok, data["xclip"], FrameSampler(4),
+                        RetrievalTeachConfig(epochs=1))
     # the right dimension works, and replaying the stored indices gives the teacher's frame scores back
     right = CrossModalTeacher(len(tok), dim=16, feature_dim=24).eval()
-    teach_retrieval(str(tmp_path / "f.zarr"), feats, caps, tok, right, FrameSampler(4), epochs=2, mode="dense", batch_size=4)
+    teach_retrieval(str(tmp_path / "f.zarr"), feats, caps, tok, right, FrameSampler(4),
+                    RetrievalTeachConfig(epochs=2, mode="dense", batch_size=4))
     store = labelstore.open(tmp_path / "f.zarr")
     idx = store.read_array("aug/frames/indices", 1)
     x = torch.from_numpy(np.stack([feats.load_frames(v, idx[v]) for v in range(len(names))]))
@@ -182,7 +188,7 @@ def test_features_and_dim_mismatch_named(data, tmp_path):
 def test_embeddings_mode_needs_dual_encoder(data, tmp_path):
     with pytest.raises(ValueError, match="dual-encoder"):
         teach_retrieval(str(tmp_path / "x.zarr"), data["videos"], data["caps"], data["tok"], data["xclip"], data["policy"],
-                        epochs=1, mode="embeddings")
+                        RetrievalTeachConfig(epochs=1, mode="embeddings"))
 
 
 def test_plan_batches_distinct_videos_and_metrics():

@@ -12,7 +12,7 @@ import torch
 import labelstore
 from labelstore.integrity import StoreError, StoreMismatch
 from labelstore.pipeline import builtin_video as bv
-from labelstore.pipeline.teach_retrieval import teach_retrieval
+from labelstore.pipeline.teach_retrieval import RetrievalTeachConfig, teach_retrieval
 from labelstore.pipeline.teacher import weights_hash
 from labelstore.pipeline.text import Tokenizer, read_captions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
@@ -65,8 +65,8 @@ def test_teach_resume_equals_uninterrupted(env, tmp_path):
     d, path = env["d"], tmp_path / "r.zarr"
     # the same stage the CLI runs, stopped after one of its two epochs
     teach_retrieval(str(path), VideoFolder(d["videos"]), str(d["captions_train"]), env["tok"], load_model(env["ckpt"]),
-                    VideoPolicy(FrameSampler(M), frame_size=(SIZE, SIZE)), epochs=2, seed=0, mode="dense",
-                    batch_size=B, stop_after_units=1)
+                    VideoPolicy(FrameSampler(M), frame_size=(SIZE, SIZE)),
+                    RetrievalTeachConfig(epochs=2, seed=0, mode="dense", batch_size=B), stop_after_units=1)
     with pytest.raises(StoreError, match="has not finished"):
         labelstore.open(path)
     with pytest.raises(StoreError, match="resume"):

@@ -463,12 +463,12 @@ def test_verify_chunks_finds_flipped_byte_and_truncated_shard(tmp_path, base_sto
 
 # ----------------------------------------------------------------------------- configuration
 def test_impossible_config_refused_before_writing(tmp_path, source, teacher):
-    from labelstore.pipeline.teach import TeachConfigError
+    from labelstore.errors import ConfigError
 
     out = tmp_path / "s.zarr"
-    with pytest.raises(TeachConfigError, match="top_k"):
+    with pytest.raises(ConfigError, match="top_k"):
         teach_store(out, source, teacher, top_k=NUM_CLASSES + 1)
-    with pytest.raises(TeachConfigError, match="multiple of chunk_rows"):
+    with pytest.raises(ConfigError, match="multiple of chunk_rows"):
         teach_store(out, source, teacher, shard_rows=12, chunk_rows=8)
     assert not out.exists()
 

@@ -12,7 +12,7 @@ import labelstore
 from labelstore.integrity import StoreError
 from labelstore.views import inspect_store
 from labelstore.pipeline import builtin_video as bv
-from labelstore.pipeline.teach_videoqa import mc_seed, teach_videoqa, teacher_targets
+from labelstore.pipeline.teach_videoqa import VideoQATeachConfig, mc_seed, teach_videoqa, teacher_targets
 from labelstore.pipeline.videoqa_data import ClipCache, frame_indices, prepare_questions
 from labelstore.pipeline.text import AnswerVocab, QuestionsError, Tokenizer, read_questions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
@@ -43,11 +43,13 @@ def tiny(data, dropout: float = 0.3, seed: int = 0) -> VideoQAClassifier:
 
 
 def teach(data, out, teacher, **kw):
+    """teach_videoqa with this file's settings; kw: VideoQATeachConfig fields, teach_videoqa keywords, questions."""
     args = dict(epochs=2, seed=SEED, top_k=64, mc_passes=4, batch_size=8, shard_rows=16, overwrite=True)
     args.update(kw)
     questions = args.pop("questions", data["questions_train"])
+    run = {k: args.pop(k) for k in ("overwrite", "resume", "max_units", "head_only") if k in args}
     return teach_videoqa(str(out), data["videos_src"], questions, data["tok"], data["vocab"], teacher,
-                         FrameSampler(num_frames=M), **args)
+                         FrameSampler(num_frames=M), VideoQATeachConfig(**args), **run)
 
 
 def test_store_schema_and_reproducible_block(data, tmp_path):

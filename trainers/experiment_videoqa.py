@@ -79,7 +79,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     """Data, teacher and store under `out` from RECIPE (+ `recipe` overrides), made once: an existing
     setup.json is reused."""
     from labelstore.pipeline.builtin_video import large_answer_vocabulary, make_videoqa_dataset
-    from labelstore.pipeline.teach_videoqa import teach_videoqa
+    from labelstore.pipeline.teach_videoqa import VideoQATeachConfig, teach_videoqa
     from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_questions
     from labelstore.pipeline.video import FrameSampler, VideoFolder
     from labelstore.pipeline.videoqa_data import ClipCache, prepare_questions
@@ -131,8 +131,8 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
 
     store = os.path.join(out, "videoqa.zarr")
     st = teach_videoqa(store, videos, student_q, tokenizer, vocab, teacher, FrameSampler(num_frames=m),
-                       epochs=r["store_epochs"], seed=0, top_k=None, mc_passes=r["mc_passes"], batch_size=256,
-                       shard_rows=512, frame_size=fs, overwrite=True)
+                       VideoQATeachConfig(epochs=r["store_epochs"], seed=0, top_k=None, mc_passes=r["mc_passes"],
+                                          batch_size=256, shard_rows=512, frame_size=fs), overwrite=True)
     views = st["views"]
     meta = {"recipe": r, "videos": str(data["videos"]), "questions_train": student_q, "questions_teacher": str(data["questions_train"]),
             "questions_test": str(data["questions_test"]), "teacher": ckpt, "store": store,

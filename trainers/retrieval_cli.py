@@ -9,7 +9,7 @@ import torch
 
 import labelstore
 from labelstore.errors import ConfigError, StoreError, StoreMismatch
-from labelstore.pipeline.teach_retrieval import teach_retrieval
+from labelstore.pipeline.teach_retrieval import RetrievalTeachConfig, teach_retrieval
 from labelstore.pipeline.teacher import weights_hash
 from labelstore.pipeline.text import Tokenizer, read_captions
 from labelstore.pipeline.video import FeatureH5, FrameSampler, VideoFolder, VideoPolicy
@@ -111,8 +111,9 @@ def cli_teach_retrieval(
     if extra.get("frame_size") is not None and int(extra["frame_size"]) != frame_size:
         raise ConfigError(f"teacher {teacher_spec!r} was saved for frame_size {extra['frame_size']}, not {frame_size}")
     policy = VideoPolicy(FrameSampler(num_frames), frame_size=(frame_size, frame_size))
-    stats = teach_retrieval(str(out), videos, captions_path, tok, teacher, policy, epochs=epochs, seed=seed,
-                                  mode=mode, batch_size=batch_size, resume=resume, overwrite=overwrite, progress=progress)
+    cfg = RetrievalTeachConfig(epochs=epochs, seed=seed, mode=mode, batch_size=batch_size)
+    stats = teach_retrieval(str(out), videos, captions_path, tok, teacher, policy, cfg, resume=resume, overwrite=overwrite,
+                            progress=progress)
     return {**stats, "store": str(out), "teacher": str(teacher_spec), "tokenizer": tok_src,
             "num_frames": num_frames, "frame_size": frame_size}
 

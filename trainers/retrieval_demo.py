@@ -21,7 +21,7 @@ import torch
 import labelstore
 from labelstore.errors import ConfigError
 from labelstore.pipeline import builtin_video as bv
-from labelstore.pipeline.teach_retrieval import dense_similarity, repr_cat, teach_retrieval
+from labelstore.pipeline.teach_retrieval import RetrievalTeachConfig, dense_similarity, repr_cat, teach_retrieval
 from labelstore.pipeline.text import Tokenizer, read_captions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
 from labelstore.trainers.retrieval import evaluate_retrieval, train_retrieval_student
@@ -86,8 +86,9 @@ def prepare_retrieval(out: str | os.PathLike, *, seed: int = 0, progress: bool =
          f"({teacher_seconds:.1f}s) -> {ckpt}")
 
     store_path = str(out / "retrieval.zarr")
-    stage = teach_retrieval(store_path, videos, caps, tok, teacher, policy, epochs=r["student_epochs"], seed=seed,
-                            mode="dense", batch_size=B, overwrite=True)
+    stage = teach_retrieval(store_path, videos, caps, tok, teacher, policy,
+                            RetrievalTeachConfig(epochs=r["student_epochs"], seed=seed, mode="dense", batch_size=B),
+                            overwrite=True)
     echo(f"[3/3] teacher stage: {stage['seconds']:.1f}s, {stage['pairs_per_s']:.0f} pairs/s -> {store_path}")
     student_kw = {"vocab_size": len(tok), "dim": int(r["student_dim"]), "frame_size": 32, "num_frames": nf}
     return {"recipe": r, "data": d, "videos": videos, "tok": tok, "teacher": teacher, "teacher_metrics": teacher_metrics,
@@ -173,8 +174,9 @@ def bench_retrieval(threads: int = 1, n_train: int = 200, epochs: int = 2, batch
         torch.manual_seed(seed)
         teacher = CrossModalTeacher(len(tok)).eval()
         path = str(Path(tmp) / "b.zarr")
-        stage = teach_retrieval(path, videos, caps, tok, teacher, policy, epochs=epochs, seed=seed, mode="dense",
-                                batch_size=batch_size, overwrite=True)
+        stage = teach_retrieval(path, videos, caps, tok, teacher, policy,
+                                RetrievalTeachConfig(epochs=epochs, seed=seed, mode="dense", batch_size=batch_size),
+                                overwrite=True)
         store = labelstore.open(path)
         # bare teacher: the same frames (already decoded) and computation, nothing stored
         from labelstore.pipeline.retrieval_data import (FRAME_TEMPERATURE, FrameCache, caption_rows, frame_targets,

@@ -126,7 +126,7 @@ def cli_teach_videoqa(
     num_frames/frame_size must match the checkpoint's extra when it records them. Returns
     teach_videoqa's dict plus {"store", "num_questions", "num_answers", "teacher"}.
     """
-    from labelstore.pipeline.teach_videoqa import teach_videoqa
+    from labelstore.pipeline.teach_videoqa import VideoQATeachConfig, teach_videoqa
     from labelstore.pipeline.teacher import weights_hash
     from labelstore.pipeline.text import read_questions
     from labelstore.pipeline.video import VideoFolder
@@ -164,10 +164,10 @@ def cli_teach_videoqa(
         f"{len(tokenizer)} words, {len(vocab)} answers")
     teacher_info = {"name": type(teacher).__name__, "spec": teacher_spec, "weights_sha256": weights_hash(teacher),
                     "params": int(sum(p.numel() for p in teacher.parameters()))}
+    cfg = VideoQATeachConfig(epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
+                             frame_size=(frame_size, frame_size), strict_answers=strict_answers)
     st = teach_videoqa(str(out), videos, questions_path, tokenizer, vocab, teacher, FrameSampler(num_frames=num_frames),
-                       epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
-                       frame_size=(frame_size, frame_size), strict_answers=strict_answers, teacher_info=teacher_info,
-                       resume=resume, overwrite=overwrite, progress=progress)
+                       cfg, teacher_info=teacher_info, resume=resume, overwrite=overwrite, progress=progress)
     store = labelstore.open(str(out))
     res = {**st, "store": str(out), "num_questions": store.num_samples, "num_answers": len(vocab), "teacher": teacher_info,
            "vocab_source": source}

@@ -78,12 +78,13 @@ def run_videoqa_demo(out_dir: str | os.PathLike, seed: int = 0, progress: bool =
                             {"num_tokens": len(tokenizer), "num_answers": len(vocab), "num_frames": m, "frame_size": cfg["size"]},
                             tokenizer, vocab, m, cfg["size"])
 
-    from labelstore.pipeline.teach_videoqa import teach_videoqa
+    from labelstore.pipeline.teach_videoqa import VideoQATeachConfig, teach_videoqa
 
     store_path = str(out_dir / "videoqa.zarr")
     st = teach_videoqa(store_path, videos, data["questions_train"], tokenizer, vocab, teacher, sampler,
-                       epochs=cfg["store_epochs"], seed=seed, top_k=cfg["top_k"], mc_passes=cfg["mc_passes"],
-                       batch_size=256, shard_rows=512, frame_size=fs, strict_answers=False, overwrite=True)
+                       VideoQATeachConfig(epochs=cfg["store_epochs"], seed=seed, top_k=cfg["top_k"],
+                                          mc_passes=cfg["mc_passes"], batch_size=256, shard_rows=512, frame_size=fs,
+                                          strict_answers=False), overwrite=True)
     log(f"teacher stage: {st['views']} views, T={cfg['mc_passes']}, K={st['top_k']}, {st['seconds']:.1f}s", flush=True)
 
     runs = [("CE", "ce", "cache"), ("CE + KD (store)", "kd", "cache"),
@@ -113,7 +114,7 @@ def run_videoqa_demo(out_dir: str | os.PathLike, seed: int = 0, progress: bool =
 def bench_videoqa(mc_passes: int = 8, seed: int = 0) -> dict:
     """Teacher-stage views/s with T MC passes, head-only vs the whole teacher T times; and the student
     step from the store vs with the online teacher (T passes). Small built-in data; < 60 s on 2 cores."""
-    from labelstore.pipeline.teach_videoqa import teach_videoqa
+    from labelstore.pipeline.teach_videoqa import VideoQATeachConfig, teach_videoqa
     from labelstore.trainers.videoqa_models import videoqa_student, videoqa_teacher
 
     torch.set_num_threads(2)
@@ -126,8 +127,9 @@ def bench_videoqa(mc_passes: int = 8, seed: int = 0) -> dict:
         res = {}
         for name, head_only in (("warmup", True), ("head_only", True), ("full", False)):
             st = teach_videoqa(str(tmp / f"{name}.zarr"), videos, data["questions_train"], tokenizer, vocab, teacher,
-                               sampler, epochs=4, seed=seed, top_k=64, mc_passes=mc_passes, batch_size=128,
-                               shard_rows=256, strict_answers=False, head_only=head_only, overwrite=True)
+                               sampler, VideoQATeachConfig(epochs=4, seed=seed, top_k=64, mc_passes=mc_passes, batch_size=128,
+                                                           shard_rows=256, strict_answers=False),
+                               head_only=head_only, overwrite=True)
             res[f"teach_views_per_s_{name}"] = st["views_per_s"]
         res.pop("teach_views_per_s_warmup")
         cache = ClipCache(videos)
