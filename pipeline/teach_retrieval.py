@@ -115,7 +115,8 @@ class RetrievalTask:
     def __init__(self, videos, caps: list[Caption], cap_path: str | None, tokenizer: Tokenizer,
                  teacher: torch.nn.Module, policy: VideoPolicy, cfg: RetrievalTeachConfig, teacher_name: str | None):
         self.videos, self.caps, self.teacher, self.policy = videos, caps, teacher.eval(), policy
-        mode, batch_size, text_max_len, chunk_rows, digests = cfg.mode, cfg.batch_size, cfg.text_max_len, cfg.chunk_rows, cfg.digests
+        mode, batch_size, text_max_len, chunk_rows, digests = (cfg.mode, cfg.batch_size, cfg.text_max_len, cfg.chunk_rows,
+                                                               cfg.digests)
         self.mode, self.batch_size, self.seed, self.digests, self.chunk_rows = mode, batch_size, int(cfg.seed), digests, chunk_rows
         self.frame_temperature = float(cfg.frame_temperature)
         self.src_rows, self.caption_video = caption_rows(videos, caps, cap_path)
