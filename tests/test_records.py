@@ -1,5 +1,5 @@
 """pipeline/records.py (teacher buffers, top-k records, MC seeds), the teach configs' checks, writer.create's
-per-array shard rows, and tools/compare_stores.py (stores equal array by array and attribute by attribute)."""
+per-array shard rows, and tests/compare_stores.py (stores equal array by array and attribute by attribute)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _compare_stores():
-    spec = importlib.util.spec_from_file_location("compare_stores", ROOT / "tools" / "compare_stores.py")
+    spec = importlib.util.spec_from_file_location("compare_stores", ROOT / "tests" / "compare_stores.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.compare

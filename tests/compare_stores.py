@@ -1,13 +1,13 @@
 """Are two label stores equal, array by array and attribute by attribute? And: do two builds of
 labelstore write equal stores for the same `labelstore teach` arguments?
 
-    python tools/compare_stores.py A.zarr B.zarr
+    python tests/compare_stores.py A.zarr B.zarr
         prints every difference (exit status 1 if any): group attributes, and per array its
         metadata (shape, dtype, chunks, shards, codecs, dimension names, attributes) and its values
         (bitwise: NaN == NaN, -0 != +0). Ignored: the timestamps `created` / `completed` (at any depth:
         the integrity attribute holds a checksum of each attribute).
 
-    python tools/compare_stores.py --before OLD/bin/labelstore --after NEW/bin/labelstore --work DIR
+    python tests/compare_stores.py --before OLD/bin/labelstore --after NEW/bin/labelstore --work DIR
         writes small datasets and teacher checkpoints into DIR (once), runs both executables'
         `teach` with the same arguments for each case of CASES (classification, videoqa, and the
         three retrieval similarity modes) and compares each pair of stores.
