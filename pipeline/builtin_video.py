@@ -94,7 +94,7 @@ def rgb_to_yuv(frames: np.ndarray, chroma: str = "444") -> tuple[np.ndarray, np.
 
     U, V are [T, H, W] for chroma="444"; for "420" each is the rounded mean of its 2x2 block,
     (a + b + c + d + 2) >> 2, [T, H/2, W/2]. The same bytes on every machine and in every
-    process (libswscale picks SIMD paths and slice threads at run time).
+    process, whatever SIMD paths and slice threads libswscale would pick at run time.
     """
     rgb = frames.astype(np.int32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
