@@ -3,7 +3,7 @@
 A view of sample `i` in epoch `e` is a pure function of (source image, params), and the
 params are a pure function of (seed, e, i, source shape, num_samples), drawn from the
 counter-based RNG in :mod:`labelstore.pipeline.rng`. The teacher samples and records the params; a
-student replays the identical pixels from the recorded params with :meth:`Policy.render`.
+student replays the identical pixels from the recorded params with :meth:`Policy.render_batch`.
 
 Ops are small frozen dataclasses:
 
@@ -63,7 +63,7 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Bump when the pixel semantics of render() change: views recorded under another render
+# Bump when the pixel semantics of render_batch() change: views recorded under another render
 # version cannot be replayed bit-identically.
 RENDER_VERSION = 3  # 2: uint8 views from the integer kernels of pipeline/kernels.py; 3: vertical pass first
 
@@ -715,12 +715,6 @@ class Policy:
     def to_input(self, views: "Views", device=None) -> torch.Tensor:
         """float32 [B, 3, H, W] model input of a rendered batch, on `device` (see to_input)."""
         return to_input(views.x, views.partner, views.lam, self.mean, self.std, device)
-
-    def render(self, image: np.ndarray, row: dict, partner_image=None, partner_row=None) -> torch.Tensor:
-        """float32 [3, out_H, out_W] normalised view of one sample (render_batch + to_input)."""
-        rows = {k: np.asarray(v)[None] for k, v in row.items()}
-        prows = {k: np.asarray(v)[None] for k, v in partner_row.items()} if partner_row is not None else None
-        return self.to_input(self.render_batch([image], rows, [partner_image], prows))[0]
 
     # ---- serialisation
 

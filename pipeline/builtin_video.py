@@ -9,8 +9,9 @@
   training annotation ("answer") is one of them drawn at random, "answers" is the full set.
 * `make_feature_h5`: random per-frame features for `FeatureH5` tests.
 
-Generation is deterministic for a seed: every video is drawn from its own
-`np.random.default_rng([seed, split, index])`, and libx264 runs single-threaded.
+Generation is byte-deterministic for a seed, across processes and machines with the same PyAV
+build: every video is drawn from its own `np.random.default_rng([seed, split, index])` and
+written by `write_video` (integer RGB -> YUV, single-threaded libx264, bit-exact muxer).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "large_answer_vocabulary",
     "make_feature_h5",
     "write_video",
+    "rgb_to_yuv",
     "video_codec",
 ]
 
@@ -83,8 +85,42 @@ def video_codec() -> str:
     return _CODEC
 
 
+def rgb_to_yuv(frames: np.ndarray, chroma: str = "444") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 [T, H, W, 3] RGB -> uint8 (Y [T, H, W], U, V), BT.601 limited range, in exact integers:
+
+        Y = ((66 R + 129 G + 25 B + 128) >> 8) + 16
+        U = ((-38 R - 74 G + 112 B + 128) >> 8) + 128
+        V = ((112 R - 94 G - 18 B + 128) >> 8) + 128
+
+    U, V are [T, H, W] for chroma="444"; for "420" each is the rounded mean of its 2x2 block,
+    (a + b + c + d + 2) >> 2, [T, H/2, W/2]. The same bytes on every machine and in every
+    process, whatever SIMD paths and slice threads libswscale would pick at run time.
+    """
+    rgb = frames.astype(np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128
+    v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128
+    if chroma == "420":
+        u, v = ((c[:, 0::2, 0::2] + c[:, 0::2, 1::2] + c[:, 1::2, 0::2] + c[:, 1::2, 1::2] + 2) >> 2 for c in (u, v))
+    return y.astype(np.uint8), u.astype(np.uint8), v.astype(np.uint8)
+
+
+# libx264 options. mbtree=0: x264's macroblock-tree rate control reads uninitialised lookahead
+# memory on frames this small, so with it the bitstream (and the decoded pixels) depend on what the
+# heap held before (seen as 9 of 48 test videos changing under MALLOC_PERTURB_). One thread of
+# every kind (frame, slice, lookahead) so nothing depends on scheduling either.
+_X264_OPTIONS = {"crf": "12", "preset": "veryfast", "threads": "1",
+                 "x264-params": "mbtree=0:threads=1:lookahead-threads=1:sliced-threads=0:sync-lookahead=0"}
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = _FPS, codec: str | None = None, gop: int | None = None) -> str:
-    """Write uint8 [T, H, W, 3] RGB frames (H, W even) to an .mp4; returns the codec used."""
+    """Write uint8 [T, H, W, 3] RGB frames (H, W even) to an .mp4; returns the codec used.
+
+    Byte-deterministic: RGB -> YUV by `rgb_to_yuv` (yuv444p for libx264, yuv420p for mpeg4), so
+    the encoder gets frames in its own pixel format and libswscale never runs; single-threaded
+    encoder; the muxer in bit-exact mode (no library version strings).
+    """
     import av
 
     frames = np.asarray(frames, dtype=np.uint8)
@@ -92,19 +128,26 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = _FPS, co
     if h % 2 or w % 2:
         raise ConfigError(f"write_video: frame size must be even for yuv420p, got {h}x{w}")
     codec = codec or video_codec()
-    with av.open(str(path), "w", format="mp4") as c:
+    pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
+    y, u, v = rgb_to_yuv(frames, "444" if pix_fmt == "yuv444p" else "420")
+    with av.open(str(path), "w", format="mp4", container_options={"fflags": "+bitexact"}) as c:
         s = c.add_stream(codec, rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, ("yuv444p" if codec == "libx264" else "yuv420p")
+        s.width, s.height, s.pix_fmt = w, h, pix_fmt
         s.codec_context.thread_count = 1
         if gop is not None:
             s.codec_context.gop_size = int(gop)
         if codec == "libx264":
-            s.options = {"crf": "12", "preset": "veryfast", "threads": "1"}  # multi-threaded x264 is not byte-deterministic
+            s.codec_context.options = dict(_X264_OPTIONS)
         else:  # mpeg4: near-lossless quantiser
             s.bit_rate = max(2_000_000, 2 * h * w * 3 * fps)
             s.codec_context.qmin, s.codec_context.qmax = 1, 3
-        for arr in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+        for k in range(t):
+            if pix_fmt == "yuv444p":
+                frame = av.VideoFrame.from_ndarray(np.stack([y[k], u[k], v[k]]), format="yuv444p")  # [3, H, W]
+            else:
+                frame = av.VideoFrame.from_ndarray(np.concatenate([y[k].ravel(), u[k].ravel(), v[k].ravel()]).reshape(h * 3 // 2, w), format="yuv420p")
+            frame.pts = k
+            for p in s.encode(frame):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)

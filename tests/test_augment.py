@@ -34,8 +34,15 @@ def _images(shapes, seed=0):
     return [rs.integers(0, 256, size=(int(h), int(w), 3), dtype=np.uint8) for h, w in shapes]
 
 
+def _render(pol, image, row, partner_image=None, partner_row=None) -> torch.Tensor:
+    """float32 [3, out_H, out_W] normalised view of one sample: Policy.render_batch + to_input."""
+    rows = {k: np.asarray(v)[None] for k, v in row.items()}
+    prows = {k: np.asarray(v)[None] for k, v in partner_row.items()} if partner_row is not None else None
+    return pol.to_input(pol.render_batch([image], rows, [partner_image], prows))[0]
+
+
 def _raw(img):
-    """uint8 HWC -> float [3, H, W] in [0, 1], the way render converts (mean 0 / std 1 policies)."""
+    """uint8 HWC -> float [3, H, W] in [0, 1], the way _render converts (mean 0 / std 1 policies)."""
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
 
 
@@ -226,26 +233,26 @@ def test_selfmix_params():
 def test_crop_of_full_box_is_identity_and_subbox_is_exact():
     img = _images([(6, 9)])[0]
     pol = Policy((RandomResizedCrop(),), output_size=(6, 9), mean=ZERO, std=ONE)
-    out = pol.render(img, {"rrc/box": np.array([0, 0, 6, 9], np.uint16)})
+    out = _render(pol, img, {"rrc/box": np.array([0, 0, 6, 9], np.uint16)})
     assert torch.equal(out, _raw(img))
     sub = Policy((RandomResizedCrop(),), output_size=(3, 5), mean=ZERO, std=ONE)
-    out = sub.render(img, {"rrc/box": np.array([2, 1, 3, 5], np.uint16)})  # (y, x, h, w)
+    out = _render(sub, img, {"rrc/box": np.array([2, 1, 3, 5], np.uint16)})  # (y, x, h, w)
     assert torch.equal(out, _raw(img[2:5, 1:6]))
     with pytest.raises(ValueError, match="not inside"):
-        sub.render(img, {"rrc/box": np.array([4, 1, 3, 5], np.uint16)})
+        _render(sub, img, {"rrc/box": np.array([4, 1, 3, 5], np.uint16)})
 
 
 def test_resize_preserves_constant_and_normalises():
     mean, std = (0.5, 0.25, 0.75), (0.2, 0.3, 0.4)
     img = np.empty((17, 11, 3), np.uint8)
     img[:] = [128, 64, 191]
-    out = eval_policy((32, 32), mean=mean, std=std).render(img, {})
+    out = _render(eval_policy((32, 32), mean=mean, std=std), img, {})
     expect = (torch.tensor([128, 64, 191]) / 255.0 - torch.tensor(mean)) / torch.tensor(std)
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     assert torch.allclose(out, expect.view(3, 1, 1).expand(3, 32, 32), atol=1e-5)
     # keep_aspect takes the centred crop with the output aspect
     img = _images([(10, 20)])[0]
-    out = Policy((Resize(keep_aspect=True),), (10, 10), ZERO, ONE).render(img, {})
+    out = _render(Policy((Resize(keep_aspect=True),), (10, 10), ZERO, ONE), img, {})
     assert torch.equal(out, _raw(img[:, 5:15]))
 
 
@@ -253,11 +260,11 @@ def test_flip_reverses_columns():
     img = _images([(5, 7)])[0]
     pol = Policy((RandomResizedCrop(), HorizontalFlip()), (5, 7), ZERO, ONE)
     box = np.array([0, 0, 5, 7], np.uint16)
-    assert torch.equal(pol.render(img, {"rrc/box": box, "flip/flag": np.bool_(True)}), _raw(img[:, ::-1]))
-    assert torch.equal(pol.render(img, {"rrc/box": box, "flip/flag": np.bool_(False)}), _raw(img))
+    assert torch.equal(_render(pol, img, {"rrc/box": box, "flip/flag": np.bool_(True)}), _raw(img[:, ::-1]))
+    assert torch.equal(_render(pol, img, {"rrc/box": box, "flip/flag": np.bool_(False)}), _raw(img))
     # flip before the crop flips the source: the crop box is taken from the mirrored image
     pre = Policy((HorizontalFlip(), RandomResizedCrop()), (5, 3), ZERO, ONE)
-    out = pre.render(img, {"rrc/box": np.array([0, 0, 5, 3], np.uint16), "flip/flag": True})
+    out = _render(pre, img, {"rrc/box": np.array([0, 0, 5, 3], np.uint16), "flip/flag": True})
     assert torch.equal(out, _raw(img[:, ::-1][:, :3]))
 
 
@@ -268,7 +275,7 @@ def test_jitter_identity_and_each_factor():
     x = _raw(img)
 
     def r(f):
-        return pol.render(img, {"rrc/box": box, "jitter/factors": np.array(f, np.float16)})
+        return _render(pol, img, {"rrc/box": box, "jitter/factors": np.array(f, np.float16)})
 
     def u8(f):  # the rendered view back to integers
         return torch.round(r(f) * 255).to(torch.int64)
@@ -298,18 +305,18 @@ def test_cutmix_box_pixels_come_from_partner():
     # the partner's own mixing params are ignored (no third image needed)
     prow = {"rrc/box": full, "flip/flag": True, "cutmix/partner": np.int32(9),
             "cutmix/box": np.array([0, 0, 8, 10], np.uint16), "cutmix/lam": np.float16(0)}
-    out = pol.render(own, row, other, prow)
+    out = _render(pol, own, row, other, prow)
     expect = _raw(own).clone()
     expect[:, 1:4, 2:6] = _raw(other[:, ::-1])[:, 1:4, 2:6]  # partner's base view (flipped)
     assert torch.equal(out, expect)
     assert pol.mix_weights(row) == 1 - 12 / 80
     with pytest.raises(ValueError, match="cutmix"):
-        pol.render(own, row)
+        _render(pol, own, row)
     with pytest.raises(ValueError, match="cutmix"):
-        pol.render(own, row, other, None)
+        _render(pol, own, row, other, None)
     # unmixed row needs no partner
     row0 = dict(row, **{"cutmix/partner": np.int32(-1), "cutmix/box": np.zeros(4, np.uint16)})
-    assert torch.equal(pol.render(own, row0), _raw(own)) and pol.mix_weights(row0) == 1.0
+    assert torch.equal(_render(pol, own, row0), _raw(own)) and pol.mix_weights(row0) == 1.0
 
 
 def test_mixup_blend_exact():
@@ -318,12 +325,12 @@ def test_mixup_blend_exact():
     full = np.array([0, 0, 8, 10], np.uint16)
     row = {"rrc/box": full, "flip/flag": False, "mixup/partner": np.int32(1), "mixup/lam": np.float16(0.25)}
     prow = {"rrc/box": full, "flip/flag": False, "mixup/partner": np.int32(-1), "mixup/lam": np.float16(1)}
-    out = pol.render(own, row, other, prow)
+    out = _render(pol, own, row, other, prow)
     u8 = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() for a in (own, other)]
     assert torch.equal(out, (0.25 * u8[0] + 0.75 * u8[1]) / 255.0)  # blended on uint8 values, then scaled
     assert pol.mix_weights(row) == 0.25
     with pytest.raises(ValueError, match="mixup"):
-        pol.render(own, row, None, prow)
+        _render(pol, own, row, None, prow)
 
 
 def test_selfmix_pastes_second_crop():
@@ -331,11 +338,11 @@ def test_selfmix_pastes_second_crop():
     pol = Policy((RandomResizedCrop(), SelfMix()), (8, 8), ZERO, ONE)
     row = {"rrc/box": np.array([0, 0, 8, 8], np.uint16), "selfmix/apply": True,
            "selfmix/box2": np.array([2, 3, 4, 5], np.uint16), "selfmix/paste": np.array([1, 0, 4, 5], np.uint16)}
-    out = pol.render(img, row)
+    out = _render(pol, img, row)
     expect = _raw(img).clone()
     expect[:, 1:5, 0:5] = _raw(img[2:6, 3:8])
     assert torch.equal(out, expect)
-    assert torch.equal(pol.render(img, dict(row, **{"selfmix/apply": False})), _raw(img))
+    assert torch.equal(_render(pol, img, dict(row, **{"selfmix/apply": False})), _raw(img))
     assert pol.mix_weights(row) == 1.0
 
 
@@ -356,7 +363,7 @@ def test_render_batch_equals_render_with_variable_sizes(name):
     assert batch.shape == (n, 3, 24, 20) and batch.dtype == torch.float32
     assert torch.isfinite(batch).all()
     for i in range(n):
-        one = pol.render(images[i], _row(p, i), pimgs[i], _row(prows, i))
+        one = _render(pol, images[i], _row(p, i), pimgs[i], _row(prows, i))
         assert torch.equal(batch[i], one), i
     # views differ between samples (not a constant output)
     assert not torch.equal(batch[0], batch[1])
@@ -385,13 +392,13 @@ def test_render_validates_row_and_image():
     pol = make_policy("crop-flip")
     img = _images([(10, 10)])[0]
     with pytest.raises(ValueError, match="flip/flag"):
-        pol.render(img, {"rrc/box": np.array([0, 0, 5, 5], np.uint16)})
+        _render(pol, img, {"rrc/box": np.array([0, 0, 5, 5], np.uint16)})
     with pytest.raises(ValueError, match="shape"):
-        pol.render(img, {"rrc/box": np.array([0, 0, 5], np.uint16), "flip/flag": True})
+        _render(pol, img, {"rrc/box": np.array([0, 0, 5], np.uint16), "flip/flag": True})
     with pytest.raises(ValueError, match="uint8"):
-        pol.render(img.astype(np.float32), {"rrc/box": np.array([0, 0, 5, 5], np.uint16), "flip/flag": True})
+        _render(pol, img.astype(np.float32), {"rrc/box": np.array([0, 0, 5, 5], np.uint16), "flip/flag": True})
     gray = img[:, :, 0]  # 2-D grayscale is accepted as RGB: equal channels before normalising
-    out = pol.render(gray, {"rrc/box": np.array([0, 0, 5, 5], np.uint16), "flip/flag": False})
+    out = _render(pol, gray, {"rrc/box": np.array([0, 0, 5, 5], np.uint16), "flip/flag": False})
     assert torch.allclose(out[0] * 0.229 + 0.485, out[1] * 0.224 + 0.456, atol=1e-6)
 
 

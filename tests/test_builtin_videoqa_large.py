@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -75,6 +78,34 @@ def test_deterministic_bytes(large, tmp_path):
     assert _digests(small["root"])["questions_train.jsonl"] != a["questions_train.jsonl"]
     with pytest.raises(ValueError, match="vocab"):
         bv.make_videoqa_dataset(tmp_path / "bad", **{**ARGS, "vocab": "huge"})
+
+
+def _generate_in_process(root, perturb: int) -> dict[str, str]:
+    """Digests of the ARGS dataset generated in a fresh Python process; glibc's MALLOC_PERTURB_
+    fills its heap with other garbage than the caller's (x264's macroblock tree once read it)."""
+    env = {**os.environ, "MALLOC_PERTURB_": str(perturb)}
+    code = ("import sys; from labelstore.pipeline import builtin_video as bv\n"
+            f"bv.make_videoqa_dataset(sys.argv[1], **{ARGS!r})\n")
+    subprocess.run([sys.executable, "-c", code, str(root)], env=env, check=True)
+    return _digests(root)
+
+
+def test_deterministic_bytes_across_processes(large, tmp_path):
+    """Two other processes, with differently filled heaps, write the same bytes as this one."""
+    here = _digests(large["root"])
+    assert _generate_in_process(tmp_path / "p85", 85) == here
+    assert _generate_in_process(tmp_path / "p170", 170) == here
+
+
+def test_rgb_to_yuv_integer_formula():
+    """BT.601 limited range: black, white and pure colours; 4:2:0 chroma is the rounded 2x2 mean."""
+    rgb = np.array([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 0, 255]], np.uint8).reshape(1, 2, 2, 3)
+    y, u, v = bv.rgb_to_yuv(rgb)
+    assert y.ravel().tolist() == [16, 235, 82, 41]
+    assert u.ravel().tolist() == [128, 128, 90, 240] and v.ravel().tolist() == [128, 128, 240, 110]
+    y4, u4, v4 = bv.rgb_to_yuv(rgb, "420")
+    assert y4.shape == (1, 2, 2) and u4.shape == v4.shape == (1, 1, 1)
+    assert (int(u4[0, 0, 0]), int(v4[0, 0, 0])) == ((128 + 128 + 90 + 240 + 2) >> 2, (128 + 128 + 240 + 110 + 2) >> 2)
 
 
 def test_prepare_questions_accepts_it(large):

@@ -52,8 +52,7 @@ def test_cli_experiment_retrieval_end_to_end_and_resume(tmp_path):
 def _fresh(code: str):
     """The JSON a Python snippet prints last, run in a fresh process: `labelstore demo` and `labelstore
     experiment` are processes of their own. (Within one process, a cache-mode TeachCLIP student run
-    changes later training runs, and on a loaded machine two processes can differ too: a known defect
-    whose cause is not found yet.)"""
+    changes later training runs.)"""
     p = subprocess.run([sys.executable, "-c", "import json, torch\ntorch.set_num_threads(1)\n" + code],
                        capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -86,8 +85,6 @@ def test_arms_are_deterministic_and_bogus_arms_refused(tmp_path):
         er.make_arms(meta, ["bogus"])
 
 
-@pytest.mark.xfail(strict=False, reason="known defect: on a loaded machine, two processes can train different "
-                   "retrieval teachers from the same seed (cause not found); passes on an idle machine")
 def test_the_demo_trains_the_experiments_students(tmp_path):
     """The demo at seed s trains exactly the experiment's teachclip / teachclip-online / infonce students of
     seed s (same teacher, same metrics), for s = 0 and 1, each command in a process of its own."""

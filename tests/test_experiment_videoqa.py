@@ -63,7 +63,8 @@ def test_store_holds_the_full_ranking(large):
         ids = rec["topk_indices"].astype(np.int64)
         # every answer once per view, in the teacher's order: the stored ranking is the teacher's full ranking
         assert (np.sort(ids, axis=1) == np.arange(A)).all()
-        np.testing.assert_array_equal(ids, torch.argsort(p, dim=1, descending=True, stable=True).numpy())
+        ranked = p.gather(1, torch.as_tensor(ids))  # exact ties in any order: the store ranks with torch.topk
+        assert (ranked[:, :-1] >= ranked[:, 1:]).all()
         np.testing.assert_array_equal(rec["topk_values"], p.gather(1, torch.as_tensor(ids)).numpy().astype(np.float16))
 
 
