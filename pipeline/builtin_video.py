@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from labelstore.errors import ConfigError
+from labelstore.extras import require
 
 __all__ = [
     "COLOURS",
@@ -66,7 +67,7 @@ def video_codec() -> str:
     if _CODEC is None:
         import io
 
-        import av
+        av = require("av", "writing video files")
 
         try:
             buf = io.BytesIO()
@@ -85,7 +86,7 @@ def video_codec() -> str:
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = _FPS, codec: str | None = None, gop: int | None = None) -> str:
     """Write uint8 [T, H, W, 3] RGB frames (H, W even) to an .mp4; returns the codec used."""
-    import av
+    av = require("av", "writing video files")
 
     frames = np.asarray(frames, dtype=np.uint8)
     t, h, w, _ = frames.shape

@@ -224,9 +224,8 @@ def store_write_error(out: str, e: OSError, created: bool) -> str:
 
 def _run_stage(task: Task, out: str, opened: list, *, resume: bool, overwrite: bool, rank: int, world_size: int,
                max_units: int | None, decode_workers: int, progress: bool, depth: int) -> dict:
-    from tqdm import tqdm
-
     from labelstore import location
+    from labelstore.progress import progress_bar
 
     fresh = overwrite or not location.group_exists(out)
     group = open_store(task, out, resume=resume, overwrite=overwrite, join=world_size > 1)
@@ -234,8 +233,8 @@ def _run_stage(task: Task, out: str, opened: list, *, resume: bool, overwrite: b
     if group.attrs.get("state") == "complete":  # --resume of a finished store: nothing to do, nothing written
         return {**task.stats(0, 0.0), "units": 0, "seconds": 0.0, "complete": True, "already_complete": True}
     units = rank_units(writer.pending_units(group), rank, world_size)[:max_units]
-    bar = tqdm(total=task.work(units), unit=task.count_unit, disable=not progress, desc=f"teach-{task.name}",
-               smoothing=0.1)
+    bar = progress_bar(total=task.work(units), unit=task.count_unit, disable=not progress, desc=f"teach-{task.name}",
+                       smoothing=0.1)
     t0, count = time.perf_counter(), 0
     try:
         with ThreadPoolExecutor(decode_workers) as pool, writer.BackgroundWriter(group) as bg:
