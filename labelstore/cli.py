@@ -300,8 +300,6 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
     """Per-epoch label statistics computed with Dask from the Zarr arrays (progress on stderr)."""
     import contextlib
 
-    from dask.diagnostics import ProgressBar
-
     from labelstore import pipeline as _pipeline  # noqa: F401  (registers the derivation of aug parameters)
     from labelstore import views
 
@@ -315,7 +313,9 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
               "of the statistics")
     if data_spec and store.task != "classification":
         _fail(f"--data: the gallery of replayed views is for classification stores; {store_path} is {store.task}")
-    progress = contextlib.nullcontext() if quiet or scheduler else ProgressBar(out=sys.stderr)
+    from labelstore.progress import dask_progress
+
+    progress = contextlib.nullcontext() if quiet or scheduler else dask_progress("inspect")
     with progress:
         stats = views.inspect_store(store, scheduler=scheduler)
         details = None

@@ -42,7 +42,7 @@ class LogLines(tqdm):
         if total is None and args and hasattr(args[0], "__len__"):
             total = len(args[0])
         kwargs.setdefault("bar_format", LINE_FORMAT if total else LINE_FORMAT_NO_TOTAL)
-        kwargs.setdefault("mininterval", 0.5)
+        kwargs["mininterval"] = 0  # tqdm asks display() at every update; display writes only when a line is due
         super().__init__(*args, **kwargs)
 
     def display(self, msg=None, pos=None):
@@ -74,3 +74,34 @@ def progress_bar(*args, file=None, **kwargs) -> tqdm:
     file = sys.stderr if file is None else file
     cls = tqdm if is_terminal(file) else LogLines
     return cls(*args, file=file, **kwargs)
+
+
+def dask_progress(desc: str = "inspect", file=None):
+    """dask's ProgressBar in a terminal; elsewhere one line per 10 % of each computation's tasks."""
+    from dask.diagnostics import ProgressBar
+    from dask.utils import format_time
+
+    file = sys.stderr if file is None else file
+    if is_terminal(file):
+        return ProgressBar(out=file)
+
+    class _Lines(ProgressBar):
+        def _start(self, dsk):
+            self._next = 0.1
+            super()._start(dsk)
+
+        def _draw_bar(self, frac, elapsed):
+            if frac >= self._next or frac >= 1.0:
+                self._next = (math.floor(frac * 10 + 1e-9) + 1) / 10
+                self._file.write(f"{desc}: {int(100 * frac):3d}% of the tasks [{format_time(elapsed)}]\n")
+                self._file.flush()
+
+        def _finish(self, dsk, state, errored):
+            self._running = False
+            self._timer.join()
+            if not errored:
+                self._draw_bar(1.0, default_timer() - self._start_time)
+
+    from timeit import default_timer
+
+    return _Lines(out=file)
