@@ -25,10 +25,26 @@ def _warn(msg: str | None) -> None:
         click.echo(f"warning: {msg}", err=True)
 
 
+def _configure_logging() -> None:
+    """The library's diagnostics (logger "labelstore") on stderr at $LABELSTORE_LOG (default WARNING);
+    the CLI's own `error:` / `warning:` lines are separate and unchanged."""
+    import logging
+    import os
+
+    level = os.environ.get("LABELSTORE_LOG", "WARNING").upper()
+    log = logging.getLogger("labelstore")
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.NullHandler) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(getattr(logging, level, logging.WARNING))
+
+
 class _Group(click.Group):
     """Known user errors (bad input, mismatched stores, bad options) print one `error:` line, exit 2."""
 
     def main(self, *args, **kwargs):
+        _configure_logging()
         kwargs.pop("standalone_mode", None)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)

@@ -17,6 +17,8 @@ Epochs too large for memory: `window=w` reads in the shard-aware quasi-random or
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -25,6 +27,8 @@ from labelstore.order import quasi_random_order
 from labelstore.reader import register_param_source
 
 from .augment import SAMPLE_VERSION, Policy, Views
+
+log = logging.getLogger(__name__)
 
 TARGET_KEYS = ("topk_values", "topk_indices", "gt", "gt_prob", "mc_values")
 
@@ -53,7 +57,10 @@ def open_data(store, spec):
     is one (is_unlabeled), so no command needs to be told again."""
     from .images import open_source
 
-    return open_source(spec, unlabeled=is_unlabeled(store))
+    unlabeled = is_unlabeled(store)
+    if unlabeled:
+        log.info("%s: a store of an unlabelled folder: %s opened as unlabelled", store.path, spec)
+    return open_source(spec, unlabeled=unlabeled)
 
 
 def _libraries(decoder: dict) -> dict:

@@ -175,7 +175,9 @@ def test_unlabelled_store_with_every_data_command(env):
     assert (store.read_array("gt") == -1).all()
     # the store says it is unlabelled: no command needs --unlabeled (which none but teach has)
     p = run("inspect", w / "photos.zarr", "--report", w / "p.html", "--data", photos, "--quiet")
-    assert "report written" in p.stdout and "<img" in (w / "p.html").read_text()
+    html = (w / "p.html").read_text()
+    assert "report written" in p.stdout and "alt='gallery_uncertain'" in html  # replayed views, picked without gt
+    assert "gallery_hardest" not in html  # hardest / easiest need ground truth
     p = run("verify", w / "photos.zarr", "--data", photos)
     assert p.stdout.strip().endswith("OK")
     p = run("train", "--store", w / "photos.zarr", "--data", photos, "--student", "cnn-micro", "--epochs", "1",
