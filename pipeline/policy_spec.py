@@ -7,7 +7,8 @@
                                                 (or {"ops": [...]}: the same list under "ops")
 
 An op is named by its `name` (rrc, resize, flip, jitter, selfmix, cutmix, mixup, or the name of a
-user op registered with augment.register_op) or by its class name. A field whose default is a pair
+user op registered with augment.register_op) or by its class name; `module:name` imports the
+module defining a user op first (`rrc+my_ops:posterize(p=0.5)`). A field whose default is a pair
 (rrc's scale and ratio) takes two values: `scale=0.5,1.0`. Bare values after `key=v` belong to
 that key. The parsed ops are recorded in the store's `policy` attribute (Policy.to_json), so a
 replay rebuilds exactly them. The geometry op (rrc or resize) is required once, as for any Policy.
@@ -16,6 +17,7 @@ replay rebuilds exactly them. The geometry op (rrc or resize) is required once, 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -24,7 +26,7 @@ from labelstore.errors import ConfigError
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, POLICY_NAMES, Op, Policy, make_policy, registered_ops
 
-_OP = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
+_OP = re.compile(r"^\s*((?:[A-Za-z_][\w.]*:)?[A-Za-z_][\w-]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 
 
 def _ops_by_name() -> dict[str, type[Op]]:
@@ -70,7 +72,15 @@ def _value(cls: type[Op], f: dataclasses.Field, raw: list, op: str):
 
 
 def build_op(name: str, positional: list, keywords: dict[str, list]) -> Op:
-    """An op instance from its name and raw arguments; ConfigError names the op and the bad argument."""
+    """An op instance from its name and raw arguments; ConfigError names the op and the bad argument.
+
+    `module:name` imports `module` first (which registers its ops), e.g. my_ops:posterize(p=0.5)."""
+    if ":" in name:
+        module, _, name = name.partition(":")
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - ImportError, or whatever the module raises while importing
+            raise ConfigError(f"op {module}:{name}: cannot import module {module!r}: {type(e).__name__}: {e}") from e
     ops = _ops_by_name()
     cls = ops.get(name)
     if cls is None:

@@ -142,6 +142,11 @@ def test_op_list_parses_positional_keyword_and_user_ops(tmp_path):
         sys.path.remove(str(tmp_path))
     pol = parse_policy("rrc+posterize(p=0.25)", (8, 8))
     assert isinstance(pol.ops[1], my_ops_byot.Posterize) and pol.ops[1].p == 0.25
+    sys.path.insert(0, str(tmp_path))
+    try:  # module:name imports the module first
+        assert parse_policy("rrc+my_ops_byot:posterize(0.5)", (8, 8)).ops[1].p == 0.5
+    finally:
+        sys.path.remove(str(tmp_path))
     assert Policy.from_json(pol.to_json()) == pol
 
 
