@@ -5,9 +5,15 @@
     arrays = store.to_dask(); ds = store.to_xarray()
 """
 
+import logging
+
 from .errors import ConfigError, DataError, LabelstoreError, StoreError, StoreMismatch, TeacherOutputError
 from .reader import LabelStore, open
 from .schema import FORMAT_VERSION
+
+# diagnostics go through the "labelstore" logger (library convention: silent unless the application
+# configures logging; the CLI does, from $LABELSTORE_LOG, default WARNING)
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 __all__ = ["open", "LabelStore", "LabelstoreError", "StoreError", "StoreMismatch", "DataError", "ConfigError",

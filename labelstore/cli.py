@@ -25,10 +25,26 @@ def _warn(msg: str | None) -> None:
         click.echo(f"warning: {msg}", err=True)
 
 
+def _configure_logging() -> None:
+    """The library's diagnostics (logger "labelstore") on stderr at $LABELSTORE_LOG (default WARNING);
+    the CLI's own `error:` / `warning:` lines are separate and unchanged."""
+    import logging
+    import os
+
+    level = os.environ.get("LABELSTORE_LOG", "WARNING").upper()
+    log = logging.getLogger("labelstore")
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.NullHandler) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(getattr(logging, level, logging.WARNING))
+
+
 class _Group(click.Group):
     """Known user errors (bad input, mismatched stores, bad options) print one `error:` line, exit 2."""
 
     def main(self, *args, **kwargs):
+        _configure_logging()
         kwargs.pop("standalone_mode", None)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
@@ -150,9 +166,18 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
               help="Stored top-k (default: 5 for classification; every answer for videoqa, the full ranking RADI's "
                    "cold lists are drawn from).")
 @click.option("--mc-passes", type=NONNEGATIVE, default=0, show_default=True, help="MC-dropout passes (0 = none).")
-@click.option("--policy", "policy_name", default="crop-flip", show_default=True)
-@click.option("--crop-scale", nargs=2, type=float, default=(0.08, 1.0), show_default=True,
-              help="Random-resized-crop area range.")
+@click.option("--policy", "policy_name", default="crop-flip", show_default=True,
+              help="(classification) A built-in policy (none, crop-flip, crop-flip-jitter, cutmix, mixup, selfmix), "
+                   "an op list such as 'rrc(scale=0.35,1)+flip(p=0.5)' (ops: rrc, resize, flip, jitter, selfmix, "
+                   "cutmix, mixup and registered user ops), or a .json file of ops (docs/cli.md).")
+@click.option("--crop-scale", nargs=2, type=float, default=None,
+              help="Random-resized-crop area range of a built-in policy.  [default: 0.08 1.0]")
+@click.option("--mean", default=None, metavar="R,G,B",
+              help="(classification) The teacher's input mean, recorded in the store and used by every student: "
+                   "input = (pixel/255 - mean) / std.  [default: 0.485,0.456,0.406 (ImageNet)]")
+@click.option("--std", default=None, metavar="R,G,B",
+              help="(classification) The teacher's input std (a value may be a fraction, e.g. 1/255).  "
+                   "[default: 0.229,0.224,0.225 (ImageNet)]")
 @click.option("--image-size", type=POSITIVE, default=32, show_default=True, help="Output resolution of the views.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--num-classes", type=POSITIVE, default=None, help="Teacher classes (default: the dataset's).")
@@ -179,7 +204,7 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
 def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, similarity_mode, teacher, allow_untrained_teacher,
-          out, storage_options, epochs, top_k, mc_passes, policy_name, crop_scale, image_size, seed, num_classes,
+          out, storage_options, epochs, top_k, mc_passes, policy_name, crop_scale, mean, std, image_size, seed, num_classes,
           batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, render_device, amp, skip_bad,
           no_digest, store_params, resume, overwrite, rank, world_size, quiet, as_json) -> None:
     """Run the teacher once over every (epoch, sample) view and write the label store.
@@ -291,8 +316,6 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
     """Per-epoch label statistics computed with Dask from the Zarr arrays (progress on stderr)."""
     import contextlib
 
-    from dask.diagnostics import ProgressBar
-
     from labelstore import pipeline as _pipeline  # noqa: F401  (registers the derivation of aug parameters)
     from labelstore import views
 
@@ -306,7 +329,9 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
               "of the statistics")
     if data_spec and store.task != "classification":
         _fail(f"--data: the gallery of replayed views is for classification stores; {store_path} is {store.task}")
-    progress = contextlib.nullcontext() if quiet or scheduler else ProgressBar(out=sys.stderr)
+    from labelstore.progress import dask_progress
+
+    progress = contextlib.nullcontext() if quiet or scheduler else dask_progress("inspect")
     with progress:
         stats = views.inspect_store(store, scheduler=scheduler)
         details = None
@@ -329,9 +354,9 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
         gallery = None
         if data_spec:
             from labelstore.pipeline.gallery import view_gallery
-            from labelstore.pipeline.images import open_source
+            from labelstore.pipeline.replay import open_data
 
-            gallery = view_gallery(store, open_source(data_spec))
+            gallery = view_gallery(store, open_data(store, data_spec))
         write_report(report, store_info(store), stats, details, gallery)
     if as_json:
         return _echo_json(stats)
@@ -369,7 +394,7 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
     Damage does not stop it: every damaged array and row range is listed, the other checks carry on,
     and the exit status is 1."""
     from labelstore.pipeline import checks
-    from labelstore.pipeline.images import open_source
+    from labelstore.pipeline.replay import open_data
     from labelstore.trainers.models import MODELS
 
     checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
@@ -378,7 +403,7 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
 
     store = labelstore.open(store_path, check_metadata=False)  # edited metadata is listed, not refused
     model = load_teacher(teacher, store.num_classes)[0] if teacher else None
-    r = run_verify(store, open_source(data_spec), teacher=model, samples=samples, seed=seed, device=device)
+    r = run_verify(store, open_data(store, data_spec), teacher=model, samples=samples, seed=seed, device=device)
     if as_json:
         _echo_json(r)
     else:

@@ -44,6 +44,14 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
     return opts
 
 
+def _need_extra(path) -> None:
+    """An s3:// store without s3fs installed: MissingExtra naming labelstore[s3] (not fsspec's ImportError)."""
+    if str(path).split("://", 1)[0] in ("s3", "s3a"):
+        from .extras import require
+
+        require("s3fs", "s3:// stores")
+
+
 def configure(url: str, storage_options: dict[str, Any]) -> None:
     """Make `storage_options` the defaults of every fsspec file system of url's protocol in this
     process (how the command line hands them to every component that opens the store)."""
@@ -56,6 +64,7 @@ def filesystem(path: str | os.PathLike, storage_options: dict[str, Any] | None =
     """(fsspec file system, root path inside it) of a store location."""
     if not is_url(path):
         return fsspec.filesystem("file"), os.path.abspath(local_path(path))
+    _need_extra(path)
     return fsspec.core.url_to_fs(str(path), **(storage_options or {}))
 
 
@@ -68,6 +77,7 @@ def open_group(path: str | os.PathLike, mode: str, storage_options: dict[str, An
     if not isinstance(path, (str, os.PathLike)):  # a zarr Store object
         return zarr.open_group(path, mode=mode, zarr_format=3, **kw)
     if is_url(path):
+        _need_extra(path)
         return zarr.open_group(str(path), mode=mode, zarr_format=3, storage_options=storage_options or None, **kw)
     return zarr.open_group(local_path(path), mode=mode, zarr_format=3, **kw)
 

@@ -151,8 +151,8 @@ def gallery_figure(kind: str, entries: list[dict], title: str) -> bytes:
     n = len(entries)
     fig, axes = plt.subplots(n, 3, figsize=(8.5, 2.4 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1.4]})
     for (a_src, a_view, a_top), e in zip(axes, entries):
-        a_src.imshow(e["source"], interpolation="nearest")
-        sh, sw = e["source"].shape[:2]
+        sh, sw = e.get("source_hw") or e["source"].shape[:2]  # the decoded size; "source" may be a thumbnail
+        a_src.imshow(e["source"], interpolation="nearest", extent=(-0.5, sw - 0.5, sh - 0.5, -0.5))
         a_src.set_xlim(-2, sw + 1)  # a margin, so a crop box along the image border stays visible
         a_src.set_ylim(sh + 1, -2)
         if e["box"] is not None:

@@ -17,7 +17,8 @@ Roles: a *geometry* op (``RandomResizedCrop`` or ``Resize``; exactly one per pol
 the uint8 source into a float32 [3, out_H, out_W] view in [0, 1]; *base* ops (flip, jitter,
 selfmix) edit that view (flip also works on the source before the geometry op); at most one
 *mixing* op (``CutMix`` / ``MixUp``, last in the policy) combines the view with the base view
-of a partner sample of the same epoch. Mean/std normalisation happens at the very end.
+of a partner sample of the same epoch. Mean/std normalisation happens at the very end
+(Policy.to_input, for teacher and students alike).
 
 Every random draw uses stream ``rng.stream_id(f"{op.name}/{param}")`` so ops never share draws.
 """
@@ -57,7 +58,7 @@ __all__ = [
     "make_policy",
     "op_from_json",
     "register_op",
-    "to_input",
+    "registered_ops",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -496,6 +497,11 @@ for _cls in (Resize, RandomResizedCrop, HorizontalFlip, ColorJitter, SelfMix, Cu
     register_op(_cls)
 
 
+def registered_ops() -> dict[str, type[Op]]:
+    """{class name: class} of every registered op (the built-in ones and register_op's)."""
+    return dict(_OP_TYPES)
+
+
 def op_from_json(d: dict) -> Op:
     cls = _OP_TYPES.get(d.get("type"))
     if cls is None:
@@ -529,7 +535,7 @@ class Policy:
             raise ConfigError(f"output_size must be positive, got {self.output_size}")
         object.__setattr__(self, "output_size", (oh, ow))
         mean, std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        if len(mean) != 3 or len(std) != 3 or not min(std) > 0 or not all(math.isfinite(v) for v in mean + std):
             raise ConfigError(f"mean/std must be 3 values with std > 0, got {self.mean}, {self.std}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
@@ -675,7 +681,7 @@ class Policy:
 
         images: N uint8 [H, W, 3] sources; rows: {param key: array [N, ...]} aligned with images;
         partner_images / partner_rows: the partner sample's source and params per view (None
-        where a view is not mixed). CutMix is pasted here; MixUp is blended later by to_input.
+        where a view is not mixed). CutMix is pasted here; MixUp is blended later by Policy.to_input.
         The same bytes on any device: pipeline/render_torch.py. parallel=False renders on the
         calling thread only (for callers that render several batches on their own threads).
         """
@@ -713,8 +719,23 @@ class Policy:
         return boxes
 
     def to_input(self, views: "Views", device=None) -> torch.Tensor:
-        """float32 [B, 3, H, W] model input of a rendered batch, on `device` (see to_input)."""
-        return to_input(views.x, views.partner, views.lam, self.mean, self.std, device)
+        """uint8 views [B, 3, H, W] -> float32 model input on `device`: the one input convention of
+        teacher and students alike (a student's policy is the store's, so are its mean and std).
+
+            v   = lam * x + (1 - lam) * partner        (MixUp; v = x without a partner)
+            out = (v / 255 - mean) / std = (v - 255 mean) / (255 std)    (per RGB channel)
+
+        A replay batch (x, t) is `Views.from_batch(x, t)`; device None keeps the views' device.
+        """
+        x, partner, lam = views.x, views.partner, views.lam
+        device = device if device is not None else x.device
+        v = x.to(device, non_blocking=True).float()
+        if partner is not None:
+            w = lam.to(device, non_blocking=True).float().view(-1, 1, 1, 1)
+            v = w * v + (1.0 - w) * partner.to(device, non_blocking=True).float()
+        m = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+        s = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
+        return v.sub_(m).div_(s)  # in place: the same values as (v - m) / s, one allocation
 
     # ---- serialisation
 
@@ -763,6 +784,11 @@ class Views:
     partner: torch.Tensor | None = None
     lam: torch.Tensor | None = None
 
+    @classmethod
+    def from_batch(cls, x: torch.Tensor, t: dict) -> "Views":
+        """The Views of a replay batch (x, t) of ReplayLoader / ReplayDataset (MixUp: t's view_partner, view_lam)."""
+        return cls(x, t.get("view_partner"), t.get("view_lam"))
+
     def digests(self) -> np.ndarray:
         """uint32 [B] crc32c of the uint8 view; a mixed MixUp view: of own bytes + partner bytes + lam float32."""
         x = self.x.cpu().numpy()
@@ -772,23 +798,6 @@ class Views:
         return np.array([view_digest(x[i]) if lam[i] == 1.0 else
                          view_digest(np.concatenate([x[i].ravel(), p[i].ravel(), lam[i : i + 1].view(np.uint8)]))
                          for i in range(len(x))], np.uint32)
-
-
-def to_input(x: torch.Tensor, partner: torch.Tensor | None, lam: torch.Tensor | None, mean, std,
-             device=None) -> torch.Tensor:
-    """uint8 views [B, 3, H, W] -> float32 model input on `device` (teacher and student alike).
-
-    v = lam * x + (1 - lam) * partner   (MixUp; v = x without a partner)
-    out = (v / 255 - mean) / std = (v - 255 mean) / (255 std)
-    """
-    device = device if device is not None else x.device
-    v = x.to(device, non_blocking=True).float()
-    if partner is not None:
-        w = lam.to(device, non_blocking=True).float().view(-1, 1, 1, 1)
-        v = w * v + (1.0 - w) * partner.to(device, non_blocking=True).float()
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
-    return v.sub_(m).div_(s)  # in place: the same values as (v - m) / s, one allocation
 
 
 POLICY_NAMES = ("none", "crop-flip", "crop-flip-jitter", "cutmix", "mixup", "selfmix")

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from labelstore.errors import ConfigError
+from labelstore.extras import require
 
 __all__ = [
     "COLOURS",
@@ -68,7 +69,7 @@ def video_codec() -> str:
     if _CODEC is None:
         import io
 
-        import av
+        av = require("av", "writing video files")
 
         try:
             buf = io.BytesIO()
@@ -121,7 +122,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = _FPS, co
     the encoder gets frames in its own pixel format and libswscale never runs; single-threaded
     encoder; the muxer in bit-exact mode (no library version strings).
     """
-    import av
+    av = require("av", "writing video files")
 
     frames = np.asarray(frames, dtype=np.uint8)
     t, h, w, _ = frames.shape

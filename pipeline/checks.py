@@ -10,16 +10,9 @@ import torch.nn as nn
 
 from labelstore.errors import ConfigError
 
-from .augment import POLICY_NAMES
 from .teacher import has_dropout
 
 LOW_TOPK_MASS = 0.5  # mean top-k mass below this: the stored top-k drops most of the distribution
-
-
-def check_policy_name(name: str) -> None:
-    """Refuse an unknown augmentation policy name before anything is loaded or written."""
-    if name not in POLICY_NAMES:
-        raise ConfigError(f"--policy {name!r}: unknown policy; choose one of {', '.join(POLICY_NAMES)}")
 
 
 def check_trained_teacher(spec: str | None, builtin_names, allow_untrained: bool) -> None:

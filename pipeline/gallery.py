@@ -17,6 +17,18 @@ from .augment import HorizontalFlip, RandomResizedCrop, Views
 from .replay import check_data, replay_views, store_policy
 
 KINDS = ("hardest", "easiest", "uncertain")
+THUMB_SIDE = 256  # longest side of a source image as the report shows it (drawing full-size photos is slow)
+
+
+def thumbnail(image: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
+    """uint8 [h, w, 3] with max(h, w) <= side (area-averaged; the image itself when already small)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= side:
+        return image
+    from PIL import Image
+
+    f = side / max(h, w)
+    return np.asarray(Image.fromarray(image).resize((max(1, round(w * f)), max(1, round(h * f))), Image.BOX))
 
 
 def view_to_uint8(views: Views, j: int) -> np.ndarray:
@@ -35,14 +47,16 @@ def pick_views(store, n: int = 4) -> tuple[dict[str, list[tuple[int, int, float]
     """(kind -> [(epoch, row, score)], the uncertainty measure): the n samples (one view each) at the
     extremes, computed with Dask; score = gt_prob, or the uncertainty measure for "uncertain".
 
-    Over views with gt >= 0 that were not skipped, per sample the most extreme epoch of
+    Over views that were not skipped (hardest / easiest: with gt >= 0; an unlabelled store has only
+    "uncertain" views), per sample the most extreme epoch of
       hardest   : lowest gt_prob (teacher probability of the ground-truth class)
       easiest   : highest gt_prob
       uncertain : largest std over the MC passes of the top-1 probability; without MC passes the
                   smallest top-1 margin p1 - p2
     """
     a = to_dask(store)
-    valid = (a["gt"].astype("int64") >= 0) & ~a["skipped"]  # [N]
+    decoded = ~a["skipped"]  # [N]
+    labelled = (a["gt"].astype("int64") >= 0) & decoded  # [N]
     gp = a["gt_prob"].astype("float64")  # [E, N]
     if "mc_values" in a:
         measure, unc, most = "MC std", a["mc_values"][..., 0].astype("float64").std(axis=2), True  # [E, N]
@@ -50,7 +64,8 @@ def pick_views(store, n: int = 4) -> tuple[dict[str, list[tuple[int, int, float]
         v = a["topk_values"].astype("float64")  # [E, N, K]
         measure, unc, most = "top-1 margin", v[..., 0] - (v[..., 1] if v.shape[-1] > 1 else 0), False
     todo = {}
-    for kind, value, largest in (("hardest", gp, False), ("easiest", gp, True), ("uncertain", unc, most)):
+    for kind, value, largest, valid in (("hardest", gp, False, labelled), ("easiest", gp, True, labelled),
+                                        ("uncertain", unc, most, decoded)):
         s = da.where(valid[None], value if largest else -value, -np.inf)  # [E, N] larger = more extreme
         todo[kind] = (s.max(0), s.argmax(0), 1.0 if largest else -1.0)  # [N] per sample: extreme, its epoch
     (todo,) = dask.compute(todo)
@@ -64,7 +79,8 @@ def pick_views(store, n: int = 4) -> tuple[dict[str, list[tuple[int, int, float]
 def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
     """kind -> entries for report.gallery_figure, one per view of pick_views(store, n).
 
-    Entry: epoch, row, sample_id, source uint8 [h, w, 3] (the decoded source image), box (y, x, h, w)
+    Entry: epoch, row, sample_id, source uint8 [h, w, 3] (the decoded source image, shrunk to at most
+    THUMB_SIDE pixels a side for display), source_hw (its decoded size), box (y, x, h, w)
     of the recorded random-resized crop in source pixels (None without one), flipped (bool or None),
     partner (the sample mixed in, -1 if none), mix_weight (the own sample's share of the view, 1 if
     unmixed), view uint8 [H, W, 3] (the replayed view), gt (class name), gt_prob, top [(class name,
@@ -87,12 +103,14 @@ def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
             params = {k: rec[k] for k in policy.param_spec()}
             partners = policy.partners(params, 1)
             k = min(3, rec["topk_values"].shape[1])
+            source = data.load(row)
             out[kind].append({
-                "epoch": epoch, "row": row, "sample_id": str(ids[row]), "source": data.load(row),
+                "epoch": epoch, "row": row, "sample_id": str(ids[row]), "source": thumbnail(source),
+                "source_hw": tuple(int(v) for v in source.shape[:2]),
                 "box": [int(v) for v in rec[crop][0]] if crop else None,
                 "flipped": bool(rec[flip][0]) if flip else None, "partner": int(partners[0]),
                 "mix_weight": float(policy.mix_weight_array(params, 1)[0]),
-                "view": view_to_uint8(views, 0), "gt": names[int(rec["gt"][0])],
+                "view": view_to_uint8(views, 0), "gt": names[int(rec["gt"][0])] if rec["gt"][0] >= 0 else "unlabelled",
                 "gt_prob": float(rec["gt_prob"][0]), "score": score,
                 "measure": "gt_prob" if kind != "uncertain" else measure,
                 "top": [(names[int(c)], float(p)) for c, p in zip(rec["topk_indices"][0, :k], rec["topk_values"][0, :k])],

@@ -192,20 +192,20 @@ class ImageFolder:
 
     ``ids`` are paths relative to ``root`` with '/' separators. Hidden files and folders
     (leading '.') are ignored, as are files directly under root.
-    ``labeled=False``: an unlabelled folder: every image file under root (at any depth, sorted),
+    ``unlabeled=True``: an unlabelled folder: every image file under root (at any depth, sorted),
     label -1, no classes (for the teacher stage to label, e.g. ADL's semi-supervised scheme).
     """
 
     kind = "image_folder"
 
-    def __init__(self, root, *, labeled: bool = True, _table: tuple | None = None):
+    def __init__(self, root, *, unlabeled: bool = False, _table: tuple | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist or is not a directory")
         if _table is not None:
             self.ids, self.labels, self.classes = _table
             return
-        if not labeled:
+        if unlabeled:
             self.ids = _image_files(self.root, self.root)
             if not self.ids:
                 raise DataError(f"unlabelled image folder {str(self.root)!r} has no {'/'.join(EXTENSIONS)} files")
@@ -214,7 +214,8 @@ class ImageFolder:
             return
         classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
         if not classes:
-            hint = " (an unlabelled folder? pass --unlabeled)" if _image_files(self.root, self.root) else ""
+            hint = (" (an unlabelled folder of images? `labelstore teach --unlabeled` labels one; commands given its "
+                    "store open it as unlabelled by themselves)") if _image_files(self.root, self.root) else ""
             raise DataError(f"image folder {str(self.root)!r} has no class sub-folders{hint}")
         ids: list[str] = []
         labels: list[int] = []
@@ -472,13 +473,13 @@ class ArrayImages:
 _H5_SPEC = re.compile(r"^(?P<path>.*?\.(?:h5|hdf5))(?::(?P<images>[^:]*))?(?::(?P<labels>[^:]*))?$", re.IGNORECASE)
 
 
-def open_source(spec, labeled: bool = True) -> ImageFolder | HDF5Images:
-    """A directory -> ImageFolder (labeled=False: every image under it, unlabelled);
+def open_source(spec, unlabeled: bool = False) -> ImageFolder | HDF5Images:
+    """A directory -> ImageFolder (unlabeled=True: every image under it, unlabelled);
     "file.h5[:images_key[:labels_key]]" -> HDF5Images."""
     spec = str(spec)
     p = Path(spec)
     if p.is_dir():
-        return ImageFolder(p, labeled=labeled)
+        return ImageFolder(p, unlabeled=unlabeled)
     m = _H5_SPEC.match(spec)
     if m:
         path = m["path"]

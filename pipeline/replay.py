@@ -2,7 +2,7 @@
 
     loader = ReplayLoader(store, data, epoch=3, batch_size=128, shuffle=True, num_workers=2)
     for x, t in loader:     # x [B,3,H,W] uint8; t: dict of tensors (see ReplayLoader)
-        x = loader.policy.to_input(Views(x, t.get("view_partner"), t.get("view_lam")), device)
+        x = loader.policy.to_input(Views.from_batch(x, t), device)
         ...
 
 One path: ReplayLoader is a torch DataLoader over a ReplayDataset that hands out whole batches.
@@ -17,6 +17,8 @@ Epochs too large for memory: `window=w` reads in the shard-aware quasi-random or
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -25,6 +27,8 @@ from labelstore.order import quasi_random_order
 from labelstore.reader import register_param_source
 
 from .augment import SAMPLE_VERSION, Policy, Views
+
+log = logging.getLogger(__name__)
 
 TARGET_KEYS = ("topk_values", "topk_indices", "gt", "gt_prob", "mc_values")
 
@@ -40,6 +44,23 @@ def check_data(store, data) -> None:
             f"{fp.get('kind')} with {fp.get('num_samples')} samples (digest {str(fp.get('digest'))[:12]})"
         )
     check_decoder(store, data)
+
+
+def is_unlabeled(store) -> bool:
+    """True for a store of an unlabelled image folder (`teach --unlabeled`): its dataset has no classes."""
+    ds = store.attrs.get("dataset", {})
+    return ds.get("kind") == "image_folder" and not ds.get("classes")
+
+
+def open_data(store, spec):
+    """The source `spec` opened as the store was built from it: an unlabelled image folder when the store
+    is one (is_unlabeled), so no command needs to be told again."""
+    from .images import open_source
+
+    unlabeled = is_unlabeled(store)
+    if unlabeled:
+        log.info("%s: a store of an unlabelled folder: %s opened as unlabelled", store.path, spec)
+    return open_source(spec, unlabeled=unlabeled)
 
 
 def _libraries(decoder: dict) -> dict:
@@ -145,8 +166,10 @@ def targets(policy: Policy, rec: dict, prec: dict, partners: np.ndarray, b: slic
     """Targets of rows `b` of a block of records `rec` (partner records `prec`, row-aligned).
 
     index [n] int64; topk_values [n,K] float32; topk_indices [n,K] int64; gt [n] int64; gt_prob [n]
-    float32; mc_values [n,T,K] float32 (when recorded); mix_weight [n] float32 (the own sample's
-    share of a mixed view, 1 if unmixed); partner [n] int64 and partner_gt [n] int64 (-1 if unmixed).
+    float32; mc_values [n,T,K] float32 (when recorded); view_digest [n] int32 (when recorded: the
+    stored 16-bit view check, integrity.view_check of the uint8 view, so a student can check
+    `view_check(Views.from_batch(x, t).digests()) == t["view_digest"]`); mix_weight [n] float32 (the own
+    sample's share of a mixed view, 1 if unmixed); partner [n] int64 and partner_gt [n] int64 (-1 if unmixed).
     """
     t = {"index": torch.from_numpy(rec["index"][b].astype(np.int64))}
     t["topk_values"] = torch.from_numpy(rec["topk_values"][b].astype(np.float32))
@@ -155,6 +178,8 @@ def targets(policy: Policy, rec: dict, prec: dict, partners: np.ndarray, b: slic
     t["gt_prob"] = torch.from_numpy(rec["gt_prob"][b].astype(np.float32))
     if "mc_values" in rec:
         t["mc_values"] = torch.from_numpy(rec["mc_values"][b].astype(np.float32))
+    if "view_digest" in rec:
+        t["view_digest"] = torch.from_numpy(rec["view_digest"][b].astype(np.int32))
     p = partners[b]
     params = _params(rec, policy)
     t["mix_weight"] = torch.from_numpy(policy.mix_weight_array({k: v[b] for k, v in params.items()}, len(p))
@@ -174,7 +199,7 @@ class ReplayDataset(torch.utils.data.Dataset):
         for e in range(epochs):
             ds.set_epoch(e % store.epochs); sampler.set_epoch(e)
             for x, t in loader:            # x [B,3,H,W] uint8, t: dict as `targets`
-                x = to_input(x, t.get("view_partner"), t.get("view_lam"), policy.mean, policy.std, dev)
+                x = ds.policy.to_input(Views.from_batch(x, t), dev)
 
     Item j = (view of row rows[j] uint8 [3,H,W], its targets: `targets` of that one row); with
     data=None the item is the targets alone (a student whose inputs come from elsewhere).
@@ -279,7 +304,7 @@ class ReplayLoader:
     """Batches (x [B,3,H,W] uint8, targets) of one epoch's recorded views.
 
     The consumer makes the model input on its device:
-    `to_input(x, t.get("view_partner"), t.get("view_lam"), policy.mean, policy.std, device)`
+    `loader.policy.to_input(Views.from_batch(x, t), device)` (the store's mean/std)
     (view_partner uint8 [B,3,H,W] and view_lam float32 [B] come only with a MixUp policy).
 
     A thin wrapper over ReplayDataset(store, data, epoch, indices): a torch DataLoader whose sampler

@@ -27,6 +27,7 @@ The task interface (see docs/adding-a-task.md):
 from __future__ import annotations
 
 import errno
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from labelstore.errors import StoreError, StoreMismatch, TeacherOutputError
 
 from .dist import rank_units
 from .prefetch import prefetch
+
+log = logging.getLogger(__name__)
 
 Write = tuple[str, int, np.ndarray, "int | None"]  # (array name, first row, block, epoch or None)
 
@@ -224,9 +227,8 @@ def store_write_error(out: str, e: OSError, created: bool) -> str:
 
 def _run_stage(task: Task, out: str, opened: list, *, resume: bool, overwrite: bool, rank: int, world_size: int,
                max_units: int | None, decode_workers: int, progress: bool, depth: int) -> dict:
-    from tqdm import tqdm
-
     from labelstore import location
+    from labelstore.progress import progress_bar
 
     fresh = overwrite or not location.group_exists(out)
     group = open_store(task, out, resume=resume, overwrite=overwrite, join=world_size > 1)
@@ -234,8 +236,10 @@ def _run_stage(task: Task, out: str, opened: list, *, resume: bool, overwrite: b
     if group.attrs.get("state") == "complete":  # --resume of a finished store: nothing to do, nothing written
         return {**task.stats(0, 0.0), "units": 0, "seconds": 0.0, "complete": True, "already_complete": True}
     units = rank_units(writer.pending_units(group), rank, world_size)[:max_units]
-    bar = tqdm(total=task.work(units), unit=task.count_unit, disable=not progress, desc=f"teach-{task.name}",
-               smoothing=0.1)
+    bar = progress_bar(total=task.work(units), unit=task.count_unit, disable=not progress, desc=f"teach-{task.name}",
+                       smoothing=0.1)
+    log.info("%s: rank %d of %d writes %d work units (%d %ss)", out, rank, world_size, len(units), task.work(units),
+             task.count_unit)
     t0, count = time.perf_counter(), 0
     try:
         with ThreadPoolExecutor(decode_workers) as pool, writer.BackgroundWriter(group) as bg:
@@ -256,4 +260,5 @@ def _run_stage(task: Task, out: str, opened: list, *, resume: bool, overwrite: b
     bar.close()
     seconds = time.perf_counter() - t0
     complete = writer.finalize(group)
+    log.info("%s: %d %ss in %.1fs, %s", out, count, task.count_unit, seconds, "complete" if complete else "incomplete")
     return {**task.stats(count, seconds), "units": len(units), "seconds": seconds, "complete": complete}

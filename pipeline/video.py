@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 from labelstore.errors import ConfigError, DataError, StoreError
+from labelstore.extras import require
 
 from labelstore.pipeline import rng
 from labelstore.pipeline.images import src_shapes
@@ -317,7 +318,7 @@ class VideoFolder:
 
     # -- metadata ----------------------------------------------------------------------
     def _open(self, i: int):
-        import av
+        av = require("av", "video data")
 
         path = self.path(i)
         if not path.is_file():
@@ -335,7 +336,7 @@ class VideoFolder:
         """(n_frames,) from container metadata, or by counting packets when the container has none; cached."""
         n = self._nframes.get(i)
         if n is None:
-            import av
+            av = require("av", "video data")
 
             with self._open(i) as c:
                 s = c.streams.video[0]
@@ -357,7 +358,7 @@ class VideoFolder:
     def _pts_index(self, i: int):
         """(sorted frame pts, sorted keyframe pts, pts -> frame index) or None if timestamps are unusable."""
         if i not in self._ptsidx:
-            import av
+            av = require("av", "video data")
 
             pts, keys = [], []
             with self._open(i) as c:
@@ -463,7 +464,7 @@ class VideoFolder:
 
     def load_frames(self, i: int, indices) -> np.ndarray:
         """uint8 [m, H, W, 3]: frame indices[j] (presentation order) of video i, in the order given."""
-        import av
+        av = require("av", "video data")
 
         path = self.path(i)
         (n,) = self.src_shape(i)

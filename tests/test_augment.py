@@ -484,18 +484,19 @@ def test_register_op_refuses_a_taken_name_and_non_ops():
 
 
 def test_to_input_normalises_and_blends_uint8_views():
-    from labelstore.pipeline.augment import to_input
+    from labelstore.pipeline.augment import Views
 
     g = torch.Generator().manual_seed(0)
     v = torch.randint(0, 256, (2, 3, 4, 5), generator=g, dtype=torch.uint8)
     p = torch.randint(0, 256, (2, 3, 4, 5), generator=g, dtype=torch.uint8)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    plain = to_input(v, None, None, mean, std, "cpu")
+    pol = Policy((Resize(),), (4, 5), mean, std)
+    plain = pol.to_input(Views(v), "cpu")
     assert plain.dtype == torch.float32
     torch.testing.assert_close(plain, (v.double() / 255 - m.double()).div(s.double()).float())
     lam = torch.tensor([0.25, 1.0])
-    mixed = to_input(v, p, lam, mean, std, "cpu")
+    mixed = pol.to_input(Views(v, p, lam), "cpu")
     want = (lam.view(-1, 1, 1, 1) * v / 255 + (1 - lam.view(-1, 1, 1, 1)) * p / 255 - m) / s
     torch.testing.assert_close(mixed, want)
     torch.testing.assert_close(mixed[1], plain[1])  # lam 1: the partner does not count

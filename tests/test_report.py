@@ -34,7 +34,7 @@ def test_report_figures_and_numbers(base_store, tmp_path):
     out = tmp_path / "r.html"
     p = run("inspect", base_store, "--report", out, "--json")
     stats = json.loads(p.stdout)  # progress went to stderr, JSON alone on stdout
-    assert "Completed" in p.stderr
+    assert "inspect: 100% of the tasks" in p.stderr and "\r" not in p.stderr  # not a terminal: log lines
     text = out.read_text()
     pngs = [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)]
     assert len(pngs) == 6  # per-epoch, per-class, confusion, reliability, gt_prob, MC uncertainty

@@ -33,7 +33,7 @@ def unlabeled_dir(tmp_path_factory, shapes_dir):
 
 
 def test_unlabeled_folder_listing(unlabeled_dir, shapes_dir, tmp_path):
-    data = open_source(unlabeled_dir, labeled=False)
+    data = open_source(unlabeled_dir, unlabeled=True)
     n = sum(1 for p in shapes_dir.rglob("*") if p.is_file())
     assert len(data) == n and data.classes == [] and (data.labels == -1).all()
     assert data.ids == sorted(data.ids) and f"nested/{sorted(shapes_dir.rglob('*'))[-1].name}" in data.ids
@@ -77,7 +77,7 @@ def test_semi_supervised_cli_end_to_end(tmp_path, unlabeled_dir, shapes_dir, bas
     _run(["teach", "--data", str(unlabeled_dir), "--unlabeled", "--num-classes", str(NUM_CLASSES), "--out", str(u_store),
           *common], subprocess_env)
     store = labelstore.open(str(u_store))
-    assert store.num_samples == len(open_source(unlabeled_dir, labeled=False))
+    assert store.num_samples == len(open_source(unlabeled_dir, unlabeled=True))
     assert (store.read_array("gt") == -1).all() and np.isnan(store.read_array("gt_prob", 0)).all()
     top1 = np.stack([store.read_array("topk_values", e)[:, 0] for e in range(2)]).astype(np.float32)
     threshold = float(np.median(top1))

@@ -11,15 +11,17 @@ from labelstore.errors import ConfigError
 
 def teach_command(o: dict, warn) -> tuple[dict, str]:
     from labelstore.pipeline import checks
-    from labelstore.pipeline.augment import make_policy
+    from labelstore.pipeline.augment import IMAGENET_MEAN, IMAGENET_STD
     from labelstore.pipeline.dist import create_on_rank0
     from labelstore.pipeline.images import open_source
+    from labelstore.pipeline.policy_spec import parse_policy, parse_triple
     from labelstore.pipeline.teach import TeachConfig, open_or_create, teach
     from labelstore.trainers.spec import load_teacher
 
-    checks.check_policy_name(o["policy_name"])
     out, rank, world_size = o["out"], o["rank"], o["world_size"]
-    source = open_source(o["data_spec"], labeled=not o["unlabeled"])
+    policy = parse_policy(o["policy_name"], (o["image_size"],) * 2, parse_triple(o["mean"], "--mean", IMAGENET_MEAN),
+                          parse_triple(o["std"], "--std", IMAGENET_STD), o["crop_scale"])  # bad values fail first
+    source = open_source(o["data_spec"], unlabeled=o["unlabeled"])
     C = o["num_classes"] or len(source.classes)
     if not C:
         raise ConfigError(f"--data {o['data_spec']} is unlabelled: give --num-classes (the teacher's classes)")
@@ -35,7 +37,6 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
         warn(f"--data {o['data_spec']}: class folder(s) {empty} hold no images (each still counts as one of the "
              f"{C} classes)")
     warn(checks.mc_without_dropout(model, o["mc_passes"]))
-    policy = make_policy(o["policy_name"], output_size=(o["image_size"],) * 2, crop_scale=o["crop_scale"])
     top_k = o["top_k"] or 5
     cfg = TeachConfig(epochs=o["epochs"], seed=o["seed"], top_k=top_k, mc_passes=o["mc_passes"],
                       batch_size=o["batch_size"], views_per_decode=o["views_per_decode"], shard_rows=o["shard_samples"],
@@ -80,6 +81,7 @@ def train_command(o: dict, warn) -> tuple[dict | None, str]:
     """Distillation of a classification student; under torchrun only rank 0 returns the metrics (others: None)."""
     from labelstore.pipeline.dist import dist_env, local_device, process_group
     from labelstore.pipeline.images import open_source
+    from labelstore.pipeline.replay import open_data
     from labelstore.pipeline.teacher import pick_device
     from labelstore.trainers.demo import eval_batches
     from labelstore.trainers.distill import DistillConfig, train_student
@@ -90,7 +92,7 @@ def train_command(o: dict, warn) -> tuple[dict | None, str]:
     if loss not in ("fkd", "ferkd", "adl"):
         raise ConfigError(f"--loss {loss} is not a classification loss (fkd, ferkd, adl)")
     store = labelstore.open(o["store_path"])
-    data = open_source(o["data_spec"])
+    data = open_data(store, o["data_spec"])  # an unlabelled store's folder opens as unlabelled
     teacher = load_model(o["online_teacher"], num_classes=store.num_classes) if mode == "online" else None
     seed_everything(o["seed"])  # the student's initialisation is a function of --seed
     model = load_model(o["student"] or "cnn-tiny", num_classes=store.num_classes)
@@ -98,10 +100,12 @@ def train_command(o: dict, warn) -> tuple[dict | None, str]:
     check_output_classes(model, "--student", o["student"] or "cnn-tiny", store.num_classes, size, store)
     if teacher is not None:
         check_output_classes(teacher, "--online-teacher", o["online_teacher"], store.num_classes, size, store)
-    evals = eval_batches(open_source(o["eval_data"]), size) if o["eval_data"] else None
+    pol = store.attrs["policy"]  # held-out views are normalised as the store's (the teacher's) inputs
+    evals = eval_batches(open_source(o["eval_data"]), size, mean=pol["mean"], std=pol["std"]) if o["eval_data"] else None
     unlabeled = None
     if o["unlabeled_store"]:
-        unlabeled = (labelstore.open(o["unlabeled_store"]), open_source(o["unlabeled_data"], labeled=False))
+        store_u = labelstore.open(o["unlabeled_store"])
+        unlabeled = (store_u, open_data(store_u, o["unlabeled_data"]))
     cfg = DistillConfig(mode=mode, loss=loss, epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"],
                         temperature=o["temperature"], fill=o["fill"], hard_weight=o["hard_weight"],
                         select_threshold=o["select_threshold"], num_workers=o["workers"], seed=o["seed"],

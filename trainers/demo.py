@@ -21,7 +21,7 @@ import labelstore
 from labelstore.cli import store_info
 from labelstore.report import write_report
 from labelstore.views import classification_details, inspect_store
-from labelstore.pipeline.augment import eval_policy, make_policy
+from labelstore.pipeline.augment import IMAGENET_MEAN, IMAGENET_STD, eval_policy, make_policy
 from labelstore.pipeline.gallery import view_gallery
 from labelstore.pipeline.images import ImageFolder, make_shapes_dataset
 from labelstore.pipeline.teach import TeachConfig, teach
@@ -54,8 +54,10 @@ def augmented_batches(source, policy, seed: int, batch_size: int):
     return batches
 
 
-def eval_batches(source, size: tuple[int, int], batch_size: int = 256) -> TensorBatches:
-    x, y = render_all(source, eval_policy(size), 0, 0)
+def eval_batches(source, size: tuple[int, int], batch_size: int = 256, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD) -> TensorBatches:
+    """Whole-image views (Resize) of every sample, normalised with mean/std (a store's: its policy's)."""
+    x, y = render_all(source, eval_policy(size, mean, std), 0, 0)
     return TensorBatches(x, y, batch_size, shuffle=False)
 
 

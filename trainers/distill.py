@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from labelstore.errors import ConfigError
 from labelstore.pipeline.dist import epoch_share
-from labelstore.pipeline.augment import to_input
+from labelstore.pipeline.augment import Views
 from labelstore.pipeline.replay import ReplayLoader
 from labelstore.pipeline.teacher import weights_hash
 
@@ -268,7 +268,7 @@ def _to_device(batch: tuple, loader, dev) -> tuple[torch.Tensor, dict]:
     """A replayed (uint8 views, targets) batch as (normalised float32 x, targets) on the device."""
     x, t = batch
     t = dict(t)
-    x = to_input(x, t.pop("view_partner", None), t.pop("view_lam", None), loader.policy.mean, loader.policy.std, dev)
+    x = loader.policy.to_input(Views(x, t.pop("view_partner", None), t.pop("view_lam", None)), dev)
     return x, {k: v.to(dev, non_blocking=True) for k, v in t.items()}
 
 

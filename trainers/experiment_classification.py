@@ -96,7 +96,7 @@ def unlabeled_setup(out: str, meta: dict, n: int, progress: bool = False, echo=p
                 os.replace(path, os.path.join(folder + ".tmp", path.name))
         os.replace(folder + ".tmp", folder)
         shutil.rmtree(gen)
-    data = ImageFolder(folder, labeled=False)
+    data = ImageFolder(folder, unlabeled=True)
     store = labelstore.open(meta["store"])
     a = store.attrs
     teacher = load_model(meta["teacher"]).eval()
@@ -126,7 +126,7 @@ def make_arms(meta: dict, names: list[str], student: str = "cnn-micro", progress
             t_model = load_model(meta["teacher"]).eval() if spec["mode"] == "online" else None
             unlabeled = None
             if spec.get("semi"):
-                unlabeled = (labelstore.open(meta["unlabeled_store"]), ImageFolder(meta["unlabeled"], labeled=False))
+                unlabeled = (labelstore.open(meta["unlabeled_store"]), ImageFolder(meta["unlabeled"], unlabeled=True))
             cfg = DistillConfig(**{k: v for k, v in spec.items() if k != "semi"}, epochs=meta["epochs"], batch_size=64,
                                 seed=seed)
             m = train_student(model, store, train, cfg, teacher=t_model, unlabeled=unlabeled, device="cpu",
