@@ -68,7 +68,7 @@ def agreement_line(a: dict) -> str | None:
         return None
     line = f"teacher top-1 agreement with the labels: {_pct(a['top1'])} of {a['views']} views (chance {_pct(a['chance'])})"
     for key, split in a["by_param"].items():
-        line += f"; {key} true {_pct(split['true']['top1'])} of {split['true']['views']}, " \
+        line += f"; by {key}: true {_pct(split['true']['top1'])} of {split['true']['views']}, " \
                 f"false {_pct(split['false']['top1'])} of {split['false']['views']}"
     return line
 
