@@ -134,11 +134,30 @@ def data(kind: str, out: str, n_train: int, n_test: int, seed: int, as_json: boo
     click.echo(json.dumps(r) if as_json else msg)
 
 
-def load_teacher(spec: str, num_classes: int):
-    """(model, teacher_info) for a built-in name, checkpoint path or module:callable."""
+def load_teacher(spec: str, num_classes: int, weights: str | None = None):
+    """(model, teacher_info) for any model spec (trainers/spec.py), with the --teacher-weights file loaded."""
     from labelstore.trainers.spec import load_teacher as load
 
-    return load(spec, num_classes)
+    return load(spec, num_classes, weights)
+
+
+SPEC_HELP = ("a built-in model name, module:callable[?key=value&...], hf:NAME_OR_DIR, timm:NAME, torchvision:NAME, "
+             "or a checkpoint .pt (docs/cli.md, 'Model specs')")
+
+
+def weights_option(name: str, role: str):
+    """--teacher-weights / --student-weights / --online-teacher-weights: a state_dict file for the model."""
+    return click.option(name, default=None, type=click.Path(dir_okay=False), metavar="FILE",
+                        help=f"(classification) A torch.save'd state_dict (or a dict holding it under 'state_dict' or "
+                             f"'model') loaded strictly into the {role} the spec builds; missing/unexpected keys are "
+                             "named.")
+
+
+def _classification_only(task: str, **weights: str | None) -> None:
+    for option, value in weights.items():
+        if value and task != "classification":
+            _fail(f"--{option.replace('_', '-')} is for --task classification; for --task {task} give a checkpoint "
+                  "or a module:callable that loads its weights itself (?weights=FILE)")
 
 
 TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.trainers.tasks.TASKS (tests/test_cli.py)
@@ -157,8 +176,10 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
 @click.option("--frame-size", type=POSITIVE, default=None, help="(video tasks) frame resolution (default: the teacher's).")
 @click.option("--similarity-mode", type=click.Choice(["dense", "embeddings", "batches"]), default="dense",
               show_default=True, help="(retrieval) how teacher similarities are stored.")
-@click.option("--teacher", required=True, help="Checkpoint .pt, built-in model name, or module:callable.")
-@click.option("--allow-untrained-teacher", is_flag=True, help="Accept a built-in model name (random weights) as teacher.")
+@click.option("--teacher", required=True, help=f"The teacher: {SPEC_HELP}.")
+@weights_option("--teacher-weights", "teacher")
+@click.option("--allow-untrained-teacher", is_flag=True,
+              help="Accept a built-in model name (random weights) as teacher, without --teacher-weights.")
 @click.option("--out", required=True, type=STORE, help="Store to write: a directory (*.zarr) or a URL (s3://...).")
 @STORAGE_OPTIONS
 @click.option("--epochs", type=POSITIVE, default=4, show_default=True, help="Epochs of views to label.")
@@ -203,8 +224,9 @@ TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.t
 @click.option("--world-size", type=POSITIVE, default=None, help="Processes filling the store (default: $WORLD_SIZE or 1).")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
-def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, similarity_mode, teacher, allow_untrained_teacher,
-          out, storage_options, epochs, top_k, mc_passes, policy_name, crop_scale, mean, std, image_size, seed, num_classes,
+def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, similarity_mode, teacher, teacher_weights,
+          allow_untrained_teacher, out, storage_options, epochs, top_k, mc_passes, policy_name, crop_scale, mean, std, image_size,
+          seed, num_classes,
           batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, render_device, amp, skip_bad,
           no_digest, store_params, resume, overwrite, rank, world_size, quiet, as_json) -> None:
     """Run the teacher once over every (epoch, sample) view and write the label store.
@@ -217,7 +239,8 @@ def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, s
     from labelstore.trainers.models import MODELS
     from labelstore.trainers.tasks import check_ranks, entry_point
 
-    checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
+    _classification_only(task, teacher_weights=teacher_weights)
+    checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher, teacher_weights)
     _check_not_a_file("--out", out)
     _use_storage_options(out, storage_options)
     rank, world_size, local_rank = dist_env(rank, world_size)
@@ -381,14 +404,16 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
 @click.argument("store_path", type=STORE)
 @STORAGE_OPTIONS
 @click.option("--data", "data_spec", required=True, help="The dataset the store was built from.")
-@click.option("--teacher", default=None, help="Recompute the teacher on replayed views (checkpoint / name / module:callable).")
-@click.option("--allow-untrained-teacher", is_flag=True, help="Accept a built-in model name (random weights) as teacher.")
+@click.option("--teacher", default=None, help=f"Recompute the teacher on replayed views: {SPEC_HELP}.")
+@weights_option("--teacher-weights", "teacher")
+@click.option("--allow-untrained-teacher", is_flag=True,
+              help="Accept a built-in model name (random weights) as teacher, without --teacher-weights.")
 @click.option("--samples", type=POSITIVE, default=64, show_default=True, help="Random (epoch, sample) views to replay.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default=None)
 @click.option("--json", "as_json", is_flag=True)
-def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teacher, samples, seed, device,
-           as_json) -> None:
+def verify(store_path, storage_options, data_spec, teacher, teacher_weights, allow_untrained_teacher, samples, seed,
+           device, as_json) -> None:
     """Check fingerprints, chunk checksums, pixel identity of replayed views and (with --teacher) the labels.
 
     Damage does not stop it: every damaged array and row range is listed, the other checks carry on,
@@ -397,12 +422,14 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
     from labelstore.pipeline.replay import open_data
     from labelstore.trainers.models import MODELS
 
-    checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher)
+    if teacher_weights and not teacher:
+        _fail("--teacher-weights needs --teacher SPEC (the model the weights go into)")
+    checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher, teacher_weights)
     _use_storage_options(store_path, storage_options)
     from labelstore.pipeline.verify import verify as run_verify
 
     store = labelstore.open(store_path, check_metadata=False)  # edited metadata is listed, not refused
-    model = load_teacher(teacher, store.num_classes)[0] if teacher else None
+    model = load_teacher(teacher, store.num_classes, teacher_weights)[0] if teacher else None
     r = run_verify(store, open_data(store, data_spec), teacher=model, samples=samples, seed=seed, device=device)
     if as_json:
         _echo_json(r)
@@ -429,7 +456,8 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
 @click.option("--data", "data_spec", required=True, help="The dataset (or video dir) the store was built from.")
 @click.option("--captions", default=None, help="(retrieval) the captions file the store was built from.")
 @click.option("--questions", default=None, help="(videoqa) the questions file the store was built from.")
-@click.option("--student", default=None, help="Built-in name, checkpoint or module:callable (default: per task).")
+@click.option("--student", default=None, help=f"The student: {SPEC_HELP} (default: per task).")
+@weights_option("--student-weights", "student (its initial weights)")
 @click.option("--mode", type=click.Choice(["cache", "online", "none"]), default="cache", show_default=True,
               help="Targets from the store, from a live teacher, or none (hard labels / InfoNCE / CE only).")
 @click.option("--loss", type=click.Choice(["fkd", "ferkd", "adl", "kd", "radi", "teachclip", "cgt", "fgt"]), default=None,
@@ -445,7 +473,8 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
 @click.option("--margins", type=click.Choice(["adaptive", "fixed"]), default="adaptive", show_default=True,
               help="(videoqa) RADI pairwise margins: Sinkhorn from the MC-dropout uncertainty, or constant.")
 @click.option("--alpha", type=float, default=None, help="(videoqa) weight of the ranking loss (default: RADI's).")
-@click.option("--online-teacher", default=None, help="Teacher spec for --mode online.")
+@click.option("--online-teacher", default=None, help="Teacher spec for --mode online (as --teacher of teach).")
+@weights_option("--online-teacher-weights", "online teacher")
 @click.option("--eval-data", default=None, help="Held-out ImageFolder/HDF5 for evaluation.")
 @click.option("--epochs", type=NONNEGATIVE, default=0, show_default=True, help="0 = the store's epochs.")
 @click.option("--batch-size", type=POSITIVE, default=128, show_default=True)
@@ -465,8 +494,9 @@ def verify(store_path, storage_options, data_spec, teacher, allow_untrained_teac
 @click.option("--device", default=None)
 @click.option("--out", required=True, type=click.Path(), help="Directory for the checkpoint and metrics.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout (nothing else).")
-def train(task, store_path, storage_options, data_spec, captions, questions, student, mode, loss, eval_questions,
-          eval_captions, hot_k, cold_n, cold_scheme, radi_rank, margins, alpha, online_teacher, eval_data, epochs, batch_size, lr,
+def train(task, store_path, storage_options, data_spec, captions, questions, student, student_weights, mode, loss,
+          eval_questions, eval_captions, hot_k, cold_n, cold_scheme, radi_rank, margins, alpha, online_teacher,
+          online_teacher_weights, eval_data, epochs, batch_size, lr,
           temperature, fill, hard_weight, unlabeled_store, unlabeled_data, select_threshold, ferkd_low, ferkd_high, workers, seed, device, out, as_json) -> None:
     """Train a student on the store's replayed views (from the cache, an online teacher, or no teacher).
 
@@ -480,6 +510,9 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
     check_ranks(task, "train", dist_env()[1])
     if mode == "online" and not online_teacher:
         _fail("--mode online needs --online-teacher SPEC")
+    _classification_only(task, student_weights=student_weights, online_teacher_weights=online_teacher_weights)
+    if online_teacher_weights and mode != "online":
+        _fail("--online-teacher-weights goes with --mode online --online-teacher SPEC")
     if bool(unlabeled_store) != bool(unlabeled_data):
         _fail("--unlabeled-store and --unlabeled-data go together")
     metrics, line = entry_point(task, "train")(click.get_current_context().params, _warn)

@@ -85,9 +85,10 @@ def classification_sums(store, scheduler: str | None = None, bins: int = 10, his
     E, N, C, K = store.epochs, store.num_samples, store.num_classes, store.top_k
     names = [n for n in ("gt", "skipped", "source_hw", "topk_values", "topk_indices", "gt_prob", "mc_values",
                          "aug/rrc/box") if n in store.arrays]
-    # a store that derives its parameters (no aug/* arrays): the crop boxes recomputed block by block
+    # a store that derives its parameters (no aug/* arrays): the crop boxes and flags recomputed block by block
     crops = "rrc" in [op.get("config", {}).get("name") for op in store.attrs.get("policy", {}).get("ops", [])]
-    derive = store.derived_params if store.params_derived and crops else None
+    flags = _flag_params(store)
+    derive = store.derived_params if store.params_derived and (crops or flags) else None
     shard = (g["topk_values"].shards or g["topk_values"].chunks)[1]
     step = shard * max(1, ROWS_PER_TASK // shard)
     group = dask.delayed(g, traverse=False)
@@ -95,7 +96,7 @@ def classification_sums(store, scheduler: str | None = None, bins: int = 10, his
     # rows of unfinished work units are left out (an unfinished store read with allow_incomplete)
     written = None if store.complete else store.written_rows("topk_values")  # [E, N] bool
     parts = [block(group, names, E, r0, min(N, r0 + step), C, K, bins, hist_bins, tuple(ferkd),
-                   None if written is None else written[:, r0 : r0 + step], derive)
+                   None if written is None else written[:, r0 : r0 + step], derive, crops, flags)
              for r0 in range(0, N, step)]
     while len(parts) > 1:  # a tree of sums: at most a few blocks' sums in memory at once
         parts = [dask.delayed(_add, pure=True)(*parts[i : i + 8]) for i in range(0, len(parts), 8)]
@@ -107,6 +108,23 @@ def classification_sums(store, scheduler: str | None = None, bins: int = 10, his
     return out
 
 
+def _flag_params(store) -> tuple[str, ...]:
+    """The store's boolean per-view parameters ("flip/flag", ...): from its aug/* arrays, or for a store
+    that derives them, from the parameters of one view (none when they cannot be derived here)."""
+    if not store.params_derived:
+        return tuple(sorted(n[4:] for n, a in store.arrays.items()
+                            if n.startswith("aug/") and a.dtype == bool and a.ndim == 2))
+    if not store.num_samples:
+        return ()
+    from .errors import StoreError
+
+    try:
+        one = store.derived_params(0, np.arange(1))
+    except StoreError:  # labelstore.pipeline not imported, or another sample version: no split
+        return ()
+    return tuple(sorted(k for k, v in one.items() if v.dtype == bool and v.ndim == 1))
+
+
 def _add(*parts: dict) -> dict:
     out = dict(parts[0])
     for p in parts[1:]:
@@ -116,10 +134,13 @@ def _add(*parts: dict) -> dict:
 
 
 def _classification_block(group, names, E: int, r0: int, r1: int, C: int, K: int, bins: int, hist_bins: int,
-                          ferkd, written: np.ndarray | None = None, derive=None) -> dict[str, np.ndarray]:
+                          ferkd, written: np.ndarray | None = None, derive=None, crops: bool = True,
+                          flags: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """The sums over every epoch of rows [r0, r1): per-epoch sums as [E] vectors, the rest as totals.
     written: bool [E, n], the rows finished work units wrote (None: all); the others are not counted.
-    derive: LabelStore.derived_params of a store that derives its crop boxes (None: read aug/rrc/box)."""
+    derive: LabelStore.derived_params of a store that derives its parameters (None: read aug/*).
+    flags: boolean view parameters ("flip/flag"): labelled views and top-1 agreements split by their
+    value, as "flag_valid/<key>" and "flag_agree/<key>" [false, true]."""
     n = r1 - r0
     gt = group["gt"][r0:r1].astype(np.int64)  # [n]
     skipped = group["skipped"][r0:r1].astype(bool)
@@ -133,7 +154,9 @@ def _classification_block(group, names, E: int, r0: int, r1: int, C: int, K: int
                 "bin_right": np.zeros(bins), "gp_hist": np.zeros(20, np.int64), "bands": np.zeros(3, np.int64)})
     if "mc_values" in names:
         out.update({"mc_spread": np.zeros(E), "mc_right": np.zeros(()), "mc_wrong": np.zeros(()), "n_right": np.zeros(())})
-    boxes = "aug/rrc/box" in names or derive is not None
+    boxes = "aug/rrc/box" in names or (derive is not None and crops)
+    for key in flags:
+        out[f"flag_valid/{key}"], out[f"flag_agree/{key}"] = np.zeros(2), np.zeros(2)
     if boxes:
         hw = group["source_hw"][r0:r1].astype(np.float64)  # [n, 2]
         keep = ~skipped & (hw[:, 0] > 0)
@@ -176,9 +199,14 @@ def _classification_block(group, names, E: int, r0: int, r1: int, C: int, K: int
             out["mc_right"] += (sd * right).sum()
             out["mc_wrong"] += (sd * (w - right)).sum()
             out["n_right"] += right.sum()
+        params = derive(e, np.arange(r0, r1)) if derive is not None else None
+        for key in flags:
+            flag = (params[key] if params is not None else group[f"aug/{key}"][e, r0:r1]).astype(np.int64)  # [n]
+            out[f"flag_valid/{key}"] += np.bincount(flag, weights=w, minlength=2)
+            out[f"flag_agree/{key}"] += np.bincount(flag, weights=right, minlength=2)
         if boxes:
             ke = keep & wr
-            box = (derive(e, np.arange(r0, r1))["rrc/box"] if derive is not None
+            box = (params["rrc/box"] if params is not None
                    else group["aug/rrc/box"][e, r0:r1])[ke].astype(np.float64)  # [n', 4] (y, x, h, w)
             area = box[:, 2] * box[:, 3] / (hw[ke, 0] * hw[ke, 1])
             aspect = box[:, 3] / np.maximum(box[:, 2], 1)
@@ -214,6 +242,27 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
         "crop_area": {"edges": edges(0.0, 1.0), "counts": r["crop_area"].tolist()},
         "crop_log_aspect": {"edges": edges(-1.0, 1.0), "counts": r["crop_log_aspect"].tolist()},
     } if "crop_area" in r else {}
+    return out
+
+
+def teacher_agreement(store, scheduler: str | None = None) -> dict:
+    """The teacher's top-1 agreement with the labels over every epoch's labelled views (gt >= 0, not
+    skipped), from the one pass of `classification_sums`:
+
+      top1     = mean[topk_indices[..., 0] == gt]
+      chance   = share of the most frequent class among those views (what a constant prediction reaches)
+      by_param = {"op/param": {"true": {"views", "top1"}, "false": {...}}} for every boolean view
+                 parameter (a flip's flag), the same mean over the views with that value
+
+    {"views": 0, ...} for a store without labels (an unlabelled folder)."""
+    r = classification_sums(store, scheduler)
+    n = float(r["n_class"].sum())
+    out = {"views": int(round(n)), "top1": float(r["agree"].sum() / max(n, 1)),
+           "chance": float(r["n_class"].max() / max(n, 1)) if len(r["n_class"]) else 0.0, "by_param": {}}
+    for key in sorted(k.partition("/")[2] for k in r if k.startswith("flag_valid/")):
+        v, a = r[f"flag_valid/{key}"], r[f"flag_agree/{key}"]
+        out["by_param"][key] = {side: {"views": int(round(float(v[i]))), "top1": float(a[i] / max(v[i], 1))}
+                                for i, side in ((1, "true"), (0, "false"))}
     return out
 
 

@@ -27,7 +27,7 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
         raise ConfigError(f"--data {o['data_spec']} is unlabelled: give --num-classes (the teacher's classes)")
     empty = [c for i, c in enumerate(source.classes) if not (source.labels == i).any()]
     try:
-        model, info = load_teacher(o["teacher"], C)
+        model, info = load_teacher(o["teacher"], C, o["teacher_weights"])
     except ConfigError as e:
         if not empty:
             raise
@@ -37,6 +37,12 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
         warn(f"--data {o['data_spec']}: class folder(s) {empty} hold no images (each still counts as one of the "
              f"{C} classes)")
     warn(checks.mc_without_dropout(model, o["mc_passes"]))
+    zoo = info.get("preprocessing") or {}  # what a zoo model says it was trained on (trainers/zoo.py)
+    warn(checks.input_size_differs(zoo.get("input_size"), o["teacher"], o["image_size"]))
+    if zoo.get("mean") and zoo.get("std"):  # --mean/--std given win over the zoo's, the zoo's over ImageNet's
+        policy = parse_policy(o["policy_name"], (o["image_size"],) * 2,
+                              parse_triple(o["mean"], "--mean", tuple(zoo["mean"])),
+                              parse_triple(o["std"], "--std", tuple(zoo["std"])), o["crop_scale"])
     top_k = o["top_k"] or 5
     cfg = TeachConfig(epochs=o["epochs"], seed=o["seed"], top_k=top_k, mc_passes=o["mc_passes"],
                       batch_size=o["batch_size"], views_per_decode=o["views_per_decode"], shard_rows=o["shard_samples"],
@@ -51,12 +57,19 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
                   resume=resume, overwrite=overwrite, rank=rank, world_size=world_size, progress=not o["quiet"])
     if stats.get("already_complete"):
         return stats, f"{out}: already complete, nothing to do (the store was not changed)"
-    if stats["complete"]:
-        from labelstore.views import mean_topk_mass
-
-        warn(checks.low_topk_mass(mean_topk_mass(labelstore.open(out)), top_k))
     state = "complete" if stats["complete"] else "incomplete (other ranks still running)"
-    return stats, f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}"
+    line = f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}"
+    if stats["complete"]:
+        from labelstore.views import mean_topk_mass, teacher_agreement
+
+        store = labelstore.open(out)
+        warn(checks.low_topk_mass(mean_topk_mass(store), top_k))
+        stats["teacher_agreement"] = agreement = teacher_agreement(store)
+        warn(checks.untrained_teacher(agreement, o["teacher"]))
+        for w in checks.split_gap(agreement):
+            warn(w)
+        line += "".join(f"\n{x}" for x in [checks.agreement_line(agreement)] if x)
+    return stats, line
 
 
 def check_output_classes(model, option: str, spec: str, num_classes: int, size: tuple[int, int], store) -> None:
@@ -86,7 +99,7 @@ def train_command(o: dict, warn) -> tuple[dict | None, str]:
     from labelstore.trainers.demo import eval_batches
     from labelstore.trainers.distill import DistillConfig, train_student
     from labelstore.trainers.fit import seed_everything
-    from labelstore.trainers.spec import load_model
+    from labelstore.trainers.spec import load_model, load_weights
 
     mode, loss = o["mode"], o["loss"] or "fkd"
     if loss not in ("fkd", "ferkd", "adl"):
@@ -94,8 +107,12 @@ def train_command(o: dict, warn) -> tuple[dict | None, str]:
     store = labelstore.open(o["store_path"])
     data = open_data(store, o["data_spec"])  # an unlabelled store's folder opens as unlabelled
     teacher = load_model(o["online_teacher"], num_classes=store.num_classes) if mode == "online" else None
+    if teacher is not None and o["online_teacher_weights"]:
+        load_weights(teacher, o["online_teacher_weights"], "--online-teacher-weights", o["online_teacher"])
     seed_everything(o["seed"])  # the student's initialisation is a function of --seed
     model = load_model(o["student"] or "cnn-tiny", num_classes=store.num_classes)
+    if o["student_weights"]:
+        load_weights(model, o["student_weights"], "--student-weights", o["student"] or "cnn-tiny")
     size = tuple(store.attrs["policy"]["output_size"])
     check_output_classes(model, "--student", o["student"] or "cnn-tiny", store.num_classes, size, store)
     if teacher is not None:
@@ -117,8 +134,14 @@ def train_command(o: dict, warn) -> tuple[dict | None, str]:
                           device=pick_device(local_device(local_rank, o["device"])), out_dir=o["out"])
     if rank:
         return None, ""
+    from labelstore.views import teacher_agreement
+
     f = m["final"]
     acc = f" eval accuracy {f['eval_accuracy']:.4f}" if "eval_accuracy" in f else ""
+    agreement = teacher_agreement(store)  # the store's teacher on its own (training) views
+    if agreement["views"]:
+        m["teacher_store_top1"] = agreement["top1"]
+        acc += f" (the store's teacher: top-1 {agreement['top1']:.4f} on its {agreement['views']} labelled views)"
     return m, (f"{mode}: {len(m['history'])} epochs in {m['seconds']:.1f}s, loss {f.get('loss', float('nan')):.4f}{acc}"
                f" -> {o['out']}/metrics.json")
 
