@@ -33,6 +33,7 @@ from labelstore import schema, writer
 from labelstore.errors import ConfigError, TeacherOutputError
 from labelstore.integrity import json_digest, view_digest
 
+from . import retrieval_store
 from .stage import Item, check_teacher_output, run_stage
 from .teacher import teacher_info
 from .retrieval_data import (FRAME_TEMPERATURE, FrameCache, as_policy, caption_rows, check_feature_dim, frame_targets,
@@ -96,7 +97,7 @@ def _create_array(group: zarr.Group, spec: schema.ArraySpec, chunk_rows: int) ->
 class RetrievalTask:
     """Rows are videos and captions; one work unit = one epoch (unit (e, 0)), written whole."""
 
-    name, count_unit, resume_keys = schema.RETRIEVAL, "pair", RESUME_KEYS
+    name, count_unit, resume_keys = retrieval_store.TASK, "pair", RESUME_KEYS
 
     def __init__(self, videos, caps: list[Caption], cap_path: str | None, tokenizer: Tokenizer,
                  teacher: torch.nn.Module, policy: VideoPolicy, *, epochs: int, seed: int, mode: str, batch_size: int,
@@ -116,7 +117,7 @@ class RetrievalTask:
             raise ConfigError(f"teach_retrieval: batch_size {batch_size} exceeds the {self.Nc} captions")
         pol, tok = policy.to_json(), tokenizer.to_json()
         self.attrs = {
-            "task": schema.RETRIEVAL,
+            "task": retrieval_store.TASK,
             "tool_version": labelstore.__version__,
             "teacher": teacher_info(teacher, teacher_name),
             "dataset": {**videos.fingerprint(), **videos.describe()},
@@ -152,7 +153,7 @@ class RetrievalTask:
         self._epochs_done = 0
 
     def build(self, at: str) -> None:
-        specs = schema.retrieval_arrays(num_videos=self.Nv, num_captions=self.Nc, epochs=self.E, num_frames=self.m,
+        specs = retrieval_store.retrieval_arrays(num_videos=self.Nv, num_captions=self.Nc, epochs=self.E, num_frames=self.m,
                                         mode=self.mode, embed_dim=self.embed_dim, num_batches=self.nb,
                                         batch_size=self.batch_size, digests=self.digests)
         group = writer.create(at, [], self.attrs, chunk_rows=self.chunk_rows, shard_rows=self.chunk_rows, epoch_groups=self.E)

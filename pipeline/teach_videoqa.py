@@ -31,10 +31,10 @@ import torch
 import torch.nn as nn
 
 import labelstore
-from labelstore import schema, writer
+from labelstore import writer
 from labelstore.integrity import json_digest
 
-from . import rng
+from . import rng, videoqa_store
 from .stage import Item, check_teacher_output, run_stage
 from .teacher import mc_head_passes, set_mc_dropout
 from .teacher import teacher_info as describe_teacher
@@ -127,14 +127,14 @@ RESUME_KEYS = ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epoc
 class VideoQATask:
     """Rows are questions; a unit decodes its videos once (the union of the frames all epochs need)."""
 
-    name, count_unit, resume_keys = schema.VIDEOQA, "view", RESUME_KEYS
+    name, count_unit, resume_keys = videoqa_store.TASK, "view", RESUME_KEYS
 
     def __init__(self, videos, qa: QASet, tokenizer: Tokenizer, vocab: AnswerVocab, teacher: nn.Module,
                  policy: VideoPolicy, cfg: dict, teacher_info: dict, head_only: bool | None):
         self.videos, self.qa, self.vocab, self.teacher, self.policy = videos, qa, vocab, teacher.eval(), policy
         self.cfg, self.head_only = cfg, head_only
         self.attrs = _attrs(videos, qa, tokenizer, vocab, policy, teacher_info, cfg)
-        self.specs = schema.videoqa_arrays(num_questions=len(qa), epochs=cfg["epochs"], num_answers=len(vocab),
+        self.specs = videoqa_store.videoqa_arrays(num_questions=len(qa), epochs=cfg["epochs"], num_answers=len(vocab),
                                            num_videos=len(videos), top_k=cfg["top_k"], mc_passes=cfg["mc_passes"],
                                            num_frames=policy.sampler.num_frames)
         self._idx_dtype = next(s.dtype for s in self.specs if s.name == "topk_indices")
@@ -206,7 +206,7 @@ def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_inf
     vfp = videos.fingerprint()
     pol = policy.to_json()
     return {
-        "task": schema.VIDEOQA,
+        "task": videoqa_store.TASK,
         "tool_version": labelstore.__version__,
         "teacher": teacher_info,
         "dataset": {
