@@ -76,10 +76,12 @@ def test_no_task_module_imports_another_tasks():
         if len(own) != 1:
             continue
         others = [t for t in names if t != own[0]]
-        imported = {n.rsplit(".", 1)[-1] for n in _imports(p)}  # absolute imports; relative ones below
+        imported = set()  # the last part of every module named, and every name imported from a package
         for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                imported |= {node.module} if node.module else {a.name for a in node.names}
+            if isinstance(node, ast.Import):
+                imported |= {a.name.rsplit(".", 1)[-1] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported |= {(node.module or "").rsplit(".", 1)[-1]} | {a.name for a in node.names}
         hits = sorted(n for n in imported if any(t in n for t in others))
         if hits:
             bad[str(p.relative_to(ROOT))] = hits
