@@ -160,7 +160,21 @@ def _classification_only(task: str, **weights: str | None) -> None:
                   "or a module:callable that loads its weights itself (?weights=FILE)")
 
 
-TASKS = click.Choice(["classification", "retrieval", "videoqa"])  # labelstore.trainers.tasks.TASKS (tests/test_cli.py)
+class _TaskChoice(click.Choice):
+    """--task: one of the names of the task registry (labelstore.trainers.tasks.TASKS), read when the
+    option is first parsed or shown, so importing this module imports no task."""
+
+    def __init__(self) -> None:
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from labelstore.trainers.tasks import TASKS as registry
+
+        return tuple(registry)
+
+
+TASKS = _TaskChoice()
 
 
 @main.command()
@@ -341,6 +355,7 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
 
     from labelstore import pipeline as _pipeline  # noqa: F401  (registers the derivation of aug parameters)
     from labelstore import views
+    from labelstore.trainers import tasks
 
     _use_storage_options(store_path, storage_options)
     if data_spec and not report:
@@ -350,37 +365,18 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
         done, total = store.progress()
         _warn(f"{store_path}: {total - done} of {total} work units are not written yet; their rows are left out "
               "of the statistics")
-    if data_spec and store.task != "classification":
-        _fail(f"--data: the gallery of replayed views is for classification stores; {store_path} is {store.task}")
+    if data_spec and store.task not in tasks.gallery_tasks():
+        _fail(f"--data: the gallery of replayed views is for {', '.join(tasks.gallery_tasks())} stores; "
+              f"{store_path} is {store.task}")
     from labelstore.progress import dask_progress
 
     progress = contextlib.nullcontext() if quiet or scheduler else dask_progress("inspect")
     with progress:
-        stats = views.inspect_store(store, scheduler=scheduler)
-        details = None
-        if store.task == "classification":
-            details = views.classification_details(store, scheduler=scheduler)
-        elif report and store.task == "retrieval":  # what only the report shows
-            details = views.retrieval_details(store)
-        elif report:
-            details = views.videoqa_details(store, scheduler=scheduler)
-    if store.task == "classification":
-        from labelstore.pipeline.checks import low_topk_mass
-
-        _warn(low_topk_mass(sum(stats["per_epoch"]["topk_mass"]) / len(stats["per_epoch"]["topk_mass"]), store.top_k))
-        stats["details"] = details
+        stats, lines = tasks.inspect_store(store, scheduler=scheduler, warn=_warn)
+        if report:
+            tasks.write_report(report, store, stats, store_info(store), scheduler=scheduler, data=data_spec)
     if plot:
         views.plot_stats(stats, plot)
-    if report:
-        from labelstore.report import write_report
-
-        gallery = None
-        if data_spec:
-            from labelstore.pipeline.gallery import view_gallery
-            from labelstore.pipeline.replay import open_data
-
-            gallery = view_gallery(store, open_data(store, data_spec))
-        write_report(report, store_info(store), stats, details, gallery)
     if as_json:
         return _echo_json(stats)
     per = stats["per_epoch"]
@@ -390,10 +386,8 @@ def inspect(store_path: str, storage_options: str | None, as_json: bool, plot: s
         click.echo(f"{e:>5}  " + "  ".join(f"{per[k][e]:>15.4f}" for k in keys))
     for name, h in stats.get("histograms", {}).items():
         click.echo(f"{name}: counts {h['counts']}")
-    if store.task == "classification":
-        click.echo(f"ECE {details['ece']:.4f}; FerKD bands (<{details['ferkd']['low']}, between, "
-                   f">{details['ferkd']['high']}): {details['ferkd']['below']}, {details['ferkd']['between']}, "
-                   f"{details['ferkd']['above']}")
+    for line in lines:
+        click.echo(line)
     if plot:
         click.echo(f"plot written to {plot}")
     if report:
@@ -419,18 +413,17 @@ def verify(store_path, storage_options, data_spec, teacher, teacher_weights, all
     Damage does not stop it: every damaged array and row range is listed, the other checks carry on,
     and the exit status is 1."""
     from labelstore.pipeline import checks
-    from labelstore.pipeline.replay import open_data
     from labelstore.trainers.models import MODELS
+    from labelstore.trainers.tasks import store_entry_point
 
     if teacher_weights and not teacher:
         _fail("--teacher-weights needs --teacher SPEC (the model the weights go into)")
     checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher, teacher_weights)
     _use_storage_options(store_path, storage_options)
-    from labelstore.pipeline.verify import verify as run_verify
-
     store = labelstore.open(store_path, check_metadata=False)  # edited metadata is listed, not refused
+    run_verify = store_entry_point(store, "verify")
     model = load_teacher(teacher, store.num_classes, teacher_weights)[0] if teacher else None
-    r = run_verify(store, open_data(store, data_spec), teacher=model, samples=samples, seed=seed, device=device)
+    r = run_verify(store, data_spec, teacher=model, samples=samples, seed=seed, device=device)
     if as_json:
         _echo_json(r)
     else:

@@ -56,7 +56,7 @@ def _pct(x: float) -> str:
 
 
 def agreement_line(a: dict) -> str | None:
-    """One line of labelstore.views.teacher_agreement: overall, and split by each boolean view parameter."""
+    """One line of classification_inspect.teacher_agreement: overall, and split by each boolean view parameter."""
     if not a["views"]:
         return None
     line = f"teacher top-1 agreement with the labels: {_pct(a['top1'])} of {a['views']} views (chance {_pct(a['chance'])})"

@@ -1,6 +1,6 @@
 """The gallery of `labelstore inspect --report --data DIR`: replayed views of chosen samples as plain arrays.
 
-labelstore/report.py draws them; it never imports this package, so everything here comes out as
+classification_inspect.gallery_figure draws them from plain data: everything here comes out as
 uint8 images, numbers and strings.
 """
 
@@ -77,7 +77,7 @@ def pick_views(store, n: int = 4) -> tuple[dict[str, list[tuple[int, int, float]
 
 
 def view_gallery(store, data, n: int = 4) -> dict[str, list[dict]]:
-    """kind -> entries for report.gallery_figure, one per view of pick_views(store, n).
+    """kind -> entries for classification_inspect.gallery_figure, one per view of pick_views(store, n).
 
     Entry: epoch, row, sample_id, source uint8 [h, w, 3] (the decoded source image, shrunk to at most
     THUMB_SIDE pixels a side for display), source_hw (its decoded size), box (y, x, h, w)

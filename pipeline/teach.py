@@ -11,7 +11,7 @@ per epoch one whole shard of each array handed to the background writer:
   view_digest [E,N]   u16 = low 16 bits of the crc32c of the uint8 view (integrity.view_check)
   aug/<op>/<param> [E,N,...] = the parameters of the view, in their storage dtype (only with
                      store_params; by default a student re-derives them from the counter-based RNG)
-Probabilities are written with schema.PROB_MANTISSA_BITS mantissa bits (writer.write_block).
+Probabilities are written with classification_store.PROB_MANTISSA_BITS mantissa bits (writer.write_block).
 
 Decoding and rendering run one unit ahead of the teacher on a background thread; writes run
 on another. A killed run keeps every unit it flagged done; `resume=True` redoes the rest
@@ -32,7 +32,7 @@ from labelstore import schema, writer
 from labelstore.errors import ConfigError
 from labelstore.integrity import json_digest, view_check
 
-from . import records
+from . import classification_store, records
 from .images import DecodeError
 from .stage import Item, check_teacher_output, open_store, run_stage
 from .teacher import autocast_context, mc_forward, pick_device
@@ -95,7 +95,7 @@ _RESUME_FIELDS = ("epochs", "seed", "top_k", "mc_passes", "batch_size", "views_p
 def store_attrs(source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int) -> dict:
     pol = policy.to_json()
     return {
-        "task": schema.CLASSIFICATION,
+        "task": classification_store.TASK,
         "tool_version": labelstore.__version__,
         "teacher": teacher_info,
         "dataset": {**source.fingerprint(), **source.describe()},
@@ -225,7 +225,7 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
 class ClassificationTask:
     """Rows are images; a unit (epoch group g, partition p) decodes its images once for the group's epochs."""
 
-    name, count_unit, resume_keys = schema.CLASSIFICATION, "view", RESUME_KEYS
+    name, count_unit, resume_keys = classification_store.TASK, "view", RESUME_KEYS
 
     def __init__(self, source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int,
                  teacher: torch.nn.Module | None = None, device: str | None = None, amp: bool | None = None):
@@ -235,7 +235,7 @@ class ClassificationTask:
         self.teacher = teacher.to(self.dev).eval() if teacher is not None else None
         self.amp = amp
         self.attrs = store_attrs(source, policy, cfg, teacher_info, num_classes)
-        self.specs = schema.classification_arrays(
+        self.specs = classification_store.classification_arrays(
             num_samples=len(source), epochs=cfg.epochs, num_classes=num_classes, top_k=cfg.top_k,
             mc_passes=cfg.mc_passes, aug_spec=policy.param_spec() if cfg.store_params else {}, digests=cfg.digests,
         )

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 import labelstore
-from labelstore import schema, writer
+from labelstore import writer
 from labelstore.errors import ConfigError, TeacherOutputError
 from labelstore.integrity import json_digest, view_digest
 from labelstore.manifest import PROGRESS
 
+from . import retrieval_store
 from .stage import Item, check_teacher_output, run_stage
 from .teacher import teacher_info
 from .retrieval_data import (FRAME_TEMPERATURE, FrameCache, as_policy, caption_rows, check_feature_dim, frame_targets,
@@ -110,7 +111,7 @@ RESUME_KEYS = ("task", "epochs", "seed", "num_videos", "num_captions", "num_fram
 class RetrievalTask:
     """Rows are videos and captions; one work unit = one epoch (unit (e, 0)), written whole."""
 
-    name, count_unit, resume_keys = schema.RETRIEVAL, "pair", RESUME_KEYS
+    name, count_unit, resume_keys = retrieval_store.TASK, "pair", RESUME_KEYS
 
     def __init__(self, videos, caps: list[Caption], cap_path: str | None, tokenizer: Tokenizer,
                  teacher: torch.nn.Module, policy: VideoPolicy, cfg: RetrievalTeachConfig, teacher_name: str | None):
@@ -130,7 +131,7 @@ class RetrievalTask:
             raise ConfigError(f"teach_retrieval: batch_size {batch_size} exceeds the {self.Nc} captions")
         pol, tok = policy.to_json(), tokenizer.to_json()
         self.attrs = {
-            "task": schema.RETRIEVAL,
+            "task": retrieval_store.TASK,
             "tool_version": labelstore.__version__,
             "teacher": teacher_info(teacher, teacher_name),
             "dataset": {**videos.fingerprint(), **videos.describe()},
@@ -166,7 +167,7 @@ class RetrievalTask:
         self._epochs_done = 0
 
     def build(self, at: str) -> None:
-        specs = schema.retrieval_arrays(num_videos=self.Nv, num_captions=self.Nc, epochs=self.E, num_frames=self.m,
+        specs = retrieval_store.retrieval_arrays(num_videos=self.Nv, num_captions=self.Nc, epochs=self.E, num_frames=self.m,
                                         mode=self.mode, embed_dim=self.embed_dim, num_batches=self.nb,
                                         batch_size=self.batch_size, digests=self.digests)
         whole = {s.name: -(-s.shape[s.row_axis] // self.chunk_rows) * self.chunk_rows for s in specs}  # one shard: all rows

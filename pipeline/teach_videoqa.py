@@ -33,11 +33,11 @@ import torch
 import torch.nn as nn
 
 import labelstore
-from labelstore import schema, writer
+from labelstore import writer
 from labelstore.errors import ConfigError
 from labelstore.integrity import json_digest
 
-from . import records
+from . import records, videoqa_store
 from .stage import Item, check_teacher_output, run_stage
 from .teacher import mc_head_passes, set_mc_dropout
 from .teacher import teacher_info as describe_teacher
@@ -161,7 +161,7 @@ RESUME_KEYS = ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epoc
 class VideoQATask:
     """Rows are questions; a unit decodes its videos once (the union of the frames all epochs need)."""
 
-    name, count_unit, resume_keys = schema.VIDEOQA, "view", RESUME_KEYS
+    name, count_unit, resume_keys = videoqa_store.TASK, "view", RESUME_KEYS
 
     def __init__(self, videos, qa: QASet, tokenizer: Tokenizer, vocab: AnswerVocab, teacher: nn.Module,
                  policy: VideoPolicy, cfg: VideoQATeachConfig, teacher_info: dict, head_only: bool | None):
@@ -169,8 +169,8 @@ class VideoQATask:
         self.videos, self.qa, self.vocab, self.teacher, self.policy = videos, qa, vocab, teacher.eval(), policy
         self.cfg, self.head_only = cfg, head_only
         self.attrs = _attrs(videos, qa, tokenizer, vocab, policy, teacher_info, cfg)
-        self.specs = schema.videoqa_arrays(num_questions=len(qa), epochs=cfg.epochs, num_answers=len(vocab),
-                                           num_videos=len(videos), top_k=cfg.top_k, mc_passes=cfg.mc_passes,
+        self.specs = videoqa_store.videoqa_arrays(num_questions=len(qa), epochs=cfg.epochs, num_answers=len(vocab),
+                                                  num_videos=len(videos), top_k=cfg.top_k, mc_passes=cfg.mc_passes,
                                            num_frames=policy.sampler.num_frames)
         self._records = records.UnitRecords(self.specs)  # the current epoch's records of the unit
 
@@ -232,7 +232,7 @@ def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_inf
     vfp = videos.fingerprint()
     pol = policy.to_json()
     return {
-        "task": schema.VIDEOQA,
+        "task": videoqa_store.TASK,
         "tool_version": labelstore.__version__,
         "teacher": teacher_info,
         "dataset": {

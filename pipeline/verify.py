@@ -22,7 +22,7 @@ import torch
 from labelstore.errors import StoreError
 from labelstore.integrity import verify_chunks, verify_objects, view_check
 
-from .replay import check_data, replay_views, store_policy
+from .replay import check_data, open_data, replay_views, store_policy
 from .teacher import pick_device
 
 
@@ -82,3 +82,8 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
     report["ok"] = (not report["chunk_problems"] and not report["replay_problems"] and digests_ok == checked
                     and report.get("teacher_mismatches", 0) == 0)
     return report
+
+
+def verify_command(store, data_spec: str, **kwargs) -> dict:
+    """`labelstore verify STORE --data SPEC`: verify(store, replay.open_data(store, SPEC), **kwargs)."""
+    return verify(store, open_data(store, data_spec), **kwargs)

@@ -80,7 +80,7 @@ def test_readme_walkthrough_teacher_weights_two_ways(walk):
     assert a.attrs["teacher"]["weights_sha256"] == b.attrs["teacher"]["weights_sha256"] == digest
     assert a.attrs["teacher"]["weights_file"] == str(walk["net"]) and a.attrs["teacher"]["name"] == "mymod:Net"
     assert b.attrs["teacher"]["name"] == f"mymod:Net?weights={walk['net']}" and "weights_file" not in b.attrs["teacher"]
-    from labelstore.views import teacher_agreement
+    from labelstore.pipeline.classification_inspect import teacher_agreement
 
     stored = teacher_agreement(a)
     assert round(100 * stored["top1"], 1) == top1 and stored["views"] == views

@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 from labelstore import schema, writer
+from labelstore.pipeline import classification_store
 from labelstore.integrity import view_check
 
 
@@ -36,7 +37,7 @@ def test_round_mantissa_bound_on_every_float16(bits):
 
 def test_round_mantissa_keeps_order_and_nan():
     p = np.sort(np.random.default_rng(0).random(10_000).astype(np.float16))
-    q = schema.round_mantissa(p, schema.PROB_MANTISSA_BITS)
+    q = schema.round_mantissa(p, classification_store.PROB_MANTISSA_BITS)
     assert (np.diff(q.astype(np.float32)) >= 0).all()  # monotone: a descending top-k stays non-increasing
     assert np.isnan(schema.round_mantissa(np.array([np.nan], np.float16), 6)).all()
 
@@ -49,8 +50,8 @@ def _store(tmp_path, specs):
 def test_codec_recipes_round_trip_through_zarr(tmp_path):
     """ids (transpose + zstd) and default: bit-exact; probs: within 2^-7 max(p, 2^-14) of the float16 written."""
     E, N, K, C = 2, 300, 5, 1000
-    specs = schema.classification_arrays(num_samples=N, epochs=E, num_classes=C, top_k=K, mc_passes=2,
-                                         aug_spec={"rrc/box": ("uint16", (4,))})
+    specs = classification_store.classification_arrays(num_samples=N, epochs=E, num_classes=C, top_k=K, mc_passes=2,
+                                                       aug_spec={"rrc/box": ("uint16", (4,))})
     by = {s.name: s for s in specs}
     assert (by["topk_indices"].codec, by["topk_values"].codec, by["gt_prob"].codec) == ("ids", "probs", "probs")
     group = _store(tmp_path, specs)
@@ -74,13 +75,13 @@ def test_codec_recipes_round_trip_through_zarr(tmp_path):
     assert back["view_digest"].dtype == np.uint16
     for name, data in (("topk_values", vals), ("gt_prob", gp), ("mc_values", mc)):
         got = back[name][:]
-        assert got.dtype == np.float16 and back[name].attrs["mantissa_bits"] == schema.PROB_MANTISSA_BITS
+        assert got.dtype == np.float16 and back[name].attrs["mantissa_bits"] == classification_store.PROB_MANTISSA_BITS
         np.testing.assert_array_equal(np.isnan(got), np.isnan(data))
         x, y = data.astype(np.float64), got.astype(np.float64)
         ok = ~np.isnan(x)
-        bound = 2.0 ** -(schema.PROB_MANTISSA_BITS + 1) * np.maximum(np.abs(x[ok]), 2.0**-14)
+        bound = 2.0 ** -(classification_store.PROB_MANTISSA_BITS + 1) * np.maximum(np.abs(x[ok]), 2.0**-14)
         assert (np.abs(y[ok] - x[ok]) <= bound).all(), name
-        np.testing.assert_array_equal(got.view(np.uint16), schema.round_mantissa(data, schema.PROB_MANTISSA_BITS)
+        np.testing.assert_array_equal(got.view(np.uint16), schema.round_mantissa(data, classification_store.PROB_MANTISSA_BITS)
                                       .view(np.uint16))  # exactly the rounded values: the codecs are lossless
 
 

@@ -15,7 +15,7 @@ import zarr
 from conftest import teach_store
 from labelstore import schema, writer
 from labelstore.errors import ConfigError
-from labelstore.pipeline import records, rng
+from labelstore.pipeline import classification_store, records, retrieval_store, rng
 from labelstore.pipeline.teach import TeachConfig
 from labelstore.pipeline.teach_retrieval import RetrievalTeachConfig
 from labelstore.pipeline.teach_videoqa import VideoQATeachConfig, mc_seed
@@ -78,7 +78,7 @@ def test_topk_records_by_hand():
 
 
 def test_unit_records_buffers_follow_the_specs():
-    specs = schema.classification_arrays(num_samples=40, epochs=2, num_classes=300, top_k=3, mc_passes=2, aug_spec={},
+    specs = classification_store.classification_arrays(num_samples=40, epochs=2, num_classes=300, top_k=3, mc_passes=2, aug_spec={},
                                          digests=True)
     buf = records.UnitRecords(specs)
     assert not buf
@@ -127,7 +127,7 @@ def test_per_array_shard_rows_put_each_retrieval_array_in_one_shard(tmp_path):
     """The rule teach_retrieval used to apply itself: inner chunks of min(chunk_rows, rows) rows, one shard =
     all rows (of one epoch), rounded up to whole chunks; and one partition."""
     chunk_rows = 16
-    specs = schema.retrieval_arrays(num_videos=7, num_captions=40, epochs=2, num_frames=4, mode="batches", num_batches=3,
+    specs = retrieval_store.retrieval_arrays(num_videos=7, num_captions=40, epochs=2, num_frames=4, mode="batches", num_batches=3,
                                     batch_size=5)
     whole = {s.name: -(-s.shape[s.row_axis] // chunk_rows) * chunk_rows for s in specs}
     group = writer.create(str(tmp_path / "r.zarr"), specs, {"epochs": 2}, chunk_rows=chunk_rows, shard_rows=whole,

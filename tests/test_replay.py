@@ -284,7 +284,7 @@ def test_derived_params_need_the_pipeline(policy_stores):
 
 
 def test_inspect_crop_histograms_from_derived_params(policy_stores, stored_policy_stores):
-    from labelstore.views import classification_stats
+    from labelstore.pipeline.classification_inspect import classification_stats
 
     derived = classification_stats(labelstore.open(policy_stores["crop-flip"]))
     stored = classification_stats(labelstore.open(stored_policy_stores["crop-flip"]))

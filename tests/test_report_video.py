@@ -17,13 +17,14 @@ from test_report import _pngs
 
 import labelstore
 from labelstore.pipeline import builtin_video as bv
+from labelstore.pipeline.retrieval_inspect import retrieval_details
 from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_captions, read_questions
+from labelstore.pipeline.videoqa_inspect import videoqa_details
 from labelstore.trainers.retrieval_cli import TEACHER_SPEC, cli_teach_retrieval, save_retrieval_checkpoint
 from labelstore.trainers.retrieval_models import CrossModalTeacher
 from labelstore.trainers.spec import save_checkpoint
 from labelstore.trainers.videoqa_cli import cli_teach_videoqa
 from labelstore.trainers.videoqa_models import VideoQAClassifier
-from labelstore.views import retrieval_details, videoqa_details
 
 torch.set_num_threads(1)
 M, SIZE = 8, 32

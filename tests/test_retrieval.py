@@ -11,7 +11,7 @@ import torch
 
 import labelstore
 from labelstore.integrity import view_digest
-from labelstore.views import inspect_store
+from labelstore.trainers.tasks import inspect_store
 from labelstore.pipeline import builtin_video as bv
 from labelstore.pipeline.retrieval_data import plan_batches
 from labelstore.pipeline.teach_retrieval import RetrievalTeachConfig, dense_similarity, teach_retrieval
@@ -103,7 +103,7 @@ def test_replay_reproduces_frames_scores_and_similarities(data, tmp_path, mode):
         losses[train_mode, in_memory] = h["loss"]
     assert losses["cache", 0] == losses["cache", 1 << 30]
     assert np.allclose(losses["cache", 0], losses["online", 0], rtol=1e-2), losses  # same batches, same targets
-    stats = inspect_store(store)
+    stats = inspect_store(store)[0]
     assert len(stats["per_epoch"]["frame_entropy"]) == store.epochs
     assert sum(stats["histograms"]["argmax_frame"]["counts"]) == store.epochs * len(cv)
 

@@ -1,22 +1,33 @@
 """A fourth task defined here, outside the package: teacher features for feature distillation.
 
 It proves the task interface (labelstore.pipeline.stage) is enough: teach -> store -> read the
-targets back -> a student step, resume, ranks sharing one store, and the shared error paths.
-Everything is real: a Zarr store on disk, the background writer, the prefetch thread.
+targets back -> a student step, resume, ranks sharing one store, and the shared error paths; and
+that one `register` line (labelstore.trainers.tasks) makes `labelstore inspect` (statistics, text,
+JSON, HTML report) serve it. Everything is real: a Zarr store on disk, the background writer, the
+prefetch thread, the CLI's own inspect command.
 """
 
 from __future__ import annotations
 
+import json
+
+import dask
+import dask.array as da
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 import labelstore
 from labelstore import schema, writer
+from labelstore.cli import main as cli
 from labelstore.errors import StoreMismatch, TeacherOutputError
 from labelstore.integrity import json_digest
 from labelstore.pipeline import rng
 from labelstore.pipeline.stage import Item, check_teacher_output, run_stage
+from labelstore.report import per_epoch_figure, table, title_of
+from labelstore.trainers.tasks import Entry, register
+from labelstore.views import dask_client
 
 from conftest import assert_same_arrays
 
@@ -96,6 +107,34 @@ class FeatureTask:
         return {"views": count}
 
 
+def feature_stats(store, scheduler: str | None = None, warn=lambda m: None) -> tuple[dict, list[str]]:
+    """`labelstore inspect` of a feature store, computed with Dask: per epoch the mean L2 norm of the
+    stored features and the mean input scale s; a histogram of s over all epochs (10 bins on [0.5, 1.5])."""
+    a = store.to_dask()
+    f = a["features"].astype("float32")  # [E, N, F]
+    s = a["aug/scale/s"]  # [E, N]
+    todo = {"feature_norm": da.sqrt((f * f).sum(-1)).mean(1), "scale_mean": s.mean(1)}
+    hist = da.histogram(s.ravel(), bins=10, range=(0.5, 1.5))
+    with dask_client(scheduler):
+        per, (counts, edges) = dask.compute(todo, hist)
+    return ({"per_epoch": {k: [float(x) for x in v] for k, v in per.items()},
+             "histograms": {"scale": {"edges": edges.tolist(), "counts": counts.tolist()}}},
+            [f"{store.attrs['num_samples']} vectors, {F} features per view"])
+
+
+def feature_report(store, stats: dict, info: dict, scheduler: str | None = None):
+    """The report section: the scale histogram as a table, the per-epoch curves as a figure."""
+    h = stats["histograms"]["scale"]
+    rows = [[f"{lo:.1f}-{hi:.1f}", c] for lo, hi, c in zip(h["edges"][:-1], h["edges"][1:], h["counts"])]
+    return (["<h2>input scales</h2>" + table(["scale", "views"], rows)],
+            {"toy_per_epoch": per_epoch_figure(stats["per_epoch"], title_of(info), {"scale_mean": "mean s"},
+                                               unbounded=("feature_norm",))})
+
+
+# the one line that adds the task to the registry `labelstore inspect` (and teach/train/demo) dispatch through
+register(FeatureTask.name, Entry(inspect=f"{__name__}:feature_stats", report=f"{__name__}:feature_report"))
+
+
 def data_and_teacher(seed: int = 0):
     g = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -165,3 +204,38 @@ def test_nan_teacher_output_named_and_nothing_flagged(tmp_path):
         run_stage(FeatureTask(x, teacher, epochs=2, seed=2), str(tmp_path / "nan.zarr"))
     store = labelstore.open(tmp_path / "nan.zarr", allow_incomplete=True)
     assert store.progress() == (1, 3)  # partition 0, finished before the bad row, stays done
+
+
+def test_registered_task_through_inspect(tmp_path):
+    """`labelstore inspect` of the toy store: the statistics equal numpy's on the stored arrays, in the
+    JSON, the text table and the HTML report; the commands the task did not name refuse by name."""
+    x, teacher = data_and_teacher()
+    path = str(tmp_path / "t.zarr")
+    run_stage(FeatureTask(x, teacher, epochs=2, seed=7), path)
+    r = CliRunner().invoke(cli, ["inspect", path, "--json", "--quiet"])
+    assert r.exit_code == 0, r.output
+    stats = json.loads(r.stdout)
+    store = labelstore.open(path)
+    for e in range(2):
+        rec = store.read(e)
+        norm = np.sqrt((rec["features"].astype(np.float32) ** 2).sum(-1)).mean()
+        np.testing.assert_allclose(stats["per_epoch"]["feature_norm"][e], norm, rtol=1e-6)
+        np.testing.assert_allclose(stats["per_epoch"]["scale_mean"][e], rec["scale/s"].mean(), rtol=1e-6)
+    s = np.stack([store.read(e)["scale/s"] for e in range(2)])
+    assert stats["histograms"]["scale"]["counts"] == np.histogram(s, bins=10, range=(0.5, 1.5))[0].tolist()
+
+    report = tmp_path / "r.html"
+    r = CliRunner().invoke(cli, ["inspect", path, "--quiet", "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    assert f"{N} vectors, {F} features per view" in r.stdout and f"report written to {report}" in r.stdout
+    assert f"{stats['per_epoch']['scale_mean'][1]:.4f}" in r.stdout  # the per-epoch table
+    html = report.read_text()
+    assert "task toy-features" in html and "<h2>input scales</h2>" in html and "alt='toy_per_epoch'" in html
+    assert f"<td>{stats['per_epoch']['feature_norm'][0]:.4f}</td>" in html  # the per-epoch table
+
+    r = CliRunner().invoke(cli, ["inspect", path, "--report", str(report), "--data", str(tmp_path)])
+    assert r.exit_code == 2 and "--data: the gallery of replayed views is for classification stores" in r.stderr
+    r = CliRunner().invoke(cli, ["verify", path, "--data", str(tmp_path)])
+    assert r.exit_code == 2 and "verify does not know task 'toy-features'" in r.stderr
+    r = CliRunner().invoke(cli, ["demo", "--task", FeatureTask.name, "--out", str(tmp_path / "demo")])
+    assert r.exit_code == 2 and "--task toy-features: the task has no `labelstore demo`" in r.stderr

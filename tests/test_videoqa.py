@@ -10,7 +10,7 @@ import torch
 
 import labelstore
 from labelstore.integrity import StoreError
-from labelstore.views import inspect_store
+from labelstore.trainers.tasks import inspect_store
 from labelstore.pipeline import builtin_video as bv
 from labelstore.pipeline.teach_videoqa import VideoQATeachConfig, mc_seed, teach_videoqa, teacher_targets
 from labelstore.pipeline.videoqa_data import ClipCache, frame_indices, prepare_questions
@@ -80,7 +80,7 @@ def test_store_schema_and_reproducible_block(data, tmp_path):
     np.testing.assert_array_equal(rec["topk_values"], out["topk_values"].numpy().astype(np.float16))
     np.testing.assert_array_equal(rec["mc_values"], out["mc_values"].numpy().astype(np.float16))
     np.testing.assert_array_equal(rec["gt_prob"], out["gt_prob"].numpy().astype(np.float16))
-    stats = inspect_store(store)["per_epoch"]
+    stats = inspect_store(store)[0]["per_epoch"]
     assert set(stats) == {"top1_agreement", "topk_mass", "gt_prob", "mc_spread"}
     assert stats["mc_spread"][0] > 0 and abs(stats["topk_mass"][0] - 1) < 1e-2
 
@@ -90,7 +90,7 @@ def test_mc_spread_zero_without_dropout(data, tmp_path):
     store = labelstore.open(str(tmp_path / "p0.zarr"))
     mc, top = store.read_array("mc_values", epoch=0), store.read_array("topk_values", epoch=0)
     np.testing.assert_array_equal(mc, np.broadcast_to(top[:, None], mc.shape))
-    assert inspect_store(store)["per_epoch"]["mc_spread"] == [0.0, 0.0]
+    assert inspect_store(store)[0]["per_epoch"]["mc_spread"] == [0.0, 0.0]
 
 
 def test_resume_equals_uninterrupted(data, tmp_path):

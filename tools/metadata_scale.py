@@ -19,16 +19,16 @@ import time
 import numpy as np
 
 import labelstore
-from labelstore import manifest, schema, writer
+from labelstore import manifest, writer
 from labelstore.cli import store_info
+from labelstore.pipeline.classification_store import classification_arrays
 
 
 def build(path: str, n: int, epochs: int, groups: int = 1, shard_rows: int = 8192,
           chunk_rows: int = 2048) -> tuple[int, float]:
     """(data objects, seconds of pending_units on the store before its last unit: what a resume reads)."""
     aug = {"rrc/box": ("uint16", (4,)), "flip/flag": ("bool", ())}
-    specs = schema.classification_arrays(num_samples=n, epochs=epochs, num_classes=1000, top_k=5, mc_passes=0,
-                                         aug_spec=aug)
+    specs = classification_arrays(num_samples=n, epochs=epochs, num_classes=1000, top_k=5, mc_passes=0, aug_spec=aug)
     attrs = {"task": "classification", "epochs": epochs, "num_samples": n, "num_classes": 1000, "top_k": 5,
              "mc_passes": 0, "seed": 0, "classes": [f"n{i:08d}" for i in range(1000)]}
     v = -(-epochs // groups)

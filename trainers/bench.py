@@ -97,13 +97,14 @@ def bench_student_epochs(data, tmp: str, teacher: str = "resnet-m", student: str
 
 def bench_label_reads(tmp: str, num_samples: int = 262_144, num_classes: int = 1000, repeats: int = 3) -> dict:
     """Figure 4: decode top-5 values/indices + crop box + flip of whole epochs, one thread."""
-    from labelstore import schema, writer
+    from labelstore import writer
+    from labelstore.pipeline.classification_store import classification_arrays
 
     import numcodecs.blosc
 
     numcodecs.blosc.set_nthreads(1)
     g = np.random.default_rng(0)
-    specs = [s for s in schema.classification_arrays(num_samples=num_samples, epochs=1, num_classes=num_classes,
+    specs = [s for s in classification_arrays(num_samples=num_samples, epochs=1, num_classes=num_classes,
                                                       top_k=5, mc_passes=0, digests=False,
                                                       aug_spec={"rrc/box": ("uint16", (4,)), "flip/flag": ("bool", ())})]
     path = os.path.join(tmp, "reads.zarr")

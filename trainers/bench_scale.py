@@ -416,12 +416,12 @@ def run_scale(n: int = IMAGENET_TRAIN, epochs: int = 4, echo=print, workers=(0, 
         r["epoch_cache_bytes"] = store.epoch_cache.nbytes(store)
         info = _timed_cli("info", out, "--json")
         r["info"] = {"wall_s": info["wall_s"], "cpu_s": info["cpu_s"], "bytes_per_view": info["out"]["bytes_per_view"]}
-        from labelstore import views as store_views
+        from labelstore.pipeline.classification_inspect import classification_details, classification_stats
 
         fresh = labelstore.open(out)
         t0, c0 = time.perf_counter(), time.process_time()
-        store_views.classification_stats(fresh)
-        store_views.classification_details(fresh)
+        classification_stats(fresh)
+        classification_details(fresh)
         r["inspect_pass"] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
         ins = _timed_cli("inspect", out, "--json", "--quiet")
         r["inspect"] = {"wall_s": ins["wall_s"], "cpu_s": ins["cpu_s"], "views": views,

@@ -60,7 +60,8 @@ def teach_command(o: dict, warn) -> tuple[dict, str]:
     state = "complete" if stats["complete"] else "incomplete (other ranks still running)"
     line = f"{out}: {stats['views']} views in {stats['seconds']:.1f}s ({stats['views_per_s']:.0f} views/s), {state}"
     if stats["complete"]:
-        from labelstore.views import mean_topk_mass, teacher_agreement
+        from labelstore.pipeline.classification_inspect import teacher_agreement
+        from labelstore.views import mean_topk_mass
 
         store = labelstore.open(out)
         warn(checks.low_topk_mass(mean_topk_mass(store), top_k))
@@ -134,7 +135,7 @@ def train_command(o: dict, warn) -> tuple[dict | None, str]:
                           device=pick_device(local_device(local_rank, o["device"])), out_dir=o["out"])
     if rank:
         return None, ""
-    from labelstore.views import teacher_agreement
+    from labelstore.pipeline.classification_inspect import teacher_agreement
 
     f = m["final"]
     acc = f" eval accuracy {f['eval_accuracy']:.4f}" if "eval_accuracy" in f else ""

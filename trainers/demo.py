@@ -19,10 +19,7 @@ import torch
 
 import labelstore
 from labelstore.cli import store_info
-from labelstore.report import write_report
-from labelstore.views import classification_details, inspect_store
 from labelstore.pipeline.augment import IMAGENET_MEAN, IMAGENET_STD, eval_policy, make_policy
-from labelstore.pipeline.gallery import view_gallery
 from labelstore.pipeline.images import ImageFolder, make_shapes_dataset
 from labelstore.pipeline.teach import TeachConfig, teach
 from labelstore.pipeline.teacher import weights_hash
@@ -31,6 +28,7 @@ from .distill import DistillConfig, train_student
 from .fit import TensorBatches, evaluate, seed_everything, train_classifier
 from .models import build_model, count_flops, count_params
 from .spec import save_checkpoint
+from .tasks import inspect_store, write_report
 
 
 def render_all(source, policy, seed: int, epoch: int, images: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,9 +136,9 @@ def run_demo(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: in
             r["teacher_views_avoided"] = online["teacher_views"]
             r["teacher_seconds_avoided"] = online["teacher_seconds"]
 
-    istats = inspect_store(store)
-    plot = os.path.join(out, "report.html")  # `labelstore inspect STORE --report`
-    write_report(plot, store_info(store), istats, classification_details(store), view_gallery(store, train))
+    istats = inspect_store(store)[0]
+    plot = os.path.join(out, "report.html")  # `labelstore inspect STORE --report PLOT --data TRAIN_DIR`
+    write_report(plot, store, istats, store_info(store), data=str(train.root))
     results = {
         "teacher": {"model": teacher, "accuracy": teacher_acc, "flops": flops_t, "train_seconds": timings["teacher_train"]},
         "student": {"model": student, "flops": flops_s}, "rows": rows,
