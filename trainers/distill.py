@@ -209,7 +209,7 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
 
     loop = LoopConfig(epochs=epochs, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                       progress=progress, desc=cfg.mode)
-    res = train(student, batches, step, loop, lengths=[len(ld) for ld in loaders], device=dev,
+    res = train(student, batches, step, loop, lengths=[len(ld) for ld in loaders], device=dev, ddp=True,
                 evaluate=None if eval_batches is None else (lambda: evaluate(student, eval_batches(), dev)))
     counts: dict = {}
     history = []

@@ -10,7 +10,7 @@ A task drives it with its batches and its loss:
 
 The loop owns what is the same for every task: the optimiser (`make_optimizer`), the schedule
 (`lr_factor`, set before every step), DistributedDataParallel inside a torch.distributed group
-(torchrun; gloo on CPU, nccl on CUDA, pipeline/dist.py), autocast + GradScaler on CUDA when asked,
+for a task that shards its data per rank (torchrun; gloo on CPU, nccl on CUDA, pipeline/dist.py), autocast + GradScaler on CUDA when asked,
 gradient clipping, the progress bar, per-epoch metrics, the non-finite-loss check, and `save`
 (weights + metrics.json, rank 0). Seeding stays with the caller (`seed_everything` before the
 model is built), so the model's initialisation and the loop's dropout draw from one stream.
@@ -131,7 +131,8 @@ def _world() -> tuple[int, int]:
 
 def train(model: nn.Module, batches: Callable[[int], Iterable], step: Step, cfg: LoopConfig, *,
           lengths: Sequence[int] | None = None, device: str | torch.device = "cpu",
-          evaluate: Callable[[], dict] | None = None, on_epoch: Callable[[dict], None] | None = None) -> dict:
+          evaluate: Callable[[], dict] | None = None, on_epoch: Callable[[dict], None] | None = None,
+          ddp: bool = False) -> dict:
     """Train `model` (in place, on `device`) for cfg.epochs epochs of batches(epoch); returns
 
         {"history": [per epoch {"epoch", "loss", "n", "steps", "seconds", "lr", **sums, eval_*}],
@@ -140,10 +141,12 @@ def train(model: nn.Module, batches: Callable[[int], Iterable], step: Step, cfg:
     epoch loss = sum(loss * n) / sum(n) over its steps (over all ranks under DDP; NaN when n = 0;
     FloatingPointError when it is not finite). lengths[e]: steps of epoch e (the schedule's
     total). evaluate(): metrics of the model, prefixed eval_, after the last epoch (every epoch
-    with cfg.progress), on rank 0. on_epoch(record): after each epoch. Under DDP the model is
-    wrapped in DistributedDataParallel (the step gets the wrapper), BatchNorm buffers come from
-    rank 0 at the end, and "ddp" records per epoch the views of each rank and the distinct rows
-    seen (StepResult.rows), and each rank's final weights hash. The model is left in eval mode.
+    with cfg.progress), on rank 0. on_epoch(record): after each epoch.
+    ddp=True (the task's batches are this rank's share of the data): inside a torch.distributed
+    group of W > 1 processes the model is wrapped in DistributedDataParallel (the step gets the
+    wrapper; gradients averaged over ranks), BatchNorm buffers come from rank 0 at the end, and
+    "ddp" records per epoch the views of each rank and the distinct rows seen (StepResult.rows),
+    and each rank's final weights hash. The model is left in eval mode.
     """
     from tqdm.auto import tqdm
 
@@ -151,7 +154,7 @@ def train(model: nn.Module, batches: Callable[[int], Iterable], step: Step, cfg:
         raise ConfigError(f"epochs must be >= 0, got {cfg.epochs}")
     lr, wd = cfg.resolved()
     dev = torch.device(device)
-    world, rank = _world()
+    world, rank = _world() if ddp else (1, 0)
     model.to(dev)
     wrapped = model
     if world > 1:
