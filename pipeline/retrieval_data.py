@@ -56,6 +56,13 @@ class FrameCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:  # pickled to spawned DataLoader workers: the lock stays here
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, st: dict) -> None:
+        self.__dict__.update(st)
+        self._lock = threading.Lock()
+
     def get(self, i: int, indices: np.ndarray) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
         full = self._cache.get(i)
