@@ -360,3 +360,42 @@ class ReplayLoader:
             if partner is not None:
                 t["view_partner"], t["view_lam"] = partner, lam
             yield x, t
+
+
+class _EpochKeys(torch.utils.data.Sampler):
+    """Keys (epoch, b), b < dataset.num_batches(epoch), of the epoch last set (in the main process)."""
+
+    def __init__(self, dataset):
+        self.dataset, self.epoch = dataset, 0
+
+    def __len__(self) -> int:
+        return self.dataset.num_batches(self.epoch)
+
+    def __iter__(self):
+        return iter([(self.epoch, b) for b in range(len(self))])
+
+
+def epoch_batches(dataset, num_workers: int = 0):
+    """batches(epoch) over a dataset whose item (epoch, b) is batch b of that student epoch (the
+    VideoQA and retrieval replay datasets): a DataLoader whose num_workers persistent processes
+    decode and render the batches (in this process with 0), in order, so the batches are the same
+    for any worker count. The workers are spawned, not forked (the dataset is pickled to them):
+    video decoders (PyAV) hang in a forked child. The loader draws its worker seeds from a
+    generator of its own, so the training's global torch RNG (dropout) is untouched by the number
+    of workers and epochs. dataset.prepare(epoch), when present, runs in this process before the
+    epoch's batches are made (e.g. to read the epoch's records into the shared epoch cache)."""
+    keys = _EpochKeys(dataset)
+    loader = torch.utils.data.DataLoader(dataset, sampler=keys, batch_size=None, num_workers=num_workers,
+                                         collate_fn=_same, worker_init_fn=_numba_one_thread if num_workers else None,
+                                         persistent_workers=num_workers > 0,
+                                         multiprocessing_context="spawn" if num_workers else None,
+                                         generator=torch.Generator())  # its worker seeds: not from torch's global RNG
+
+    def batches(epoch: int):
+        keys.epoch = epoch
+        prepare = getattr(dataset, "prepare", None)
+        if prepare is not None:
+            prepare(epoch)
+        return loader
+
+    return batches

@@ -1,4 +1,5 @@
-"""Retrieval data: captions resolved against a video source, decoded frames, rendered inputs, batch plans.
+"""Retrieval data: captions resolved against a video source, decoded frames, rendered inputs, batch plans,
+and the students' replay dataset (RetrievalReplay).
 
 Shared by the teacher stage (labelstore.pipeline.teach_retrieval) and the students
 (labelstore.trainers.retrieval).
@@ -14,9 +15,9 @@ import numpy as np
 import torch
 
 from . import rng
-from .text import Caption, check_videos, read_captions
+from .text import Caption, Tokenizer, check_videos, read_captions
 from .video import FeatureH5, FrameSampler, VideoPolicy
-from labelstore.errors import ConfigError
+from labelstore.errors import ConfigError, StoreMismatch
 
 
 def load_captions(captions: str | os.PathLike | Sequence[Caption]) -> tuple[list[Caption], str | None]:
@@ -53,6 +54,13 @@ class FrameCache:
         self.videos, self.max_bytes, self.max_frames = videos, max_bytes, max_frames
         self._cache: dict[int, np.ndarray] = {}
         self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:  # pickled to spawned DataLoader workers: the lock stays here
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, st: dict) -> None:
+        self.__dict__.update(st)
         self._lock = threading.Lock()
 
     def get(self, i: int, indices: np.ndarray) -> np.ndarray:
@@ -128,3 +136,134 @@ def check_feature_dim(videos, teacher: torch.nn.Module) -> None:
     elif fdim is not None:
         raise ConfigError(f"{videos}: the video source holds frames but the model {type(teacher).__name__} "
                           f"takes features of dimension {fdim}")
+
+
+class CaptionData:
+    """Captions (tokenised), their video rows, and a frame cache over the video source.
+
+    src_rows [Nv]: source rows of the videos (store rows are positions in it); caption_video [Nc]:
+    the store row of each caption's video.
+    """
+
+    def __init__(self, videos, caps: Sequence[Caption], tokenizer: Tokenizer, policy: VideoPolicy, text_max_len: int,
+                 src_rows: np.ndarray, caption_video: np.ndarray, cache: FrameCache | None = None):
+        self.videos, self.caps, self.policy = videos, list(caps), policy
+        self.ids, self.mask = tokenizer.encode_batch([c.text for c in caps], text_max_len)
+        self.src_rows, self.caption_video = np.asarray(src_rows), np.asarray(caption_video)
+        self.cache = cache or FrameCache(videos)
+
+    @classmethod
+    def from_store(cls, store, videos, captions=None) -> "CaptionData":
+        """Rows exactly as the store recorded them (its caption table and video table); StoreMismatch
+        when a video of the store is missing from `videos` or `captions` (if given) differ from it."""
+        a = store.attrs
+        index = {vid: i for i, vid in enumerate(videos.ids)}
+        sample_ids = store.read_array("sample_id")
+        missing = [s for s in sample_ids if str(s) not in index]
+        if missing:
+            raise StoreMismatch(f"{store.path}: {len(missing)} video(s) of the store are not in {videos}, e.g. {missing[:5]}")
+        src_rows = np.array([index[str(s)] for s in sample_ids], np.int64)
+        texts = [str(t) for t in store.read_array("caption_text")]
+        cv = store.read_array("caption_video").astype(np.int64)
+        if captions is not None:
+            caps, _ = load_captions(captions)
+            if [c.text for c in caps] != texts:
+                raise StoreMismatch(f"{store.path}: the captions given differ from the store's caption table")
+        caps = [Caption(str(sample_ids[v]), t, line=i + 1) for i, (t, v) in enumerate(zip(texts, cv))]
+        policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
+        tok = Tokenizer.from_json(a["tokenizer"])
+        return cls(videos, caps, tok, policy, int(a["text_max_len"]), src_rows, cv)
+
+    def inputs(self, vids: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+        """Model input of videos `vids` (store rows) at frame indices [len(vids), m]."""
+        frames = [self.cache.get(int(self.src_rows[v]), indices[k]) for k, v in enumerate(vids)]
+        return render_inputs(self.videos, self.policy, frames)
+
+    def text(self, caps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.ids[caps]), torch.from_numpy(self.mask[caps])
+
+
+class RetrievalReplay(torch.utils.data.Dataset):
+    """The batches of a retrieval student epoch, decoded where the DataLoader runs it.
+
+        ds = RetrievalReplay(data, batch_size=32, seed=0, store=store, targets=True)
+        for batch in epoch_batches(ds, num_workers=2)(epoch):    # labelstore.pipeline.replay
+
+    Item (epoch, b): batch b of the epoch's plan (the store's batch_captions of store epoch
+    epoch % E in "batches" mode, else plan_batches(caption_video, batch_size, seed, epoch)), a dict of
+        caps [B] int64 (caption rows; the plan's -1 slots dropped), vids [B] (their videos' store rows),
+        x (render_inputs of the videos at their frames), ids [B, L], mask [B, L],
+        with targets=True (from the store): frame_scores [B, m] float32 and the teacher's similarity
+        block, Q [B texts, B videos] float32 (dense, batches), or text_emb, video_emb [B, D] float32
+        (embeddings: Q = logit_scale * normalize(text_emb) @ normalize(video_emb)^T is made by the
+        consumer, in one process, so it does not depend on the worker count).
+    Frames: the store's aug/frames/indices of store epoch epoch % E, or without a store the policy's
+    sampler keyed by (seed, epoch). A dense epoch matrix of at most dense_in_memory bytes is read
+    whole once per epoch and process, else the batch's caption rows are read per batch.
+    """
+
+    def __init__(self, data: CaptionData, *, batch_size: int, seed: int, store=None, targets: bool = False,
+                 dense_in_memory: int = 256 << 20):
+        self.data, self.store, self.batch_size, self.seed = data, store, int(batch_size), int(seed)
+        self.targets, self.dense_in_memory = targets, dense_in_memory
+        self.smode = store.attrs["similarity_mode"] if store is not None else None
+        self._memo: dict = {}
+
+    def _epoch(self, what: str, epoch: int, make):
+        """make(), once per (what, epoch) in this process (the last epoch's kept)."""
+        if (what, epoch) not in self._memo:
+            self._memo = {k: v for k, v in self._memo.items() if k[0] != what}
+            self._memo[what, epoch] = make()
+        return self._memo[what, epoch]
+
+    def plan(self, epoch: int) -> np.ndarray:
+        """int32 [nb, B]: the caption rows of each batch of `epoch` (-1 = empty slot)."""
+        if self.smode == "batches":
+            return self._epoch("plan", epoch, lambda: self.store.read_array("batch_captions", epoch % self.store.epochs))
+        return self._epoch("plan", epoch, lambda: plan_batches(self.data.caption_video, self.batch_size, self.seed, epoch))
+
+    def num_batches(self, epoch: int) -> int:
+        return len(self.plan(epoch))
+
+    def __len__(self) -> int:
+        return self.num_batches(0)
+
+    def _frames(self, epoch: int) -> np.ndarray:
+        d = self.data
+        if self.store is not None:
+            se = epoch % self.store.epochs
+            return self._epoch("frames", se, lambda: self.store.read_array("aug/frames/indices", se))  # [Nv, m]
+        Nv = len(d.src_rows)
+        return self._epoch("frames", epoch, lambda: d.policy.sample(self.seed, epoch, np.arange(Nv),
+                                                                    d.videos.src_shapes(d.src_rows), Nv)["frames/indices"])
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, b = key
+        d = self.data
+        row = self.plan(epoch)[b]
+        caps = row[row >= 0].astype(np.int64)
+        vids = d.caption_video[caps]
+        ids, mask = d.text(caps)
+        out = {"caps": caps, "vids": vids, "x": d.inputs(vids, self._frames(epoch)[vids]), "ids": ids, "mask": mask}
+        if self.targets:
+            out.update(self._targets(epoch % self.store.epochs, b, caps, vids))
+        return out
+
+    def _targets(self, se: int, b: int, caps: np.ndarray, vids: np.ndarray) -> dict:
+        store, f32 = self.store, np.float32
+        fscores = self._epoch("frame_scores", se, lambda: store.read_array("frame_scores", se))  # [Nc, m]
+        out = {"frame_scores": torch.from_numpy(fscores[caps].astype(f32))}
+        if self.smode == "dense":
+            if 2 * len(self.data.caps) * len(self.data.src_rows) <= self.dense_in_memory:
+                dense = self._epoch("similarity", se, lambda: store.read_array("similarity", se))  # [Nc, Nv]
+                out["Q"] = torch.from_numpy(dense[np.ix_(caps, vids)].astype(f32))
+            else:
+                out["Q"] = torch.from_numpy(store.read_array("similarity", se, caps)[:, vids].astype(f32))
+        elif self.smode == "embeddings":
+            text_emb = self._epoch("text_emb", 0, lambda: store.read_array("text_emb").astype(f32))  # [Nc, D]
+            out["text_emb"] = torch.from_numpy(text_emb[caps])
+            out["video_emb"] = torch.from_numpy(store.read_array("video_emb", se, vids).astype(f32))  # [B, D]
+        else:
+            n = len(caps)
+            out["Q"] = torch.from_numpy(store.group["batch_similarity"][se, b][:n, :n].astype(f32))  # [B, B]
+        return out

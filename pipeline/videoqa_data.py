@@ -124,3 +124,77 @@ def frame_indices(sampler: FrameSampler, seed: int, epoch: int, videos, video_ro
     uniq, inv = np.unique(np.asarray(video_rows, dtype=np.int64), return_inverse=True)
     idx = sampler.sample(seed, epoch, uniq, videos.src_shapes(uniq), len(videos))["indices"]  # [u, m]
     return idx[inv.reshape(-1)]
+
+
+class QAReplay(torch.utils.data.Dataset):
+    """The batches of a VideoQA student (or teacher) epoch, decoded where the DataLoader runs it.
+
+        ds = QAReplay(videos, qa, policy, batch_size=64, seed=0, store=store, targets=True)
+        for batch in epoch_batches(ds, num_workers=2)(epoch):    # labelstore.pipeline.replay
+            ...
+
+    Item (epoch, b): batch b of `video_grouped_order(qa.video_rows, seed, epoch)` (batch_size
+    questions), a dict of
+        rows [B] int64 (question rows), epoch, batch (b), store_epoch (epoch % E; None without a store),
+        x [V, m, 3, h, w] float32 and video_index [B] (ClipCache.shared_views), q_ids [B, L],
+        q_mask [B, L], gt [B] int64,
+        with targets=True (from the store): topk_values [B, K] float32, topk_indices [B, K] int64,
+        mc_values [B, T, K] float32 when recorded.
+    Frames: the store's aug/frames/indices of store epoch epoch % E, or without a store the
+    policy's sampler keyed by (seed, epoch, video row) (frame_indices). Everything is a function
+    of (epoch, b), so any worker count gives the same batches. `fingerprint` is the store's
+    dataset digest (sha256 of the video source's digest and the questions' digest), for
+    labelstore.pipeline.replay.check_data.
+    """
+
+    def __init__(self, videos, qa: QASet, policy: VideoPolicy, *, batch_size: int, seed: int, store=None,
+                 targets: bool = False, cache: ClipCache | None = None):
+        self.videos, self.qa, self.policy, self.store = videos, qa, policy, store
+        self.batch_size, self.seed, self.targets = int(batch_size), int(seed), targets
+        self.cache = cache or ClipCache(videos)
+        self._memo: dict = {}  # (what, epoch) -> array, the last epoch's order and frames in this process
+
+    def fingerprint(self) -> dict:
+        digest = hashlib.sha256(f"{self.videos.fingerprint()['digest']}\0{self.qa.digest}".encode()).hexdigest()
+        return {"kind": "videoqa", "num_samples": len(self.qa), "digest": digest}
+
+    def num_batches(self, epoch: int) -> int:
+        return -(-len(self.qa) // self.batch_size)
+
+    def __len__(self) -> int:
+        return self.num_batches(0)
+
+    def prepare(self, epoch: int) -> None:
+        """Read the store epoch into the shared epoch cache here (the workers map it)."""
+        if self.store is not None and self.store.fits_cache():
+            self.store.epoch_cache.epoch(self.store, epoch % self.store.epochs)
+
+    def _epoch(self, what: str, epoch: int, make):
+        if (what, epoch) not in self._memo:
+            self._memo = {k: v for k, v in self._memo.items() if k[0] != what}
+            self._memo[what, epoch] = make()
+        return self._memo[what, epoch]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, b = key
+        qa = self.qa
+        order = self._epoch("order", epoch, lambda: video_grouped_order(qa.video_rows, self.seed, epoch))
+        rows = order[b * self.batch_size : (b + 1) * self.batch_size]
+        out: dict = {"rows": torch.as_tensor(rows), "epoch": epoch, "batch": b, "store_epoch": None}
+        if self.store is not None:
+            se = epoch % self.store.epochs
+            rec = self.store.read(se, rows, include_rows=False)
+            idx = rec["frames/indices"]  # [B, m]
+            out["store_epoch"] = se
+            if self.targets:
+                out["topk_values"] = torch.from_numpy(rec["topk_values"].astype(np.float32))  # [B, K]
+                out["topk_indices"] = torch.from_numpy(rec["topk_indices"].astype(np.int64))  # [B, K]
+                if "mc_values" in rec and self.store.mc_passes:
+                    out["mc_values"] = torch.from_numpy(rec["mc_values"].astype(np.float32))  # [B, T, K]
+        else:
+            idx = self._epoch("frames", epoch, lambda: frame_indices(self.policy.sampler, self.seed, epoch,
+                                                                     self.videos, qa.video_rows))[rows]
+        out["x"], out["video_index"] = self.cache.shared_views(self.policy, qa.video_rows[rows], idx)
+        out["q_ids"], out["q_mask"] = torch.as_tensor(qa.q_ids[rows]), torch.as_tensor(qa.q_mask[rows])
+        out["gt"] = torch.as_tensor(qa.gt[rows])
+        return out

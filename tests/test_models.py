@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from labelstore.trainers.fit import TensorBatches, evaluate, lr_factor, seed_everything, train_classifier
+from labelstore.trainers.fit import TensorBatches, evaluate, train_classifier
+from labelstore.trainers.loop import lr_factor, seed_everything
 from labelstore.trainers.models import MODELS, ResNetS, SmallCNN, build_model, count_flops, count_params
 from labelstore.pipeline.teacher import autocast_context, has_dropout, mc_forward, pick_device, set_mc_dropout, weights_hash
 from labelstore.errors import ConfigError

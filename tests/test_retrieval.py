@@ -342,3 +342,20 @@ def test_trainer_teaching_switch(data, tmp_path, teaching):
     with pytest.raises(ValueError, match="teaching"):
         train_retrieval_student(HolisticStudent(len(data["tok"]), dim=32), store, data["videos"], teaching="both-ish",
                                 epochs=1, max_steps=1)
+
+
+def test_student_decodes_in_workers(data, tmp_path):
+    """The student's frames are decoded and rendered by DataLoader workers (RetrievalReplay): 0 and 2
+    workers train the same weights, bit for bit, over epochs that wrap around the store's (an
+    embeddings store: its similarity block is made in the training process)."""
+    _teach(data, tmp_path / "w.zarr", "embeddings")
+    store = labelstore.open(tmp_path / "w.zarr")
+    weights, losses = {}, {}
+    for workers in (0, 2):
+        torch.manual_seed(1)
+        st = HolisticStudent(len(data["tok"]), dim=32)
+        h = train_retrieval_student(st, store, data["videos"], mode="cache", epochs=3, batch_size=8, num_workers=workers)
+        weights[workers] = torch.cat([p.detach().flatten() for p in st.parameters()])
+        losses[workers] = (h["loss"], h["parts"])
+    assert h["steps"] == 3 * (len(data["caps"]) // 8)
+    assert losses[0] == losses[2] and torch.equal(weights[0], weights[2])

@@ -152,3 +152,25 @@ def test_students_and_small_k_error(data, tmp_path):
     assert diff < ref
     acc = evaluate_videoqa(student, videos, data["questions_test"], data["vocab"], tokenizer=data["tok"], num_frames=M)
     assert set(acc) >= {"acc_annotated", "acc_any"} and 0 <= acc["acc_annotated"] <= acc["acc_any"] <= 1
+
+
+def test_student_decodes_in_workers_and_checks_its_data(data, tmp_path):
+    """The student's clips are decoded and rendered by DataLoader workers (QAReplay): 0 and 2
+    workers train the same weights, bit for bit, over epochs that wrap around the store's; the
+    store's dataset digest (replay.check_data) refuses other questions."""
+    from labelstore.integrity import StoreMismatch
+
+    teacher = tiny(data)
+    path = str(tmp_path / "w.zarr")
+    teach(data, path, teacher)
+    videos, q = data["videos_src"], data["questions_train"]
+    weights, losses = {}, {}
+    for workers in (0, 2):
+        student = tiny(data, seed=1)
+        r = train_videoqa_student(student, path, videos, q, method="radi", hot_k=4, cold_n=4, epochs=3, batch_size=16,
+                                  num_workers=workers)
+        weights[workers] = torch.cat([p.detach().flatten() for p in student.parameters()])
+        losses[workers] = r["loss"]
+    assert losses[0] == losses[2] and torch.equal(weights[0], weights[2])
+    with pytest.raises(StoreMismatch, match=r"w.zarr: built from another dataset"):
+        train_videoqa_student(tiny(data), path, videos, data["questions_test"], method="ce", epochs=1)

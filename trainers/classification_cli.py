@@ -99,7 +99,7 @@ def train_command(o: dict, warn) -> tuple[dict | None, str]:
     from labelstore.pipeline.teacher import pick_device
     from labelstore.trainers.demo import eval_batches
     from labelstore.trainers.distill import DistillConfig, train_student
-    from labelstore.trainers.fit import seed_everything
+    from labelstore.trainers.loop import seed_everything
     from labelstore.trainers.spec import load_model, load_weights
 
     mode, loss = o["mode"], o["loss"] or "fkd"

@@ -25,7 +25,8 @@ from labelstore.pipeline.teach import TeachConfig, teach
 from labelstore.pipeline.teacher import weights_hash
 
 from .distill import DistillConfig, train_student
-from .fit import TensorBatches, evaluate, seed_everything, train_classifier
+from .fit import TensorBatches, evaluate, train_classifier
+from .loop import seed_everything
 from .models import build_model, count_flops, count_params
 from .spec import save_checkpoint
 from .tasks import inspect_store, write_report

@@ -23,9 +23,6 @@ probability >= select_threshold) with its top-1 class as their hard label, and d
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 from itertools import zip_longest
 from dataclasses import asdict, dataclass, field
@@ -39,10 +36,10 @@ from labelstore.errors import ConfigError
 from labelstore.pipeline.dist import epoch_share
 from labelstore.pipeline.augment import Views
 from labelstore.pipeline.replay import ReplayLoader
-from labelstore.pipeline.teacher import weights_hash
 
 from . import losses
-from .fit import DEFAULT_LR, DEFAULT_WD, evaluate, lr_factor, make_optimizer
+from .fit import evaluate
+from .loop import RECORD_KEYS, LoopConfig, StepResult, save, train
 
 
 @dataclass
@@ -51,7 +48,7 @@ class DistillConfig:
     loss: str = "fkd"  # fkd | ferkd | adl
     epochs: int = 0  # 0 = the store's epochs (student epoch e replays store epoch e mod E)
     batch_size: int = 128
-    optimizer: str = "adamw"  # sgd | adamw (labelstore.trainers.fit.make_optimizer)
+    optimizer: str = "adamw"  # sgd | adamw (labelstore.trainers.loop.make_optimizer)
     lr: float | None = None  # None: the optimizer's default in labelstore.trainers.fit
     weight_decay: float | None = None
     temperature: float = 1.0
@@ -149,14 +146,13 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
     unlabeled: (store, data) of an unlabelled folder (semi-supervised, select_unlabeled): each step
     also draws ceil(N_u / steps per epoch) of its views, so both sets are seen once per epoch.
 
-    Inside a torch.distributed group of W > 1 processes the student is wrapped in
-    DistributedDataParallel (gradients averaged over ranks): every rank draws the same permutation
-    of each epoch's (non-skipped) rows and trains on its share (labelstore.pipeline.dist.epoch_share); losses
-    are averaged over ranks, rank 0 alone evaluates and writes out_dir, and metrics["ddp"] records
-    per epoch the views of each rank and the distinct rows seen, and each rank's final weights hash.
+    The loop is labelstore.trainers.loop.train (optimiser cfg.optimizer, its warmup-cosine
+    schedule over all steps). Inside a torch.distributed group of W > 1 processes every rank draws
+    the same permutation of each epoch's (non-skipped) rows and trains on its share
+    (labelstore.pipeline.dist.epoch_share); losses are averaged over ranks, rank 0 alone evaluates
+    and writes out_dir, and metrics["ddp"] records per epoch the views of each rank and the
+    distinct rows seen, and each rank's final weights hash.
     """
-    from tqdm import tqdm
-
     if cfg.mode == "online" and teacher is None:
         raise ConfigError("mode 'online' needs a teacher (--online-teacher)")
     if cfg.epochs < 0 or cfg.batch_size < 1 or not 0 <= cfg.seed < 2**63:
@@ -165,7 +161,6 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
     if unlabeled is not None:
         _check_unlabeled(store, unlabeled[0], cfg)
     dev = torch.device(device)
-    student = student.to(dev)
     if teacher is not None:
         teacher = teacher.to(dev).eval()
     epochs = cfg.epochs or store.epochs
@@ -188,79 +183,49 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
         u_loaders = [ReplayLoader(store_u, data_u, epoch=e % store_u.epochs, shuffle=True, seed=cfg.seed + 7919 + e,
                                   batch_size=-(-store_u.num_samples // len(ld)), num_workers=cfg.num_workers)
                      for e, ld in enumerate(loaders)]
-    steps = sum(len(ld) for ld in loaders)
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
-    wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.optimizer]
-    model = student  # what is trained: the student, or its DDP wrapper (same parameters)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(student, device_ids=[dev.index] if dev.type == "cuda" else None)
-    opt = make_optimizer(student, cfg.optimizer, lr, wd)
-    ddp_epochs = []
-    step = 0
-    history, counts = [], {}
-    t_start = time.perf_counter()
     teacher_seconds = 0.0
-    for e, loader in enumerate(loaders):
-        student.train()
-        t0, tot, n = time.perf_counter(), 0.0, 0
-        seen = []
-        u_loader = u_loaders[e]
-        bar = tqdm(zip_longest(loader, u_loader or ()), total=len(loader), disable=not progress or rank > 0,
-                   desc=f"{cfg.mode} epoch {e}", unit="batch", leave=False)
-        for batch, u_batch in bar:
-            x, t = _cat_batches(*(_to_device(b, ld, dev) if b is not None else None
-                                  for b, ld in ((batch, loader), (u_batch, u_loader))))
-            probs = None
-            if cfg.mode == "online":
-                t1 = time.perf_counter()
-                with torch.no_grad():
-                    probs = teacher(x).float().softmax(1)
-                teacher_seconds += time.perf_counter() - t1
-            if world > 1:
-                seen.append(t["index"].cpu().numpy())
-            sel = {}
-            if u_loader is not None:
-                x, t, probs, sel = select_unlabeled(x, t, probs, cfg.select_threshold, C, cfg.fill)
-            loss, info = student_loss(model(x), t, cfg, C, probs)
-            info = {**info, **sel}
-            for g in opt.param_groups:  # warmup then cosine over all steps, as labelstore.trainers.fit
-                g["lr"] = lr * lr_factor(step / max(steps, 1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            for k, v in info.items():
-                counts[k] = counts.get(k, 0) + int(v)
-            tot += loss.item() * len(x)
-            n += len(x)
-            bar.set_postfix(loss=f"{tot / max(n, 1):.3f}")
-        if world > 1:  # the loss over all ranks' views; which rows each rank saw
-            tot, n = _sum_over_ranks(tot, n)
-            n = int(n)
-            shares = [None] * world
-            dist.all_gather_object(shares, np.concatenate(seen).tolist() if seen else [])
-            ddp_epochs.append({"views_per_rank": [len(s) for s in shares],
-                               "distinct_rows": len(set().union(*map(set, shares)))})
-        rec = {"epoch": e, "loss": tot / max(n, 1), "seconds": time.perf_counter() - t0, "views": n}
-        if eval_batches is not None and rank == 0 and (e == epochs - 1 or progress):
-            rec.update({f"eval_{k}": v for k, v in evaluate(student, eval_batches(), dev).items()})
+
+    def batches(e: int):
+        loader, u_loader = loaders[e], u_loaders[e]
+        for batch, u_batch in zip_longest(loader, u_loader or ()):
+            yield _cat_batches(*(_to_device(b, ld, dev) if b is not None else None
+                                 for b, ld in ((batch, loader), (u_batch, u_loader)))), u_loader is not None
+
+    def step(model, item) -> StepResult:
+        nonlocal teacher_seconds
+        (x, t), semi = item
+        probs = None
+        if cfg.mode == "online":
+            t1 = time.perf_counter()
+            with torch.no_grad():
+                probs = teacher(x).float().softmax(1)
+            teacher_seconds += time.perf_counter() - t1
+        rows = t["index"] if world > 1 else None
+        sel = {}
+        if semi:
+            x, t, probs, sel = select_unlabeled(x, t, probs, cfg.select_threshold, C, cfg.fill)
+        loss, info = student_loss(model(x), t, cfg, C, probs)
+        return StepResult(loss, len(x), {k: int(v) for k, v in {**info, **sel}.items()}, rows)
+
+    loop = LoopConfig(epochs=epochs, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                      progress=progress, desc=cfg.mode)
+    res = train(student, batches, step, loop, lengths=[len(ld) for ld in loaders], device=dev, ddp=True,
+                evaluate=None if eval_batches is None else (lambda: evaluate(student, eval_batches(), dev)))
+    counts: dict = {}
+    history = []
+    for rec in res["history"]:
+        rec = dict(rec)
+        for k in list(rec):  # the step's counters, summed over all epochs
+            if k not in RECORD_KEYS and not k.startswith("eval_"):
+                counts[k] = counts.get(k, 0) + rec.pop(k)
+        rec["views"] = int(rec.pop("n"))
         history.append(rec)
-        if not math.isfinite(rec["loss"]):
-            raise FloatingPointError(f"student loss became {rec['loss']} in epoch {e}")
-    metrics = {"config": asdict(cfg), "history": history, "seconds": time.perf_counter() - t_start,
+    metrics = {"config": asdict(cfg), "history": history, "seconds": res["seconds"],
                "teacher_seconds": teacher_seconds, "label_counts": counts,
                "final": history[-1] if history else {}}
-    if world > 1:
-        for b in student.buffers():  # BatchNorm statistics from rank 0, as DDP does before each forward
-            dist.broadcast(b, 0)
-        hashes = [None] * world
-        dist.all_gather_object(hashes, weights_hash(student))
-        metrics["ddp"] = {"world_size": world, "per_epoch": ddp_epochs, "weights_sha256_per_rank": hashes}
-    if out_dir and rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        torch.save(student.state_dict(), os.path.join(out_dir, "student.pt"))
-        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
+    if "ddp" in res:
+        metrics["ddp"] = res["ddp"]
+    save(out_dir, student, metrics)
     return metrics
 
 
@@ -283,9 +248,3 @@ def _check_unlabeled(store, store_u, cfg: DistillConfig) -> None:
                               f"labelled store's {store.attrs.get(key)}")
     if store_u.attrs["policy"]["output_size"] != store.attrs["policy"]["output_size"]:
         raise ConfigError(f"unlabelled store {store_u.path}: view size differs from the labelled store's")
-
-
-def _sum_over_ranks(*values: float) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()

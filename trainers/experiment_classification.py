@@ -33,7 +33,8 @@ from labelstore.pipeline.images import ImageFolder
 from .demo import eval_batches, prepare
 from .distill import DistillConfig, train_student
 from .experiment import check_arms, read_setup, write_setup
-from .fit import evaluate, seed_everything
+from .fit import evaluate
+from .loop import seed_everything
 from .models import build_model
 from .spec import load_model
 

@@ -23,9 +23,8 @@ Store epoch e % E serves training epoch e.
 
 from __future__ import annotations
 
-import math
 import os
-import time
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,15 +32,18 @@ import torch
 import torch.nn.functional as F
 
 import labelstore
-from labelstore.errors import ConfigError, StoreError, StoreMismatch
-from labelstore.pipeline.retrieval_data import (FRAME_TEMPERATURE, FrameCache, as_policy, caption_rows, check_feature_dim,
-                                                frame_targets, load_captions, plan_batches, render_inputs)
+from labelstore.errors import ConfigError, StoreError
+from labelstore.pipeline.replay import epoch_batches
+from labelstore.pipeline.retrieval_data import (FRAME_TEMPERATURE, CaptionData, RetrievalReplay, as_policy, caption_rows,
+                                                check_feature_dim, frame_targets, load_captions)
 from labelstore.pipeline.text import Caption, Tokenizer
 from labelstore.pipeline.video import FrameSampler, VideoPolicy
 from labelstore.trainers.losses.teachclip import TEACHING, infonce_sym, teachclip_loss
+from labelstore.trainers.loop import RECORD_KEYS, LoopConfig, StepResult, train
 
 TRAIN_MODES = ("cache", "online", "infonce")
 GRAD_CLIP = 1.0  # max gradient norm, as TeachCLIP's official code
+RETRIEVAL_LOOP = LoopConfig(optimizer="adamw", weight_decay=0.01, warmup=0.05, grad_clip=GRAD_CLIP)
 
 
 def frame_temperature(store) -> float:
@@ -58,52 +60,6 @@ def frame_temperature(store) -> float:
     return float(t)
 
 
-class _Data:
-    """Captions (tokenised), their video rows, and a frame cache over the video source."""
-
-    def __init__(self, videos, caps: Sequence[Caption], tokenizer: Tokenizer, policy: VideoPolicy, text_max_len: int,
-                 src_rows: np.ndarray, caption_video: np.ndarray, cache: FrameCache | None = None):
-        self.videos, self.caps, self.policy = videos, list(caps), policy
-        self.ids, self.mask = tokenizer.encode_batch([c.text for c in caps], text_max_len)
-        self.src_rows, self.caption_video = np.asarray(src_rows), np.asarray(caption_video)
-        self.cache = cache or FrameCache(videos)
-
-    def inputs(self, vids: np.ndarray, indices: np.ndarray) -> torch.Tensor:
-        """Model input of videos `vids` (store rows) at frame indices [len(vids), m]."""
-        frames = [self.cache.get(int(self.src_rows[v]), indices[k]) for k, v in enumerate(vids)]
-        return render_inputs(self.videos, self.policy, frames)
-
-    def text(self, caps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.ids[caps]), torch.from_numpy(self.mask[caps])
-
-
-def _store_data(store, videos, captions) -> _Data:
-    """Rows exactly as the store recorded them (its caption table and video table)."""
-    a = store.attrs
-    index = {vid: i for i, vid in enumerate(videos.ids)}
-    sample_ids = store.read_array("sample_id")
-    missing = [s for s in sample_ids if str(s) not in index]
-    if missing:
-        raise StoreMismatch(f"{store.path}: {len(missing)} video(s) of the store are not in {videos}, e.g. {missing[:5]}")
-    src_rows = np.array([index[str(s)] for s in sample_ids], np.int64)
-    texts = [str(t) for t in store.read_array("caption_text")]
-    cv = store.read_array("caption_video").astype(np.int64)
-    if captions is not None:
-        caps, _ = load_captions(captions)
-        if [c.text for c in caps] != texts:
-            raise StoreMismatch(f"{store.path}: the captions given differ from the store's caption table")
-    caps = [Caption(str(sample_ids[v]), t, line=i + 1) for i, (t, v) in enumerate(zip(texts, cv))]
-    policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
-    tok = Tokenizer.from_json(a["tokenizer"])
-    return _Data(videos, caps, tok, policy, int(a["text_max_len"]), src_rows, cv)
-
-
-def _batch_plan(store, data: _Data, epoch: int, batch_size: int, seed: int) -> np.ndarray:
-    if store is not None and store.attrs["similarity_mode"] == "batches":
-        return store.read_array("batch_captions", epoch % store.epochs)
-    return plan_batches(data.caption_video, batch_size, seed, epoch)
-
-
 def train_retrieval_student(
     student: torch.nn.Module,
     store: Any,
@@ -116,15 +72,15 @@ def train_retrieval_student(
     epochs: int = 4,
     batch_size: int = 32,
     teacher: torch.nn.Module | None = None,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
     seed: int = 0,
     tokenizer: Tokenizer | None = None,
     sampler: FrameSampler | VideoPolicy | None = None,
     text_max_len: int = 32,
-    max_steps: int | None = None,
     dense_in_memory: int = 256 << 20,
+    lr: float = 1e-3,
     progress: bool = False,
+    max_steps: int | None = None,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Train `student` in place; returns {"loss": [per epoch], "parts": [...], "seconds", "steps", "step_s"}.
 
@@ -133,11 +89,14 @@ def train_retrieval_student(
     store=None (only with mode="infonce" or "online"): captions, tokenizer and sampler are required and
     frames are drawn with the sampler keyed by `seed` (used to train the built-in teacher).
     teaching: "both" (CgT + FgT), "cgt" or "fgt" (the ablations; InfoNCE always on; ignored by "infonce").
-    teacher: required for mode="online". AdamW(lr, weight_decay), linear warm-up then cosine decay,
-    gradient norm clipped at GRAD_CLIP;
+    teacher: required for mode="online". The batches come from the RetrievalReplay dataset
+    (num_workers DataLoader processes decode and render them; the same batches for any number);
     `seed` keys the batch plan (dense/embeddings stores, no store) and, without a store, the frames.
+    The loop is labelstore.trainers.loop.train with RETRIEVAL_LOOP at `lr` (AdamW, weight decay 0.01,
+    linear warm-up over 5 % of the steps then cosine decay, the gradient norm clipped at GRAD_CLIP as
+    TeachCLIP's code); max_steps: stop after this many steps (benchmarks).
     dense_in_memory: a dense store's epoch matrix is read whole when it is at most this many bytes,
-    else the batch's caption rows are read per step. max_steps: stop after this many steps (benchmarks).
+    else the batch's caption rows are read per step.
     """
     if mode not in TRAIN_MODES:
         raise ConfigError(f"train_retrieval_student: mode must be one of {TRAIN_MODES}, got {mode!r}")
@@ -150,8 +109,7 @@ def train_retrieval_student(
     if store is not None:
         if store.task != "retrieval":
             raise StoreError(f"{store.path}: task is {store.task!r}, not 'retrieval'")
-        data = _store_data(store, videos, captions)
-        smode = store.attrs["similarity_mode"]
+        data = CaptionData.from_store(store, videos, captions)
     else:
         if mode == "cache":
             raise ConfigError("train_retrieval_student: mode='cache' needs a store")
@@ -159,96 +117,46 @@ def train_retrieval_student(
             raise ConfigError("train_retrieval_student: without a store, captions, tokenizer and sampler are required")
         caps, path = load_captions(captions)
         src_rows, cv = caption_rows(videos, caps, path)
-        data = _Data(videos, caps, tokenizer, as_policy(sampler), text_max_len, src_rows, cv)
-        smode = None
+        data = CaptionData(videos, caps, tokenizer, as_policy(sampler), text_max_len, src_rows, cv)
     check_feature_dim(videos, student)
     if teacher is not None:
         teacher = teacher.eval()
     t_frame = frame_temperature(store) if store is not None and mode != "infonce" else FRAME_TEMPERATURE
-    Nv = len(data.src_rows)
-    n_frames = videos.src_shapes(data.src_rows)
-    text_emb = None
-    if mode == "cache" and smode == "embeddings":
-        text_emb = torch.from_numpy(store.read_array("text_emb").astype(np.float32))  # [Nc, D]
-        scale = float(store.attrs["logit_scale"])
+    scale = float(store.attrs["logit_scale"]) if store is not None and store.attrs["similarity_mode"] == "embeddings" else 1.0
+    ds = RetrievalReplay(data, batch_size=batch_size, seed=seed, store=store, targets=mode == "cache",
+                         dense_in_memory=dense_in_memory)
 
-    plans = [_batch_plan(store, data, e, batch_size, seed) for e in range(epochs)]
-    total = sum(len(p) for p in plans) if max_steps is None else min(max_steps, sum(len(p) for p in plans))
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: min(1.0, (k + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
-    hist: dict[str, Any] = {"loss": [], "parts": []}
-    t0, step = time.perf_counter(), 0
-    student.train()
-    for e in range(epochs):
-        se = e % store.epochs if store is not None else e
-        if store is not None:
-            indices = store.read_array("aug/frames/indices", se)  # [Nv, m]
+    def step(model: torch.nn.Module, b: dict) -> StepResult:
+        x, ids, mask = b["x"], b["ids"], b["mask"]
+        vr, tr = model.encode_video(x), model.encode_text(ids, mask)
+        S = model.similarity(vr, tr).T  # [B texts, B videos]
+        if mode == "infonce":
+            return StepResult(infonce_sym(S), 1)
+        w = model.frame_text_scores(vr, tr)  # [B, m]
+        if mode == "cache":
+            Q = b["Q"] if "Q" in b else scale * F.normalize(b["text_emb"], dim=-1) @ F.normalize(b["video_emb"], dim=-1).T
+            Fs = b["frame_scores"]
         else:
-            indices = data.policy.sample(seed, e, np.arange(Nv), n_frames, Nv)["frames/indices"]
-        fscores = store.read_array("frame_scores", se) if mode == "cache" else None  # [Nc, m]
-        dense = None  # the epoch's [Nc, Nv] similarity, read once when it fits in `dense_in_memory` bytes
-        if mode == "cache" and smode == "dense" and 2 * len(data.caps) * Nv <= dense_in_memory:
-            dense = store.read_array("similarity", se)
-        losses, parts_acc = [], []
-        for b, row in enumerate(plans[e]):
-            if max_steps is not None and step >= max_steps:
-                break
-            caps = row[row >= 0].astype(np.int64)
-            vids = data.caption_video[caps]
-            x = data.inputs(vids, indices[vids])
-            ids, mask = data.text(caps)
-            vr, tr = student.encode_video(x), student.encode_text(ids, mask)
-            S = student.similarity(vr, tr).T  # [B texts, B videos]
-            if mode == "infonce":
-                loss, parts = infonce_sym(S), {}
-            else:
-                w = student.frame_text_scores(vr, tr)  # [B, m]
-                if mode == "cache":
-                    if dense is not None:
-                        Q = torch.from_numpy(dense[np.ix_(caps, vids)].astype(np.float32))
-                    else:
-                        Q = _cached_similarity(store, smode, se, b, caps, vids, text_emb,
-                                               scale if text_emb is not None else 1.0)
-                    Fs = torch.from_numpy(fscores[caps].astype(np.float32))
-                else:
-                    with torch.no_grad():
-                        tv, tt = teacher.encode_video(x), teacher.encode_text(ids, mask)
-                        Q = teacher.similarity(tv, tt).T.float()
-                        Fs = frame_targets(teacher.frame_text_scores(tv, tt), t_frame)
-                loss, parts = teachclip_loss(S, w, [Q], [Fs], weights=weights, teaching=teaching)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), GRAD_CLIP)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            parts_acc.append({k: float(v.detach()) for k, v in parts.items()})
-        hist["loss"].append(float(np.mean(losses)) if losses else float("nan"))
-        hist["parts"].append({k: float(np.mean([p[k] for p in parts_acc])) for k in (parts_acc[0] if parts_acc else {})})
-        if progress:
-            print(f"  [{mode}] epoch {e}: loss {hist['loss'][-1]:.4f} {hist['parts'][-1]} "
-                  f"({time.perf_counter() - t0:.1f}s)", flush=True)
-    student.eval()
-    hist["seconds"] = time.perf_counter() - t0
-    hist["steps"] = step
-    hist["step_s"] = hist["seconds"] / max(step, 1)
+            with torch.no_grad():
+                tv, tt = teacher.encode_video(x), teacher.encode_text(ids, mask)
+                Q = teacher.similarity(tv, tt).T.float()
+                Fs = frame_targets(teacher.frame_text_scores(tv, tt), t_frame)
+        loss, parts = teachclip_loss(S, w, [Q], [Fs], weights=weights, teaching=teaching)
+        return StepResult(loss, 1, {k: float(v.detach()) for k, v in parts.items()})
+
+    cfg = replace(RETRIEVAL_LOOP, epochs=epochs, lr=lr, progress=progress, max_steps=max_steps, desc=mode)
+    on_epoch = None
+    if progress:
+        on_epoch = lambda rec: print(f"  [{mode}] epoch {rec['epoch']}: loss {rec['loss']:.4f} "  # noqa: E731
+                                     f"({rec['seconds']:.1f}s)", flush=True)
+    res = train(student, epoch_batches(ds, num_workers), step, cfg, lengths=[ds.num_batches(e) for e in range(epochs)],
+                on_epoch=on_epoch)
+    hist: dict[str, Any] = {"loss": [r["loss"] for r in res["history"]],
+                            "parts": [{k: r[k] / r["steps"] for k in r if k not in RECORD_KEYS} for r in res["history"]]}
+    hist["seconds"] = res["seconds"]
+    hist["steps"] = res["steps"]
+    hist["step_s"] = hist["seconds"] / max(res["steps"], 1)
     return hist
-
-
-def _cached_similarity(store, smode: str, epoch: int, b: int, caps: np.ndarray, vids: np.ndarray,
-                       text_emb: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """The teacher's [B texts, B videos] similarity block of the batch, from the store (float32)."""
-    if smode == "dense":
-        rows = store.read_array("similarity", epoch, caps)  # [B, Nv]
-        return torch.from_numpy(rows[:, vids].astype(np.float32))
-    if smode == "embeddings":
-        v = torch.from_numpy(store.read_array("video_emb", epoch, vids).astype(np.float32))  # [B, D]
-        return scale * F.normalize(text_emb[caps], dim=-1) @ F.normalize(v, dim=-1).T
-    block = store.group["batch_similarity"][epoch, b]  # [B, B]
-    n = len(caps)
-    return torch.from_numpy(block[:n, :n].astype(np.float32))
 
 
 # --------------------------------------------------------------------------------------
@@ -266,7 +174,7 @@ def similarity_matrix(model: torch.nn.Module, videos, captions, tokenizer: Token
     caps, path = load_captions(captions)
     src_rows, cv = caption_rows(videos, caps, path)
     policy = policy or VideoPolicy(FrameSampler(num_frames, "uniform"), frame_size=frame_size)
-    data = _Data(videos, caps, tokenizer, policy, text_max_len, src_rows, cv)
+    data = CaptionData(videos, caps, tokenizer, policy, text_max_len, src_rows, cv)
     model = model.eval()
     idx = policy.sample(0, 0, np.arange(len(src_rows)), videos.src_shapes(src_rows))["frames/indices"]
     vr = repr_cat([model.encode_video(data.inputs(np.arange(s, min(len(src_rows), s + batch_size)),

@@ -27,7 +27,7 @@ masks (online masks are keyed by the student's batch, stored ones by the teacher
 from __future__ import annotations
 
 import os
-import time
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -37,10 +37,11 @@ import torch.nn.functional as F
 
 import labelstore
 from labelstore.errors import ConfigError
-from labelstore.integrity import StoreError, StoreMismatch
+from labelstore.integrity import StoreError
 from labelstore.pipeline import rng
 from labelstore.pipeline.teach_videoqa import mc_seed, teacher_targets
-from labelstore.pipeline.videoqa_data import ClipCache, QASet, frame_indices, prepare_questions, video_grouped_order
+from labelstore.pipeline.replay import check_data, epoch_batches
+from labelstore.pipeline.videoqa_data import ClipCache, QAReplay, QASet, frame_indices, prepare_questions
 from labelstore.pipeline.text import AnswerVocab, Question, Tokenizer
 from labelstore.pipeline.video import FrameSampler, VideoPolicy
 from labelstore.trainers.losses import (
@@ -52,12 +53,14 @@ from labelstore.trainers.losses import (
     sample_cold_full_ranking,
     sinkhorn_margins,
 )
+from labelstore.trainers.loop import LoopConfig, StepResult, train
 
 METHODS = ("ce", "kd", "radi")
 MODES = ("cache", "online")
 RANKS = ("pairwise", "listwise", "both")  # which RADI terms run
 MARGINS = ("adaptive", "fixed")  # Sinkhorn margins from the MC uncertainty, or the constant margin
 RADI_ALPHA = 1.0  # the one default weight of the ranking loss (L = L_cls + alpha * L_rank)
+VIDEOQA_WD = 1e-4  # AdamW weight decay of the VideoQA models (teacher and students)
 
 
 def _batch_seed(seed: int, epoch: int, batch: int) -> int:
@@ -85,53 +88,46 @@ def train_videoqa_classifier(
     *,
     epochs: int,
     batch_size: int = 64,
-    lr: float = 5e-3,
     seed: int = 0,
     frame_size: tuple[int, int] = (32, 32),
     cache: ClipCache | None = None,
     all_answers: AnswerVocab | None = None,
+    lr: float = 5e-3,
     progress: bool = False,
+    num_workers: int = 0,
 ) -> dict:
     """Train `model` with CE on the annotated answer; frames drawn per epoch by `sampler` keyed by
-    (seed, epoch, video row). Returns {"seconds", "loss": [per epoch]}.
+    (seed, epoch, video row) (QAReplay without a store), trained by labelstore.trainers.loop.train
+    (AdamW at `lr`, weight decay VIDEOQA_WD, warmup-cosine). Returns {"seconds", "loss": [per epoch]}.
 
     all_answers=vocab (the QASet's AnswerVocab): CE against y uniform over the question's acceptable
     answers instead (a teacher shown every acceptable answer; a question without `answers` uses gt):
         loss = -(1/|S|) sum_{a in S} log softmax(z)_a,   S = qa.answer_sets(vocab) of the question"""
     policy = VideoPolicy(sampler=sampler, frame_size=tuple(frame_size))
-    cache = cache or ClipCache(videos)
     target = None
     if all_answers is not None:
         sets = qa.answer_sets(all_answers) or [{int(g)} - {-1} for g in qa.gt]
         target = torch.zeros(len(qa), len(all_answers))  # [N, A], rows sum to 1 (0 for a question without answers)
         for i, s_i in enumerate(sets):
             target[i, sorted(s_i)] = 1.0 / max(len(s_i), 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * -(-len(qa) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    t0, losses = time.perf_counter(), []
-    for e in range(epochs):
-        model.train()
-        idx_e = frame_indices(sampler, seed, e, videos, qa.video_rows)  # [N, m]
-        order = video_grouped_order(qa.video_rows, seed, e)
-        tot = 0.0
-        for b0 in range(0, len(qa), batch_size):
-            rows = order[b0 : b0 + batch_size]
-            x, vi = cache.shared_views(policy, qa.video_rows[rows], idx_e[rows])  # [V, m, 3, h, w], [B]
-            logits = model(x, torch.as_tensor(qa.q_ids[rows]), torch.as_tensor(qa.q_mask[rows]), vi)
-            if target is None:
-                loss = _ce(logits, torch.as_tensor(qa.gt[rows]))
-            else:
-                loss = -(target[torch.as_tensor(rows)] * F.log_softmax(logits, dim=1)).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += float(loss.detach()) * len(rows)
-        losses.append(tot / len(qa))
-        if progress:
-            print(f"  teacher epoch {e}: loss {losses[-1]:.3f}", flush=True)
-    return {"seconds": time.perf_counter() - t0, "loss": losses}
+    ds = QAReplay(videos, qa, policy, batch_size=batch_size, seed=seed, cache=cache)
+
+    def step(m: nn.Module, b: dict) -> StepResult:
+        logits = m(b["x"], b["q_ids"], b["q_mask"], b["video_index"])
+        if target is None:
+            loss = _ce(logits, b["gt"])
+        else:
+            loss = -(target[b["rows"]] * F.log_softmax(logits, dim=1)).sum(1).mean()
+        return StepResult(loss, len(b["rows"]))
+
+    cfg = LoopConfig(epochs=epochs, lr=lr, weight_decay=VIDEOQA_WD, progress=progress, desc="teacher")
+    res = train(model, epoch_batches(ds, num_workers), step, cfg, lengths=[ds.num_batches(e) for e in range(epochs)],
+                on_epoch=_print_epoch("teacher") if cfg.progress else None)
+    return {"seconds": res["seconds"], "loss": [r["loss"] for r in res["history"]]}
+
+
+def _print_epoch(name: str):
+    return lambda rec: print(f"  {name} epoch {rec['epoch']}: loss {rec['loss']:.3f}", flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -288,22 +284,27 @@ def train_videoqa_student(
     temperature: float = 1.0,
     epochs: int = 10,
     batch_size: int = 64,
-    lr: float = 5e-3,
     seed: int = 0,
     teacher: nn.Module | None = None,
     cache: ClipCache | None = None,
+    loop: LoopConfig | None = None,
     progress: bool = False,
+    num_workers: int = 0,
 ) -> dict:
     """Train `student` on the store's questions; returns {"seconds", "steps", "seconds_per_step", "loss"}.
 
     store: path or LabelStore of task "videoqa" built from `videos` and `questions` (checked by
-    digest). Student epoch e replays store epoch e % E (frames, and in cache mode the targets).
+    digest, labelstore.pipeline.replay.check_data). Student epoch e replays store epoch e % E
+    (frames, and in cache mode the targets), through the QAReplay dataset: num_workers DataLoader
+    processes decode and render the clips (the same batches for any number).
     method: "ce" (L_cls only), "kd" (+ alpha * kd_kl at `temperature`), "radi" (+ alpha * ranking,
     see the module docstring; rank picks the terms, margins the pairwise margins; check_radi says
     what the store must hold). mode="online" needs `teacher` and recomputes the targets live with
     the store's top_k and mc_passes.
     Batches: `video_grouped_order` keyed by (seed, epoch) (a video's questions together: each clip is
     encoded once per batch); the cold list of batch b in epoch e is drawn from seed (seed, e, b).
+    loop: optimiser/schedule settings (default LoopConfig(lr=5e-3, weight_decay=VIDEOQA_WD)); its
+    epochs and progress are `epochs` and `progress` (a progress bar and one line per epoch).
     """
     if method not in METHODS or mode not in MODES:
         raise ConfigError(f"method must be one of {METHODS} and mode one of {MODES}, got {method!r}, {mode!r}")
@@ -314,64 +315,42 @@ def train_videoqa_student(
     vocab, tokenizer = AnswerVocab.from_json(a["vocab"]), Tokenizer.from_json(a["tokenizer"])
     tc = a["teach_config"]
     qa = prepare_questions(videos, questions, tokenizer, vocab, strict_answers=tc["strict_answers"], max_len=tc["max_len"])
-    if qa.digest != a["dataset"]["questions_digest"] or len(qa) != store.num_samples:
-        raise StoreMismatch(f"{store.path}: the questions given ({qa.path or 'records'}, {len(qa)}) are not the ones "
-                            f"the store was built from ({a['dataset'].get('questions_path')}, {store.num_samples})")
-    if videos.fingerprint()["digest"] != a["dataset"]["videos"]["digest"]:
-        raise StoreMismatch(f"{store.path}: the video source differs from the one the store was built from")
+    policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
+    ds = QAReplay(videos, qa, policy, batch_size=batch_size, seed=seed, store=store,
+                  targets=method != "ce" and mode == "cache", cache=cache)
+    check_data(store, ds)
     if method == "radi":
         check_radi(store, hot_k, cold_n, rank, margins)
-    policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
-    K, T, E, seed_t = store.top_k, store.mc_passes, store.epochs, int(a["seed"])
-    cache = cache or ClipCache(videos)
+    K, T, seed_t = store.top_k, store.mc_passes, int(a["seed"])
     if teacher is not None:
         teacher.eval()
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
-    steps_total = epochs * -(-len(qa) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps_total, pct_start=0.15)
-    gt_all = torch.as_tensor(qa.gt)
-    t0, steps, losses = time.perf_counter(), 0, []
-    for e in range(epochs):
-        se = e % E
-        idx_e = store.read_array("aug/frames/indices", epoch=se)  # [N, m]
-        if method != "ce" and mode == "cache":
-            tv = torch.from_numpy(store.read_array("topk_values", epoch=se).astype(np.float32))  # [N, K]
-            ti = torch.from_numpy(store.read_array("topk_indices", epoch=se).astype(np.int64))  # [N, K]
-            tm = torch.from_numpy(store.read_array("mc_values", epoch=se).astype(np.float32)) if T else None  # [N, T, K]
-        order = video_grouped_order(qa.video_rows, seed, e)
-        student.train()
-        tot = 0.0
-        for b, b0 in enumerate(range(0, len(qa), batch_size)):
-            rows = order[b0 : b0 + batch_size]
-            x, vi = cache.shared_views(policy, qa.video_rows[rows], idx_e[rows])  # [V, m, 3, h, w], [B]
-            q_ids, q_mask = torch.as_tensor(qa.q_ids[rows]), torch.as_tensor(qa.q_mask[rows])
-            gt = gt_all[rows]
-            logits = student(x, q_ids, q_mask, vi)  # [B, A]
-            loss = _ce(logits, gt)
-            if method != "ce":
-                if mode == "cache":
-                    r = torch.as_tensor(rows)
-                    vals, idx, mc = tv[r], ti[r], (tm[r] if tm is not None else None)
-                else:
-                    tt = teacher_targets(teacher, x, q_ids, q_mask, gt, K, T, mc_seed(seed_t, se, int(rows[0])), video_index=vi)
-                    vals, idx, mc = tt["topk_values"], tt["topk_indices"], tt.get("mc_values")
-                if method == "kd":
-                    q = torch.zeros_like(logits).scatter_(1, idx, vals)
-                    loss = loss + alpha * kd_kl(logits, q / q.sum(1, keepdim=True), temperature)
-                else:
-                    gen = torch.Generator().manual_seed(_batch_seed(seed, e, b))
-                    pair, lst = rank_loss_radi(logits, vals, idx, mc, gen, rank=rank, margins=margins,
-                                               hot_k=hot_k, cold_n=cold_n, scheme=scheme, scheme_alpha=scheme_alpha,
-                                               list_method=list_method, margin=margin, epsilon=epsilon)
-                    loss = radi_objective(loss, pair, lst, alpha, pair_weight, list_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            steps += 1
-            tot += float(loss.detach()) * len(rows)
-        losses.append(tot / len(qa))
-        if progress:
-            print(f"  {method}/{mode} epoch {e}: loss {losses[-1]:.3f}", flush=True)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "steps": steps, "seconds_per_step": seconds / max(steps, 1), "loss": losses}
+
+    def step(model: nn.Module, bt: dict) -> StepResult:
+        x, vi, q_ids, q_mask, gt, rows = bt["x"], bt["video_index"], bt["q_ids"], bt["q_mask"], bt["gt"], bt["rows"]
+        logits = model(x, q_ids, q_mask, vi)  # [B, A]
+        loss = _ce(logits, gt)
+        if method != "ce":
+            if mode == "cache":
+                vals, idx, mc = bt["topk_values"], bt["topk_indices"], bt.get("mc_values")
+            else:
+                tt = teacher_targets(teacher, x, q_ids, q_mask, gt, K, T, mc_seed(seed_t, bt["store_epoch"], int(rows[0])),
+                                     video_index=vi)
+                vals, idx, mc = tt["topk_values"], tt["topk_indices"], tt.get("mc_values")
+            if method == "kd":
+                q = torch.zeros_like(logits).scatter_(1, idx, vals)
+                loss = loss + alpha * kd_kl(logits, q / q.sum(1, keepdim=True), temperature)
+            else:
+                gen = torch.Generator().manual_seed(_batch_seed(seed, bt["epoch"], bt["batch"]))
+                pair, lst = rank_loss_radi(logits, vals, idx, mc, gen, rank=rank, margins=margins,
+                                           hot_k=hot_k, cold_n=cold_n, scheme=scheme, scheme_alpha=scheme_alpha,
+                                           list_method=list_method, margin=margin, epsilon=epsilon)
+                loss = radi_objective(loss, pair, lst, alpha, pair_weight, list_weight)
+        return StepResult(loss, len(rows))
+
+    cfg = replace(loop or LoopConfig(lr=5e-3, weight_decay=VIDEOQA_WD), epochs=epochs, progress=progress,
+                  desc=f"{method}/{mode}")
+    res = train(student, epoch_batches(ds, num_workers), step, cfg, lengths=[ds.num_batches(e) for e in range(epochs)],
+                on_epoch=_print_epoch(f"{method}/{mode}") if cfg.progress else None)
+    seconds = res["seconds"]
+    return {"seconds": seconds, "steps": res["steps"], "seconds_per_step": seconds / max(res["steps"], 1),
+            "loss": [r["loss"] for r in res["history"]]}
