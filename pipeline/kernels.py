@@ -297,10 +297,13 @@ def render_views(sources: list, src_of: np.ndarray, progs: np.ndarray, out: np.n
     (_render_views if parallel else _render_views_serial)(addresses, shapes, src_of, progs, out)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def paste_boxes(out, partner, boxes):
-    """CutMix: out[b, :, y:y+h, x:x+w] = partner[b, :, y:y+h, x:x+w] for boxes[b] = (y, x, h, w)."""
-    for b in numba.prange(out.shape[0]):
+    """CutMix: out[b, :, y:y+h, x:x+w] = partner[b, :, y:y+h, x:x+w] for boxes[b] = (y, x, h, w).
+
+    Serial on the calling thread (a copy): the teacher stage calls it from several threads at once,
+    which numba's workqueue layer cannot serve (it aborts the process on concurrent parallel launches)."""
+    for b in range(out.shape[0]):
         y, x, h, w = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3]
         for c in range(3):
             for i in range(y, y + h):
