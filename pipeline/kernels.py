@@ -35,8 +35,9 @@ from numba.extending import intrinsic
 from labelstore.errors import DataError
 
 # numba's own thread pool: unlike GNU OpenMP it survives fork() (DataLoader workers). It runs one
-# parallel launch at a time, so a process renders batches from one thread (the teacher stage's
-# producer thread, the replay loader).
+# parallel launch at a time (a second one at once aborts the process), so parallel=True kernels
+# run from one thread (the replay loader); the teacher stage's pool threads render with
+# parallel=False, and paste_boxes is serial.
 numba.config.THREADING_LAYER = "workqueue"
 
 Q = 14

@@ -200,8 +200,8 @@ _held_lock = threading.Lock()
 @contextlib.contextmanager
 def keep_freed_memory() -> Iterator[None]:
     """While the stage runs, memory freed in the process stays in it for the next allocation (glibc:
-    mallopt M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 2^31 - 1; elsewhere nothing changes); afterwards the
-    defaults are back and malloc_trim(0) returns what is free to the system.
+    mallopt M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 2^31 - 1; elsewhere nothing changes); afterwards both
+    get glibc's default values back and malloc_trim(0) returns what is free to the system.
 
     Every batch allocates its decoded images, rendered views and float model input afresh; by
     default glibc maps blocks over its mmap threshold (at most 32 MiB: a float batch of 64 views
