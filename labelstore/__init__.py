@@ -6,6 +6,14 @@
 """
 
 import logging
+import os
+
+# Idle OpenMP threads (torch's intra-op pool) sleep instead of spinning: in the teacher stage they
+# share the cores with the decode/render threads, and a spinning thread burns the core another
+# thread needs (the stage on 2 cores spent 1.6-1.9 ms of CPU per 224-px view, 1.0-1.2 on one core;
+# docs/benchmarks.md). OpenMP reads this when torch is loaded: it has no effect once torch was
+# imported before labelstore, and a value set by the user is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import ConfigError, DataError, LabelstoreError, StoreError, StoreMismatch, TeacherOutputError
 from .reader import LabelStore, open

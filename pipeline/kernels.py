@@ -35,8 +35,9 @@ from numba.extending import intrinsic
 from labelstore.errors import DataError
 
 # numba's own thread pool: unlike GNU OpenMP it survives fork() (DataLoader workers). It runs one
-# parallel launch at a time, so a process renders batches from one thread (the teacher stage's
-# producer thread, the replay loader).
+# parallel launch at a time (a second one at once aborts the process), so parallel=True kernels
+# run from one thread (the replay loader); the teacher stage's pool threads render with
+# parallel=False, and paste_boxes is serial.
 numba.config.THREADING_LAYER = "workqueue"
 
 Q = 14
@@ -297,10 +298,13 @@ def render_views(sources: list, src_of: np.ndarray, progs: np.ndarray, out: np.n
     (_render_views if parallel else _render_views_serial)(addresses, shapes, src_of, progs, out)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def paste_boxes(out, partner, boxes):
-    """CutMix: out[b, :, y:y+h, x:x+w] = partner[b, :, y:y+h, x:x+w] for boxes[b] = (y, x, h, w)."""
-    for b in numba.prange(out.shape[0]):
+    """CutMix: out[b, :, y:y+h, x:x+w] = partner[b, :, y:y+h, x:x+w] for boxes[b] = (y, x, h, w).
+
+    Serial on the calling thread (a copy): the teacher stage calls it from several threads at once,
+    which numba's workqueue layer cannot serve (it aborts the process on concurrent parallel launches)."""
+    for b in range(out.shape[0]):
         y, x, h, w = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3]
         for c in range(3):
             for i in range(y, y + h):

@@ -180,6 +180,16 @@ def test_parameters_do_not_depend_on_batch_size_or_workers(tmp_path, source, tea
             assert rec[name.removeprefix("aug/")].dtype == A[name].dtype, name
 
 
+def test_mixing_policies_render_on_several_threads(tmp_path, source, teacher):
+    """CutMix / SelfMix views rendered by several decode-pool threads at once (numba's workqueue
+    layer aborts the process on concurrent parallel launches): the same store as with one worker."""
+    for policy in ("cutmix", "selfmix"):
+        a, b = tmp_path / f"{policy}1.zarr", tmp_path / f"{policy}4.zarr"
+        teach_store(a, source, teacher, policy=policy, batch_size=2, decode_workers=1, mc_passes=0)
+        teach_store(b, source, teacher, policy=policy, batch_size=2, decode_workers=4, mc_passes=0)
+        assert_same_arrays(a, b)
+
+
 def test_resume_equals_uninterrupted(tmp_path, source, teacher, base_store):
     out = tmp_path / "r.zarr"
     stats = teach_store(out, source, teacher, rank=0, world_size=2)  # units 0 and 2 of 3
