@@ -5,8 +5,9 @@ examples/byot/ (a teacher module and its plain-PyTorch training script, nothing 
 built-in images, the teacher trained on them with its own mean/std, its state_dict at an absolute
 .pt path handed over as --teacher-weights and as the callable's own ?weights= argument, views
 labelled under that mean/std and a crop-without-flip op list given on the command line, and a
-student trained from the store and scored on held-out images. Then what the user sees (agreement
-lines, warnings, errors) and what the store records.
+student trained from the store and scored on held-out images; a folder of unlabelled images
+labelled, inspected and verified. Then what the user sees (agreement lines, warnings, errors) and
+what the store records.
 """
 
 from __future__ import annotations
@@ -111,6 +112,16 @@ def test_readme_walkthrough_teacher_weights_two_ways(walk):
 
     held_out, seen = image_digests(w / "byot" / "test"), image_digests(w / "byot" / "train")
     assert len(held_out) == 200 and len(seen) == a.num_samples == 600 and not held_out & seen
+
+
+def test_readme_walkthrough_unlabelled_folder(walk):
+    w = walk["w"]
+    store = labelstore.open(w / "byot" / "photos.zarr")
+    assert store.num_samples == len(list((w / "byot" / "photos").iterdir())) == 100
+    assert (store.read_array("gt") == -1).all() and store.attrs["policy"]["mean"] == [0.5, 0.5, 0.5]
+    assert "report written to byot/photos.html" in walk["out"] and (w / "byot" / "photos.html").stat().st_size
+    verify = walk["out"].rsplit("dataset fingerprint: ok", 1)[1]  # the last command's lines
+    assert "replayed views: 64/64 pixel-identical" in verify and verify.strip().endswith("OK"), walk["out"]
 
 
 def test_random_weights_callable_is_not_accepted_silently(walk):
