@@ -106,6 +106,9 @@ def test_readme_walkthrough_teacher_weights_two_ways(walk):
     # the student learns: at least twice chance on held-out images (byot/test: 200 images, none of them
     # among the store's 600 views' images)
     assert len(metrics["history"]) == 20 and float(m.group(1)) >= 2 * chance / 100, walk["out"]
+    # outside a terminal train's progress is one log line per epoch, as teach's is one per 10 %
+    epochs = [ln for ln in walk["err"].splitlines() if ln.startswith("cache epoch ")]
+    assert "\r" not in walk["err"] and len(epochs) == 20 and epochs[-1].startswith("cache epoch 20/20: 100% 19/19 batch")
 
     def image_digests(folder: Path) -> set[str]:
         return {hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.rglob("*") if f.is_file()}
