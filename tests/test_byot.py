@@ -2,13 +2,17 @@
 
 The README's "Bring your own teacher" block runs in bash in a fresh folder holding a copy of
 examples/byot/ (a teacher module and its plain-PyTorch training script, nothing of labelstore):
-built-in images, the teacher trained on them, its state_dict at an absolute .pt path handed over
-as --teacher-weights and as the callable's own ?weights= argument, and a student trained from the
-store. Then what the user sees (agreement lines, warnings, errors) and what the store records.
+built-in images, the teacher trained on them with its own mean/std, its state_dict at an absolute
+.pt path handed over as --teacher-weights and as the callable's own ?weights= argument, views
+labelled under that mean/std and a crop-without-flip op list given on the command line, and a
+student trained from the store and scored on held-out images; a folder of unlabelled images
+labelled, inspected and verified. Then what the user sees (agreement lines, warnings, errors) and
+what the store records.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,10 +26,12 @@ from conftest import assert_same_arrays
 from test_cli import ROOT, _env, assert_user_error
 
 import labelstore
+from labelstore.pipeline.classification_inspect import teacher_agreement
+from labelstore.pipeline.replay import derived_params
 
 README = ROOT / "README.md"
-AGREEMENT = re.compile(r"teacher top-1 agreement with the labels: ([\d.]+)% of (\d+) views \(chance ([\d.]+)%\); "
-                       r"by flip/flag: true ([\d.]+)% of (\d+), false ([\d.]+)% of (\d+)")
+AGREEMENT = re.compile(r"teacher top-1 agreement with the labels: ([\d.]+)% of (\d+) views \(chance ([\d.]+)%\)"
+                       r"(?:; by flip/flag: true ([\d.]+)% of (\d+), false ([\d.]+)% of (\d+))?$", re.M)
 
 
 def readme_block() -> str:
@@ -60,12 +66,21 @@ def test_readme_walkthrough_teacher_weights_two_ways(walk):
     w = walk["w"]
     lines = AGREEMENT.findall(walk["out"])
     assert len(lines) == 2 and lines[0] == lines[1], walk["out"]  # the two ways give one teacher
-    top1, views, chance, t_top1, t_views, f_top1, f_views = (float(v) for v in lines[0])
-    assert views == 600 * 4 and t_views + f_views == views and chance == 10.0
+    assert lines[0][3:] == ("",) * 4, walk["out"]  # no flip op: no split by flipped or not
+    top1, views, chance = (float(v) for v in lines[0][:3])
+    assert views == 600 * 4 and chance == 10.0
     assert top1 > 3 * chance, walk["out"]  # a trained teacher, far from chance
     assert "near chance" not in walk["err"], walk["err"]
     a, b = labelstore.open(w / "byot" / "labels.zarr"), labelstore.open(w / "byot" / "labels-self.zarr")
     assert_same_arrays(w / "byot" / "labels.zarr", w / "byot" / "labels-self.zarr")
+    # the teacher's own normalisation and a crop-without-flip op list, as given on the command line
+    for s in (a, b):
+        pol = s.attrs["policy"]
+        assert pol["mean"] == [0.5, 0.5, 0.5] and pol["std"] == [0.25, 0.25, 0.25], pol
+        assert [op["config"]["name"] for op in pol["ops"]] == ["rrc"] and pol["ops"][0]["config"]["scale"] == [0.5, 1.0]
+    # no view is flipped: every epoch's views have a crop box and no flip parameter
+    assert all(set(derived_params(a, e)) == {"rrc/box"} for e in range(a.epochs))
+    assert teacher_agreement(a)["by_param"] == {}
     # the store records the weights' sha256: the state_dict file's, loaded into mymod.Net
     sys.path.insert(0, str(w / "examples" / "byot"))
     try:
@@ -80,8 +95,6 @@ def test_readme_walkthrough_teacher_weights_two_ways(walk):
     assert a.attrs["teacher"]["weights_sha256"] == b.attrs["teacher"]["weights_sha256"] == digest
     assert a.attrs["teacher"]["weights_file"] == str(walk["net"]) and a.attrs["teacher"]["name"] == "mymod:Net"
     assert b.attrs["teacher"]["name"] == f"mymod:Net?weights={walk['net']}" and "weights_file" not in b.attrs["teacher"]
-    from labelstore.pipeline.classification_inspect import teacher_agreement
-
     stored = teacher_agreement(a)
     assert round(100 * stored["top1"], 1) == top1 and stored["views"] == views
     # train prints the store's teacher beside the student
@@ -90,6 +103,28 @@ def test_readme_walkthrough_teacher_weights_two_ways(walk):
     assert m and round(100 * float(m.group(2)), 1) == top1 and int(m.group(3)) == views, walk["out"]
     metrics = json.loads((w / "byot" / "student" / "metrics.json").read_text())
     assert metrics["final"]["eval_accuracy"] == pytest.approx(float(m.group(1)), abs=1e-4)
+    # the student learns: at least twice chance on held-out images (byot/test: 200 images, none of them
+    # among the store's 600 views' images)
+    assert len(metrics["history"]) == 20 and float(m.group(1)) >= 2 * chance / 100, walk["out"]
+    # outside a terminal train's progress is one log line per epoch, as teach's is one per 10 %
+    epochs = [ln for ln in walk["err"].splitlines() if ln.startswith("cache epoch ")]
+    assert "\r" not in walk["err"] and len(epochs) == 20 and epochs[-1].startswith("cache epoch 20/20: 100% 19/19 batch")
+
+    def image_digests(folder: Path) -> set[str]:
+        return {hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.rglob("*") if f.is_file()}
+
+    held_out, seen = image_digests(w / "byot" / "test"), image_digests(w / "byot" / "train")
+    assert len(held_out) == 200 and len(seen) == a.num_samples == 600 and not held_out & seen
+
+
+def test_readme_walkthrough_unlabelled_folder(walk):
+    w = walk["w"]
+    store = labelstore.open(w / "byot" / "photos.zarr")
+    assert store.num_samples == len(list((w / "byot" / "photos").iterdir())) == 100
+    assert (store.read_array("gt") == -1).all() and store.attrs["policy"]["mean"] == [0.5, 0.5, 0.5]
+    assert "report written to byot/photos.html" in walk["out"] and (w / "byot" / "photos.html").stat().st_size
+    verify = walk["out"].rsplit("dataset fingerprint: ok", 1)[1]  # the last command's lines
+    assert "replayed views: 64/64 pixel-identical" in verify and verify.strip().endswith("OK"), walk["out"]
 
 
 def test_random_weights_callable_is_not_accepted_silently(walk):

@@ -148,7 +148,9 @@ def train(model: nn.Module, batches: Callable[[int], Iterable], step: Step, cfg:
     "ddp" records per epoch the views of each rank and the distinct rows seen (StepResult.rows),
     and each rank's final weights hash. The model is left in eval mode.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
+
+    from labelstore.progress import LogLines, is_terminal
 
     if cfg.epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {cfg.epochs}")
@@ -178,8 +180,10 @@ def train(model: nn.Module, batches: Callable[[int], Iterable], step: Step, cfg:
         sums: dict[str, Any] = {}
         seen, k, cur = [], 0, lr
         it = batches(e)
-        bar = tqdm(it, total=None if lengths is None else lengths[e], disable=not cfg.progress or rank > 0,
-                   desc=f"{cfg.desc} epoch {e + 1}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True)
+        bar_args = dict(total=None if lengths is None else lengths[e], disable=not cfg.progress or rank > 0,
+                        desc=f"{cfg.desc} epoch {e + 1}/{cfg.epochs}", unit="batch")
+        bar = (tqdm(it, leave=False, dynamic_ncols=True, **bar_args) if is_terminal()  # a bar per epoch
+               else LogLines(it, step=1.0, **bar_args))  # elsewhere (a log): one line per epoch, at its end
         for batch in bar:
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 break

@@ -2,8 +2,9 @@
 
     python train_teacher.py TRAIN_DIR OUT.pt [EPOCHS]
 
-Inputs as labelstore gives them to a teacher: RGB, [3, 32, 32] floats in [0, 1], normalised with
-MEAN/STD (the values `labelstore teach` records in the store's policy), classes in sorted folder order.
+Inputs as labelstore gives them to a teacher: RGB, [3, 32, 32] floats (pixel / 255 - MEAN) / STD, classes
+in sorted folder order. MEAN/STD are this teacher's own (not ImageNet's): `labelstore teach --mean 0.5,0.5,0.5
+--std 0.25,0.25,0.25` records them in the store's policy, and every student then sees its views the same way.
 """
 
 import sys
@@ -16,8 +17,9 @@ from PIL import Image
 import mymod
 
 SIZE = 32
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
+BATCH = 32
+MEAN = np.array([0.5, 0.5, 0.5], np.float32)
+STD = np.array([0.25, 0.25, 0.25], np.float32)
 
 
 def load(root: str, rng: np.random.Generator, crops: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,12 +47,12 @@ def main(train_dir: str, out: str, epochs: int = 12) -> None:
     torch.manual_seed(0)
     x, y = load(train_dir, np.random.default_rng(0))
     net = mymod.Net(num_classes=int(y.max()) + 1)
-    steps = epochs * -(-len(x) // 64)
+    steps = epochs * -(-len(x) // BATCH)
     opt = torch.optim.AdamW(net.parameters(), 3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
     for _ in range(epochs):
         net.train()
-        for b in torch.randperm(len(x)).split(64):
+        for b in torch.randperm(len(x)).split(BATCH):
             loss = torch.nn.functional.cross_entropy(net(x[b]), y[b])
             opt.zero_grad()
             loss.backward()
