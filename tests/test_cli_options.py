@@ -87,7 +87,7 @@ def test_help_lists_each_tasks_options_without_importing_torch():
             "from click.testing import CliRunner\n"
             "from labelstore.cli import main\n"
             "for cmd in ('teach', 'train'):\n"
-            "    r = CliRunner().invoke(main, [cmd, '--help'])\n"
+            "    r = CliRunner().invoke(main, [cmd, '--help'], prog_name='labelstore')\n"
             "    assert r.exit_code == 0, r.output\n"
             "    print(r.output)\n"
             "assert 'torch' not in sys.modules, 'help imported torch'\n")

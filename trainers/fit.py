@@ -2,7 +2,9 @@
 
 Used to train the built-in teachers in-process and for the no-teacher student
 baseline. Data comes in as a callable `train_batches(epoch)` that yields
-(x [B, 3, H, W] float, y [B] long); `TensorBatches` makes one from in-memory tensors.
+(x [B, 3, H, W] float, y [B] long); `TensorBatches` makes one from in-memory tensors,
+`augmented_batches` fresh views of an image source each epoch, `eval_batches` the whole-image views
+every classification student is evaluated on (`train --eval-data`, the demo, the experiment).
 
     model = build_model("resnet-m")
     data = TensorBatches(x_train, y_train, batch_size=128, shuffle=True, seed=0)
