@@ -262,7 +262,8 @@ def teach(ctx: click.Context, **params) -> None:
     rank, world_size, local_rank = dist_env(c.rank, c.world_size)
     check_ranks(task, "teach", world_size)
     c = dataclasses.replace(c, rank=rank, world_size=world_size, local_rank=local_rank)
-    stats, line = entry_point(task, "teach")(c, options, _warn)
+    with _stdout_to_stderr(c.as_json):  # a task's progress lines must not break the JSON
+        stats, line = entry_point(task, "teach")(c, options, _warn)
     if c.as_json:
         return _echo_json({"store": c.out, **stats})
     click.echo(line)
@@ -459,7 +460,8 @@ def train(ctx: click.Context, **params) -> None:
     check_ranks(task, "train", dist_env()[1])
     if c.mode == "online" and not c.online_teacher:
         _fail("--mode online needs --online-teacher SPEC")
-    metrics, line = entry_point(task, "train")(c, options, _warn)
+    with _stdout_to_stderr(c.as_json):  # a task's progress lines must not break the JSON
+        metrics, line = entry_point(task, "train")(c, options, _warn)
     if metrics is None:  # a rank other than 0
         return
     if c.as_json:
