@@ -56,7 +56,7 @@ def _value(cls: type[Op], f: dataclasses.Field, raw: list, op: str):
             v = raw[0]
             if isinstance(v, str):
                 if v.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(v)
+                    raise ConfigError(f"op {op}: {f.name}={v} is not true/false")
                 v = v.lower() in ("true", "1")
             return bool(v)
         if isinstance(default, tuple):

@@ -362,6 +362,22 @@ class ReplayLoader:
             yield x, t
 
 
+class EpochMemo:
+    """Per-epoch values of a batch replay dataset (the VideoQA and retrieval ones: a batch plan, frame
+    indices, an epoch's store array), made once per (what, epoch) in each process:
+    get(what, epoch, make) = make() the first time; a new epoch of `what` replaces its last one, so
+    one epoch of each is kept."""
+
+    def __init__(self) -> None:
+        self._values: dict = {}  # (what, epoch) -> value
+
+    def get(self, what: str, epoch: int, make):
+        if (what, epoch) not in self._values:
+            self._values = {k: v for k, v in self._values.items() if k[0] != what}
+            self._values[what, epoch] = make()
+        return self._values[what, epoch]
+
+
 class _EpochKeys(torch.utils.data.Sampler):
     """Keys (epoch, b), b < dataset.num_batches(epoch), of the epoch last set (in the main process)."""
 

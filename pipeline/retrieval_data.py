@@ -16,6 +16,7 @@ import torch
 
 from . import rng
 from .text import Caption, Tokenizer, check_videos, read_captions
+from .replay import EpochMemo
 from .video import FeatureH5, FrameSampler, VideoPolicy
 from labelstore.errors import ConfigError, StoreMismatch
 
@@ -207,20 +208,15 @@ class RetrievalReplay(torch.utils.data.Dataset):
         self.data, self.store, self.batch_size, self.seed = data, store, int(batch_size), int(seed)
         self.targets, self.dense_in_memory = targets, dense_in_memory
         self.smode = store.attrs["similarity_mode"] if store is not None else None
-        self._memo: dict = {}
-
-    def _epoch(self, what: str, epoch: int, make):
-        """make(), once per (what, epoch) in this process (the last epoch's kept)."""
-        if (what, epoch) not in self._memo:
-            self._memo = {k: v for k, v in self._memo.items() if k[0] != what}
-            self._memo[what, epoch] = make()
-        return self._memo[what, epoch]
+        self._memo = EpochMemo()  # this process's plan, frames and store arrays of the last epoch
 
     def plan(self, epoch: int) -> np.ndarray:
         """int32 [nb, B]: the caption rows of each batch of `epoch` (-1 = empty slot)."""
         if self.smode == "batches":
-            return self._epoch("plan", epoch, lambda: self.store.read_array("batch_captions", epoch % self.store.epochs))
-        return self._epoch("plan", epoch, lambda: plan_batches(self.data.caption_video, self.batch_size, self.seed, epoch))
+            return self._memo.get("plan", epoch,
+                                  lambda: self.store.read_array("batch_captions", epoch % self.store.epochs))
+        return self._memo.get("plan", epoch,
+                              lambda: plan_batches(self.data.caption_video, self.batch_size, self.seed, epoch))
 
     def num_batches(self, epoch: int) -> int:
         return len(self.plan(epoch))
@@ -232,10 +228,10 @@ class RetrievalReplay(torch.utils.data.Dataset):
         d = self.data
         if self.store is not None:
             se = epoch % self.store.epochs
-            return self._epoch("frames", se, lambda: self.store.read_array("aug/frames/indices", se))  # [Nv, m]
+            return self._memo.get("frames", se, lambda: self.store.read_array("aug/frames/indices", se))  # [Nv, m]
         Nv = len(d.src_rows)
-        return self._epoch("frames", epoch, lambda: d.policy.sample(self.seed, epoch, np.arange(Nv),
-                                                                    d.videos.src_shapes(d.src_rows), Nv)["frames/indices"])
+        return self._memo.get("frames", epoch, lambda: d.policy.sample(self.seed, epoch, np.arange(Nv),
+                                                                       d.videos.src_shapes(d.src_rows), Nv)["frames/indices"])
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, b = key
@@ -251,16 +247,16 @@ class RetrievalReplay(torch.utils.data.Dataset):
 
     def _targets(self, se: int, b: int, caps: np.ndarray, vids: np.ndarray) -> dict:
         store, f32 = self.store, np.float32
-        fscores = self._epoch("frame_scores", se, lambda: store.read_array("frame_scores", se))  # [Nc, m]
+        fscores = self._memo.get("frame_scores", se, lambda: store.read_array("frame_scores", se))  # [Nc, m]
         out = {"frame_scores": torch.from_numpy(fscores[caps].astype(f32))}
         if self.smode == "dense":
             if 2 * len(self.data.caps) * len(self.data.src_rows) <= self.dense_in_memory:
-                dense = self._epoch("similarity", se, lambda: store.read_array("similarity", se))  # [Nc, Nv]
+                dense = self._memo.get("similarity", se, lambda: store.read_array("similarity", se))  # [Nc, Nv]
                 out["Q"] = torch.from_numpy(dense[np.ix_(caps, vids)].astype(f32))
             else:
                 out["Q"] = torch.from_numpy(store.read_array("similarity", se, caps)[:, vids].astype(f32))
         elif self.smode == "embeddings":
-            text_emb = self._epoch("text_emb", 0, lambda: store.read_array("text_emb").astype(f32))  # [Nc, D]
+            text_emb = self._memo.get("text_emb", 0, lambda: store.read_array("text_emb").astype(f32))  # [Nc, D]
             out["text_emb"] = torch.from_numpy(text_emb[caps])
             out["video_emb"] = torch.from_numpy(store.read_array("video_emb", se, vids).astype(f32))  # [B, D]
         else:

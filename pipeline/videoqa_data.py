@@ -19,6 +19,7 @@ import torch
 from labelstore.integrity import json_digest
 
 from .text import AnswerVocab, Question, Tokenizer, check_answers, check_videos, read_questions
+from .replay import EpochMemo
 from .video import FrameSampler, VideoPolicy
 
 
@@ -152,7 +153,7 @@ class QAReplay(torch.utils.data.Dataset):
         self.videos, self.qa, self.policy, self.store = videos, qa, policy, store
         self.batch_size, self.seed, self.targets = int(batch_size), int(seed), targets
         self.cache = cache or ClipCache(videos)
-        self._memo: dict = {}  # (what, epoch) -> array, the last epoch's order and frames in this process
+        self._memo = EpochMemo()  # this process's order and frames of the last epoch
 
     def fingerprint(self) -> dict:
         digest = hashlib.sha256(f"{self.videos.fingerprint()['digest']}\0{self.qa.digest}".encode()).hexdigest()
@@ -169,16 +170,10 @@ class QAReplay(torch.utils.data.Dataset):
         if self.store is not None and self.store.fits_cache():
             self.store.epoch_cache.epoch(self.store, epoch % self.store.epochs)
 
-    def _epoch(self, what: str, epoch: int, make):
-        if (what, epoch) not in self._memo:
-            self._memo = {k: v for k, v in self._memo.items() if k[0] != what}
-            self._memo[what, epoch] = make()
-        return self._memo[what, epoch]
-
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, b = key
         qa = self.qa
-        order = self._epoch("order", epoch, lambda: video_grouped_order(qa.video_rows, self.seed, epoch))
+        order = self._memo.get("order", epoch, lambda: video_grouped_order(qa.video_rows, self.seed, epoch))
         rows = order[b * self.batch_size : (b + 1) * self.batch_size]
         out: dict = {"rows": torch.as_tensor(rows), "epoch": epoch, "batch": b, "store_epoch": None}
         if self.store is not None:
@@ -192,7 +187,7 @@ class QAReplay(torch.utils.data.Dataset):
                 if "mc_values" in rec and self.store.mc_passes:
                     out["mc_values"] = torch.from_numpy(rec["mc_values"].astype(np.float32))  # [B, T, K]
         else:
-            idx = self._epoch("frames", epoch, lambda: frame_indices(self.policy.sampler, self.seed, epoch,
+            idx = self._memo.get("frames", epoch, lambda: frame_indices(self.policy.sampler, self.seed, epoch,
                                                                      self.videos, qa.video_rows))[rows]
         out["x"], out["video_index"] = self.cache.shared_views(self.policy, qa.video_rows[rows], idx)
         out["q_ids"], out["q_mask"] = torch.as_tensor(qa.q_ids[rows]), torch.as_tensor(qa.q_mask[rows])

@@ -6,8 +6,12 @@ stores written by the teacher stage.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
+import sys
+import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +91,17 @@ def assert_same_arrays(a, b, names=None) -> None:
         else:  # bytes: NaN == NaN, -0 != +0
             same = np.array_equal(np.ascontiguousarray(x).view(np.uint8), np.ascontiguousarray(y).view(np.uint8))
             assert same, f"{name} differs at {np.argwhere(x != y)[:5].tolist()}"
+
+
+def user_module(tmp_path, monkeypatch, name: str, src: str) -> types.ModuleType:
+    """A user's own module: `src` (dedented) written as `tmp_path/<name>.py`, `tmp_path` put first on
+    sys.path and the module imported fresh, as `module:callable` specs import it. At teardown
+    monkeypatch takes it out of sys.modules again (and restores sys.path)."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(src))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, name, None)  # recorded, so teardown restores the entry as it was
+    del sys.modules[name]
+    return importlib.import_module(name)
 
 
 def copy_dataset(src, dst) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import textwrap
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from labelstore.trainers.models import MODELS, ResNetS, SmallCNN, build_model, c
 from labelstore.pipeline.teacher import autocast_context, has_dropout, mc_forward, pick_device, set_mc_dropout, weights_hash
 from labelstore.errors import ConfigError
 from labelstore.trainers.spec import load_checkpoint, load_model, save_checkpoint
+from conftest import user_module
 
 torch.set_num_threads(2)
 
@@ -102,13 +102,8 @@ def test_load_model_builtin_and_callable():
     assert m(torch.randn(2, 3, 16, 16)).shape == (2, 4)
 
 
-def _write_module(tmp_path, monkeypatch, name: str, src: str) -> None:
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(src))
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-
 def test_load_model_user_module_and_errors(tmp_path, monkeypatch):
-    _write_module(
+    user_module(
         tmp_path,
         monkeypatch,
         "my_teachers",

@@ -12,6 +12,7 @@ import torch
 
 from labelstore.errors import ConfigError
 from labelstore.trainers.spec import load_model, spec_arguments
+from conftest import user_module
 
 FACTORY = textwrap.dedent('''
     import torch.nn as nn
@@ -28,13 +29,7 @@ FACTORY = textwrap.dedent('''
 
 @pytest.fixture
 def timm_like(tmp_path, monkeypatch):
-    (tmp_path / "timm_like_models.py").write_text(FACTORY)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("timm_like_models", None)
-    import timm_like_models
-
-    yield timm_like_models
-    sys.modules.pop("timm_like_models", None)
+    return user_module(tmp_path, monkeypatch, "timm_like_models", FACTORY)
 
 
 def test_spec_arguments_parse_json_values_else_strings():
@@ -95,13 +90,7 @@ USER = textwrap.dedent('''
 
 @pytest.fixture
 def user_mod(tmp_path, monkeypatch):
-    (tmp_path / "byot_user_mod.py").write_text(USER)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("byot_user_mod", None)
-    import byot_user_mod
-
-    yield byot_user_mod
-    sys.modules.pop("byot_user_mod", None)
+    return user_module(tmp_path, monkeypatch, "byot_user_mod", USER)
 
 
 def test_spec_kinds_decide_before_any_path_test(tmp_path):
