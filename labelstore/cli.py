@@ -12,7 +12,10 @@ import sys
 import click
 
 import labelstore
-from labelstore.errors import LabelstoreError
+from labelstore import cli_options
+from labelstore.cli_options import (NONNEGATIVE, POSITIVE, SEED, SPEC_HELP, STORAGE_HELP, STORE, TeachCommon,
+                                    TrainCommon)
+from labelstore.errors import ConfigError, LabelstoreError
 
 
 def _fail(msg: str) -> None:
@@ -84,14 +87,7 @@ def _stdout_to_stderr(on: bool):
     return contextlib.redirect_stdout(sys.stderr) if on else contextlib.nullcontext()
 
 
-SEED = click.IntRange(0, 2**63 - 1)  # seeds are uint64 RNG keys below 2**63 (store attributes are JSON int64)
-POSITIVE = click.IntRange(min=1)
-NONNEGATIVE = click.IntRange(min=0)
-STORE = click.Path()  # a local path or a URL (s3://, gs://, memory://): existence is checked when opened
-STORAGE_OPTIONS = click.option(
-    "--storage-options", default=None, metavar="JSON",
-    help='For URL stores: fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
-         "(default: fsspec's configuration and the environment).")
+STORAGE_OPTIONS = click.option("--storage-options", default=None, metavar="JSON", help=STORAGE_HELP)
 
 
 def _check_not_a_file(option: str, path: str) -> None:
@@ -141,23 +137,10 @@ def load_teacher(spec: str, num_classes: int, weights: str | None = None):
     return load(spec, num_classes, weights)
 
 
-SPEC_HELP = ("a built-in model name, module:callable[?key=value&...], hf:NAME_OR_DIR, timm:NAME, torchvision:NAME, "
-             "or a checkpoint .pt (docs/cli.md, 'Model specs')")
-
-
 def weights_option(name: str, role: str):
-    """--teacher-weights / --student-weights / --online-teacher-weights: a state_dict file for the model."""
+    """--teacher-weights of verify: a state_dict file for the model."""
     return click.option(name, default=None, type=click.Path(dir_okay=False), metavar="FILE",
-                        help=f"(classification) A torch.save'd state_dict (or a dict holding it under 'state_dict' or "
-                             f"'model') loaded strictly into the {role} the spec builds; missing/unexpected keys are "
-                             "named.")
-
-
-def _classification_only(task: str, **weights: str | None) -> None:
-    for option, value in weights.items():
-        if value and task != "classification":
-            _fail(f"--{option.replace('_', '-')} is for --task classification; for --task {task} give a checkpoint "
-                  "or a module:callable that loads its weights itself (?weights=FILE)")
+                        help=f"(classification) {cli_options.weights_help(role)}")
 
 
 class _TaskChoice(click.Choice):
@@ -177,93 +160,112 @@ class _TaskChoice(click.Choice):
 TASKS = _TaskChoice()
 
 
-@main.command()
-@click.option("--task", type=TASKS, default="classification", show_default=True)
-@click.option("--data", "data_spec", required=True,
-              help="ImageFolder dir or file.h5[:images[:labels]]; for video tasks a video dir (or frame-feature .h5).")
-@click.option("--unlabeled", is_flag=True,
-              help="(classification) --data is an unlabelled folder: every image under it, no class sub-folders "
-                   "(give --num-classes).")
-@click.option("--captions", default=None, help="(retrieval) captions file: JSON lines or CSV (video_id, caption).")
-@click.option("--questions", default=None, help="(videoqa) questions file: JSON lines or CSV (video_id, question, answer).")
-@click.option("--frames", type=POSITIVE, default=None, help="(video tasks) frames sampled per video (default: the teacher's).")
-@click.option("--frame-size", type=POSITIVE, default=None, help="(video tasks) frame resolution (default: the teacher's).")
-@click.option("--similarity-mode", type=click.Choice(["dense", "embeddings", "batches"]), default="dense",
-              show_default=True, help="(retrieval) how teacher similarities are stored.")
-@click.option("--teacher", required=True, help=f"The teacher: {SPEC_HELP}.")
-@weights_option("--teacher-weights", "teacher")
-@click.option("--allow-untrained-teacher", is_flag=True,
-              help="Accept a built-in model name (random weights) as teacher, without --teacher-weights.")
-@click.option("--out", required=True, type=STORE, help="Store to write: a directory (*.zarr) or a URL (s3://...).")
-@STORAGE_OPTIONS
-@click.option("--epochs", type=POSITIVE, default=4, show_default=True, help="Epochs of views to label.")
-@click.option("--top-k", type=POSITIVE, default=None,
-              help="Stored top-k (default: 5 for classification; every answer for videoqa, the full ranking RADI's "
-                   "cold lists are drawn from).")
-@click.option("--mc-passes", type=NONNEGATIVE, default=0, show_default=True, help="MC-dropout passes (0 = none).")
-@click.option("--policy", "policy_name", default="crop-flip", show_default=True,
-              help="(classification) A built-in policy (none, crop-flip, crop-flip-jitter, cutmix, mixup, selfmix), "
-                   "an op list such as 'rrc(scale=0.35,1)+flip(p=0.5)' (ops: rrc, resize, flip, jitter, selfmix, "
-                   "cutmix, mixup and registered user ops), or a .json file of ops (docs/cli.md).")
-@click.option("--crop-scale", nargs=2, type=float, default=None,
-              help="Random-resized-crop area range of a built-in policy.  [default: 0.08 1.0]")
-@click.option("--mean", default=None, metavar="R,G,B",
-              help="(classification) The teacher's input mean, recorded in the store and used by every student: "
-                   "input = (pixel/255 - mean) / std.  [default: 0.485,0.456,0.406 (ImageNet)]")
-@click.option("--std", default=None, metavar="R,G,B",
-              help="(classification) The teacher's input std (a value may be a fraction, e.g. 1/255).  "
-                   "[default: 0.229,0.224,0.225 (ImageNet)]")
-@click.option("--image-size", type=POSITIVE, default=32, show_default=True, help="Output resolution of the views.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--num-classes", type=POSITIVE, default=None, help="Teacher classes (default: the dataset's).")
-@click.option("--batch-size", type=POSITIVE, default=256, show_default=True)
-@click.option("--views-per-decode", type=NONNEGATIVE, default=0, show_default=True, help="Epochs labelled per image decode; 0 = all.")
-@click.option("--shard-samples", type=POSITIVE, default=8192, show_default=True, help="Rows per shard = per work unit.")
-@click.option("--chunk-samples", type=POSITIVE, default=2048, show_default=True, help="Rows per inner chunk (read unit).")
-@click.option("--workers", type=POSITIVE, default=4, show_default=True, help="Decode threads.")
-@click.option("--device", default=None, help="cuda / cpu (default: cuda when present).")
-@click.option("--render-device", default=None,
-              help="Where views are rendered, the same bytes anywhere: cpu (numba kernels), cuda[:i] (torch, sources "
-                   "uploaded once per image), torch:cpu (the torch path on the CPU). Default: the teacher's device.")
-@click.option("--amp/--no-amp", default=None, help="Autocast on CUDA (default: on for CUDA).")
-@click.option("--skip-bad", is_flag=True, help="Record undecodable images as skipped instead of stopping.")
-@click.option("--no-digest", is_flag=True, help="Do not store per-view input digests.")
-@click.option("--store-params", is_flag=True,
-              help="(classification) Also store the augmentation parameters (aug/* arrays, ~5 bytes per view for "
-                   "crop-flip); by default students re-derive them from the counter-based RNG.")
-@click.option("--resume", is_flag=True, help="Finish an interrupted store.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@click.option("--rank", type=NONNEGATIVE, default=None,
-              help="This process's rank (several processes fill one store; default: $RANK or 0).")
-@click.option("--world-size", type=POSITIVE, default=None, help="Processes filling the store (default: $WORLD_SIZE or 1).")
-@click.option("--quiet", is_flag=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (nothing else).")
-def teach(task, data_spec, unlabeled, captions, questions, frames, frame_size, similarity_mode, teacher, teacher_weights,
-          allow_untrained_teacher, out, storage_options, epochs, top_k, mc_passes, policy_name, crop_scale, mean, std, image_size,
-          seed, num_classes,
-          batch_size, views_per_decode, shard_samples, chunk_samples, workers, device, render_device, amp, skip_bad,
-          no_digest, store_params, resume, overwrite, rank, world_size, quiet, as_json) -> None:
+_TASK_KEY = "labelstore.task"
+
+
+def _given_task(args: list[str], default: str) -> str:
+    """The value of --task on a command line (the last one given, as click takes it), before parsing."""
+    task = default
+    for i, a in enumerate(args):
+        if a == "--":
+            break
+        if a == "--task" and i + 1 < len(args):
+            task = args[i + 1]
+        elif a.startswith("--task="):
+            task = a[len("--task="):]
+    return task
+
+
+class _TaskCommand(click.Command):
+    """`labelstore teach|train --task T`: the common options (a labelstore.cli_options class) plus the
+    options of task T (its registry entry's teach_options / train_options class), composed when the
+    command line is parsed, so importing the CLI imports no task. `--help` lists every task's options
+    under a heading of its own; an option of another task than --task is one error line naming it."""
+
+    def __init__(self, name: str, common: type, **kwargs) -> None:
+        task = click.Option(["--task"], type=TASKS, default="classification", show_default=True,
+                            help="The task (the registry's: labelstore.trainers.tasks).")
+        params = [task, *kwargs.pop("params", []), *cli_options.click_params(common)]
+        super().__init__(name, params=params, **kwargs)
+        self.common = common
+
+    def task_class(self, task: str | None) -> type | None:
+        from labelstore.trainers.tasks import TASKS as registry, option_class
+
+        return option_class(task, self.name) if task in registry else None
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        cls = self.task_class(ctx.meta.get(_TASK_KEY))
+        help_option = self.get_help_option(ctx)
+        return [*self.params, *(cli_options.click_params(cls) if cls else []), *([help_option] if help_option else [])]
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from labelstore.trainers.tasks import TASKS as registry
+
+        task = _given_task(args, "classification")
+        if task not in registry:
+            TASKS.convert(task, self.params[0], ctx)  # the choice's own usage error
+        ctx.meta[_TASK_KEY] = task
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            owners = {t: hint for t in registry if t != task and (cls := self.task_class(t)) is not None
+                      for flag, hint in cli_options.flags(cls).items() if flag == e.option_name}
+            if not owners:
+                raise
+            hint = next((h for h in owners.values() if h), None)
+            rest = f"; for --task {task} {hint}" if hint else f", not --task {task} (see labelstore {self.name} --help)"
+            raise ConfigError(f"{e.option_name} is for --task {' / '.join(owners)}{rest}") from None
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from labelstore.trainers.tasks import TASKS as registry
+
+        def rows(params):
+            return [r for p in params if (r := p.get_help_record(ctx)) is not None]
+
+        help_option = self.get_help_option(ctx)
+        with formatter.section("Options (every task)"):
+            formatter.write_dl(rows([*self.params, *([help_option] if help_option else [])]))
+        for task in registry:
+            cls = self.task_class(task)
+            if cls is not None:
+                with formatter.section(f"Options of --task {task}"):
+                    formatter.write_dl(rows(cli_options.click_params(cls)))
+
+    def split(self, params: dict) -> tuple[str, object, object]:
+        """(task, common options, the task's options or None) from click's parsed values."""
+        cls = self.task_class(params["task"])
+        return (params["task"], cli_options.from_params(self.common, params),
+                None if cls is None else cli_options.from_params(cls, params))
+
+
+@main.command(cls=_TaskCommand, common=TeachCommon)
+@click.pass_context
+def teach(ctx: click.Context, **params) -> None:
     """Run the teacher once over every (epoch, sample) view and write the label store.
 
     Several processes fill one store: `torchrun --nproc_per_node N --no-python labelstore teach ...`
     (RANK / WORLD_SIZE / LOCAL_RANK from the environment, each on cuda:LOCAL_RANK when present),
     or one process per --rank with the same --world-size."""
+    import dataclasses
+
     from labelstore.pipeline import checks
-    from labelstore.pipeline.dist import dist_env, local_device
+    from labelstore.pipeline.dist import dist_env
     from labelstore.trainers.models import MODELS
     from labelstore.trainers.tasks import check_ranks, entry_point
 
-    _classification_only(task, teacher_weights=teacher_weights)
-    checks.check_trained_teacher(teacher, MODELS, allow_untrained_teacher, teacher_weights)
-    _check_not_a_file("--out", out)
-    _use_storage_options(out, storage_options)
-    rank, world_size, local_rank = dist_env(rank, world_size)
+    task, c, options = ctx.command.split(params)
+    weights = getattr(options, "teacher_weights", None)  # a task's state_dict file for the teacher
+    checks.check_trained_teacher(c.teacher, MODELS, c.allow_untrained_teacher, weights)
+    _check_not_a_file("--out", c.out)
+    _use_storage_options(c.out, c.storage_options)
+    rank, world_size, local_rank = dist_env(c.rank, c.world_size)
     check_ranks(task, "teach", world_size)
-    options = {**click.get_current_context().params, "rank": rank, "world_size": world_size,
-               "local_rank": local_rank, "device": local_device(local_rank, device)}
-    stats, line = entry_point(task, "teach")(options, _warn)
-    if as_json:
-        return _echo_json({"store": out, **stats})
+    c = dataclasses.replace(c, rank=rank, world_size=world_size, local_rank=local_rank)
+    with _stdout_to_stderr(c.as_json):  # a task's progress lines must not break the JSON
+        stats, line = entry_point(task, "teach")(c, options, _warn)
+    if c.as_json:
+        return _echo_json({"store": c.out, **stats})
     click.echo(line)
 
 
@@ -442,55 +444,9 @@ def verify(store_path, storage_options, data_spec, teacher, teacher_weights, all
     sys.exit(0 if r["ok"] else 1)
 
 
-@main.command()
-@click.option("--task", type=TASKS, default="classification", show_default=True)
-@click.option("--store", "store_path", required=True, type=STORE, help="The store: a directory or a URL (s3://...).")
-@STORAGE_OPTIONS
-@click.option("--data", "data_spec", required=True, help="The dataset (or video dir) the store was built from.")
-@click.option("--captions", default=None, help="(retrieval) the captions file the store was built from.")
-@click.option("--questions", default=None, help="(videoqa) the questions file the store was built from.")
-@click.option("--student", default=None, help=f"The student: {SPEC_HELP} (default: per task).")
-@weights_option("--student-weights", "student (its initial weights)")
-@click.option("--mode", type=click.Choice(["cache", "online", "none"]), default="cache", show_default=True,
-              help="Targets from the store, from a live teacher, or none (hard labels / InfoNCE / CE only).")
-@click.option("--loss", type=click.Choice(["fkd", "ferkd", "adl", "kd", "radi", "teachclip", "cgt", "fgt"]), default=None,
-              help="classification: fkd (default), ferkd, adl; videoqa: radi (default), kd; retrieval: teachclip "
-                   "(CgT + FgT, default), cgt (CgT only), fgt (FgT only).")
-@click.option("--eval-questions", default=None, help="(videoqa) held-out questions with full answer sets.")
-@click.option("--eval-captions", default=None, help="(retrieval) held-out captions.")
-@click.option("--hot-k", type=NONNEGATIVE, default=10, show_default=True, help="(videoqa) RADI hot list.")
-@click.option("--cold-n", type=NONNEGATIVE, default=10, show_default=True, help="(videoqa) RADI cold list.")
-@click.option("--cold-scheme", type=click.Choice(["exp", "zipf"]), default="exp", show_default=True)
-@click.option("--radi-rank", type=click.Choice(["pairwise", "listwise", "both"]), default="both", show_default=True,
-              help="(videoqa) RADI's ranking terms.")
-@click.option("--margins", type=click.Choice(["adaptive", "fixed"]), default="adaptive", show_default=True,
-              help="(videoqa) RADI pairwise margins: Sinkhorn from the MC-dropout uncertainty, or constant.")
-@click.option("--alpha", type=float, default=None, help="(videoqa) weight of the ranking loss (default: RADI's).")
-@click.option("--online-teacher", default=None, help="Teacher spec for --mode online (as --teacher of teach).")
-@weights_option("--online-teacher-weights", "online teacher")
-@click.option("--eval-data", default=None, help="Held-out ImageFolder/HDF5 for evaluation.")
-@click.option("--epochs", type=NONNEGATIVE, default=0, show_default=True, help="0 = the store's epochs.")
-@click.option("--batch-size", type=POSITIVE, default=128, show_default=True)
-@click.option("--lr", type=float, default=None, help="Learning rate (default: AdamW 5e-3).")
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--fill", type=click.Choice(["marginal", "renorm"]), default="marginal", show_default=True)
-@click.option("--hard-weight", default=0.0, show_default=True, help="Weight of the ground-truth CE term.")
-@click.option("--unlabeled-store", default=None, type=STORE,
-              help="(classification) a store of an unlabelled folder (teach --unlabeled): its views whose teacher "
-                   "top-1 probability >= --select-threshold join training with that pseudo label (ADL's scheme).")
-@click.option("--unlabeled-data", default=None, help="The unlabelled folder --unlabeled-store was built from.")
-@click.option("--select-threshold", default=0.9, show_default=True, help="Teacher confidence that selects an unlabelled view.")
-@click.option("--ferkd-low", default=0.05, show_default=True)
-@click.option("--ferkd-high", default=0.95, show_default=True)
-@click.option("--workers", type=NONNEGATIVE, default=0, show_default=True, help="DataLoader worker processes.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--device", default=None)
-@click.option("--out", required=True, type=click.Path(), help="Directory for the checkpoint and metrics.json.")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout (nothing else).")
-def train(task, store_path, storage_options, data_spec, captions, questions, student, student_weights, mode, loss,
-          eval_questions, eval_captions, hot_k, cold_n, cold_scheme, radi_rank, margins, alpha, online_teacher,
-          online_teacher_weights, eval_data, epochs, batch_size, lr,
-          temperature, fill, hard_weight, unlabeled_store, unlabeled_data, select_threshold, ferkd_low, ferkd_high, workers, seed, device, out, as_json) -> None:
+@main.command(cls=_TaskCommand, common=TrainCommon)
+@click.pass_context
+def train(ctx: click.Context, **params) -> None:
     """Train a student on the store's replayed views (from the cache, an online teacher, or no teacher).
 
     Under `torchrun --nproc_per_node N --no-python labelstore train ...` (classification) the student
@@ -498,20 +454,17 @@ def train(task, store_path, storage_options, data_spec, captions, questions, stu
     from labelstore.pipeline.dist import dist_env
     from labelstore.trainers.tasks import check_ranks, entry_point
 
-    _check_not_a_file("--out", out)
-    _use_storage_options(store_path, storage_options)
+    task, c, options = ctx.command.split(params)
+    _check_not_a_file("--out", c.out)
+    _use_storage_options(c.store_path, c.storage_options)
     check_ranks(task, "train", dist_env()[1])
-    if mode == "online" and not online_teacher:
+    if c.mode == "online" and not c.online_teacher:
         _fail("--mode online needs --online-teacher SPEC")
-    _classification_only(task, student_weights=student_weights, online_teacher_weights=online_teacher_weights)
-    if online_teacher_weights and mode != "online":
-        _fail("--online-teacher-weights goes with --mode online --online-teacher SPEC")
-    if bool(unlabeled_store) != bool(unlabeled_data):
-        _fail("--unlabeled-store and --unlabeled-data go together")
-    metrics, line = entry_point(task, "train")(click.get_current_context().params, _warn)
+    with _stdout_to_stderr(c.as_json):  # a task's progress lines must not break the JSON
+        metrics, line = entry_point(task, "train")(c, options, _warn)
     if metrics is None:  # a rank other than 0
         return
-    if as_json:
+    if c.as_json:
         return _echo_json(metrics)
     click.echo(line)
 

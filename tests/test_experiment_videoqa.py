@@ -174,7 +174,7 @@ def test_one_alpha_default_everywhere():
     }
     assert set(defaults.values()) == {RADI_ALPHA}, defaults
     src = inspect.getsource(videoqa_cli.train_command)  # the CLI passes --alpha, or RADI_ALPHA when not given
-    assert 'RADI_ALPHA if o["alpha"] is None else o["alpha"]' in src
+    assert "RADI_ALPHA if o.alpha is None else o.alpha" in src
     assert "alpha=RADI_ALPHA" in inspect.getsource(experiment_videoqa.make_arms)
 
 

@@ -3,6 +3,7 @@ directly on tiny generated data with real checkpoints and real stores."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -151,16 +152,17 @@ def test_clear_errors(env, tmp_path):
 @pytest.mark.parametrize("loss,teaching", [(None, "both"), ("cgt", "cgt"), ("fgt", "fgt")])
 def test_train_entry_point_loss_selects_teaching(env, tmp_path, loss, teaching):
     """`labelstore train --task retrieval --loss cgt|fgt|teachclip` through the registry's entry point."""
+    from labelstore.cli_options import TrainCommon
     from labelstore.errors import ConfigError
+    from labelstore.trainers.retrieval_options import RetrievalTrainOptions
     from labelstore.trainers.tasks import entry_point
 
     train = entry_point("retrieval", "train")
-    o = {"store_path": str(env["store"]), "data_spec": str(env["d"]["videos"]), "captions": None, "student": None,
-         "mode": "cache", "loss": loss, "online_teacher": None, "eval_captions": None, "epochs": 1, "batch_size": B,
-         "seed": 0, "out": str(tmp_path / "o")}
-    m, line = train(o, print)
+    c = TrainCommon(store_path=str(env["store"]), data_spec=str(env["d"]["videos"]), loss=loss, epochs=1, batch_size=B,
+                    out=str(tmp_path / "o"))
+    m, line = train(c, RetrievalTrainOptions(), print)
     assert m["teaching"] == teaching and f"({teaching})" in line
     assert set(m["parts"][0]) == ({"infonce", "cgt", "fgt"} if teaching == "both" else {"infonce", teaching})
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["teaching"] == teaching
     with pytest.raises(ConfigError, match="--loss 'fkd'.*cgt"):
-        train({**o, "loss": "fkd"}, print)
+        train(dataclasses.replace(c, loss="fkd"), RetrievalTrainOptions(), print)

@@ -52,11 +52,12 @@ def test_retrieval_teach_info_inspect_train(tmp_path):
     for mode in ("cache", "online", "none"):
         out = tmp_path / f"student-{mode}"
         extra = ["--online-teacher", ckpt] if mode == "online" else []
-        run("train", "--task", "retrieval", "--store", store, "--data", d["videos"], "--captions", d["captions_train"],
-            "--mode", mode, "--epochs", "1", "--batch-size", "8", "--eval-captions", d["captions_test"], "--out", out,
-            *extra)
+        p = run("train", "--task", "retrieval", "--store", store, "--data", d["videos"], "--captions",
+                d["captions_train"], "--mode", mode, "--epochs", "1", "--batch-size", "8", "--eval-captions",
+                d["captions_test"], "--out", out, "--workers", "1" if mode == "cache" else "0", "--json", *extra)
         m = json.loads((out / "metrics.json").read_text())
         assert m["eval"] and (out / "student.pt").exists()
+        assert json.loads(p.stdout)["loss"] == m["loss"]  # --json: the metrics alone on stdout (the log on stderr)
 
 
 def test_videoqa_teach_info_inspect_train(tmp_path):
@@ -82,5 +83,5 @@ def test_videoqa_teach_info_inspect_train(tmp_path):
         extra = (["--online-teacher", ckpt] if mode == "online" else []) + (["--loss", loss] if loss else [])
         run("train", "--task", "videoqa", "--store", store, "--data", d["videos"], "--questions", d["questions_train"],
             "--mode", mode, "--epochs", "1", "--batch-size", "8", "--hot-k", "3", "--cold-n", "4",
-            "--eval-questions", d["questions_test"], "--out", out, *extra)
+            "--eval-questions", d["questions_test"], "--out", out, "--workers", "1" if loss == "kd" else "0", *extra)
         assert (out / "metrics.json").exists() and (out / "student.pt").exists()

@@ -14,50 +14,21 @@ import json
 import os
 import time
 
-import numpy as np
 import torch
 
 import labelstore
 from labelstore.cli import store_info
-from labelstore.pipeline.augment import IMAGENET_MEAN, IMAGENET_STD, eval_policy, make_policy
+from labelstore.pipeline.augment import make_policy
 from labelstore.pipeline.images import ImageFolder, make_shapes_dataset
 from labelstore.pipeline.teach import TeachConfig, teach
 from labelstore.pipeline.teacher import weights_hash
 
 from .distill import DistillConfig, train_student
-from .fit import TensorBatches, evaluate, train_classifier
+from .fit import augmented_batches, eval_batches, evaluate, train_classifier
 from .loop import seed_everything
 from .models import build_model, count_flops, count_params
 from .spec import save_checkpoint
 from .tasks import inspect_store, write_report
-
-
-def render_all(source, policy, seed: int, epoch: int, images: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x [N,3,H,W], y [N]): every sample's view of `epoch` under `policy` (no mixing ops)."""
-    images = images if images is not None else [source.load(i) for i in range(len(source))]
-    ids = np.arange(len(images))
-    hw = np.array([im.shape[:2] for im in images])
-    params = policy.sample(seed, epoch, ids, hw, len(images))
-    x = policy.to_input(policy.render_batch(images, params))
-    return x, torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
-
-
-def augmented_batches(source, policy, seed: int, batch_size: int):
-    """train_batches(epoch) for train_classifier: fresh views of every image each epoch."""
-    images = [source.load(i) for i in range(len(source))]
-
-    def batches(epoch: int):
-        x, y = render_all(source, policy, seed, epoch, images)
-        return TensorBatches(x, y, batch_size, shuffle=True, seed=seed)(epoch)
-
-    return batches
-
-
-def eval_batches(source, size: tuple[int, int], batch_size: int = 256, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD) -> TensorBatches:
-    """Whole-image views (Resize) of every sample, normalised with mean/std (a store's: its policy's)."""
-    x, y = render_all(source, eval_policy(size, mean, std), 0, 0)
-    return TensorBatches(x, y, batch_size, shuffle=False)
 
 
 def prepare(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int = 32, teacher: str = "cnn-tiny",

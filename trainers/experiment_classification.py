@@ -30,10 +30,10 @@ import torch
 import labelstore
 from labelstore.pipeline.images import ImageFolder
 
-from .demo import eval_batches, prepare
+from .demo import prepare
 from .distill import DistillConfig, train_student
 from .experiment import check_arms, read_setup, write_setup
-from .fit import evaluate
+from .fit import eval_batches, evaluate
 from .loop import seed_everything
 from .models import build_model
 from .spec import load_model

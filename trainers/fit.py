@@ -2,7 +2,9 @@
 
 Used to train the built-in teachers in-process and for the no-teacher student
 baseline. Data comes in as a callable `train_batches(epoch)` that yields
-(x [B, 3, H, W] float, y [B] long); `TensorBatches` makes one from in-memory tensors.
+(x [B, 3, H, W] float, y [B] long); `TensorBatches` makes one from in-memory tensors,
+`augmented_batches` fresh views of an image source each epoch, `eval_batches` the whole-image views
+every classification student is evaluated on (`train --eval-data`, the demo, the experiment).
 
     model = build_model("resnet-m")
     data = TensorBatches(x_train, y_train, batch_size=128, shuffle=True, seed=0)
@@ -17,11 +19,13 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from labelstore.errors import ConfigError
+from labelstore.pipeline.augment import IMAGENET_MEAN, IMAGENET_STD, eval_policy
 from labelstore.pipeline.teacher import autocast_context, pick_device
 
 from .loop import LoopConfig, StepResult, train
@@ -75,6 +79,34 @@ class TensorBatches:
 
 # -----------------------------------------------------------------------------
 # training
+
+
+def render_all(source, policy, seed: int, epoch: int, images: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x [N,3,H,W], y [N]): every sample's view of `epoch` under `policy` (no mixing ops)."""
+    images = images if images is not None else [source.load(i) for i in range(len(source))]
+    ids = np.arange(len(images))
+    hw = np.array([im.shape[:2] for im in images])
+    params = policy.sample(seed, epoch, ids, hw, len(images))
+    x = policy.to_input(policy.render_batch(images, params))
+    return x, torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
+
+
+def augmented_batches(source, policy, seed: int, batch_size: int):
+    """train_batches(epoch) for train_classifier: fresh views of every image each epoch."""
+    images = [source.load(i) for i in range(len(source))]
+
+    def batches(epoch: int):
+        x, y = render_all(source, policy, seed, epoch, images)
+        return TensorBatches(x, y, batch_size, shuffle=True, seed=seed)(epoch)
+
+    return batches
+
+
+def eval_batches(source, size: tuple[int, int], batch_size: int = 256, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD) -> TensorBatches:
+    """Whole-image views (Resize) of every sample, normalised with mean/std (a store's: its policy's)."""
+    x, y = render_all(source, eval_policy(size, mean, std), 0, 0)
+    return TensorBatches(x, y, batch_size, shuffle=False)
 
 
 def _len(obj) -> int | None:

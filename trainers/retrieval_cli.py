@@ -8,12 +8,14 @@ from typing import Any
 import torch
 
 import labelstore
+from labelstore.cli_options import TeachCommon, TrainCommon
 from labelstore.errors import ConfigError, StoreError, StoreMismatch
 from labelstore.pipeline.teach_retrieval import RetrievalTeachConfig, teach_retrieval
 from labelstore.pipeline.teacher import weights_hash
 from labelstore.pipeline.text import Tokenizer, read_captions
 from labelstore.pipeline.video import FeatureH5, FrameSampler, VideoFolder, VideoPolicy
 from labelstore.trainers.retrieval import TRAIN_MODES, evaluate_retrieval, train_retrieval_student
+from labelstore.trainers.retrieval_options import RetrievalTeachOptions, RetrievalTrainOptions
 
 
 
@@ -134,6 +136,7 @@ def cli_train_retrieval(
     seed: int = 0,
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """`labelstore train --task retrieval`: train a student from the store; returns the metrics dict
     {"mode", "teaching", "epochs", "loss", "parts", "seconds", "steps", "step_s", "eval" (or None), "store",
@@ -145,7 +148,7 @@ def cli_train_retrieval(
     "cgt" or "fgt" (train_retrieval_student's ablation switch). eval_captions:
     captions (e.g. the test split) of videos in videos_dir for evaluate_retrieval. out: a directory;
     when given, out/student.pt (save_checkpoint, extra tokenizer/num_frames/frame_size) and
-    out/metrics.json are written.
+    out/metrics.json are written. num_workers: DataLoader processes decoding the batches.
     """
     import json
 
@@ -193,7 +196,7 @@ def cli_train_retrieval(
             print(f"note: the online teacher {online_teacher!r} is not the teacher that wrote {store_path}", flush=True)
     hist = train_retrieval_student(student, store, videos, None if captions_path is None else str(captions_path),
                                    mode=mode, teaching=teaching, epochs=epochs, batch_size=batch_size, teacher=teacher,
-                                   lr=lr, seed=seed, progress=progress)
+                                   lr=lr, seed=seed, progress=progress, num_workers=num_workers)
     metrics: dict[str, Any] = {
         "mode": mode, "teaching": teaching, "epochs": epochs, "loss": hist["loss"], "parts": hist["parts"], "seconds": hist["seconds"],
         "steps": hist["steps"], "step_s": hist["step_s"], "store": str(store_path), "student": student_spec or sspec,
@@ -220,32 +223,30 @@ def cli_train_retrieval(
 
 
 # --------------------------------------------------------------------------------------
-# Registry entry points (labelstore.trainers.tasks): the CLI's parsed options in, (result, summary line) out
+# Registry entry points (labelstore.trainers.tasks): the common options and the task's own
+# (trainers/retrieval_options.py) in, (result, summary line) out
 # --------------------------------------------------------------------------------------
 
 
-def teach_command(o: dict, warn) -> tuple[dict, str]:
-    if not o["captions"]:
+def teach_command(c: TeachCommon, o: RetrievalTeachOptions, warn) -> tuple[dict, str]:
+    if not o.captions:
         raise ConfigError("--task retrieval needs --captions FILE")
-    r = cli_teach_retrieval(o["out"], o["data_spec"], o["captions"], o["teacher"], epochs=o["epochs"],
-                            num_frames=o["frames"], frame_size=o["frame_size"], mode=o["similarity_mode"],
-                            batch_size=o["batch_size"], seed=o["seed"], resume=o["resume"], overwrite=o["overwrite"],
-                            progress=not o["quiet"])
-    return r, (f"{o['out']}: {r['captions']} captions x {r['videos']} videos, {o['epochs']} epochs, mode {r['mode']}, "
+    r = cli_teach_retrieval(c.out, c.data_spec, o.captions, c.teacher, epochs=c.epochs, num_frames=o.frames,
+                            frame_size=o.frame_size, mode=o.similarity_mode, batch_size=c.batch_size, seed=c.seed,
+                            resume=c.resume, overwrite=c.overwrite, progress=not c.quiet)
+    return r, (f"{c.out}: {r['captions']} captions x {r['videos']} videos, {c.epochs} epochs, mode {r['mode']}, "
                f"{r['seconds']:.1f}s ({r['pairs_per_s']:.0f} pairs/s), {'complete' if r['complete'] else 'incomplete'}")
 
 
 LOSS_TEACHING = {None: "both", "teachclip": "both", "cgt": "cgt", "fgt": "fgt"}  # --loss -> teaching
 
 
-def train_command(o: dict, warn) -> tuple[dict, str]:
-    mode, loss = o["mode"], o.get("loss")
-    if loss not in LOSS_TEACHING:
-        raise ConfigError(f"--task retrieval: --loss {loss!r} is not a retrieval loss; choose teachclip (CgT + FgT, "
+def train_command(c: TrainCommon, o: RetrievalTrainOptions, warn) -> tuple[dict, str]:
+    if c.loss not in LOSS_TEACHING:
+        raise ConfigError(f"--task retrieval: --loss {c.loss!r} is not a retrieval loss; choose teachclip (CgT + FgT, "
                           f"the default), cgt (CgT only) or fgt (FgT only)")
-    m = cli_train_retrieval(o["store_path"], o["data_spec"], o["captions"], student_spec=o["student"],
-                            mode="infonce" if mode == "none" else mode, teaching=LOSS_TEACHING[loss],
-                            online_teacher=o["online_teacher"],
-                            eval_captions=o["eval_captions"], epochs=o["epochs"] or 4, batch_size=o["batch_size"],
-                            seed=o["seed"], out=o["out"], progress=True)
-    return m, f"{mode} ({m['teaching']}): {m['epochs']} epochs in {m['seconds']:.1f}s; eval {m.get('eval')} -> {o['out']}"
+    m = cli_train_retrieval(c.store_path, c.data_spec, o.captions, student_spec=c.student,
+                            mode="infonce" if c.mode == "none" else c.mode, teaching=LOSS_TEACHING[c.loss],
+                            online_teacher=c.online_teacher, eval_captions=o.eval_captions, epochs=c.epochs or 4,
+                            batch_size=c.batch_size, seed=c.seed, out=c.out, progress=True, num_workers=c.workers)
+    return m, f"{c.mode} ({m['teaching']}): {m['epochs']} epochs in {m['seconds']:.1f}s; eval {m.get('eval')} -> {c.out}"

@@ -4,8 +4,9 @@
 Every entry point is a "module:function" string, imported only when its command runs (so
 `labelstore --help` imports nothing of the tasks); None where the task has no such command:
 
-  teach(options: dict, warn) -> (stats, summary line)       options: the CLI's parsed options, plus
-  train(options: dict, warn) -> (metrics or None, line)      rank / world_size / local_rank / device
+  teach(common, options, warn) -> (stats, summary line)      common: labelstore.cli_options.TeachCommon
+  train(common, options, warn) -> (metrics or None, line)    / TrainCommon; options: the task's option
+        class below (None when the task has none), both as the CLI parsed them; warn(message or None)
   demo(out, seed, progress, echo) -> dict (the results)
   inspect(store, scheduler=None, warn=...) -> (stats, lines)  stats: what `inspect --json` prints,
         {"per_epoch": {name: [value per epoch]}, "histograms": {name: {"edges", "counts"}}, ...};
@@ -14,6 +15,11 @@ Every entry point is a "module:function" string, imported only when its command 
         the task's part of `inspect --report` (labelstore.report draws the page and the per-epoch
         table); `data` (the --data spec) only when `gallery` is True
   verify(store, data_spec, teacher=, samples=, seed=, device=) -> report dict ("ok": bool)
+
+`teach_options` / `train_options`: "module:Class", the dataclass of the options the task adds to
+`labelstore teach|train` (fields declared with labelstore.cli_options.option, each a click option;
+`trainers/videoqa_options.py` is an example). Its module must be light (no torch): `labelstore teach
+--help` imports every task's to list them.
 
 `experiment`: the module behind `labelstore experiment TASK`, or None. It defines
   METRIC (the key summarised), ARMS (name -> arm settings), DEFAULT_ARMS, REFERENCE,
@@ -41,6 +47,8 @@ from labelstore.errors import ConfigError, StoreError
 class Entry:
     teach: str | None = None
     train: str | None = None
+    teach_options: str | None = None
+    train_options: str | None = None
     demo: str | None = None
     inspect: str | None = None
     report: str | None = None
@@ -53,6 +61,8 @@ class Entry:
 TASKS: dict[str, Entry] = {
     "classification": Entry(teach="labelstore.trainers.classification_cli:teach_command",
                             train="labelstore.trainers.classification_cli:train_command",
+                            teach_options="labelstore.trainers.classification_options:ClassificationTeachOptions",
+                            train_options="labelstore.trainers.classification_options:ClassificationTrainOptions",
                             demo="labelstore.trainers.classification_cli:demo_command",
                             inspect="labelstore.pipeline.classification_inspect:inspect_stats",
                             report="labelstore.pipeline.classification_inspect:report_section",
@@ -60,12 +70,16 @@ TASKS: dict[str, Entry] = {
                             experiment="labelstore.trainers.experiment_classification", ranks=True, gallery=True),
     "retrieval": Entry(teach="labelstore.trainers.retrieval_cli:teach_command",
                        train="labelstore.trainers.retrieval_cli:train_command",
+                       teach_options="labelstore.trainers.retrieval_options:RetrievalTeachOptions",
+                       train_options="labelstore.trainers.retrieval_options:RetrievalTrainOptions",
                        demo="labelstore.trainers.retrieval_demo:demo_command",
                        inspect="labelstore.pipeline.retrieval_inspect:inspect_stats",
                        report="labelstore.pipeline.retrieval_inspect:report_section",
                        experiment="labelstore.trainers.experiment_retrieval"),
     "videoqa": Entry(teach="labelstore.trainers.videoqa_cli:teach_command",
                      train="labelstore.trainers.videoqa_cli:train_command",
+                     teach_options="labelstore.trainers.videoqa_options:VideoQATeachOptions",
+                     train_options="labelstore.trainers.videoqa_options:VideoQATrainOptions",
                      demo="labelstore.trainers.videoqa_demo:demo_command",
                      inspect="labelstore.pipeline.videoqa_inspect:inspect_stats",
                      report="labelstore.pipeline.videoqa_inspect:report_section",
@@ -97,6 +111,12 @@ def entry_point(task: str, command: str) -> Callable:
     if ref is None:
         raise ConfigError(f"--task {task}: the task has no `labelstore {command}`; tasks with it: {_have(command)}")
     return _load(ref)
+
+
+def option_class(task: str, command: str) -> type | None:
+    """The dataclass of the options `task` adds to `labelstore COMMAND` (teach, train), or None."""
+    ref = getattr(TASKS[task], f"{command}_options")
+    return None if ref is None else _load(ref)
 
 
 def store_entry_point(store, command: str) -> Callable:

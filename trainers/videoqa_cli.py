@@ -9,12 +9,14 @@ import torch
 import torch.nn as nn
 
 import labelstore
+from labelstore.cli_options import TeachCommon, TrainCommon
 from labelstore.errors import ConfigError
 from labelstore.pipeline.videoqa_data import ClipCache
 from labelstore.pipeline.text import AnswerVocab, Tokenizer
 from labelstore.pipeline.video import FrameSampler, VideoPolicy
 from labelstore.trainers.videoqa import (MARGINS, METHODS, MODES, RADI_ALPHA, RANKS, _open, check_radi, evaluate_videoqa,
                                          train_videoqa_student)
+from labelstore.trainers.videoqa_options import VideoQATeachOptions, VideoQATrainOptions
 
 
 
@@ -197,6 +199,7 @@ def cli_train_videoqa(
     seed: int = 0,
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> dict:
     """Train a VideoQA student from a store (the `train-videoqa` command); see train_videoqa_student.
 
@@ -204,7 +207,8 @@ def cli_train_videoqa(
     tokenizer, vocabulary, num_frames and frame size. mode="online" (method kd/radi) needs
     online_teacher (checkpoint or 'module:callable'). eval_questions: questions file on the same
     videos; adds acc_annotated / acc_any. out: directory for student.pt (save_checkpoint, with the
-    tokenizer/vocab in extra) and metrics.json. Returns the metrics dict.
+    tokenizer/vocab in extra) and metrics.json. num_workers: DataLoader processes decoding the clips.
+    Returns the metrics dict.
     """
     import json
 
@@ -235,7 +239,8 @@ def cli_train_videoqa(
         f"{store.num_samples} questions, {epochs} epochs")
     r = train_videoqa_student(student, store, videos, questions_path, method=method, mode=mode, alpha=alpha, hot_k=hot_k,
                               cold_n=cold_n, scheme=scheme, rank=rank, margins=margins, epochs=epochs, batch_size=batch_size, seed=seed,
-                              teacher=teacher, cache=cache, progress=progress)
+                              teacher=teacher, cache=cache, progress=progress,
+                              num_workers=num_workers)
     metrics = {"method": method, "mode": mode, "store": str(store_path), "epochs": epochs, "batch_size": batch_size,
                "seed": seed, "alpha": alpha, "hot_k": hot_k, "cold_n": cold_n, "scheme": scheme, "rank": rank, "margins": margins, **r,
                "student": {"spec": sinfo["spec"], "kwargs": sinfo["kwargs"], "weights_sha256": weights_hash(student)}}
@@ -262,31 +267,30 @@ def cli_train_videoqa(
 
 
 # --------------------------------------------------------------------------------------
-# Registry entry points (labelstore.trainers.tasks): the CLI's parsed options in, (result, summary line) out
+# Registry entry points (labelstore.trainers.tasks): the common options and the task's own
+# (trainers/videoqa_options.py) in, (result, summary line) out
 # --------------------------------------------------------------------------------------
 
 
-def teach_command(o: dict, warn) -> tuple[dict, str]:
-    if not o["questions"]:
+def teach_command(c: TeachCommon, o: VideoQATeachOptions, warn) -> tuple[dict, str]:
+    if not o.questions:
         raise ConfigError("--task videoqa needs --questions FILE")
-    given = {k: v for k, v in (("num_frames", o["frames"]), ("frame_size", o["frame_size"])) if v is not None}
-    r = cli_teach_videoqa(o["out"], o["data_spec"], o["questions"], o["teacher"], epochs=o["epochs"], top_k=o["top_k"],
-                          mc_passes=o["mc_passes"], batch_size=o["batch_size"], seed=o["seed"], resume=o["resume"],
-                          overwrite=o["overwrite"], progress=not o["quiet"], **given)
-    return r, (f"{o['out']}: {r['views']} views (K={r['top_k']}, T={o['mc_passes']}) in {r['seconds']:.1f}s, "
+    r = cli_teach_videoqa(c.out, c.data_spec, o.questions, c.teacher, epochs=c.epochs, num_frames=o.frames,
+                          frame_size=o.frame_size, top_k=o.top_k, mc_passes=o.mc_passes, batch_size=c.batch_size,
+                          seed=c.seed, resume=c.resume, overwrite=c.overwrite, progress=not c.quiet)
+    return r, (f"{c.out}: {r['views']} views (K={r['top_k']}, T={o.mc_passes}) in {r['seconds']:.1f}s, "
                f"{'complete' if r['complete'] else 'incomplete'}")
 
 
-def train_command(o: dict, warn) -> tuple[dict, str]:
-    if not o["questions"]:
+def train_command(c: TrainCommon, o: VideoQATrainOptions, warn) -> tuple[dict, str]:
+    if not o.questions:
         raise ConfigError("--task videoqa needs --questions FILE")
-    mode = o["mode"]
-    method = "ce" if mode == "none" else (o["loss"] or "radi")
-    m = cli_train_videoqa(o["store_path"], o["data_spec"], o["questions"], method=method,
-                          mode="cache" if mode == "none" else mode, online_teacher=o["online_teacher"],
-                          student_spec=o["student"], eval_questions=o["eval_questions"], epochs=o["epochs"] or 4,
-                          batch_size=o["batch_size"], hot_k=o["hot_k"], cold_n=o["cold_n"], scheme=o["cold_scheme"],
-                          rank=o.get("radi_rank") or "both", margins=o.get("margins") or "adaptive",
-                          alpha=RADI_ALPHA if o["alpha"] is None else o["alpha"], seed=o["seed"], out=o["out"],
-                          progress=True)
-    return m, f"{method} ({mode}): {m.get('seconds', 0):.1f}s; eval {m.get('eval')} -> {o['out']}"
+    mode = c.mode
+    method = "ce" if mode == "none" else (c.loss or "radi")
+    m = cli_train_videoqa(c.store_path, c.data_spec, o.questions, method=method,
+                          mode="cache" if mode == "none" else mode, online_teacher=c.online_teacher,
+                          student_spec=c.student, eval_questions=o.eval_questions, epochs=c.epochs or 4,
+                          batch_size=c.batch_size, hot_k=o.hot_k, cold_n=o.cold_n, scheme=o.cold_scheme,
+                          rank=o.radi_rank, margins=o.margins, alpha=RADI_ALPHA if o.alpha is None else o.alpha,
+                          seed=c.seed, out=c.out, progress=True, num_workers=c.workers)
+    return m, f"{method} ({mode}): {m.get('seconds', 0):.1f}s; eval {m.get('eval')} -> {c.out}"
