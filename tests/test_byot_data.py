@@ -131,20 +131,22 @@ def test_op_list_parses_positional_keyword_and_user_ops(tmp_path):
     assert pol.ops[0].scale == (0.5, 1.0) and (pol.ops[1].brightness, pol.ops[1].saturation) == (0.4, 0.2)
     pol = parse_policy("rrc(scale=0.5,1, ratio=1,1)+flip(p=1)", (8, 8))
     assert pol.ops[0].ratio == (1.0, 1.0) and pol.ops[1].p == 1.0
-    # a registered user op is named by its `name` (tests/test_user_op.py's Posterize)
+    # a registered user op is named by its `name` (tests/test_user_op.py's Posterize, renamed: op types
+    # are registered once per process, and test_user_op registers its own in the same worker)
     from test_user_op import USER_OP
 
-    (tmp_path / "my_ops_byot.py").write_text(USER_OP)
+    (tmp_path / "my_ops_byot.py").write_text(USER_OP.replace("Posterize", "PosterizeByot")
+                                             .replace('"posterize"', '"posterize_byot"'))
     sys.path.insert(0, str(tmp_path))
     try:
         import my_ops_byot
     finally:
         sys.path.remove(str(tmp_path))
-    pol = parse_policy("rrc+posterize(p=0.25)", (8, 8))
-    assert isinstance(pol.ops[1], my_ops_byot.Posterize) and pol.ops[1].p == 0.25
+    pol = parse_policy("rrc+posterize_byot(p=0.25)", (8, 8))
+    assert isinstance(pol.ops[1], my_ops_byot.PosterizeByot) and pol.ops[1].p == 0.25
     sys.path.insert(0, str(tmp_path))
     try:  # module:name imports the module first
-        assert parse_policy("rrc+my_ops_byot:posterize(0.5)", (8, 8)).ops[1].p == 0.5
+        assert parse_policy("rrc+my_ops_byot:posterize_byot(0.5)", (8, 8)).ops[1].p == 0.5
     finally:
         sys.path.remove(str(tmp_path))
     assert Policy.from_json(pol.to_json()) == pol
