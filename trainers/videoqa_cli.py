@@ -14,7 +14,7 @@ from labelstore.errors import ConfigError
 from labelstore.pipeline.videoqa_data import ClipCache
 from labelstore.pipeline.text import AnswerVocab, Tokenizer
 from labelstore.pipeline.video import FrameSampler, VideoPolicy
-from labelstore.trainers.videoqa import (MARGINS, METHODS, MODES, RADI_ALPHA, RANKS, _open, check_radi, evaluate_videoqa,
+from labelstore.trainers.videoqa import (METHODS, MODES, RADI_ALPHA, _open, check_radi, evaluate_videoqa,
                                          train_videoqa_student)
 from labelstore.trainers.videoqa_options import VideoQATeachOptions, VideoQATrainOptions
 
