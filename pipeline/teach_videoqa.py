@@ -23,7 +23,6 @@ uninterrupted one, and `teacher_targets` on the replayed inputs of a stored batc
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -43,7 +42,7 @@ from .teacher import mc_head_passes, set_mc_dropout
 from .teacher import teacher_info as describe_teacher
 from .text import AnswerVocab, Question, Tokenizer
 from .video import FrameSampler, VideoPolicy
-from .videoqa_data import ClipCache, QASet, frame_indices, prepare_questions
+from .videoqa_data import ClipCache, QASet, dataset_digest, frame_indices, prepare_questions
 
 
 @dataclass(frozen=True)
@@ -237,7 +236,7 @@ def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_inf
         "teacher": teacher_info,
         "dataset": {
             "kind": "videoqa",
-            "digest": hashlib.sha256(f"{vfp['digest']}\0{qa.digest}".encode()).hexdigest(),
+            "digest": dataset_digest(vfp["digest"], qa.digest),
             "num_samples": len(qa),
             "num_videos": len(videos),
             "videos": {**vfp, **videos.describe()},

@@ -23,6 +23,11 @@ from .replay import EpochMemo
 from .video import FrameSampler, VideoPolicy
 
 
+def dataset_digest(videos_digest: str, questions_digest: str) -> str:
+    """The store's dataset.digest of a VideoQA dataset: sha256(videos digest + NUL + questions digest)."""
+    return hashlib.sha256(f"{videos_digest}\0{questions_digest}".encode()).hexdigest()
+
+
 @dataclass
 class QASet:
     """Questions resolved against a video source, a tokenizer and an answer vocabulary."""
@@ -156,8 +161,8 @@ class QAReplay(torch.utils.data.Dataset):
         self._memo = EpochMemo()  # this process's order and frames of the last epoch
 
     def fingerprint(self) -> dict:
-        digest = hashlib.sha256(f"{self.videos.fingerprint()['digest']}\0{self.qa.digest}".encode()).hexdigest()
-        return {"kind": "videoqa", "num_samples": len(self.qa), "digest": digest}
+        return {"kind": "videoqa", "num_samples": len(self.qa),
+                "digest": dataset_digest(self.videos.fingerprint()["digest"], self.qa.digest)}
 
     def num_batches(self, epoch: int) -> int:
         return -(-len(self.qa) // self.batch_size)
