@@ -6,6 +6,8 @@ task's own (trainers/classification_options.py), and return (result, summary lin
 
 from __future__ import annotations
 
+import dataclasses
+
 import labelstore
 from labelstore.cli_options import TeachCommon, TrainCommon
 from labelstore.errors import ConfigError
@@ -44,8 +46,7 @@ def teach_command(c: TeachCommon, o: ClassificationTeachOptions, warn) -> tuple[
     zoo = info.get("preprocessing") or {}  # what a zoo model says it was trained on (trainers/zoo.py)
     warn(checks.input_size_differs(zoo.get("input_size"), c.teacher, o.image_size))
     if zoo.get("mean") and zoo.get("std"):  # --mean/--std given win over the zoo's, the zoo's over ImageNet's
-        policy = parse_policy(o.policy_name, size, parse_triple(o.mean, "--mean", tuple(zoo["mean"])),
-                              parse_triple(o.std, "--std", tuple(zoo["std"])), o.crop_scale)
+        policy = dataclasses.replace(policy, **{k: tuple(zoo[k]) for k in ("mean", "std") if getattr(o, k) is None})
     cfg = TeachConfig(epochs=c.epochs, seed=c.seed, top_k=o.top_k, mc_passes=o.mc_passes, batch_size=c.batch_size,
                       views_per_decode=o.views_per_decode, shard_rows=o.shard_samples, chunk_rows=o.chunk_samples,
                       skip_bad=o.skip_bad, digests=not o.no_digest, store_params=o.store_params,
