@@ -502,7 +502,8 @@ def experiment(task: str, out: str | None, seeds: int, arms: str | None, referen
                quiet: bool, as_json: bool) -> None:
     """Train students N seeds per arm, paired by seed; mean and 95 % interval per arm.
 
-    TASK: a task with an experiment (classification, ...); an unknown arm's error lists the task's arms.
+    TASK: a task with an experiment (classification, retrieval, videoqa) or a testbed (trainers/tasks.py
+    TESTBEDS); an unknown arm's error lists its arms.
     """
     import os
     import shlex

@@ -87,6 +87,11 @@ TASKS: dict[str, Entry] = {
 }
 
 
+# Experiments that are not a task's own (`labelstore experiment NAME`): testbeds built so one method
+# can show its effect (docs/results.md). Same module contract as Entry.experiment.
+TESTBEDS: dict[str, str] = {}
+
+
 def register(name: str, entry: Entry) -> None:
     """Add a task defined outside the package (its modules importable by the "module:function" strings)."""
     if name in TASKS:
@@ -154,11 +159,18 @@ def write_report(path: str, store, stats: dict, info: dict, scheduler: str | Non
     write_page(path, info, stats, sections, figures)
 
 
-def experiment_module(task: str):
-    """The module behind `labelstore experiment TASK` (see the contract above)."""
-    if TASKS.get(task) is None or TASKS[task].experiment is None:
-        raise ConfigError(f"experiment {task!r}: no experiment for this task; choose one of {_have('experiment')}")
-    return importlib.import_module(TASKS[task].experiment)
+def experiment_names() -> list[str]:
+    """Every NAME of `labelstore experiment NAME`: the tasks' experiments, then the testbeds."""
+    return [t for t, e in TASKS.items() if e.experiment] + list(TESTBEDS)
+
+
+def experiment_module(name: str):
+    """The module behind `labelstore experiment NAME` (see the contract above): a task's or a testbed's."""
+    entry = TASKS.get(name)
+    ref = entry.experiment if entry is not None else TESTBEDS.get(name)
+    if ref is None:
+        raise ConfigError(f"experiment {name!r}: no such experiment; choose one of {', '.join(experiment_names())}")
+    return importlib.import_module(ref)
 
 
 def check_ranks(task: str, command: str, world_size: int) -> None:
