@@ -440,6 +440,12 @@ def verify(store_path, storage_options, data_spec, teacher, teacher_weights, all
         if "teacher_mismatches" in r:
             click.echo(f"teacher recomputed on {r['views_checked']} views: {r['teacher_mismatches']} disagree with the "
                        f"stored top-k (max |p - stored| = {r['max_abs_prob_diff']:.2e})")
+        if "feature_mismatches" in r:
+            click.echo(f"features recomputed on {r['features_checked']} views: {r['feature_mismatches']} outside the "
+                       f"codec's bound (worst relative L2 error {r['max_feature_rel_l2']:.2e}, "
+                       f"lowest cosine {r['min_feature_cosine']:.6f})")
+        for p in r.get("head_problems", []):
+            click.echo(f"  classifier: {p}")
         click.echo("OK" if r["ok"] else "FAILED")
     sys.exit(0 if r["ok"] else 1)
 
