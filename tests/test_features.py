@@ -186,3 +186,25 @@ def test_float16_store_and_replay_batches(work, data_dir, ckpt):
         seen += len(t["index"])
     assert seen == N
     assert "features" not in next(iter(ReplayLoader(store, ImageFolder(data_dir), epoch=1, batch_size=7)))[1]
+
+
+def test_feature_store_matches_documented_format(int8_store):
+    """The arrays of docs/store-format.md, section "Teacher features": names, dimensions, shapes, dtypes."""
+    import re
+
+    from test_store import _doc_section, _table_rows
+
+    doc = {r[0].strip("`"): r for r in _table_rows(_doc_section("## Teacher features"))}
+    group = zarr.open_group(str(int8_store), mode="r")
+    from labelstore.integrity import iter_arrays
+
+    arrays = {n: a for n, a in iter_arrays(group) if n.startswith("features/")}
+    assert set(arrays) == set(doc) == {"features/values", "features/scale", "features/head/weight",
+                                       "features/head/bias"}
+    sym = {"E": 2, "N": N, "D": 64, "C": 10, "D′": 64}
+    for name, arr in arrays.items():
+        _, dims, shape, dtype, *_ = doc[name]
+        assert tuple(arr.metadata.dimension_names) == tuple(d.strip() for d in dims.strip("`").split(",")), name
+        assert arr.shape == tuple(sym[s.strip()] for s in shape.split("×")), name
+        assert arr.dtype.name in re.findall(r"`(\w+)`", dtype), (name, arr.dtype, dtype)
+    assert set(labelstore.open(int8_store).attrs["features"]) == {"name", "module", "codec", "dim", "flatten", "head"}
