@@ -136,11 +136,13 @@ def bench_dim(dim: int, data, tmp: str, *, epochs: int, teacher_epochs: int, nby
     torch.manual_seed(dim)
     model = WideTeacher(dim)
     policy = make_policy("crop-flip", (32, 32))
+    out: dict = {"dim": dim}
     if teacher_epochs:
-        train_classifier(model, augmented_batches(data, policy, 0, 64), teacher_epochs, progress=False, device="cpu")
+        fit = train_classifier(model, augmented_batches(data, policy, 0, 64), teacher_epochs, progress=False, device="cpu")
+        out["teacher_train_accuracy"] = fit["accuracy"]  # per epoch, on its augmented training views
+        echo(f"D={dim} teacher: training accuracy per epoch {[round(a, 3) for a in fit['accuracy']]} (10 classes)")
     model.eval()
     info = {"name": f"wide-{dim}", "weights_sha256": weights_hash(model)}
-    out: dict = {"dim": dim}
     n = len(data)
     for codec in features.CODECS:
         path = os.path.join(tmp, f"f{dim}-{codec}.zarr")
