@@ -140,8 +140,8 @@ def encode(f: torch.Tensor, codec: str) -> dict[str, np.ndarray]:
         return {VALUES: f.half().numpy()}
     if codec != "int8":
         raise ConfigError(f"--feature-codec must be one of {', '.join(CODECS)}, got {codec!r}")
-    scale = f.abs().amax(1) / INT8_MAX  # [B]
-    q = torch.where(scale[:, None] > 0, f / scale.clamp(min=torch.finfo(torch.float32).tiny)[:, None], 0.0)
+    scale = f.abs().amax(1) / INT8_MAX  # [B]; a zero row keeps scale 0 and values 0
+    q = f / scale.clamp(min=torch.finfo(torch.float32).tiny)[:, None]
     return {VALUES: q.round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8).numpy(), SCALE: scale.numpy()}
 
 
