@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from labelstore.errors import ConfigError, StoreError
+from labelstore.errors import ConfigError, StoreError, TeacherOutputError
 
 # the arrays: per-epoch values [E, N, D] and scale [E, N] (int8 only); the head [C, D], [C] float32
 from .classification_store import FEATURE_SCALE as SCALE
@@ -42,6 +42,7 @@ from .classification_store import HEAD_BIAS, HEAD_WEIGHT
 PENULTIMATE = "penultimate"
 CODECS = ("float16", "int8")
 INT8_MAX = 127
+FLOAT16_MAX = 65504.0
 
 
 def classifier(model: nn.Module, num_classes: int) -> tuple[str, nn.Linear] | None:
@@ -137,6 +138,10 @@ def encode(f: torch.Tensor, codec: str) -> dict[str, np.ndarray]:
     """{VALUES: [B, D] (float16 or int8), SCALE: [B] float32 (int8 only)} of float32 features f [B, D]."""
     f = f.float().cpu()
     if codec == "float16":
+        big = float(f.abs().max()) if f.numel() else 0.0
+        if big > FLOAT16_MAX:
+            raise TeacherOutputError(f"a teacher feature value of magnitude {big:.4g} is beyond float16's range "
+                                     f"({FLOAT16_MAX:.0f}): use --feature-codec int8")
         return {VALUES: f.half().numpy()}
     if codec != "int8":
         raise ConfigError(f"--feature-codec must be one of {', '.join(CODECS)}, got {codec!r}")

@@ -208,3 +208,11 @@ def test_feature_store_matches_documented_format(int8_store):
         assert arr.shape == tuple(sym[s.strip()] for s in shape.split("×")), name
         assert arr.dtype.name in re.findall(r"`(\w+)`", dtype), (name, arr.dtype, dtype)
     assert set(labelstore.open(int8_store).attrs["features"]) == {"name", "module", "codec", "dim", "flatten", "head"}
+
+
+def test_float16_refuses_values_beyond_its_range():
+    from labelstore.errors import TeacherOutputError
+
+    with pytest.raises(TeacherOutputError, match="beyond float16's range.*int8"):
+        features.encode(torch.tensor([[1.0, 7e4]]), "float16")
+    assert features.encode(torch.tensor([[1.0, 7e4]]), "int8")[features.VALUES].tolist() == [[0, 127]]
