@@ -69,7 +69,7 @@ def test_srrl_loss_feature_term_plus_ce_through_the_teacher_head(T):
     z = P @ W.T + BIAS  # the teacher head on the projected student feature
     qt = q ** (1 / T) / (q ** (1 / T)).sum(1, keepdims=True)  # the teacher at temperature T
     sr = -(T**2) * (qt * _log_softmax(z / T)).sum(1).mean()
-    assert float(got) == pytest.approx(0.5 * _mse(P, FT) + 2.0 * sr, rel=1e-10)
+    assert got.item() == pytest.approx(0.5 * _mse(P, FT) + 2.0 * sr, rel=1e-10)
 
 
 def test_query_token_mse_with_and_without_a_mask():
@@ -81,7 +81,7 @@ def test_query_token_mse_with_and_without_a_mask():
     got = query_token_mse(torch.from_numpy(s), torch.from_numpy(t), torch.from_numpy(mask))
     valid = [(0, 0), (0, 2), (1, 2)]
     expected = sum(((s[b, q] - t[b, q]) ** 2).sum() for b, q in valid) / (len(valid) * D)
-    assert float(got) == pytest.approx(expected, rel=1e-12)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
     none = query_token_mse(torch.from_numpy(s), torch.from_numpy(t), torch.zeros(2, Q, dtype=torch.bool))
     assert float(none) == 0.0
     with pytest.raises(ConfigError, match=r"\[B, Q, D\]"):
@@ -120,14 +120,14 @@ def test_student_loss_of_the_three_feature_losses():
     args = dict(num_classes=C, projected=torch.from_numpy(P), head=_head())
 
     got, _ = student_loss(torch.from_numpy(s), t, DistillConfig(loss="feat-mse"), **args)
-    assert float(got) == pytest.approx(fkd + _mse(P, FT), rel=1e-10)
+    assert got.item() == pytest.approx(fkd + _mse(P, FT), rel=1e-10)
     got, _ = student_loss(torch.from_numpy(z), t, DistillConfig(loss="simkd"), **args)
-    assert float(got) == pytest.approx(_mse(P, FT), rel=1e-12)
+    assert got.item() == pytest.approx(_mse(P, FT), rel=1e-12)
     got, _ = student_loss(torch.from_numpy(z), t, DistillConfig(loss="simkd", hard_weight=0.5), **args)
     ce_z = np.mean([-_log_softmax(z)[b, g] for b, g in enumerate(t["gt"].tolist()) if g >= 0])
-    assert float(got) == pytest.approx(_mse(P, FT) + 0.5 * ce_z, rel=1e-10)
+    assert got.item() == pytest.approx(_mse(P, FT) + 0.5 * ce_z, rel=1e-10)
     got, _ = student_loss(torch.from_numpy(s), t, DistillConfig(loss="srrl"), **args)
-    assert float(got) == pytest.approx(ce_gt + _mse(P, FT) + sr, rel=1e-10)
+    assert got.item() == pytest.approx(ce_gt + _mse(P, FT) + sr, rel=1e-10)
 
     with pytest.raises(ConfigError, match="features"):
         student_loss(torch.from_numpy(s), {k: v for k, v in t.items() if k != "features"},
@@ -139,15 +139,17 @@ def test_feature_student_predicts_with_its_head_or_the_teacher_head():
     student = build_model("cnn-micro", num_classes=C).eval()
     head = torch.nn.Linear(DT, C)
     x = torch.randn(2, 3, 16, 16)
-    own = FeatureStudent(student, head).eval()
+    own = FeatureStudent(student, DT, head).eval()
     logits, projected = own(x, with_features=True)
     assert projected.shape == (2, DT)
     torch.testing.assert_close(logits, student(x))
-    simkd = FeatureStudent(student, head, predict_with_head=True).eval()
+    simkd = FeatureStudent(student, DT, head, predict_with_head=True).eval()
     logits, projected = simkd(x, with_features=True)
     torch.testing.assert_close(logits, head(simkd.projector(student.features(x))))
     torch.testing.assert_close(simkd(x), logits)
     assert not any(p.requires_grad for p in head.parameters())
     assert not any(p.requires_grad for p in student.head.parameters())  # unused by simkd
     with pytest.raises(ConfigError, match="penultimate"):
-        FeatureStudent(torch.nn.Linear(3, C), head)
+        FeatureStudent(torch.nn.Linear(3, C), DT, head)
+    with pytest.raises(ConfigError, match="takes 6 features"):
+        FeatureStudent(build_model("cnn-micro", num_classes=C), DT + 1, head)
