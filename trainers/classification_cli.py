@@ -50,11 +50,12 @@ def teach_command(c: TeachCommon, o: ClassificationTeachOptions, warn) -> tuple[
     cfg = TeachConfig(epochs=c.epochs, seed=c.seed, top_k=o.top_k, mc_passes=o.mc_passes, batch_size=c.batch_size,
                       views_per_decode=o.views_per_decode, shard_rows=o.shard_samples, chunk_rows=o.chunk_samples,
                       skip_bad=o.skip_bad, digests=not o.no_digest, store_params=o.store_params,
-                      decode_workers=o.workers, render_device=o.render_device)
+                      decode_workers=o.workers, render_device=o.render_device, features=o.features,
+                      feature_codec=o.feature_codec)
     resume, overwrite = c.resume, c.overwrite
     if world_size > 1:  # rank 0 creates (or replaces, or checks) the store first; the others then join it
         resume, overwrite = create_on_rank0(out, rank, world_size, c.local_rank, lambda: open_or_create(
-            out, source, policy, cfg, info, C, resume=resume, overwrite=overwrite))
+            out, source, policy, cfg, info, C, resume=resume, overwrite=overwrite, teacher=model))
     stats = teach(out, source, model, policy, cfg, teacher_info=info, num_classes=C,
                   device=local_device(c.local_rank, o.device), amp=o.amp, resume=resume, overwrite=overwrite,
                   rank=rank, world_size=world_size, progress=not c.quiet)
