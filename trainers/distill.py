@@ -198,11 +198,13 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
     rank = dist.get_rank() if world > 1 else 0
     if world == 1:
         loaders = [ReplayLoader(store, data, epoch=e % store.epochs, batch_size=cfg.batch_size, shuffle=True,
-                                seed=cfg.seed + e, num_workers=cfg.num_workers) for e in range(epochs)]
+                                seed=cfg.seed + e, num_workers=cfg.num_workers, features=feature_loss)
+                   for e in range(epochs)]
     else:
         rows = np.flatnonzero(~store.read_array("skipped").astype(bool))
         loaders = [ReplayLoader(store, data, epoch=e % store.epochs, batch_size=cfg.batch_size, shuffle=False,
-                                num_workers=cfg.num_workers, indices=epoch_share(rows, [cfg.seed, e], rank, world))
+                                num_workers=cfg.num_workers, indices=epoch_share(rows, [cfg.seed, e], rank, world),
+                                features=feature_loss)
                    for e in range(epochs)]
     u_loaders = [None] * epochs
     if unlabeled is not None:
