@@ -55,3 +55,25 @@ def test_a_store_without_features_is_one_error_line(stores):
     p = run("train", "--store", stores["feat"], "--data", stores["data"], "--out", stores["w"] / "o", "--loss",
             "simkd", "--mode", "online", "--online-teacher", "cnn-tiny", "--epochs", "1", check=False)
     assert_user_error(p, "simkd", "--mode cache")
+
+
+def test_experiment_feature_arms_on_a_tiny_recipe(tmp_path):
+    """`labelstore experiment classification` with the feature arms: their store holds the labelled
+    store's arrays unchanged plus the features; each arm writes a finite accuracy."""
+    import numpy as np
+    from conftest import read_arrays
+
+    out = tmp_path / "exp"
+    p = run("experiment", "classification", "--seeds", "1", "--arms", "cache,feat-mse,simkd,srrl", "--reference", "cache",
+            "--out", out,
+            "--recipe", '{"n_train": 120, "n_test": 40, "teacher_epochs": 1, "epochs": 1}', "--json")
+    result = json.loads(p.stdout)
+    assert set(result["arms"]) == {"cache", "feat-mse", "simkd", "srrl"}
+    for arm in result["arms"].values():
+        assert 0.0 <= arm["mean"] <= 1.0
+    plain, feat = read_arrays(out / "labels.zarr"), read_arrays(out / "features.zarr")
+    assert {k for k in feat if k.startswith("features/")} == {"features/values", "features/head/weight",
+                                                              "features/head/bias"}
+    for k in ("topk_values", "topk_indices", "gt_prob", "mc_values", "view_digest", "gt", "skipped", "sample_id",
+              "source_hw"):
+        np.testing.assert_array_equal(feat[k], plain[k], err_msg=k)
