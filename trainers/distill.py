@@ -130,8 +130,8 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
         return _hard_loss(logits, t), info
     if cfg.loss in FEATURE_LOSSES:
         if projected is None or "features" not in t or (head is None and cfg.loss != "feat-mse"):
-            raise ConfigError(f"loss {cfg.loss!r} needs the student's projected features and the store's teacher "
-                              "features (and head, but for feat-mse): a FeatureStudent on a store taught with "
+            raise ConfigError(f"loss {cfg.loss!r} needs the student's projected features, the store's teacher "
+                              "features and (simkd, srrl) the teacher head: a FeatureStudent on a store taught with "
                               "--features")
     if teacher_probs is not None:  # online teacher: the same targets the store holds, computed live
         vals, idx = teacher_probs.topk(t["topk_values"].shape[1], dim=1)
