@@ -160,6 +160,16 @@ def error_bound(f: np.ndarray, codec: str) -> np.ndarray:
     return np.broadcast_to(f.max(1, keepdims=True) / (2 * INT8_MAX), f.shape) * (1 + 2.0**-20)
 
 
+def reconstruction_error(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per view of f, g [n, D]: (relative L2 error ||f - g|| / ||f||, cosine <f, g> / (||f|| ||g||)); 0 / 1
+    for a zero row."""
+    f, g = f.astype(np.float64), g.astype(np.float64)
+    nf, ng = np.linalg.norm(f, axis=1), np.linalg.norm(g, axis=1)
+    err = np.where(nf > 0, np.linalg.norm(f - g, axis=1) / np.maximum(nf, 1e-300), 0.0)
+    cos = np.where((nf > 0) & (ng > 0), (f * g).sum(1) / np.maximum(nf * ng, 1e-300), 1.0)
+    return err, cos
+
+
 # -- the head ------------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,8 @@ def teach_command(c: TeachCommon, o: ClassificationTeachOptions, warn) -> tuple[
     from labelstore.trainers.spec import load_teacher
 
     out, rank, world_size = c.out, c.rank, c.world_size
+    if o.feature_codec != "float16" and not o.features:
+        raise ConfigError(f"--feature-codec {o.feature_codec} goes with --features NAME (the teacher module to record)")
     size = (o.image_size,) * 2
     policy = parse_policy(o.policy_name, size, parse_triple(o.mean, "--mean", IMAGENET_MEAN),
                           parse_triple(o.std, "--std", IMAGENET_STD), o.crop_scale)  # bad values fail first
