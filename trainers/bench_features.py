@@ -1,6 +1,6 @@
 """`labelstore bench --features`: feature stores (teach --features), measured side by side in one run.
 
-For D = 512 and D = 2048 (a ResNet-50-style teacher: the built-in resnet-s backbone, then a 1x1 conv to
+For D = 512 and D = 2048 (a ResNet-50-style teacher: the built-in cnn-tiny backbone, then a 1x1 conv to
 D channels, BatchNorm, ReLU, global average pool, Linear(D, 10); trained for `teacher_epochs` epochs
 on the built-in shapes data, so its features are those of a teacher that has learned the task):
 
@@ -38,17 +38,16 @@ from labelstore.pipeline.teach import TeachConfig, teach
 from labelstore.pipeline.teacher import weights_hash
 
 from .fit import augmented_batches, train_classifier
-from .models import resnet_s
+from .models import cnn_tiny
 
 
 class WideTeacher(nn.Module):
-    """resnet-s's backbone, a 1x1 conv to `dim` channels + BN + ReLU, average pool, Linear(dim, C)
+    """cnn-tiny's backbone, a 1x1 conv to `dim` channels + BN + ReLU, average pool, Linear(dim, C)
     (the shape of ResNet-50's last stage: its penultimate feature is an averaged post-ReLU map)."""
 
     def __init__(self, dim: int, num_classes: int = 10):
         super().__init__()
-        base = resnet_s(num_classes)
-        self.backbone = nn.Sequential(base.stem, base.stages)  # [B, 64, H/4, W/4]
+        self.backbone = cnn_tiny(num_classes).body  # [B, 64, H/4, W/4]
         self.expand = nn.Sequential(nn.Conv2d(64, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Dropout(0.0), nn.Linear(dim, num_classes))
 
@@ -138,7 +137,8 @@ def bench_dim(dim: int, data, tmp: str, *, epochs: int, teacher_epochs: int, nby
     policy = make_policy("crop-flip", (32, 32))
     out: dict = {"dim": dim}
     if teacher_epochs:
-        fit = train_classifier(model, augmented_batches(data, policy, 0, 64), teacher_epochs, progress=False, device="cpu")
+        fit = train_classifier(model, augmented_batches(data, policy, 0, 64), teacher_epochs, progress=False,
+                               device="cpu", optimizer="adamw")
         out["teacher_train_accuracy"] = fit["accuracy"]  # per epoch, on its augmented training views
         echo(f"D={dim} teacher: training accuracy per epoch {[round(a, 3) for a in fit['accuracy']]} (10 classes)")
     model.eval()
@@ -171,7 +171,7 @@ def bench_dim(dim: int, data, tmp: str, *, epochs: int, teacher_epochs: int, nby
     return out
 
 
-def run_feature_bench(n_images: int = 512, dims=(512, 2048), epochs: int = 2, teacher_epochs: int = 2,
+def run_feature_bench(n_images: int = 512, dims=(512, 2048), epochs: int = 2, teacher_epochs: int = 15,
                       nbytes: float = 64e6, rounds: int = 3, echo=print) -> dict:
     """The figures of the module docstring; returns them as a dict (also printed through echo)."""
     tmp = tempfile.mkdtemp(prefix="labelstore-bench-features-")
