@@ -104,6 +104,7 @@ def train_command(c: TrainCommon, o: ClassificationTrainOptions, warn) -> tuple[
     from labelstore.pipeline.replay import open_data
     from labelstore.pipeline.teacher import pick_device
     from labelstore.trainers.distill import DistillConfig, train_student
+    from labelstore.trainers.feature_student import FEATURE_LOSSES, feature_student
     from labelstore.trainers.fit import eval_batches
     from labelstore.trainers.loop import seed_everything
     from labelstore.trainers.spec import load_model, load_weights
@@ -113,8 +114,8 @@ def train_command(c: TrainCommon, o: ClassificationTrainOptions, warn) -> tuple[
     if bool(o.unlabeled_store) != bool(o.unlabeled_data):
         raise ConfigError("--unlabeled-store and --unlabeled-data go together")
     mode, loss, student = c.mode, c.loss or "fkd", c.student or "cnn-tiny"
-    if loss not in ("fkd", "ferkd", "adl"):
-        raise ConfigError(f"--loss {loss} is not a classification loss (fkd, ferkd, adl)")
+    if loss not in ("fkd", "ferkd", "adl", *FEATURE_LOSSES):
+        raise ConfigError(f"--loss {loss} is not a classification loss (fkd, ferkd, adl, {', '.join(FEATURE_LOSSES)})")
     store = labelstore.open(c.store_path)
     data = open_data(store, c.data_spec)  # an unlabelled store's folder opens as unlabelled
     teacher = load_model(c.online_teacher, num_classes=store.num_classes) if mode == "online" else None
@@ -128,6 +129,8 @@ def train_command(c: TrainCommon, o: ClassificationTrainOptions, warn) -> tuple[
     check_output_classes(model, "--student", student, store.num_classes, size, store)
     if teacher is not None:
         check_output_classes(teacher, "--online-teacher", c.online_teacher, store.num_classes, size, store)
+    if loss in FEATURE_LOSSES and mode == "cache":  # the student + its projector (+ the store's teacher head)
+        model = feature_student(model, store, loss)
     pol = store.attrs["policy"]  # held-out views are normalised as the store's (the teacher's) inputs
     evals = eval_batches(open_source(o.eval_data), size, mean=pol["mean"], std=pol["std"]) if o.eval_data else None
     unlabeled = None
