@@ -23,7 +23,8 @@ data order in every arm, so the arms are paired by seed:
     srrl        SRRL: CE with the labels + that MSE + CE of the teacher head on the projected feature
                 against the stored teacher output
 
-The feature arms read a second store of the same views (out/features.zarr, features_setup): the
+The feature arms read a second store of the same views (out/features.zarr, features_setup, made when
+a feature arm first runs): the
 labelled store's recipe and seed taught again with --features penultimate, so its labels, views
 and every other array equal the labelled store's and only the feature arrays are added.
 
@@ -33,6 +34,7 @@ Metric: test accuracy of the final student. Statistics: labelstore.trainers.expe
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -85,8 +87,6 @@ def setup(out: str, *, progress: bool = False, echo=print, n_unlabeled: int = 20
                 "image_size": int(store.attrs["policy"]["output_size"][0]), "epochs": store.epochs}
     if "unlabeled_store" not in meta:
         meta.update(unlabeled_setup(out, meta, n_unlabeled, progress=progress, echo=echo))
-    if "feature_store" not in meta:
-        meta.update(features_setup(out, meta, progress=progress, echo=echo))
     write_setup(out, meta)
     return meta
 
@@ -153,8 +153,13 @@ def make_arms(meta: dict, names: list[str], student: str = "cnn-micro", progress
     size = (meta["image_size"], meta["image_size"])
     evals = eval_batches(test, size)
     store = labelstore.open(meta["store"])
-    f_store = labelstore.open(meta["feature_store"]) if any(ARMS[n].get("loss") in FEATURE_LOSSES for n in names
-                                                           if n in ARMS) else None
+    f_store = None
+    if any(ARMS[n].get("loss") in FEATURE_LOSSES for n in names if n in ARMS):  # made on first use, then kept
+        if "feature_store" not in meta:
+            out = os.path.dirname(meta["store"])
+            meta.update(features_setup(out, meta, progress=progress, echo=lambda m: print(m, file=sys.stderr)))
+            write_setup(out, meta)
+        f_store = labelstore.open(meta["feature_store"])
 
     def arm(name: str):
         spec = ARMS[name]
