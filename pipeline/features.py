@@ -10,11 +10,14 @@ come from (the eval-mode pass; MC-dropout passes are not hooked):
   NAME = any other `model.named_modules()` name: that module's *output*
   flat(y) = y.mean((2, 3)) for a 4-D output [B, C, H, W] (global average pool: [B, C]),
             y.reshape(B, -1) otherwise (a [B, L, D] token output becomes [B, L*D])
+  tokens(y) = y for a token output [B, Q, D], y[:, None] for [B, D] (Q = 1): FeatureHook(tokens=True),
+            the VideoQA task's token features [Q, D] per view (pipeline/teach_videoqa.py)
 
 Codecs (attribute `features.codec`, per store), row r of an epoch = one view, D = its length:
 
   float16: values[r] = float16(f[r])                        |f - f~| <= 2^-11 |f|  (+ 2^-25 below 2^-14)
   int8:    scale[r]  = max_j |f[r, j]| / 127   (float32)      values[r] = round(f[r] / scale[r]) in [-127, 127]
+           (token features [B, Q, D]: j runs over all Q*D values of the view, one scale per view)
            f~[r]     = values[r] * scale[r]                   |f - f~| <= scale[r] / 2 = max|f[r]| / 254
 
 The classifier's weight [C, D] and bias [C] (float32, exact) are stored with
@@ -59,6 +62,16 @@ def flat(y: torch.Tensor) -> torch.Tensor:
     return y.mean((2, 3)) if y.ndim == 4 else y.reshape(y.shape[0], -1)
 
 
+def tokens(y: torch.Tensor, name: str = "") -> torch.Tensor:
+    """[B, Q, D]: a token output [B, Q, D] as it is, a vector output [B, D] as one token (Q = 1)."""
+    if y.ndim == 2:
+        return y[:, None]
+    if y.ndim != 3:
+        raise ConfigError(f"--features {name}: the module's output has shape {list(y.shape)}; token features "
+                          "need [B, Q, D] (or [B, D], one token)")
+    return y
+
+
 class FeatureHook:
     """Records flat(output of module `name`) (or the classifier's input for "penultimate") of a model.
 
@@ -68,11 +81,12 @@ class FeatureHook:
         f = hook.take()                 # float32 [B, D]
 
     Only the first call inside `capture` is kept, so MC-dropout passes of the head that follow the
-    eval-mode pass (teacher.mc_forward) do not replace it.
+    eval-mode pass (teacher.mc_forward) do not replace it. tokens=True keeps tokens(y) [B, Q, D]
+    instead of flat(y); grad=True keeps the graph (a student's features, for a loss).
     """
 
-    def __init__(self, model: nn.Module, name: str, num_classes: int):
-        self.name = name
+    def __init__(self, model: nn.Module, name: str, num_classes: int, *, tokens: bool = False, grad: bool = False):
+        self.name, self.tokens, self.grad = name, tokens, grad
         if name == PENULTIMATE:
             found = classifier(model, num_classes)
             if found is None:
@@ -95,7 +109,8 @@ class FeatureHook:
         if not isinstance(y, torch.Tensor):
             raise ConfigError(f"--features {self.name}: module {self.module_name!r} gives a {type(y).__name__}, "
                               "not a tensor; name a module whose output is one tensor")
-        self._got = flat(y.detach())
+        y = y if self.grad else y.detach()
+        self._got = tokens(y, self.name) if self.tokens else flat(y)
 
     @contextlib.contextmanager
     def capture(self):
@@ -135,7 +150,12 @@ def probe_dim(model: nn.Module, hook: FeatureHook, size: tuple[int, int], device
 
 
 def encode(f: torch.Tensor, codec: str) -> dict[str, np.ndarray]:
-    """{VALUES: [B, D] (float16 or int8), SCALE: [B] float32 (int8 only)} of float32 features f [B, D]."""
+    """{VALUES: [B, D] (float16 or int8), SCALE: [B] float32 (int8 only)} of float32 features f [B, D];
+    token features f [B, Q, D] give VALUES [B, Q, D] and one scale per view (over its Q*D values)."""
+    if f.ndim == 3:
+        out = encode(f.reshape(f.shape[0], -1), codec)
+        out[VALUES] = out[VALUES].reshape(f.shape)
+        return out
     f = f.float().cpu()
     if codec == "float16":
         big = float(f.abs().max()) if f.numel() else 0.0
@@ -151,10 +171,10 @@ def encode(f: torch.Tensor, codec: str) -> dict[str, np.ndarray]:
 
 
 def decode(values: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
-    """float32 [n, D] of stored values [n, D] (and, int8, scale [n])."""
+    """float32 [n, D] (or [n, Q, D]) of stored values [n, D] (or [n, Q, D]) and, int8, scale [n]."""
     if scale is None:
         return values.astype(np.float32)
-    return values.astype(np.float32) * scale.astype(np.float32)[:, None]
+    return values.astype(np.float32) * scale.astype(np.float32).reshape(-1, *[1] * (values.ndim - 1))
 
 
 def error_bound(f: np.ndarray, codec: str) -> np.ndarray:
@@ -238,7 +258,8 @@ def load_head(store) -> nn.Linear:
 
 
 def read_features(store, epoch: int, indices) -> np.ndarray:
-    """float32 [n, D]: the dequantised features of views (epoch, indices), in the order given."""
+    """float32 [n, D] (token features: [n, Q, D]): the dequantised features of views (epoch, indices), in the
+    order given."""
     store = _opened(store)
     if feature_attrs(store) is None:
         raise StoreError(f"{store.path}: the store has no features (taught without --features)")

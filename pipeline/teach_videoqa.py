@@ -10,6 +10,10 @@ decoded once (the union of the frames all epochs need), and per epoch and batch 
                                    (K = A by default: the teacher's full ranking, for RADI's cold lists)
   gt_prob      [E,N]     f16     = p[gt]  (NaN when the annotated answer is outside the vocabulary)
   mc_values    [E,N,T,K] f16     = softmax(head_t(feats))[topk_indices],  t = 1..T
+  features/values [E,N,Q,D]      = tokens(output of teacher module NAME) of the eval-mode pass, encoded
+  features/scale  [E,N]   f32      by the codec (int8: one scale per view); only with `teach --features NAME`
+                                   (pipeline/features.py; the built-in teacher's module `tokens` gives its
+                                   per-frame tokens h [m, D] before temporal pooling)
 
 MC dropout: when the teacher has `.features(frames, q_ids, q_mask)` and `.head(feats)`, the
 backbone runs once and only the head runs T times (dropout layers in train mode, everything else
@@ -22,6 +26,7 @@ uninterrupted one, and `teacher_targets` on the replayed inputs of a stored batc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -36,7 +41,7 @@ from labelstore import writer
 from labelstore.errors import ConfigError
 from labelstore.integrity import json_digest
 
-from . import records, videoqa_store
+from . import features, records, videoqa_store
 from .stage import Item, check_teacher_output, run_stage
 from .teacher import mc_head_passes, set_mc_dropout
 from .teacher import teacher_info as describe_teacher
@@ -60,6 +65,8 @@ class VideoQATeachConfig:
     max_len: int = 16  # question tokens
     strict_answers: bool = True  # False: keep questions whose answer is outside the vocabulary (gt = -1)
     decode_workers: int = 2
+    features: str | None = None  # teach --features NAME: record this teacher module's token output per view
+    feature_codec: str = "float16"  # --feature-codec: float16 or int8 (pipeline/features.py)
 
     def __post_init__(self) -> None:
         if self.chunk_rows is None and self.shard_rows >= 1:
@@ -78,6 +85,8 @@ class VideoQATeachConfig:
                 raise ConfigError(f"{name} ({option}) must be >= 1, got {getattr(self, name)}")
         if self.shard_rows < 1 or self.chunk_rows < 1 or self.shard_rows % self.chunk_rows:
             raise ConfigError(f"shard_rows ({self.shard_rows}) must be a positive multiple of chunk_rows ({self.chunk_rows})")
+        if self.feature_codec not in features.CODECS:
+            raise ConfigError(f"feature_codec (--feature-codec) must be float16 or int8, got {self.feature_codec!r}")
         if len(self.frame_size) != 2 or min(self.frame_size) < 1:
             raise ConfigError(f"frame_size (--frame-size) must be two positive sizes (h, w), got {self.frame_size}")
 
@@ -152,9 +161,40 @@ def teacher_targets(teacher: nn.Module, frames: torch.Tensor, q_ids: torch.Tenso
 # --------------------------------------------------------------------------------------
 
 _CONFIG_FIELDS = ("batch_size", "shard_rows", "chunk_rows", "max_len", "strict_answers")  # + "mc_rng"
+# recorded only in a store with features (a store without stays as it was)
+_FEATURE_FIELDS = ("features", "feature_codec")
 RESUME_KEYS = ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epochs", "seed", "dataset.digest",
                "teacher.weights_sha256", "policy.digest", "vocab", "tokenizer",
-               *(f"teach_config.{f}" for f in (*_CONFIG_FIELDS, "mc_rng")))
+               *(f"teach_config.{f}" for f in (*_CONFIG_FIELDS, "mc_rng", *_FEATURE_FIELDS)), "features")
+
+
+class TokenRecorder:
+    """The hook and token shape [Q, D] of `teach --task videoqa --features NAME` on the teacher."""
+
+    def __init__(self, teacher: nn.Module, name: str, codec: str, num_answers: int, num_frames: int,
+                 frame_size: tuple[int, int], max_len: int):
+        self.hook = features.FeatureHook(teacher, name, num_answers, tokens=True)
+        self.name, self.codec = name, codec
+        frames = torch.zeros(1, num_frames, 3, *frame_size)  # one zero clip and a one-word question
+        q_ids, q_mask = torch.ones(1, max_len, dtype=torch.int64), torch.zeros(1, max_len, dtype=torch.bool)
+        q_mask[:, 0] = True
+        with self.hook.capture():
+            mc_forward_qa(teacher, frames, q_ids, q_mask, 0, 0)
+        self.num_tokens, self.dim = self.hook.take().shape[1:]
+        self.attrs = {"name": name, "module": self.hook.module_name, "codec": codec, "tokens": int(self.num_tokens),
+                      "dim": int(self.dim), "layout": "tokens [Q, D] per view: a [B, Q, D] output as it is, "
+                                                      "a [B, D] output as Q = 1"}
+
+    def take(self, epoch: int, ids: np.ndarray, name) -> dict[str, np.ndarray]:
+        """The encoded tokens of the batch just run (questions ids): {VALUES [B, Q, D], SCALE [B] (int8)}."""
+        f = self.hook.take()  # [B, Q, D]
+        if f.shape[0] != len(ids):
+            raise ConfigError(f"--features {self.name}: module {self.hook.module_name!r} gives {f.shape[0]} rows for "
+                              f"{len(ids)} questions (a module that runs per clip or per frame); name one whose "
+                              "output has one row per question, e.g. tokens")
+        check_teacher_output(f.reshape(len(ids), -1), epoch, ids, name, what=f"feature {self.name!r}",
+                             columns=(self.num_tokens * self.dim, "token values"))
+        return features.encode(f, self.codec)
 
 
 class VideoQATask:
@@ -167,10 +207,17 @@ class VideoQATask:
         """cfg: with top_k resolved (an int <= the vocabulary size; teach_videoqa does it)."""
         self.videos, self.qa, self.vocab, self.teacher, self.policy = videos, qa, vocab, teacher.eval(), policy
         self.cfg, self.head_only = cfg, head_only
-        self.attrs = _attrs(videos, qa, tokenizer, vocab, policy, teacher_info, cfg)
+        self.tokens = None
+        if cfg.features:
+            self.tokens = TokenRecorder(self.teacher, cfg.features, cfg.feature_codec, len(vocab),
+                                        policy.sampler.num_frames, cfg.frame_size, cfg.max_len)
+        self.attrs = _attrs(videos, qa, tokenizer, vocab, policy, teacher_info, cfg,
+                            self.tokens.attrs if self.tokens else None)
         self.specs = videoqa_store.videoqa_arrays(num_questions=len(qa), epochs=cfg.epochs, num_answers=len(vocab),
                                                   num_videos=len(videos), top_k=cfg.top_k, mc_passes=cfg.mc_passes,
-                                           num_frames=policy.sampler.num_frames)
+                                                  num_frames=policy.sampler.num_frames,
+                                                  features=(self.tokens.num_tokens, self.tokens.dim, cfg.feature_codec)
+                                                  if self.tokens else None)
         self._records = records.UnitRecords(self.specs)  # the current epoch's records of the unit
 
     def build(self, at: str) -> None:
@@ -215,11 +262,14 @@ class VideoQATask:
         self._records.open(len(item.rows))
         sel, (x, vi) = item.data  # shared clips [V, m, 3, h, w], question -> clip [b]
         ids = item.rows[sel]
-        out = teacher_targets(self.teacher, x, torch.as_tensor(qa.q_ids[ids]), torch.as_tensor(qa.q_mask[ids]),
-                              torch.as_tensor(qa.gt[ids]), c.top_k, c.mc_passes, mc_seed(c.seed, e, int(ids[0])),
-                              self.head_only, vi)
-        check_teacher_output(out["logits"], e, ids, lambda i: f"{qa.questions[i].video_id}: {qa.questions[i].question}",
-                             columns=(len(self.vocab), "answers"))
+        name = lambda i: f"{qa.questions[i].video_id}: {qa.questions[i].question}"  # noqa: E731
+        with self.tokens.hook.capture() if self.tokens else contextlib.nullcontext():
+            out = teacher_targets(self.teacher, x, torch.as_tensor(qa.q_ids[ids]), torch.as_tensor(qa.q_mask[ids]),
+                                  torch.as_tensor(qa.gt[ids]), c.top_k, c.mc_passes, mc_seed(c.seed, e, int(ids[0])),
+                                  self.head_only, vi)
+        check_teacher_output(out["logits"], e, ids, name, columns=(len(self.vocab), "answers"))
+        if self.tokens is not None:
+            out.update(self.tokens.take(e, ids, name))
         self._records.put(sel, out)
         return [], len(ids)
 
@@ -227,9 +277,13 @@ class VideoQATask:
         return {"views": count, "views_per_s": count / max(seconds, 1e-9), "top_k": self.cfg.top_k}
 
 
-def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_info: dict, cfg: VideoQATeachConfig) -> dict:
+def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_info: dict, cfg: VideoQATeachConfig,
+           token_attrs: dict | None = None) -> dict:
+    """The root attributes; token_attrs: the `features` attribute of a store with features (TokenRecorder.attrs)."""
     vfp = videos.fingerprint()
     pol = policy.to_json()
+    fields = _CONFIG_FIELDS + (_FEATURE_FIELDS if cfg.features else ())
+    extra = {"features": token_attrs} if token_attrs is not None else {}
     return {
         "task": videoqa_store.TASK,
         "tool_version": labelstore.__version__,
@@ -254,7 +308,8 @@ def _attrs(videos, qa: QASet, tokenizer, vocab, policy: VideoPolicy, teacher_inf
         "classes": list(vocab.answers),
         "top_k": cfg.top_k,
         "mc_passes": cfg.mc_passes,
-        "teach_config": {**{k: getattr(cfg, k) for k in _CONFIG_FIELDS}, "mc_rng": MC_RNG},
+        "teach_config": {**{k: getattr(cfg, k) for k in fields}, "mc_rng": MC_RNG},
+        **extra,
     }
 
 
@@ -273,6 +328,8 @@ def teach_videoqa(
     resume: bool = False,
     overwrite: bool = False,
     max_units: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
     progress: bool = False,
 ) -> dict:
     """Fill the VideoQA store at `out`; returns {"views", "seconds", "views_per_s", "complete", "units", "top_k"}.
@@ -281,7 +338,8 @@ def teach_videoqa(
     questions: questions file (JSON lines / CSV) or a list of Question. cfg: the settings (VideoQATeachConfig;
     cfg.top_k is clamped to the vocabulary size A, None keeps all A: the teacher's full ranking, which RADI's
     cold lists are drawn from). max_units stops after that many work units (an interrupted run; finish it
-    with resume=True). head_only: see mc_forward_qa.
+    with resume=True). rank / world_size: this process labels its share of the work units (run_stage).
+    head_only: see mc_forward_qa.
     """
     cfg = dataclasses.replace(cfg, top_k=len(vocab) if cfg.top_k is None else min(int(cfg.top_k), len(vocab)))
     qa = prepare_questions(videos, questions, tokenizer, vocab, strict_answers=cfg.strict_answers, max_len=cfg.max_len)
@@ -289,5 +347,5 @@ def teach_videoqa(
     if teacher_info is None:
         teacher_info = describe_teacher(teacher, type(teacher).__name__)
     task = VideoQATask(videos, qa, tokenizer, vocab, teacher, policy, cfg, teacher_info, head_only)
-    return run_stage(task, out, resume=resume, overwrite=overwrite, max_units=max_units,
+    return run_stage(task, out, resume=resume, overwrite=overwrite, max_units=max_units, rank=rank, world_size=world_size,
                      decode_workers=cfg.decode_workers, progress=progress)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from labelstore.schema import ArraySpec, smallest_int, smallest_uint
 
+from .classification_store import FEATURE_SCALE, FEATURE_VALUES
+
 TASK = "videoqa"  # the store attribute "task"; its entry in labelstore.trainers.tasks.TASKS
 
 
@@ -20,6 +22,7 @@ def videoqa_arrays(
     top_k: int,
     mc_passes: int,
     num_frames: int,
+    features: tuple[int, int, str] | None = None,
 ) -> list[ArraySpec]:
     """Arrays of an open-ended VideoQA store (rows = questions, dimension "sample").
 
@@ -27,6 +30,8 @@ def videoqa_arrays(
     top-K answers and their probabilities, the same K answers under T MC-dropout passes, and
     the probability of the annotated answer. Per question: annotated answer id (-1 outside the
     vocabulary), the video's relative path and the video's row in the video source.
+    features: (Q, D, codec) of `teach --task videoqa --features NAME` (token features, pipeline/features.py),
+    or None: no feature arrays.
     """
     E, N, K, T, m = epochs, num_questions, top_k, mc_passes, num_frames
     specs = [
@@ -44,4 +49,17 @@ def videoqa_arrays(
             ArraySpec("mc_values", ("epoch", "sample", "mc", "k"), (E, N, T, K), "float16",
                       "probabilities of the top-K answers under each MC-dropout pass", "probability")
         )
+    if features is not None:
+        specs += token_feature_arrays(E, N, *features)
+    return specs
+
+
+def token_feature_arrays(epochs: int, num_questions: int, num_tokens: int, dim: int, codec: str) -> list[ArraySpec]:
+    """features/values [E, N, Q, D] (float16, or int8 with features/scale [E, N] float32, one scale per view)."""
+    E, N, Q, D = epochs, num_questions, num_tokens, dim
+    specs = [ArraySpec(FEATURE_VALUES, ("epoch", "sample", "token", "feature"), (E, N, Q, D), codec,
+                       "teacher token outputs of the view (features.name), codec features.codec", codec="features")]
+    if codec == "int8":
+        specs.append(ArraySpec(FEATURE_SCALE, ("epoch", "sample"), (E, N), "float32",
+                               "int8 scale of the view: tokens ~= values * scale, scale = max|tokens| / 127"))
     return specs

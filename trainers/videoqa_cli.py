@@ -116,11 +116,15 @@ def cli_teach_videoqa(
     batch_size: int = 128,
     seed: int = 0,
     strict_answers: bool = False,
+    features: str | None = None,
+    feature_codec: str = "float16",
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Teacher stage for VideoQA from plain arguments (the `teach-videoqa` command).
+
+    features: also record per view the token output [Q, D] of this teacher module (encoded by feature_codec).
 
     teacher_spec: a checkpoint (save_checkpoint / run_videoqa_demo's teacher.pt) or 'module:callable'.
     The tokenizer and answer vocabulary come from the checkpoint's extra when it has them, else they
@@ -167,7 +171,8 @@ def cli_teach_videoqa(
     teacher_info = {"name": type(teacher).__name__, "spec": teacher_spec, "weights_sha256": weights_hash(teacher),
                     "params": int(sum(p.numel() for p in teacher.parameters()))}
     cfg = VideoQATeachConfig(epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=batch_size,
-                             frame_size=(frame_size, frame_size), strict_answers=strict_answers)
+                             frame_size=(frame_size, frame_size), strict_answers=strict_answers, features=features,
+                             feature_codec=feature_codec)
     st = teach_videoqa(str(out), videos, questions_path, tokenizer, vocab, teacher, FrameSampler(num_frames=num_frames),
                        cfg, teacher_info=teacher_info, resume=resume, overwrite=overwrite, progress=progress)
     store = labelstore.open(str(out))
@@ -275,9 +280,12 @@ def cli_train_videoqa(
 def teach_command(c: TeachCommon, o: VideoQATeachOptions, warn) -> tuple[dict, str]:
     if not o.questions:
         raise ConfigError("--task videoqa needs --questions FILE")
+    if o.feature_codec != "float16" and not o.features:
+        raise ConfigError(f"--feature-codec {o.feature_codec} goes with --features NAME (the teacher module to record)")
     r = cli_teach_videoqa(c.out, c.data_spec, o.questions, c.teacher, epochs=c.epochs, num_frames=o.frames,
                           frame_size=o.frame_size, top_k=o.top_k, mc_passes=o.mc_passes, batch_size=c.batch_size,
-                          seed=c.seed, resume=c.resume, overwrite=c.overwrite, progress=not c.quiet)
+                          seed=c.seed, features=o.features, feature_codec=o.feature_codec, resume=c.resume,
+                          overwrite=c.overwrite, progress=not c.quiet)
     return r, (f"{c.out}: {r['views']} views (K={r['top_k']}, T={o.mc_passes}) in {r['seconds']:.1f}s, "
                f"{'complete' if r['complete'] else 'incomplete'}")
 

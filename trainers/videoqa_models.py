@@ -14,6 +14,8 @@ Architecture (per question; frames may be shared by the questions of a video, `v
     spatial attn   : b_ts = softmax_s(<W_c c_ts, q>),  o_t = sum_s b_ts c_ts,  y_t = sum_s b_ts (row_s, col_s)
                      (y_t: where the asked-about object is in frame t; its trajectory gives the motion)
     temporal       : h_t = f_t + pos_t + Linear([o_t, y_t]), then + ReLU(Conv1d_k3(h))
+                     module `tokens` (an nn.Identity) outputs h [B, m, D], the per-frame token sequence
+                     before temporal pooling: what `teach --task videoqa --features tokens` records
     temporal attn  : a_t = softmax_t(<W h_t, q> / sqrt(D)),  v = sum_t a_t h_t
     feats          : [v * q, v, q, Linear(y_1..y_m)]  [4D]
     head           : Dropout(p) -> Linear(4D, D) -> ReLU -> Dropout(p) -> Linear(D, A)
@@ -87,6 +89,7 @@ class VideoQAClassifier(nn.Module):
         self.temporal = nn.Conv1d(dim, dim, 3, padding=1)
         self.embed = nn.Embedding(num_tokens, dim, padding_idx=0)
         self.gru = nn.GRU(dim, dim, batch_first=True) if question_encoder == "gru" else None
+        self.tokens = nn.Identity()  # h [B, m, D]: the per-frame tokens before pooling, named for a forward hook
         self.att = nn.Linear(dim, dim, bias=False)
         self.answer_head = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(4 * dim, dim), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dim, num_answers),
@@ -114,7 +117,7 @@ class VideoQAClassifier(nn.Module):
         o = torch.einsum("bts,btsc->btc", b, cells)  # [B, m, C]
         y = b @ self.cell_xy  # [B, m, 2], attended position per frame
         h = f + self.pos[:m] + self.cell_proj(torch.cat([o, y], dim=2))  # [B, m, D]
-        h = F.relu(self.temporal(h.transpose(1, 2))).transpose(1, 2) + h  # [B, m, D]
+        h = self.tokens(F.relu(self.temporal(h.transpose(1, 2))).transpose(1, 2) + h)  # [B, m, D]
         a = torch.softmax((self.att(h) @ q[:, :, None]).squeeze(2) / math.sqrt(h.shape[2]), dim=1)  # [B, m]
         v = (a[:, :, None] * h).sum(1)  # [B, D]
         return torch.cat([v * q, v, q, F.relu(self.traj(y.flatten(1)))], dim=1)

@@ -26,6 +26,14 @@ class VideoQATeachOptions:
                                     "drawn from).")
     mc_passes: int = option("--mc-passes", type=NONNEGATIVE, default=0, show_default=True,
                             help="MC-dropout passes (0 = none).")
+    features: str | None = option(
+        "--features", default=None, metavar="NAME",
+        help="Also record per view the token output [Q, D] of a teacher module (any model.named_modules() name; "
+             "a [B, D] output is one token; the built-in teacher's per-frame tokens are 'tokens'), for "
+             "`train --loss token-mse` (docs/store-format.md).")
+    feature_codec: str = option("--feature-codec", type=click.Choice(["float16", "int8"]), default="float16",
+                                show_default=True,
+                                help="How --features are stored: float16, or int8 with a float32 scale per view.")
 
 
 @dataclass(frozen=True)
