@@ -38,11 +38,7 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
            device: str | None = None) -> dict:
     """Returns a report dict; `report["ok"]` is False when any check failed."""
     check_data(store, data)
-    decoded = [p for p in verify_chunks(store.group) if "is missing (the store says" not in p]  # listed below
-    failing = {p.split("[")[0] for p in decoded}  # arrays whose chunks fail their own checksums
-    listed = [p for p in verify_objects(store.group)
-              if not ("differs from the one written" in p and p.split(" ")[1] in failing)]  # said once, by the chunk
-    report: dict = {"chunk_problems": listed + decoded, "replay_problems": []}
+    report: dict = {"chunk_problems": chunk_problems(store), "replay_problems": []}
     g = np.random.default_rng(seed)
     try:
         skipped = store.group["skipped"][:]
@@ -84,18 +80,8 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
                     report["replay_problems"].append(f"epoch {int(e)}: features not checked: {err}")
                 else:
                     check_features(hook.take().cpu().numpy(), stored, feat["codec"], fstats)
-            K = store.top_k
-            stored_v = torch.from_numpy(rec["topk_values"].astype(np.float32))
-            stored_i = torch.from_numpy(rec["topk_indices"].astype(np.int64))
-            got = p.gather(1, stored_i)  # the teacher's probabilities of the stored classes
-            bits = int(store.arrays["topk_values"].attrs.get("mantissa_bits", 10))
-            tol = (2.0 ** -(bits + 1) + 2.0**-10) * torch.maximum(got, torch.full_like(got, 2.0**-14)) + 1e-4
-            # a stored class set is right if its probabilities match and no other class beats the k-th
-            kth = got[:, K - 1 : K]
-            others = p.scatter(1, stored_i, -1.0)
-            bad = ((got - stored_v).abs() > tol).any(1) | (others > kth + tol[:, K - 1 : K]).any(1)
-            topk_mismatch += int(bad.sum())
-            value_err = max(value_err, float((got - stored_v).abs().max()))
+            bad, err = topk_mismatches(store, p, rec)
+            topk_mismatch, value_err = topk_mismatch + bad, max(value_err, err)
     report.update({"views_checked": int(n), "digests_checked": checked, "digests_equal": digests_ok})
     if teacher is not None:
         report.update({"teacher_mismatches": topk_mismatch, "max_abs_prob_diff": value_err})
@@ -105,6 +91,31 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
                     and report.get("teacher_mismatches", 0) == 0 and report.get("feature_mismatches", 0) == 0
                     and not report.get("head_problems"))
     return report
+
+
+def chunk_problems(store) -> list[str]:
+    """Checks 2: the manifest's objects, metadata checksums and every chunk's crc32c (each damage said once)."""
+    decoded = [p for p in verify_chunks(store.group) if "is missing (the store says" not in p]  # listed below
+    failing = {p.split("[")[0] for p in decoded}  # arrays whose chunks fail their own checksums
+    listed = [p for p in verify_objects(store.group)
+              if not ("differs from the one written" in p and p.split(" ")[1] in failing)]  # said once, by the chunk
+    return listed + decoded
+
+
+def topk_mismatches(store, p: torch.Tensor, rec: dict) -> tuple[int, float]:
+    """Check 4 on one batch: (views whose stored top-k disagree with the teacher's probabilities p [n, C],
+    max |p - stored|). A stored class set is right if its probabilities match within the stored rounding and
+    no other class beats the k-th."""
+    K = store.top_k
+    stored_v = torch.from_numpy(rec["topk_values"].astype(np.float32))
+    stored_i = torch.from_numpy(rec["topk_indices"].astype(np.int64))
+    got = p.gather(1, stored_i)  # the teacher's probabilities of the stored classes
+    bits = int(store.arrays["topk_values"].attrs.get("mantissa_bits", 10))
+    tol = (2.0 ** -(bits + 1) + 2.0**-10) * torch.maximum(got, torch.full_like(got, 2.0**-14)) + 1e-4
+    kth = got[:, K - 1 : K]
+    others = p.scatter(1, stored_i, -1.0)
+    bad = ((got - stored_v).abs() > tol).any(1) | (others > kth + tol[:, K - 1 : K]).any(1)
+    return int(bad.sum()), float((got - stored_v).abs().max())
 
 
 SLACK = 2.0**-9  # re-computation slack of the feature check, relative to the view's max |f|

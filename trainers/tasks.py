@@ -83,6 +83,7 @@ TASKS: dict[str, Entry] = {
                      demo="labelstore.trainers.videoqa_demo:demo_command",
                      inspect="labelstore.pipeline.videoqa_inspect:inspect_stats",
                      report="labelstore.pipeline.videoqa_inspect:report_section",
+                     verify="labelstore.pipeline.videoqa_verify:verify_command",
                      experiment="labelstore.trainers.experiment_videoqa"),
 }
 
