@@ -168,6 +168,21 @@ RESUME_KEYS = ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epoc
                *(f"teach_config.{f}" for f in (*_CONFIG_FIELDS, "mc_rng", *_FEATURE_FIELDS)), "features")
 
 
+def probe_tokens(model: nn.Module, hook: features.FeatureHook, num_frames: int, frame_size: tuple[int, int],
+                 max_len: int) -> tuple[int, int]:
+    """(Q, D) of the token output `hook` records: one eval-mode pass on a zero clip [1, m, 3, H, W] and a
+    one-word question (the model's train/eval flags are restored)."""
+    dev = next(model.parameters()).device
+    frames = torch.zeros(1, num_frames, 3, *frame_size, device=dev)
+    q_ids = torch.ones(1, max_len, dtype=torch.int64, device=dev)
+    q_mask = torch.zeros(1, max_len, dtype=torch.bool, device=dev)
+    q_mask[:, 0] = True
+    with hook.capture():
+        mc_forward_qa(model, frames, q_ids, q_mask, 0, 0)
+    q, d = hook.take().shape[1:]
+    return int(q), int(d)
+
+
 class TokenRecorder:
     """The hook and token shape [Q, D] of `teach --task videoqa --features NAME` on the teacher."""
 
@@ -175,12 +190,7 @@ class TokenRecorder:
                  frame_size: tuple[int, int], max_len: int):
         self.hook = features.FeatureHook(teacher, name, num_answers, tokens=True)
         self.name, self.codec = name, codec
-        frames = torch.zeros(1, num_frames, 3, *frame_size)  # one zero clip and a one-word question
-        q_ids, q_mask = torch.ones(1, max_len, dtype=torch.int64), torch.zeros(1, max_len, dtype=torch.bool)
-        q_mask[:, 0] = True
-        with self.hook.capture():
-            mc_forward_qa(teacher, frames, q_ids, q_mask, 0, 0)
-        self.num_tokens, self.dim = self.hook.take().shape[1:]
+        self.num_tokens, self.dim = probe_tokens(teacher, self.hook, num_frames, frame_size, max_len)
         self.attrs = {"name": name, "module": self.hook.module_name, "codec": codec, "tokens": int(self.num_tokens),
                       "dim": int(self.dim), "layout": "tokens [Q, D] per view: a [B, Q, D] output as it is, "
                                                       "a [B, D] output as Q = 1"}

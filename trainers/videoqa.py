@@ -17,6 +17,8 @@ Per batch of questions (frames replayed from the store's `aug/frames/indices`):
                     ranking (sample_cold_full_ranking, Exp or Zipf law over ranks hot_k+1..A), so the
                     store must hold the full ranking (top_k = A); radi_listwise_loss(s[list], p_teacher[list])
             alpha defaults to RADI_ALPHA everywhere (trainer, demo, CLI).
+    "token-mse": L_rank = query_token_mse between the student's projected tokens and the teacher's
+            stored tokens (trainers/videoqa_tokens.py; a store taught with --features, mode="cache")
 
 mode="cache" reads the targets of store epoch e % E; mode="online" runs the teacher (T MC passes,
 head only) on the same replayed frames. Both draw the cold list and the batch order from the same
@@ -54,8 +56,9 @@ from labelstore.trainers.losses import (
     sinkhorn_margins,
 )
 from labelstore.trainers.loop import LoopConfig, StepResult, train
+from labelstore.trainers.videoqa_tokens import TOKEN_LOSS, TokenStudent
 
-METHODS = ("ce", "kd", "radi")
+METHODS = ("ce", "kd", "radi", TOKEN_LOSS)
 MODES = ("cache", "online")
 RANKS = ("pairwise", "listwise", "both")  # which RADI terms run
 MARGINS = ("adaptive", "fixed")  # Sinkhorn margins from the MC uncertainty, or the constant margin
@@ -310,6 +313,8 @@ def train_videoqa_student(
         raise ConfigError(f"method must be one of {METHODS} and mode one of {MODES}, got {method!r}, {mode!r}")
     if mode == "online" and method != "ce" and teacher is None:
         raise ConfigError("mode='online' needs the teacher")
+    if mode == "online" and method == TOKEN_LOSS:
+        raise ConfigError(f"--loss {TOKEN_LOSS} reads the teacher's tokens from the store: use --mode cache")
     store = _open(store)
     a = store.attrs
     vocab, tokenizer = AnswerVocab.from_json(a["vocab"]), Tokenizer.from_json(a["tokenizer"])
@@ -317,19 +322,24 @@ def train_videoqa_student(
     qa = prepare_questions(videos, questions, tokenizer, vocab, strict_answers=tc["strict_answers"], max_len=tc["max_len"])
     policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
     ds = QAReplay(videos, qa, policy, batch_size=batch_size, seed=seed, store=store,
-                  targets=method != "ce" and mode == "cache", cache=cache)
+                  targets=method in ("kd", "radi") and mode == "cache", cache=cache)
     check_data(store, ds)
     if method == "radi":
         check_radi(store, hot_k, cold_n, rank, margins)
     K, T, seed_t = store.top_k, store.mc_passes, int(a["seed"])
     if teacher is not None:
         teacher.eval()
+    model = student
+    if method == TOKEN_LOSS:  # the student and its projector, trained together
+        model = TokenStudent(student, store, policy.num_frames, tuple(policy.frame_size), tc["max_len"])
 
     def step(model: nn.Module, bt: dict) -> StepResult:
         x, vi, q_ids, q_mask, gt, rows = bt["x"], bt["video_index"], bt["q_ids"], bt["q_mask"], bt["gt"], bt["rows"]
         logits = model(x, q_ids, q_mask, vi)  # [B, A]
         loss = _ce(logits, gt)
-        if method != "ce":
+        if method == TOKEN_LOSS:
+            loss = loss + alpha * model.token_loss(bt["store_epoch"], rows)
+        elif method != "ce":
             if mode == "cache":
                 vals, idx, mc = bt["topk_values"], bt["topk_indices"], bt.get("mc_values")
             else:
@@ -349,7 +359,7 @@ def train_videoqa_student(
 
     cfg = replace(loop or LoopConfig(lr=5e-3, weight_decay=VIDEOQA_WD), epochs=epochs, progress=progress,
                   desc=f"{method}/{mode}")
-    res = train(student, epoch_batches(ds, num_workers), step, cfg, lengths=[ds.num_batches(e) for e in range(epochs)],
+    res = train(model, epoch_batches(ds, num_workers), step, cfg, lengths=[ds.num_batches(e) for e in range(epochs)],
                 on_epoch=_print_epoch(f"{method}/{mode}") if cfg.progress else None)
     seconds = res["seconds"]
     return {"seconds": seconds, "steps": res["steps"], "seconds_per_step": seconds / max(res["steps"], 1),

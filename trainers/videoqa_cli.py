@@ -17,6 +17,7 @@ from labelstore.pipeline.video import FrameSampler, VideoPolicy
 from labelstore.trainers.videoqa import (METHODS, MODES, RADI_ALPHA, _open, check_radi, evaluate_videoqa,
                                          train_videoqa_student)
 from labelstore.trainers.videoqa_options import VideoQATeachOptions, VideoQATrainOptions
+from labelstore.trainers.videoqa_tokens import TOKEN_LOSS, check_token_store
 
 
 
@@ -226,6 +227,8 @@ def cli_train_videoqa(
     store = _open(str(store_path))
     if method == "radi":
         check_radi(store, hot_k, cold_n, rank, margins)
+    if method == TOKEN_LOSS:
+        check_token_store(store)
     if mode == "online" and method != "ce" and not online_teacher:
         raise ConfigError("mode='online' needs online_teacher (a checkpoint or 'module:callable')")
     a = store.attrs
