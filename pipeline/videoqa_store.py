@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from labelstore.schema import ArraySpec, smallest_int, smallest_uint
 
-from .classification_store import FEATURE_SCALE, FEATURE_VALUES
+from .features import SCALE as FEATURE_SCALE
+from .features import VALUES as FEATURE_VALUES
 
 TASK = "videoqa"  # the store attribute "task"; its entry in labelstore.trainers.tasks.TASKS
 
