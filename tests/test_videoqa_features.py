@@ -183,3 +183,21 @@ def test_token_loss_with_fewer_student_tokens(env):
     torch.testing.assert_close(loss, want)
     loss.backward()
     assert model.projector.weight.grad.abs().sum() > 0
+
+
+def test_token_arrays_match_documented_format(env):
+    """The feature rows of docs/store-format.md, section "Arrays (task `videoqa`)": dimensions, shapes, dtypes."""
+    import re
+
+    from test_store import _doc_section, _table_rows
+
+    doc = {r[0].strip("`"): r for r in _table_rows(_doc_section("## Arrays (task `videoqa`)"))
+           if r[0].startswith("`features/")}
+    store = labelstore.open(env["store"])
+    assert set(doc) == {n for n in store.arrays if n.startswith("features/")} == {"features/values", "features/scale"}
+    sym = {"E": 2, "N": store.num_samples, "Q": M, "D": DIM}
+    for name, (_, dims, shape, dtype, *_) in doc.items():
+        arr = store.group[name]
+        assert tuple(arr.metadata.dimension_names) == tuple(d.strip() for d in dims.strip("`").split(",")), name
+        assert arr.shape == tuple(sym[s.strip()] for s in shape.split("×")), name
+        assert arr.dtype.name in re.findall(r"`(\w+)`", dtype), (name, arr.dtype, dtype)
