@@ -357,5 +357,5 @@ def teach_videoqa(
     if teacher_info is None:
         teacher_info = describe_teacher(teacher, type(teacher).__name__)
     task = VideoQATask(videos, qa, tokenizer, vocab, teacher, policy, cfg, teacher_info, head_only)
-    return run_stage(task, out, resume=resume, overwrite=overwrite, max_units=max_units, rank=rank, world_size=world_size,
-                     decode_workers=cfg.decode_workers, progress=progress)
+    return run_stage(task, out, resume=resume, overwrite=overwrite, max_units=max_units, rank=rank,
+                     world_size=world_size, decode_workers=cfg.decode_workers, progress=progress)

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from labelstore.errors import StoreError
+from labelstore.errors import ConfigError, StoreError
 from labelstore.pipeline import features
 from labelstore.pipeline.teach_videoqa import probe_tokens
 from labelstore.trainers.losses import query_token_mse
@@ -56,7 +56,11 @@ class TokenStudent(nn.Module):
         super().__init__()
         a = check_token_store(store)
         self.store, self.student = store, student
-        self.hook = features.FeatureHook(student, module or a["module"], store.num_classes, tokens=True, grad=True)
+        name = module or a["module"]
+        if name not in dict(student.named_modules()):
+            raise ConfigError(f"--loss {TOKEN_LOSS}: the student has no module {name!r} (the store's teacher tokens "
+                              f"come from {a['module']!r}); use a student with a module of that name")
+        self.hook = features.FeatureHook(student, name, store.num_classes, tokens=True, grad=True)
         q_s, d_s = probe_tokens(student, self.hook, num_frames, frame_size, max_len)
         self.num_tokens = min(q_s, int(a["tokens"]))
         self.projector = nn.Linear(d_s, int(a["dim"]))
