@@ -14,7 +14,8 @@ per epoch one whole shard of each array handed to the background writer:
 Probabilities are written with classification_store.PROB_MANTISSA_BITS mantissa bits (writer.write_block).
 
 Decoding and rendering run on the decode pool, one batch a task, up to one unit ahead of the
-teacher (pipeline/teach_views.py); writes run on a background thread. A killed run keeps every unit it flagged done; `resume=True` redoes the rest
+teacher (pipeline/teach_views.py); writes run on a background thread. A killed run keeps every
+unit it flagged done; `resume=True` redoes the rest
 with identical results (all randomness is keyed by seed/epoch/sample, MC masks by
 seed/epoch/partition/batch).
 """

@@ -15,9 +15,10 @@ workers and torch threads = CORES) once to warm up, then once measured, and prin
                         asyncio_* (zarr's writes), native:* (threads Python did not start: torch's
                         OpenMP workers)
   serial_share          the share of the stage's wall time before the teacher's first batch and after
-                        its last (the first decode and render, the writer's drain: Amdahl's serial part)
-  serial_ms             wall ms of those phases: open (create the store), to_first_batch (from there
-                        to the teacher's first batch), after_last_batch (the writer's drain), finalize
+                        its last; serial_ms: wall ms of its phases: open (create the store),
+                        to_first_batch (from there to the teacher's first batch: the pool decodes and
+                        renders on every core meanwhile), after_last_batch (the writer's drain) and
+                        finalize (open, the drain and finalize run on one thread: Amdahl's serial part)
   components_ms_per_view  CPU (time.thread_time on the calling thread) inside decode (source.load),
                         render (Policy.render_batch), digest (Views.digests), targets (to_input +
                         teacher + top-k), label (all of it) and write_block; "faults:*" their page faults
