@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from labelstore.trainers.bench import bench_stage_cores, stage_photos, write_jpegs
+from labelstore.trainers.bench import bench_stage_cores, stage_cores_line, stage_photos, write_jpegs
 
 
 def test_stage_photos_repeats_the_files(tmp_path):
@@ -30,3 +30,6 @@ def test_bench_stage_cores_tiny(tmp_path):
     assert r["two_over_ceiling"] == v["two"] / sum(v["peers"])
     assert all(c > 0 for c in [r["cpu_s_per_view"]["one"], r["cpu_s_per_view"]["two"], *r["cpu_s_per_view"]["peers"]])
     assert (r["images"], r["shard_rows"], r["epochs"]) == (12, 4, 2)
+    line = stage_cores_line(r)
+    assert line.startswith("1b. ") and f"{r['ceiling']:.2f} x one" in line and f"{r['two_over_ceiling']:.2f}" in line
+    assert stage_cores_line({"skipped": "needs taskset and 2 cores"}).endswith("skipped (needs taskset and 2 cores)")

@@ -9,6 +9,7 @@ Figures (issue targets in brackets):
   6. sinkhorn_margins on 256 lists of 100 candidates                           [well under 1 s]
   1a. uint8 view rendering, one core, 224 px crop-flip from 500x375 JPEGs (vs torch, OpenCV)  [>= 2,500]
   1b. teacher stage with a near-free teacher, 2 cores / 1 core (taskset)                   [>= 1.8]
+      beside two 1-core stages at once: the machine's own 2-core ceiling, 2 cores / ceiling
   1c. JPEG decode per core, simplejpeg (libjpeg-turbo) / Pillow
   1d. cores per H100 ResNet-50 teacher (12,817 views/s) derived from 1a/1c    [GPU render: <= 14 at 1 view
       per decode, <= 2 at 8]
@@ -411,6 +412,21 @@ def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int =
             "command": "taskset -c 0 / -c 0,1 / (-c 0 and -c 1 at once) labelstore.trainers.bench.stage_child"}
 
 
+def stage_cores_line(st: dict) -> str:
+    """`labelstore bench` line 1b from bench_stage_cores' result."""
+    if "skipped" in st:
+        return f"1b. teacher stage on 1 and 2 cores: skipped ({st['skipped']})"
+    v, c, la = st["views_per_s"], st["cpu_s_per_view"], st["load_average"]
+    return (f"1b. teacher stage, near-free teacher, {st['images']} images in units of {st['shard_rows']}: "
+            f"{v['one']:,.0f} views/s on 1 core, {v['two']:,.0f} on 2 = {st['two_over_one']:.2f} x   [target >= 1.8, "
+            f"on an idle machine]; two 1-core stages at once {v['peers'][0]:,.0f} + {v['peers'][1]:,.0f} = "
+            f"{st['ceiling']:.2f} x one (this machine's 2-core ceiling), stage on 2 cores / ceiling "
+            f"{st['two_over_ceiling']:.2f}; CPU per view {1e3 * c['one']:.2f} / {1e3 * c['two']:.2f} ms "
+            f"(1 / 2 cores), {1e3 * c['peers'][0]:.2f} / {1e3 * c['peers'][1]:.2f} (peers); load average "
+            f"{la['one']:.1f} / {la['two']:.1f} / {la['peers']:.1f} on {st['cpus']} CPUs (above 2: other "
+            f"processes shared the cores, the wall ratios understate the stage)")
+
+
 def run_bench(n_images: int = 2048, echo=print, extra: bool = True, size: int = 32) -> dict:
     """All figures. `size`: view resolution of figures 1-3, from the 32 x 32 shapes data at 32, else
     from 500 x 375 JPEGs (issue 9 asks for 224 on a GPU machine). n_images below 256 also shrinks the
@@ -435,18 +451,7 @@ def run_bench(n_images: int = 2048, echo=print, extra: bool = True, size: int = 
              f"{dv['pillow']:,.0f} = {dv['simplejpeg'] / dv['pillow']:.2f} x;  view digest {s['digest_views_per_s']:,.0f} views/s")
         r["stage_cores"] = st = (bench_stage_cores(s["photos"], epochs=2) if n_images >= 64 else
                                  {"skipped": "quick run (--images < 64)"})
-        if "skipped" in st:
-            echo(f"1b. teacher stage on 1 and 2 cores: skipped ({st['skipped']})")
-        else:
-            v, c, la = st["views_per_s"], st["cpu_s_per_view"], st["load_average"]
-            echo(f"1b. teacher stage, near-free teacher, {st['images']} images in units of {st['shard_rows']}: "
-                 f"{v['one']:,.0f} views/s on 1 core, {v['two']:,.0f} on 2 = {st['two_over_one']:.2f} x   [target >= 1.8, "
-                 f"on an idle machine]; two 1-core stages at once {v['peers'][0]:,.0f} + {v['peers'][1]:,.0f} = "
-                 f"{st['ceiling']:.2f} x one (this machine's 2-core ceiling), stage on 2 cores / ceiling "
-                 f"{st['two_over_ceiling']:.2f}; CPU per view {1e3 * c['one']:.2f} / {1e3 * c['two']:.2f} ms "
-                 f"(1 / 2 cores), {1e3 * c['peers'][0]:.2f} / {1e3 * c['peers'][1]:.2f} (peers); load average "
-                 f"{la['one']:.1f} / {la['two']:.1f} / {la['peers']:.1f} on {st['cpus']} CPUs (above 2: other "
-                 f"processes shared the cores, the wall ratios understate the stage)")
+        echo(stage_cores_line(st))
         d, rn, dg = dv["simplejpeg"], rv["labelstore"], s["digest_views_per_s"]
         r["cores_per_gpu_teacher"] = cp = {
             f"{where}_render_{v}_views_per_decode": cores_per_teacher(d, rn, dg, v, gpu_render=where == "gpu")
