@@ -11,8 +11,9 @@ Every batch of a unit's epoch is one task on the decode pool, self-contained:
            the producer thread (pipeline/render_torch.py, each source uploaded once per unit)
 
 The producer keeps 2 x workers batch tasks in flight over the batches of all units in order, at most
-one unit ahead of the one it hands out (bounded memory: two units' images), and yields the batches
-in order, then the epoch's and the unit's items. No task waits for another that is not running: a
+one unit ahead of the one it hands out, and yields the batches in order, then the epoch's and the
+unit's items. In memory: the current unit's images and those of the next unit's batches in flight
+(its tasks start when fewer than 2 x workers of the current unit's are left). No task waits for another that is not running: a
 task that needs an image nobody decodes yet decodes it itself, and a decode waits for nothing.
 Nothing is serial between units: the next unit's first batches decode while the teacher labels the
 current unit's last ones.

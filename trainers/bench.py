@@ -29,7 +29,8 @@ import labelstore
 from labelstore.pipeline.augment import Views, make_policy
 from labelstore.pipeline.images import ImageFolder, make_shapes_dataset
 from labelstore.pipeline.replay import replay_views
-from labelstore.pipeline.teach import TeachConfig, teach
+from labelstore.pipeline.stage import run_stage
+from labelstore.pipeline.teach import ClassificationTask, TeachConfig, teach
 from labelstore.pipeline.teacher import autocast_context, pick_device, weights_hash
 
 from .distill import DistillConfig, train_student
@@ -300,7 +301,7 @@ def cores_per_teacher(decode: float, render: float, digest: float, views_per_dec
 def stage_child(root: str, cores: int, size: int, epochs: int, repeats: int = 3, shard_rows: int = 128,
                 wait: bool = False) -> None:
     """Run in a `taskset` child: the teacher stage with a near-free teacher over every image of `root`
-    in units of `shard_rows` rows, `repeats` stores after a warm-up one; prints as JSON the views/s
+    in units of `shard_rows` rows, `repeats` stores after a warm-up of two units; prints as JSON the views/s
     (wall, all runs together), the CPU-seconds of the process per view (time.process_time: what the
     cores did, whatever else the machine ran) and the load average at the end. wait: after the warm-up,
     print "ready" and wait for a line on stdin (so that two children measure at the same time)."""
@@ -314,7 +315,8 @@ def stage_child(root: str, cores: int, size: int, epochs: int, repeats: int = 3,
     torch.set_num_threads(cores)
     views, seconds, cpu = 0, 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        _teach(os.path.join(tmp, "warm.zarr"), data, _NearFree(10).eval(), policy, cfg, 10)  # compile, warm caches
+        warm = ClassificationTask(data, policy, cfg, {"name": "bench", "weights_sha256": "-"}, 10, _NearFree(10).eval())
+        run_stage(warm, os.path.join(tmp, "warm.zarr"), max_units=2, decode_workers=cores)  # compile, warm caches
         if wait:
             print("ready", flush=True)
             sys.stdin.readline()
@@ -346,7 +348,7 @@ def stage_photos(root: str, out: str, n: int) -> str:
     return out
 
 
-def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int = 512, shard_rows: int = 128,
+def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int = 1024, shard_rows: int = 128,
                       repeats: int = 3) -> dict:
     """The teacher stage (near-free teacher, decode + render + digest + to_input + write) over `images`
     photographs (the files of `root` over and over) in units of `shard_rows` rows, as a stage of many
