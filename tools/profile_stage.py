@@ -14,6 +14,9 @@ workers and torch threads = CORES) once to warm up, then once measured, and prin
                         main (the teacher: label), ThreadPoolExecutor (decode + render), zarr_io and
                         asyncio_* (zarr's writes), native:* (threads Python did not start: torch's
                         OpenMP workers)
+  pool_idle_share       1 - (wall time of the decode pool's tasks) / (workers x the stage's seconds):
+                        the share of the pool's time it had no task (a task waiting for an image
+                        another one decodes counts as busy)
   serial_share          the share of the stage's wall time before the teacher's first batch and after
                         its last; serial_ms: wall ms of its phases: open (create the store),
                         to_first_batch (from there to the teacher's first batch: the pool decodes and
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import json
 import os
 import resource
@@ -101,6 +105,23 @@ def main() -> None:
             labelled.append(time.perf_counter())
 
     teach.ClassificationTask.label = stamped
+    pool_busy = [0.0]  # wall seconds inside the pool's tasks
+    submit = concurrent.futures.ThreadPoolExecutor.submit
+
+    def timed_submit(self, fn, *a, **k):
+        if not self._thread_name_prefix.startswith("ThreadPoolExecutor"):  # not the stage's (zarr's, asyncio's)
+            return submit(self, fn, *a, **k)
+
+        def task(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                with lock:
+                    pool_busy[0] += time.perf_counter() - t
+        return submit(self, task, *a, **k)
+
+    concurrent.futures.ThreadPoolExecutor.submit = timed_submit
     phases: dict[str, list[float]] = collections.defaultdict(list)  # [start, end] perf_counter
     for name in ("open_or_create", "finalize"):
         def phase(*a, _fn=getattr(writer, name), _name=name, **k):
@@ -135,6 +156,7 @@ def main() -> None:
         sampler.start()
         labelled.clear()
         phases.clear()
+        pool_busy[0] = 0.0
         r0, c0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
         stats = _teach(os.path.join(tmp, "stage.zarr"), data, _NearFree(10).eval(), policy, cfg, 10)
         cpu, r1, t1 = time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -150,6 +172,7 @@ def main() -> None:
     print(json.dumps({
         "cores": args.cores, "views": n, "views_per_s": stats["views_per_s"], "cpu_ms_per_view": ms(cpu),
         "sys_ms_per_view": ms(r1.ru_stime - r0.ru_stime),
+        "pool_idle_share": round(1 - pool_busy[0] / (args.cores * stats["seconds"]), 3),
         "serial_share": round((labelled[0] - t0 + t1 - labelled[-1]) / (t1 - t0), 3),
         "serial_ms": {"open": ms_of(phases["open_or_create"]), "to_first_batch": round(1e3 * (labelled[0] - phases["open_or_create"][1]), 1),
                       "after_last_batch": round(1e3 * (phases["finalize"][0] - labelled[-1]), 1), "finalize": ms_of(phases["finalize"]),
