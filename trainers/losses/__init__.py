@@ -1,7 +1,7 @@
 """Distillation losses for students replayed from a labelstore (see docs/losses.md)."""
 
 from .adl import adl_loss, adl_select_unlabeled
-from .fkd import dense_soft_labels, ferkd_targets, soft_label_ce, soft_target_ce
+from .fkd import BANDS, dense_soft_labels, ferkd_bands, ferkd_targets, soft_label_ce, soft_target_ce
 from .kd import kd_kl, soften
 from .radi import (
     bench_sinkhorn,
@@ -22,11 +22,13 @@ from .teachclip import (
 )
 
 __all__ = [
+    "BANDS",
     "AttentionalFrameAggregation",
     "adl_loss",
     "adl_select_unlabeled",
     "bench_sinkhorn",
     "dense_soft_labels",
+    "ferkd_bands",
     "ferkd_targets",
     "infonce_sym",
     "kd_kl",
