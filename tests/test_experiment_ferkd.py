@@ -68,7 +68,7 @@ def test_shapes_dataset_object_boxes(tmp_path):
 def test_cli_ferkd_testbed_quick(tmp_path):
     """The real command on a tiny recipe, 1 seed: the arms' table and per store the band table."""
     out = tmp_path / "exp"
-    recipe = {"n_train": 100, "n_test": 40, "teacher_epochs": 1, "epochs": 1}
+    recipe = {"n_train": 100, "n_test": 40, "teacher": "cnn-tiny", "teacher_epochs": 1, "epochs": 1}
     cmd = [sys.executable, "-m", "labelstore", "experiment", "ferkd", "--seeds", "1", "--quiet", "--out", str(out),
            "--recipe", json.dumps(recipe)]
     run = subprocess.run(cmd, capture_output=True, text=True)

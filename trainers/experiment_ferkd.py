@@ -5,9 +5,10 @@ below `low`: "likely background") and the easiest, softens the hard ones, and pa
 SelfMix. That needs crops that really miss the object. The setup (made once per output directory):
 
   data     the built-in shapes generator with a small object on a larger textured canvas
-           (make_shapes_dataset object_scale: radius 0.17-0.24 of the shorter side, boxes ~10-20 %
+           (make_shapes_dataset object_scale: radius 0.19-0.27 of the shorter side, boxes ~10-20 %
            of the area; sources 56-72 px, views 32x32), image files on disk, the object boxes beside them;
-  teacher  trained in-process on mild crops (scale 0.35-1), evaluated on whole images;
+  teacher  resnet-s (33x the student cnn-micro's FLOPs), trained in-process on mild crops (scale
+           0.35-1), evaluated on whole images;
   stores   two real stores of its top-5 labels, crop boxes stored (--store-params): crop-flip views
            with crop scale 0.05-1 ("plain"), and the same with SelfMix added ("selfmix", FerKD's
            pairing: a second crop of the same image pasted with p = 0.5).
@@ -60,8 +61,8 @@ ARMS = {
 DEFAULT_ARMS = ["none", "fkd", "ferkd", "ferkd+selfmix"]
 
 # setup(**recipe) defaults; --recipe overrides any of them
-RECIPE = {"n_train": 2000, "n_test": 500, "min_size": 56, "max_size": 72, "object_scale": [0.17, 0.24],
-          "image_size": 32, "teacher": "cnn-tiny", "teacher_epochs": 30, "teacher_crop_scale": [0.35, 1.0],
+RECIPE = {"n_train": 2000, "n_test": 500, "min_size": 56, "max_size": 72, "object_scale": [0.19, 0.27],
+          "image_size": 32, "teacher": "resnet-s", "teacher_epochs": 15, "teacher_crop_scale": [0.35, 1.0],
           "epochs": 8, "crop_scale": [0.05, 1.0], "top_k": 5, "student": "cnn-micro"}
 
 
