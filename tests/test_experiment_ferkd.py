@@ -13,7 +13,7 @@ import torch
 
 from labelstore.errors import DataError
 from labelstore.pipeline.images import ImageFolder, draw_shape, generate_shape, make_shapes_dataset, object_boxes
-from labelstore.trainers.experiment_ferkd import object_fraction
+from labelstore.trainers.experiment_ferkd import object_fraction, store_bands
 from labelstore.trainers.losses import BANDS, ferkd_bands
 
 
@@ -78,18 +78,18 @@ def test_cli_ferkd_testbed_quick(tmp_path):
     for arm in ("none", "fkd", "ferkd", "ferkd+selfmix"):
         assert any(line.split()[:1] == [arm] for line in lines), arm
     assert "teacher (cnn-tiny) test accuracy" in run.stdout
-    setup = json.loads((out / "setup.json").read_text())
+    bands = store_bands(json.loads((out / "setup.json").read_text()))
     for store in ("plain", "selfmix"):
         title = next(i for i, line in enumerate(lines) if f"({store} store, 100 views)" in line)
         rows = {line.split()[0]: line.split()[1:] for line in lines[title + 2:title + 7]}
         assert list(rows) == [*BANDS, "all"]
-        stats = setup["bands"][store]
+        stats = bands[store]
         assert sum(stats[b]["views"] for b in BANDS) == stats["all"]["views"] == 100
         for b in (*BANDS, "all"):
-            assert int(rows[b][0]) == stats[b]["views"]
+            assert int(rows[b][0]) == stats[b]["views"] and len(rows[b]) == 7
             if stats[b]["views"]:
-                assert 0 <= stats[b]["held"] <= 1 and 0 <= stats[b]["no_object"] <= 1
-                assert 0 <= stats[b]["gt_prob"] <= 1
+                assert all(0 <= stats[b][k] <= 1 for k in ("gt_prob", "held", "crop_object", "no_object"))
+                assert f"{100 * stats[b]['held']:.1f}" == rows[b][3]
     result = json.loads((out / "result.json").read_text())
     assert set(result["arms"]) == {"none", "fkd", "ferkd", "ferkd+selfmix"} and result["reference"] == "fkd"
     assert all(0 <= a["mean"] <= 1 for a in result["arms"].values())

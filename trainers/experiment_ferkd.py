@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 import labelstore
+from labelstore.errors import ConfigError
 from labelstore.pipeline.images import ImageFolder, object_boxes
 
 from . import losses
@@ -66,52 +67,69 @@ RECIPE = {"n_train": 2000, "n_test": 500, "min_size": 56, "max_size": 72, "objec
           "epochs": 8, "crop_scale": [0.05, 1.0], "top_k": 5, "student": "cnn-micro"}
 
 
-def object_fraction(crops: np.ndarray, objects: np.ndarray) -> np.ndarray:
-    """float64 [N]: the share of each object box that its crop holds, both (y, x, h, w) [N, 4] in
-    source pixels: area(crop ∩ object) / area(object) (0 for an empty object box)."""
+def _intersection(crops, objects) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(area of crop ∩ object, crop area, object area), int64 [N] each, of (y, x, h, w) boxes [N, 4]."""
     c, o = np.asarray(crops, np.int64).reshape(-1, 4), np.asarray(objects, np.int64).reshape(-1, 4)
     ih = np.minimum(c[:, 0] + c[:, 2], o[:, 0] + o[:, 2]) - np.maximum(c[:, 0], o[:, 0])
     iw = np.minimum(c[:, 1] + c[:, 3], o[:, 1] + o[:, 3]) - np.maximum(c[:, 1], o[:, 1])
-    inter = np.clip(ih, 0, None) * np.clip(iw, 0, None)
-    area = o[:, 2] * o[:, 3]
-    return np.divide(inter, area, out=np.zeros(len(o)), where=area > 0)
+    return np.clip(ih, 0, None) * np.clip(iw, 0, None), c[:, 2] * c[:, 3], o[:, 2] * o[:, 3]
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
+
+
+def object_fraction(crops, objects) -> np.ndarray:
+    """float64 [N]: the share of each object box that its crop holds, both (y, x, h, w) [N, 4] in
+    source pixels: area(crop ∩ object) / area(object) (0 for an empty object box)."""
+    inter, _, obj = _intersection(crops, objects)
+    return _ratio(inter, obj)
 
 
 def bands(store, boxes: dict, thresholds: dict) -> dict:
     """Per FerKD band over every view of `store`: {band: {"views", "share", "gt_prob", "held",
-    "no_object", "half_object"}} plus "all" (None for an empty band): the mean gt_prob, the mean object_fraction of the
-    view's crop ("rrc/box", stored or derived alike), the share of views holding none of the object
-    and the share holding at least half of it. boxes: {sample id: object box} (object_boxes)."""
+    "crop_object", "no_object", "half_object"}} plus "all" (None for an empty band): the mean gt_prob,
+    the mean object_fraction of the view's crop ("rrc/box"), the mean share of the crop that is
+    object (area(crop ∩ object) / area(crop)), the share of views holding none of the object and
+    the share holding at least half of it. boxes: {sample id: object box} (object_boxes)."""
     obj = np.array([boxes[i] for i in store.ids], np.int64)  # [N, 4]
-    band, prob, held = [], [], []
+    band, prob, held, share = [], [], [], []
     for e in range(store.epochs):
         rec = store.read(e)
         p = torch.from_numpy(rec["gt_prob"].astype(np.float32))
         band.append(losses.ferkd_bands(torch.from_numpy(rec["gt"].astype(np.int64)), p, **thresholds).numpy())
         prob.append(p.numpy())
-        held.append(object_fraction(rec["rrc/box"], obj))
-    band, prob, held = np.concatenate(band), np.concatenate(prob), np.concatenate(held)
+        inter, crop, area = _intersection(rec["rrc/box"], obj)
+        held.append(_ratio(inter, area))
+        share.append(_ratio(inter, crop))
+    band, prob, held, share = (np.concatenate(v) for v in (band, prob, held, share))
     out = {}
     for b, name in [*enumerate(losses.BANDS), (None, "all")]:
         m = np.ones(len(band), bool) if b is None else band == b
         n = int(m.sum())
-        out[name] = {"views": n, "share": n / len(band),
-                     **({k: float(v[m].mean()) if n else None for k, v in
-                         (("gt_prob", prob), ("held", held), ("no_object", held == 0), ("half_object", held >= 0.5))})}
+        columns = (("gt_prob", prob), ("held", held), ("crop_object", share), ("no_object", held == 0),
+                   ("half_object", held >= 0.5))
+        out[name] = {"views": n, "share": n / len(band), **{k: float(v[m].mean()) if n else None for k, v in columns}}
     return out
 
 
 def format_bands(stats: dict, title: str) -> str:
     """The band table of one store (bands())."""
-    lines = [title, f"{'band':<14}{'views':>8}{'share %':>9}{'gt_prob':>9}{'object held %':>15}"
-                    f"{'no object %':>13}{'>= half %':>11}"]
+    lines = [title, f"{'band':<14}{'views':>7}{'share %':>9}{'gt_prob':>9}{'object held %':>15}"
+                    f"{'crop is object %':>18}{'no object %':>13}{'>= half %':>11}"]
     for name, s in stats.items():
         if not s["views"]:
-            lines.append(f"{name:<14}{0:>8}{0:>9.1f}{'-':>9}{'-':>15}{'-':>13}{'-':>11}")
+            lines.append(f"{name:<14}{0:>7}{0:>9.1f}{'-':>9}{'-':>15}{'-':>18}{'-':>13}{'-':>11}")
             continue
-        lines.append(f"{name:<14}{s['views']:>8}{100 * s['share']:>9.1f}{s['gt_prob']:>9.3f}{100 * s['held']:>15.1f}"
-                     f"{100 * s['no_object']:>13.1f}{100 * s['half_object']:>11.1f}")
+        lines.append(f"{name:<14}{s['views']:>7}{100 * s['share']:>9.1f}{s['gt_prob']:>9.3f}{100 * s['held']:>15.1f}"
+                     f"{100 * s['crop_object']:>18.1f}{100 * s['no_object']:>13.1f}{100 * s['half_object']:>11.1f}")
     return "\n".join(lines)
+
+
+def store_bands(meta: dict) -> dict:
+    """{store name: bands()} of the setup's stores, from the stored crop boxes and the object boxes."""
+    boxes = object_boxes(meta["train"])
+    return {k: bands(labelstore.open(v["path"]), boxes, meta["thresholds"]) for k, v in meta["stores"].items()}
 
 
 def teacher_line(meta: dict) -> str:
@@ -120,21 +138,19 @@ def teacher_line(meta: dict) -> str:
     head = (f"teacher ({meta['teacher_model']}) test accuracy: {meta['teacher_accuracy']:.3f}; object box "
             f"{100 * meta['object_area']:.1f} % of the image on average; crop scale {meta['crop_scale']}; "
             f"FerKD low {t['low']}, mid {t.get('mid', (t['low'] + t['high']) / 2)}, high {t['high']}")
-    tables = [format_bands(meta["bands"][k], f"object held by the crop, per FerKD band ({k} store, "
-                                             f"{meta['stores'][k]['views']} views):") for k in ("plain", "selfmix")]
+    tables = [format_bands(stats, f"object in the crop, per FerKD band ({k} store, {meta['stores'][k]['views']} "
+                                  f"views):") for k, stats in store_bands(meta).items()]
     return "\n".join([head, *tables])
 
 
 def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
-    """Data, teacher and the two stores under `out` (RECIPE, `recipe` overriding), and their band
-    tables; made once: an existing setup.json is reused."""
+    """Data, teacher and the two stores under `out` (RECIPE, `recipe` overriding); made once: an
+    existing setup.json is reused. Echoes teacher_line (the band tables)."""
     meta = read_setup(out)
     if meta is not None:
         return meta
     unknown = sorted(set(recipe) - set(RECIPE))
     if unknown:
-        from labelstore.errors import ConfigError
-
         raise ConfigError(f"--recipe: unknown key(s) {unknown}; this testbed's keys: {sorted(RECIPE)}")
     r = {**RECIPE, **recipe}
     os.makedirs(out, exist_ok=True)
@@ -156,8 +172,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
             "crop_scale": list(r["crop_scale"]), "thresholds": thresholds, "epochs": plain.epochs,
             "image_size": r["image_size"], "object_area": float(np.mean(obj[:, 2] * obj[:, 3] / (hw[:, 0] * hw[:, 1]))),
             "stores": {"plain": {"path": p["store_path"], "views": plain.epochs * plain.num_samples},
-                       "selfmix": {"path": selfmix_path, "views": selfmix.epochs * selfmix.num_samples}},
-            "bands": {"plain": bands(plain, boxes, thresholds), "selfmix": bands(selfmix, boxes, thresholds)}}
+                       "selfmix": {"path": selfmix_path, "views": selfmix.epochs * selfmix.num_samples}}}
     write_setup(out, meta)
     echo(teacher_line(meta))
     return meta
