@@ -440,6 +440,12 @@ def verify(store_path, storage_options, data_spec, teacher, teacher_weights, all
         if "teacher_mismatches" in r:
             click.echo(f"teacher recomputed on {r['views_checked']} views: {r['teacher_mismatches']} disagree with the "
                        f"stored top-k (max |p - stored| = {r['max_abs_prob_diff']:.2e})")
+        if "feature_mismatches" in r:
+            click.echo(f"features recomputed on {r['features_checked']} views: {r['feature_mismatches']} outside the "
+                       f"codec's bound (worst relative L2 error {r['max_feature_rel_l2']:.2e}, "
+                       f"lowest cosine {r['min_feature_cosine']:.6f})")
+        for p in r.get("head_problems", []):
+            click.echo(f"  classifier: {p}")
         click.echo("OK" if r["ok"] else "FAILED")
     sys.exit(0 if r["ok"] else 1)
 
@@ -542,6 +548,10 @@ def experiment(task: str, out: str | None, seeds: int, arms: str | None, referen
 @click.option("--scale", is_flag=True,
               help="Instead: every read path of a synthetic ImageNet-1k-size store written through the real "
                    "teacher stage (trainers/bench_scale.py; disk- and CPU-heavy at the default size).")
+@click.option("--features", "feature_store", is_flag=True,
+              help="Instead: feature stores (teach --features) for D = 512 and 2048, both codecs: bytes per view, "
+                   "reconstruction error, and the writer's rate against plain file writes (trainers/bench_features.py; "
+                   "at most 512 images).")
 @click.option("--samples", default=1_281_167, show_default=True, help="(--scale) samples of the synthetic store.")
 @click.option("--epochs", default=4, show_default=True, help="(--scale) epochs of the synthetic store.")
 @click.option("--workers", default="0,2,4", show_default=True, help="(--scale) DataLoader worker counts to measure.")
@@ -549,11 +559,15 @@ def experiment(task: str, out: str | None, seeds: int, arms: str | None, referen
               help="(--scale) write the store here and keep it (reused when it is already complete); "
                    "default: a temporary directory, removed after.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout (the log goes to stderr).")
-def bench(images: int, only_image: bool, size: int, scale: bool, samples: int, epochs: int, workers: str,
-          store_path: str | None, as_json: bool) -> None:
+def bench(images: int, only_image: bool, size: int, scale: bool, feature_store: bool, samples: int, epochs: int,
+          workers: str, store_path: str | None, as_json: bool) -> None:
     """Throughput and size ratios, measured side by side in one run."""
     with _stdout_to_stderr(as_json):
-        if scale:
+        if feature_store:
+            from labelstore.trainers.bench_features import run_feature_bench
+
+            r = run_feature_bench(n_images=min(images, 512), echo=click.echo)
+        elif scale:
             from labelstore.trainers.bench_scale import run_scale
 
             try:

@@ -110,8 +110,10 @@ class TrainCommon:
     mode: str = option("--mode", type=click.Choice(["cache", "online", "none"]), default="cache", show_default=True,
                        help="Targets from the store, from a live teacher, or none (hard labels / InfoNCE / CE only).")
     loss: str | None = option(
-        "--loss", type=click.Choice(["fkd", "ferkd", "adl", "kd", "radi", "teachclip", "cgt", "fgt"]), default=None,
-        help="classification: fkd (default), ferkd, adl; videoqa: radi (default), kd; retrieval: teachclip "
+        "--loss", type=click.Choice(["fkd", "ferkd", "adl", "feat-mse", "simkd", "srrl", "kd", "radi", "teachclip",
+                                     "cgt", "fgt"]), default=None,
+        help="classification: fkd (default), ferkd, adl, and from a store taught with --features: feat-mse "
+             "(FitNets), simkd, srrl; videoqa: radi (default), kd; retrieval: teachclip "
              "(CgT + FgT, default), cgt (CgT only), fgt (FgT only).")
     online_teacher: str | None = option("--online-teacher", default=None,
                                         help="Teacher spec for --mode online (as --teacher of teach).")

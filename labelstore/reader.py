@@ -12,7 +12,7 @@ import zarr
 from . import location, manifest
 from .epoch_cache import EpochCache, derived_fields, memory_budget
 from .integrity import StoreError, check_expected, check_format, iter_arrays
-from .schema import PARAMS_DERIVED
+from .schema import ON_REQUEST, PARAMS_DERIVED
 from .writer import PROGRESS, pending_units
 
 # (store, epoch, indices int64 [n] or None) -> {"op/param": [n, ...]}: the augmentation parameters of a
@@ -130,10 +130,14 @@ class LabelStore:
         return {name: arr for name, arr in iter_arrays(self.group) if name not in manifest.BOOKKEEPING}
 
     def epoch_arrays(self) -> dict[str, zarr.Array]:
-        return {n: a for n, a in self.arrays.items() if a.metadata.dimension_names[0] == "epoch"}
+        """The per-epoch arrays `read` returns (not those read on request: schema.ON_REQUEST)."""
+        return {n: a for n, a in self.arrays.items()
+                if a.metadata.dimension_names[0] == "epoch" and not n.startswith(ON_REQUEST)}
 
     def row_arrays(self) -> dict[str, zarr.Array]:
-        return {n: a for n, a in self.arrays.items() if a.metadata.dimension_names[0] != "epoch"}
+        """The per-row arrays `read` returns with include_rows (not those read on request: schema.ON_REQUEST)."""
+        return {n: a for n, a in self.arrays.items()
+                if a.metadata.dimension_names[0] != "epoch" and not n.startswith(ON_REQUEST)}
 
     @cached_property
     def ids(self) -> np.ndarray:
@@ -286,7 +290,7 @@ class LabelStore:
         1/epochs); the total of the column is the all-in figure without metadata (see bytes_per_view).
         """
         views = max(1, self.epochs * self.num_samples)
-        per_epoch = set(self.epoch_arrays())
+        per_epoch = {n for n, a in self.arrays.items() if a.metadata.dimension_names[0] == "epoch"}
         rows = [{"name": n, "bytes": b, "bytes_per_view": b / views, "per_epoch": n in per_epoch}
                 for n, b in self.nbytes_on_disk().items()]
         return sorted(rows, key=lambda r: (-r["bytes"], r["name"]))

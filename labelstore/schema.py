@@ -26,6 +26,10 @@ from .errors import ConfigError
 FORMAT_NAME = "labelstore"
 FORMAT_VERSION = 3  # 3: manifest + metadata checksums, derived augmentation params, 16-bit view checks, rounded probabilities, render version 3; 2: uint8 view digests; bump on any change a reader of the old version would misread
 
+# Arrays under these prefixes are read on request (LabelStore.read_array), never by LabelStore.read or the
+# epoch cache: the teacher features of `teach --features` and the teacher's classifier (docs/store-format.md)
+ON_REQUEST = ("features/",)
+
 # Values of the group attribute "aug_params": how a student gets the augmentation parameters of a view.
 PARAMS_DERIVED = "derived"  # recomputed from (policy, seed, epoch, sample, source_hw) by the pipeline's Policy.sample
 PARAMS_STORED = "stored"  # the aug/<op>/<param> arrays (teach --store-params)

@@ -41,6 +41,8 @@ def codecs_for(spec: ArraySpec) -> tuple[list, list]:
                  blosc(zstd 7, byte shuffle) -> crc32c   (class ids: runs of the same class compress)
       "probs":   blosc(zstd 7, bit shuffle) -> crc32c    (float16 with mantissa_bits kept: the zeroed
                  low mantissa bits become whole zero bit-planes)
+      "features": blosc(zstd 1, byte shuffle; none for int8) -> crc32c   (teacher features: dense values
+                 that compress little; the cheapest zstd level keeps the writer ahead of the disk)
     Every recipe is lossless; the only loss is the mantissa rounding before the write (write_block).
     """
     if spec.codec == "ids":
@@ -48,9 +50,11 @@ def codecs_for(spec: ArraySpec) -> tuple[list, list]:
         return [TransposeCodec(order=order)], [BloscCodec(cname="zstd", clevel=7, shuffle="shuffle"), Crc32cCodec()]
     if spec.codec == "probs":
         return [], [BloscCodec(cname="zstd", clevel=7, shuffle="bitshuffle"), Crc32cCodec()]
+    shuffle = "noshuffle" if spec.dtype == "str" or np.dtype(spec.dtype).itemsize == 1 else "shuffle"
+    if spec.codec == "features":
+        return [], [BloscCodec(cname="zstd", clevel=1, shuffle=shuffle), Crc32cCodec()]
     if spec.codec != "default":
         raise ValueError(f"{spec.name}: unknown codec recipe {spec.codec!r}")  # internal invariant
-    shuffle = "noshuffle" if spec.dtype == "str" or np.dtype(spec.dtype).itemsize == 1 else "shuffle"
     return [], [BloscCodec(cname="zstd", clevel=5, shuffle=shuffle), Crc32cCodec()]
 
 

@@ -36,9 +36,15 @@ def inspect_stats(store, scheduler: str | None = None, warn: Callable[[str | Non
     mass = stats["per_epoch"]["topk_mass"]
     warn(low_topk_mass(sum(mass) / len(mass), store.top_k))
     stats["details"] = details
+    if not details["views"]:
+        return stats, [NO_LABELS]
     fk = details["ferkd"]
     return stats, [f"ECE {details['ece']:.4f}; FerKD bands (<{fk['low']}, between, >{fk['high']}): {fk['below']}, "
                    f"{fk['between']}, {fk['above']}"]
+
+
+NO_LABELS = ("no labelled views (an unlabelled store): top-1 agreement, gt_prob, per-class figures, ECE and "
+             "the FerKD bands need labels")
 
 
 def report_section(store, stats: dict, info: dict, scheduler: str | None = None, data: str | None = None
@@ -48,8 +54,11 @@ def report_section(store, stats: dict, info: dict, scheduler: str | None = None,
     an images.open_source spec, opened as the store was: replay.open_data) also the gallery of replayed views (pipeline.gallery.view_gallery)."""
     details = stats["details"]
     names = (info.get("dataset") or {}).get("classes") or [str(c) for c in range(info.get("num_classes") or 0)]
-    sections = classification_tables(details, names)
-    figs = classification_figures(stats, details, info, names)
+    if details["views"]:
+        sections, figs = classification_tables(details, names), classification_figures(stats, details, info, names)
+    else:  # an unlabelled store: only what needs no labels
+        sections = [f"<p id='no-labels'>{NO_LABELS}</p>"]
+        figs = {"per_epoch": per_epoch_figure(stats["per_epoch"], title_of(info), PER_EPOCH_LABELS, UNBOUNDED)}
     if data is not None:
         from .gallery import view_gallery
         from .replay import open_data
@@ -201,12 +210,15 @@ def classification_stats(store, scheduler: str | None = None, bins: int = 20) ->
       mc_spread      = mean over views of the std over MC passes of the top-1 class
                        probability (when MC passes were recorded)          (all views)
     and histograms (over all epochs) of the crop area fraction h*w/(H*W) and the log crop aspect
-    ratio log(w/h) of the random-resized-crop box.
+    ratio log(w/h) of the random-resized-crop box. A store without labelled views has no top1_agreement
+    or gt_prob.
     """
     r = classification_sums(store, scheduler, hist_bins=bins)
     rows, nvalid = np.maximum(r["rows"], 1), np.maximum(r["valid"], 1)
     per = {"top1_agreement": r["agree"] / nvalid, "topk_mass": r["mass"] / rows, "entropy": r["entropy"] / rows,
            "gt_prob": r["gt_prob"] / nvalid}
+    if not r["valid"].any():  # an unlabelled store: no statistic against labels
+        del per["top1_agreement"], per["gt_prob"]
     if "mc_spread" in r:
         per["mc_spread"] = r["mc_spread"] / rows
     out = {"per_epoch": {k: [float(x) for x in val] for k, val in per.items()}}

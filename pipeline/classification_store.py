@@ -15,6 +15,11 @@ TASK = "classification"  # the store attribute "task"; its entry in labelstore.t
 # float16 of the teacher's probability). See docs/store-format.md, "Precision".
 PROB_MANTISSA_BITS = 6
 
+# teach --features (pipeline/features.py): per-view features and the int8 scale, per-epoch; the teacher's
+# classifier head, written at creation; read on request (labelstore.reader, ON_REQUEST), never by store.read
+FEATURE_VALUES, FEATURE_SCALE = "features/values", "features/scale"
+HEAD_WEIGHT, HEAD_BIAS = "features/head/weight", "features/head/bias"
+
 VIEW_CHECK_DTYPE = "uint16"  # view_digest: the low 16 bits of the view's crc32c (labelstore.integrity.view_check)
 
 
@@ -27,11 +32,13 @@ def classification_arrays(
     mc_passes: int,
     aug_spec: dict[str, tuple[str, tuple[int, ...]]],
     digests: bool = True,
+    features: tuple[int, str] | None = None,
 ) -> list[ArraySpec]:
     """Arrays of an image-classification store.
 
     aug_spec: "op/param" -> (storage dtype, per-view trailing shape), from the policy; empty when the
     parameters are derived (group attribute aug_params = "derived", the default of the teacher stage).
+    features: (D, codec) of `teach --features` (pipeline/features.py), or None: no feature arrays.
     """
     E, N, K, T = epochs, num_samples, top_k, mc_passes
     idx = smallest_uint(num_classes - 1)
@@ -58,9 +65,22 @@ def classification_arrays(
             ArraySpec("view_digest", ("epoch", "sample"), (E, N), VIEW_CHECK_DTYPE,
                       "low 16 bits of the crc32c of the uint8 view the teacher was given (pixel-identity check)")
         )
+    if features is not None:
+        specs += feature_arrays(E, N, *features)
     for key, (dtype, tail) in sorted(aug_spec.items()):
         op, param = key.split("/")
         tail_dims = (f"{op}_{param}",) if len(tail) == 1 else tuple(f"{op}_{param}_{i}" for i in range(len(tail)))
         dims = ("epoch", "sample") + tail_dims
         specs.append(ArraySpec(f"aug/{key}", dims, (E, N, *tail), dtype, f"augmentation parameter '{param}' of op '{op}'"))
+    return specs
+
+
+def feature_arrays(epochs: int, num_samples: int, dim: int, codec: str) -> list[ArraySpec]:
+    """features/values [E, N, D] (float16, or int8 with features/scale [E, N] float32): pipeline/features.py."""
+    E, N = epochs, num_samples
+    specs = [ArraySpec(FEATURE_VALUES, ("epoch", "sample", "feature"), (E, N, dim), codec,
+                       "teacher feature of the view (features.name), codec features.codec", codec="features")]
+    if codec == "int8":
+        specs.append(ArraySpec(FEATURE_SCALE, ("epoch", "sample"), (E, N), "float32",
+                               "int8 scale of the view: feature ~= values * scale, scale = max|feature| / 127"))
     return specs

@@ -32,7 +32,8 @@ from labelstore.schema import ArraySpec
 
 from . import rng
 
-RECORDS = ("topk_values", "topk_indices", "gt_prob", "mc_values", "view_digest")  # per-epoch arrays UnitRecords fills
+RECORDS = ("topk_values", "topk_indices", "gt_prob", "mc_values", "view_digest",  # per-epoch arrays UnitRecords fills
+           "features/values", "features/scale")  # (teach --features, pipeline/features.py)
 _FILL = {"gt_prob": np.nan}  # a row no batch fills (a skipped source) keeps this (0 for the others)
 
 

@@ -22,11 +22,13 @@ import logging
 import numpy as np
 import torch
 
+from labelstore.errors import StoreError
 from labelstore.integrity import StoreMismatch
 from labelstore.order import quasi_random_order
 from labelstore.reader import register_param_source
 
 from .augment import SAMPLE_VERSION, Policy, Views
+from .features import feature_name, read_features
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,9 @@ class ReplayDataset(torch.utils.data.Dataset):
 
     Item j = (view of row rows[j] uint8 [3,H,W], its targets: `targets` of that one row); with
     data=None the item is the targets alone (a student whose inputs come from elsewhere).
+    features=True (a store taught with --features): the targets also hold "features", float32 [n, D],
+    the dequantised teacher features of the views (pipeline/features.py, read_features: the feature
+    arrays are read on request, by shards, not through the epoch cache); StoreError without them.
     `batch(js)` makes a whole batch at once (what ReplayLoader uses; the DataLoader's batched
     fetch calls it too, through __getitems__). Records come from the store's shared-memory epoch
     cache (read once per epoch and host, then indexed in memory; `store.read` when the epoch does
@@ -210,12 +215,14 @@ class ReplayDataset(torch.utils.data.Dataset):
     follow `set_epoch` of the main process without being rebuilt.
     """
 
-    def __init__(self, store, data, epoch: int = 0, indices=None, check: bool = True):
+    def __init__(self, store, data, epoch: int = 0, indices=None, check: bool = True, features: bool = False):
         import multiprocessing
 
         if check and data is not None:
             check_data(store, data)
-        self.store, self.data, self.policy = store, data, store_policy(store)
+        if features and feature_name(store) is None:
+            raise StoreError(f"{store.path}: features asked for, but the store was taught without --features")
+        self.store, self.data, self.policy, self.features = store, data, store_policy(store), features
         skipped = store.group["skipped"][:]
         base = np.arange(store.num_samples) if indices is None else np.asarray(indices, dtype=np.int64)
         self.rows = base[~skipped[base]]
@@ -253,7 +260,7 @@ class ReplayDataset(torch.utils.data.Dataset):
         """Rows rows[js]: (x [n,3,H,W] uint8, targets dict of [n, ...] tensors), or the targets alone
         when data is None."""
         rec, prec, partners = self.records(js)
-        t = targets(self.policy, rec, prec, partners)
+        t = self._targets(rec, prec, partners)
         if self.data is None:
             return t
         v = self._render(rec, prec, partners)
@@ -267,7 +274,13 @@ class ReplayDataset(torch.utils.data.Dataset):
 
     def targets(self, js) -> dict[str, torch.Tensor]:
         """The targets of rows rows[js] (what ReplayLoader's main process adds to each batch)."""
-        return targets(self.policy, *self.records(js))
+        return self._targets(*self.records(js))
+
+    def _targets(self, rec: dict, prec: dict, partners: np.ndarray) -> dict[str, torch.Tensor]:
+        t = targets(self.policy, rec, prec, partners)
+        if self.features:
+            t["features"] = torch.from_numpy(read_features(self.store, self.epoch, rec["index"]))
+        return t
 
     def _render(self, rec: dict, prec: dict, partners: np.ndarray) -> Views:
         spec = self.policy.param_spec()
@@ -312,7 +325,8 @@ class ReplayLoader:
     (ReplayDataset.views) and this process adds the targets (ReplayDataset.targets), so only
     images cross between processes. The epoch's records are read once into the shared-memory
     epoch cache by this process before the workers start, and indexed in memory by all of them. Skipped samples (undecodable at teacher
-    time) are left out. `indices` restricts the epoch to a subset.
+    time) are left out. `indices` restricts the epoch to a subset. features=True: the targets also
+    hold "features" float32 [B, D] (ReplayDataset).
 
     Order: shuffle=False: row order; shuffle=True, window=0: a uniform permutation of (seed,
     epoch); shuffle=True, window=w > 0: the quasi-random order of labelstore/order.py (shards
@@ -322,8 +336,8 @@ class ReplayLoader:
 
     def __init__(self, store, data, epoch: int, batch_size: int = 128, shuffle: bool = True, seed: int = 0,
                  num_workers: int = 0, drop_last: bool = False, indices=None, window: int = 0,
-                 check: bool = True):
-        self.dataset = ReplayDataset(store, data, epoch=epoch, indices=indices, check=check)
+                 check: bool = True, features: bool = False):
+        self.dataset = ReplayDataset(store, data, epoch=epoch, indices=indices, check=check, features=features)
         self.store, self.data, self.epoch = store, data, epoch
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.num_workers, self.drop_last, self.window = num_workers, drop_last, window

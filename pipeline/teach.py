@@ -11,6 +11,9 @@ per epoch one whole shard of each array handed to the background writer:
   view_digest [E,N]   u16 = low 16 bits of the crc32c of the uint8 view (integrity.view_check)
   aug/<op>/<param> [E,N,...] = the parameters of the view, in their storage dtype (only with
                      store_params; by default a student re-derives them from the counter-based RNG)
+  features/values [E,N,D], features/scale [E,N] = the hooked teacher feature of the view, encoded by
+                     the store's codec (only with features; pipeline/features.py), and, written at
+                     creation, the teacher's classifier features/head/weight [C,D], features/head/bias [C]
 Probabilities are written with classification_store.PROB_MANTISSA_BITS mantissa bits (writer.write_block).
 
 Decoding and rendering run one unit ahead of the teacher on a background thread; writes run
@@ -21,6 +24,7 @@ seed/epoch/partition/batch).
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -32,7 +36,7 @@ from labelstore import schema, writer
 from labelstore.errors import ConfigError
 from labelstore.integrity import json_digest, view_check
 
-from . import classification_store, records
+from . import classification_store, features, records
 from .images import DecodeError
 from .stage import Item, check_teacher_output, open_store, run_stage
 from .teacher import autocast_context, mc_forward, pick_device
@@ -64,6 +68,8 @@ class TeachConfig:
     # kernels; a torch device ("cuda", "cuda:1") = pipeline/render_torch.py there, the sources uploaded
     # once per image; "torch:<device>" forces the torch path (e.g. "torch:cpu", to check it)
     render_device: str | None = None
+    features: str | None = None  # teach --features NAME: record this teacher module's output per view
+    feature_codec: str = "float16"  # --feature-codec: float16 or int8 (pipeline/features.py)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -78,6 +84,8 @@ class TeachConfig:
         if self.batch_size < 1 or self.decode_workers < 1:
             raise ConfigError(f"batch_size (--batch-size) and decode_workers (--workers) must be >= 1, "
                               f"got {self.batch_size}, {self.decode_workers}")
+        if self.feature_codec not in ("float16", "int8"):
+            raise ConfigError(f"feature_codec (--feature-codec) must be float16 or int8, got {self.feature_codec!r}")
         if self.chunk_rows < 1 or self.shard_rows < 1 or self.shard_rows % self.chunk_rows:
             raise ConfigError(f"shard_rows (--shard-samples, {self.shard_rows}) must be a positive multiple of "
                               f"chunk_rows (--chunk-samples, {self.chunk_rows})")
@@ -87,13 +95,19 @@ class TeachConfig:
         return self.views_per_decode if 0 < self.views_per_decode < self.epochs else self.epochs
 
 
-# Fields a resumed run must share with the store (all of TeachConfig except decode_workers).
+# Fields a resumed run must share with the store (all of TeachConfig except decode_workers and render_device);
+# the feature fields are recorded only in a store with features (a store without stays as it was).
 _RESUME_FIELDS = ("epochs", "seed", "top_k", "mc_passes", "batch_size", "views_per_decode", "shard_rows",
                   "chunk_rows", "skip_bad", "digests", "store_params")
+_FEATURE_FIELDS = ("features", "feature_codec")
 
 
-def store_attrs(source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int) -> dict:
+def store_attrs(source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int,
+                features: dict | None = None) -> dict:
+    """The root attributes; `features`: the attribute of a store with features (FeatureRecorder.attrs)."""
     pol = policy.to_json()
+    fields = _RESUME_FIELDS + (_FEATURE_FIELDS if cfg.features else ())
+    extra = {"features": features} if features is not None else {}
     return {
         "task": classification_store.TASK,
         "tool_version": labelstore.__version__,
@@ -107,20 +121,23 @@ def store_attrs(source, policy, cfg: TeachConfig, teacher_info: dict, num_classe
         "classes": list(source.classes),
         "top_k": cfg.top_k,
         "mc_passes": cfg.mc_passes,
-        "teach_config": {k: v for k, v in asdict(cfg).items() if k in _RESUME_FIELDS},
+        "teach_config": {k: v for k, v in asdict(cfg).items() if k in fields},
         "aug_params": schema.PARAMS_STORED if cfg.store_params else schema.PARAMS_DERIVED,
+        **extra,
     }
 
 
 RESUME_KEYS = ("task", "num_samples", "num_classes", "top_k", "mc_passes", "epochs", "seed", "dataset.digest",
                "dataset.num_samples", "teacher.weights_sha256", "policy.digest",
-               *(f"teach_config.{f}" for f in _RESUME_FIELDS))
+               *(f"teach_config.{f}" for f in _RESUME_FIELDS + _FEATURE_FIELDS), "features")
 
 
 def open_or_create(path: str, source, policy, cfg: TeachConfig, teacher_info: dict, num_classes: int,
-                   resume: bool = False, overwrite: bool = False, join: bool = False):
-    """The zarr group to fill: a new store, or (resume / join) the existing one after checking it matches."""
-    task = ClassificationTask(source, policy, cfg, teacher_info, num_classes)
+                   resume: bool = False, overwrite: bool = False, join: bool = False,
+                   teacher: torch.nn.Module | None = None):
+    """The zarr group to fill: a new store, or (resume / join) the existing one after checking it matches.
+    teacher: needed with cfg.features (the feature's length and the classifier come from it)."""
+    task = ClassificationTask(source, policy, cfg, teacher_info, num_classes, teacher, device="cpu")
     return open_store(task, path, resume=resume, overwrite=overwrite, join=join)
 
 
@@ -222,6 +239,36 @@ def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: Thre
         images = None
 
 
+class FeatureRecorder:
+    """The hook, length and classifier of `teach --features NAME` (pipeline/features.py) on the teacher."""
+
+    def __init__(self, teacher: torch.nn.Module, name: str, codec: str, num_classes: int,
+                 size: tuple[int, int], device, teacher_sha256: str):
+        self.hook = features.FeatureHook(teacher, name, num_classes)
+        self.dim = features.probe_dim(teacher, self.hook, tuple(size), device)
+        found = features.classifier(teacher, num_classes)
+        self.head = features.head_arrays(found[1]) if found else None
+        head = None
+        if self.head is not None:
+            head = {"module": found[0], "in_features": int(self.head[0].shape[1]),
+                    "sha256": features.head_sha256(teacher_sha256, *self.head)}
+        self.attrs = {"name": name, "module": self.hook.module_name, "codec": codec, "dim": self.dim,
+                      "flatten": "mean over (H, W) of a 4-D output, else reshape to [B, -1]", "head": head}
+
+    def write_head(self, group) -> None:
+        """The classifier's weight [C, D'] and bias [C] (float32), one chunk each, written at creation."""
+        if self.head is None:
+            return
+        from zarr.codecs import Crc32cCodec
+
+        w, b = self.head
+        for name, data, dims in ((features.HEAD_WEIGHT, w, ("class", "head_in")), (features.HEAD_BIAS, b, ("class",))):
+            arr = group.create_array(name, shape=data.shape, chunks=data.shape, dtype="float32", fill_value=0.0,
+                                     compressors=[Crc32cCodec()], dimension_names=dims,
+                                     attributes={"meaning": "the teacher's classifier (features.head)", "units": ""})
+            arr[...] = data
+
+
 class ClassificationTask:
     """Rows are images; a unit (epoch group g, partition p) decodes its images once for the group's epochs."""
 
@@ -234,10 +281,18 @@ class ClassificationTask:
         self.render_dev = render_device(cfg, self.dev)  # a bad --render-device fails here, before any work
         self.teacher = teacher.to(self.dev).eval() if teacher is not None else None
         self.amp = amp
-        self.attrs = store_attrs(source, policy, cfg, teacher_info, num_classes)
+        self.features = None
+        if cfg.features:
+            if self.teacher is None:
+                raise ConfigError("features (--features) need the teacher model")  # internal: callers pass it
+            self.features = FeatureRecorder(self.teacher, cfg.features, cfg.feature_codec, num_classes,
+                                            policy.output_size, self.dev, teacher_info["weights_sha256"])
+        self.attrs = store_attrs(source, policy, cfg, teacher_info, num_classes,
+                                 self.features.attrs if self.features else None)
         self.specs = classification_store.classification_arrays(
             num_samples=len(source), epochs=cfg.epochs, num_classes=num_classes, top_k=cfg.top_k,
             mc_passes=cfg.mc_passes, aug_spec=policy.param_spec() if cfg.store_params else {}, digests=cfg.digests,
+            features=(self.features.dim, cfg.feature_codec) if self.features else None,
         )
         self.gt = np.asarray(source.labels, dtype=np.int64)
         self._records = records.UnitRecords(self.specs)  # the current epoch's records of the unit
@@ -249,6 +304,8 @@ class ClassificationTask:
                               epoch_groups=groups)
         group["sample_id"][:] = np.asarray(self.source.ids, dtype=str)
         group["gt"][:] = np.asarray(self.source.labels)
+        if self.features is not None:
+            self.features.write_head(group)
 
     def work(self, units) -> int:
         N, S = len(self.source), self.cfg.shard_rows
@@ -286,10 +343,17 @@ class ClassificationTask:
         MC top-k values; MC masks seeded records.mc_seed(seed, epoch, ids[0], MC_SEED_BITS)."""
         T, K, dev = self.cfg.mc_passes, self.cfg.top_k, self.dev
         seed = records.mc_seed(self.cfg.seed, epoch, int(ids[0]), MC_SEED_BITS)
-        with torch.inference_mode(), autocast_context(dev, self.amp):
+        hooked = self.features.hook.capture() if self.features else contextlib.nullcontext()
+        with torch.inference_mode(), autocast_context(dev, self.amp), hooked:
             logits, mc_logits = mc_forward(self.teacher, self.policy.to_input(x, dev), T, seed)
         check_teacher_output(logits, epoch, ids, lambda i: self.source.ids[i], columns=(self.num_classes, "classes"))
-        return records.topk_records(logits, torch.as_tensor(self.gt[ids], device=dev), K, mc_logits)
+        out = records.topk_records(logits, torch.as_tensor(self.gt[ids], device=dev), K, mc_logits)
+        if self.features is not None:
+            f = self.features.hook.take()
+            check_teacher_output(f, epoch, ids, lambda i: self.source.ids[i], what=f"feature {self.cfg.features!r}",
+                                 columns=(self.features.dim, "feature values"))
+            out.update(features.encode(f, self.cfg.feature_codec))
+        return out
 
     def stats(self, count: int, seconds: float) -> dict:
         return {"views": count, "views_per_s": count / max(seconds, 1e-9)}

@@ -12,9 +12,16 @@ Checks, in order:
   4. with a teacher: its outputs on the replayed views give the stored top-k classes, with
      probabilities within the stored rounding (|p - stored| <= (2^-(b+1) + 2^-10) max(p, 2^-14) + 1e-4,
      b = the array's mantissa_bits, 10 when absent).
+  5. a store with features (teach --features): the stored classifier matches its recorded hash
+     (features.load_head) and, with a teacher, the teacher's own classifier; with a teacher, the
+     features re-computed on the replayed views match the stored ones within the codec's bound plus
+     a re-computation slack (pipeline/features.py, `within_bound`):
+       |f - f~| <= error_bound(f, codec) + 2^-9 max_j |f_j|   for every value of every checked view.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -22,6 +29,7 @@ import torch
 from labelstore.errors import StoreError
 from labelstore.integrity import verify_chunks, verify_objects, view_check
 
+from . import features
 from .replay import check_data, open_data, replay_views, store_policy
 from .teacher import pick_device
 
@@ -50,6 +58,11 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
     dev = pick_device(device)
     if teacher is not None:
         teacher = teacher.to(dev).eval()
+    feat = store.attrs.get("features")
+    hook = features.FeatureHook(teacher, feat["name"], store.num_classes) if feat and teacher is not None else None
+    fstats = {"features_checked": 0, "feature_mismatches": 0, "max_feature_rel_l2": 0.0, "min_feature_cosine": 1.0}
+    if feat:
+        report["head_problems"] = head_problems(store, teacher)
     for e in np.unique(epochs):
         idx = ids[epochs == e]
         try:
@@ -62,8 +75,15 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
             digests_ok += int((view_check(views.digests()) == rec["view_digest"]).sum())
             checked += len(idx)
         if teacher is not None:
-            with torch.inference_mode():
+            with torch.inference_mode(), hook.capture() if hook else contextlib.nullcontext():
                 p = teacher(policy.to_input(views, dev)).float().softmax(1).cpu()
+            if hook is not None:
+                try:
+                    stored = features.read_features(store, int(e), idx)
+                except StoreError as err:
+                    report["replay_problems"].append(f"epoch {int(e)}: features not checked: {err}")
+                else:
+                    check_features(hook.take().cpu().numpy(), stored, feat["codec"], fstats)
             K = store.top_k
             stored_v = torch.from_numpy(rec["topk_values"].astype(np.float32))
             stored_i = torch.from_numpy(rec["topk_indices"].astype(np.int64))
@@ -79,9 +99,47 @@ def verify(store, data, *, teacher: torch.nn.Module | None = None, samples: int 
     report.update({"views_checked": int(n), "digests_checked": checked, "digests_equal": digests_ok})
     if teacher is not None:
         report.update({"teacher_mismatches": topk_mismatch, "max_abs_prob_diff": value_err})
+    if hook is not None:
+        report.update(fstats)
     report["ok"] = (not report["chunk_problems"] and not report["replay_problems"] and digests_ok == checked
-                    and report.get("teacher_mismatches", 0) == 0)
+                    and report.get("teacher_mismatches", 0) == 0 and report.get("feature_mismatches", 0) == 0
+                    and not report.get("head_problems"))
     return report
+
+
+SLACK = 2.0**-9  # re-computation slack of the feature check, relative to the view's max |f|
+
+
+def check_features(f: np.ndarray, stored: np.ndarray, codec: str, stats: dict) -> None:
+    """Add to `stats` the views whose stored features (dequantised, [n, D]) miss the re-computed f [n, D]
+    by more than error_bound + SLACK * max|f| anywhere; their worst relative L2 error and cosine."""
+    tol = features.error_bound(f, codec) + SLACK * np.abs(f).max(1, keepdims=True)
+    bad = (np.abs(f - stored) > tol).any(1)
+    err, cos = features.reconstruction_error(f, stored)
+    stats["features_checked"] += len(f)
+    stats["feature_mismatches"] += int(bad.sum())
+    stats["max_feature_rel_l2"] = max(stats["max_feature_rel_l2"], float(err.max()))
+    stats["min_feature_cosine"] = min(stats["min_feature_cosine"], float(cos.min()))
+
+
+def head_problems(store, teacher: torch.nn.Module | None) -> list[str]:
+    """The stored classifier against its hash and, given the teacher, against the teacher's classifier."""
+    head = store.attrs["features"].get("head")
+    if not head:
+        return []
+    try:
+        lin = features.load_head(store)
+    except StoreError as err:
+        return [str(err)]
+    if teacher is None:
+        return []
+    found = features.classifier(teacher, store.num_classes)
+    if found is None:
+        return [f"the teacher has no classifier ({store.num_classes} outputs) to compare the stored one with"]
+    w, b = features.head_arrays(found[1])
+    if not (np.array_equal(w, lin.weight.detach().numpy()) and np.array_equal(b, lin.bias.detach().numpy())):
+        return [f"{features.HEAD_WEIGHT}, {features.HEAD_BIAS}: differ from the teacher's classifier {found[0]!r}"]
+    return []
 
 
 def verify_command(store, data_spec: str, **kwargs) -> dict:

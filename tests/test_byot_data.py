@@ -181,8 +181,13 @@ def test_unlabelled_store_with_every_data_command(env):
     store = labelstore.open(w / "photos.zarr")
     assert (store.read_array("gt") == -1).all()
     # the store says it is unlabelled: no command needs --unlabeled (which none but teach has)
+    p = run("inspect", w / "photos.zarr")
+    header = p.stdout.splitlines()[0].split()
+    assert header[0] == "epoch" and "topk_mass" in header and "top1_agreement" not in header and "gt_prob" not in header
+    assert "no labelled views" in p.stdout and "ECE 0" not in p.stdout, p.stdout  # no 0.0000 figures against labels
     p = run("inspect", w / "photos.zarr", "--report", w / "p.html", "--data", photos, "--quiet")
     html = (w / "p.html").read_text()
+    assert "id='no-labels'" in html and "alt='confusion'" not in html
     assert "report written" in p.stdout and "alt='gallery_uncertain'" in html  # replayed views, picked without gt
     assert "gallery_hardest" not in html  # hardest / easiest need ground truth
     p = run("verify", w / "photos.zarr", "--data", photos)

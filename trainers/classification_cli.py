@@ -24,6 +24,8 @@ def teach_command(c: TeachCommon, o: ClassificationTeachOptions, warn) -> tuple[
     from labelstore.trainers.spec import load_teacher
 
     out, rank, world_size = c.out, c.rank, c.world_size
+    if o.feature_codec != "float16" and not o.features:
+        raise ConfigError(f"--feature-codec {o.feature_codec} goes with --features NAME (the teacher module to record)")
     size = (o.image_size,) * 2
     policy = parse_policy(o.policy_name, size, parse_triple(o.mean, "--mean", IMAGENET_MEAN),
                           parse_triple(o.std, "--std", IMAGENET_STD), o.crop_scale)  # bad values fail first
@@ -50,11 +52,12 @@ def teach_command(c: TeachCommon, o: ClassificationTeachOptions, warn) -> tuple[
     cfg = TeachConfig(epochs=c.epochs, seed=c.seed, top_k=o.top_k, mc_passes=o.mc_passes, batch_size=c.batch_size,
                       views_per_decode=o.views_per_decode, shard_rows=o.shard_samples, chunk_rows=o.chunk_samples,
                       skip_bad=o.skip_bad, digests=not o.no_digest, store_params=o.store_params,
-                      decode_workers=o.workers, render_device=o.render_device)
+                      decode_workers=o.workers, render_device=o.render_device, features=o.features,
+                      feature_codec=o.feature_codec)
     resume, overwrite = c.resume, c.overwrite
     if world_size > 1:  # rank 0 creates (or replaces, or checks) the store first; the others then join it
         resume, overwrite = create_on_rank0(out, rank, world_size, c.local_rank, lambda: open_or_create(
-            out, source, policy, cfg, info, C, resume=resume, overwrite=overwrite))
+            out, source, policy, cfg, info, C, resume=resume, overwrite=overwrite, teacher=model))
     stats = teach(out, source, model, policy, cfg, teacher_info=info, num_classes=C,
                   device=local_device(c.local_rank, o.device), amp=o.amp, resume=resume, overwrite=overwrite,
                   rank=rank, world_size=world_size, progress=not c.quiet)
@@ -101,6 +104,7 @@ def train_command(c: TrainCommon, o: ClassificationTrainOptions, warn) -> tuple[
     from labelstore.pipeline.replay import open_data
     from labelstore.pipeline.teacher import pick_device
     from labelstore.trainers.distill import DistillConfig, train_student
+    from labelstore.trainers.feature_student import FEATURE_LOSSES, feature_student
     from labelstore.trainers.fit import eval_batches
     from labelstore.trainers.loop import seed_everything
     from labelstore.trainers.spec import load_model, load_weights
@@ -110,8 +114,8 @@ def train_command(c: TrainCommon, o: ClassificationTrainOptions, warn) -> tuple[
     if bool(o.unlabeled_store) != bool(o.unlabeled_data):
         raise ConfigError("--unlabeled-store and --unlabeled-data go together")
     mode, loss, student = c.mode, c.loss or "fkd", c.student or "cnn-tiny"
-    if loss not in ("fkd", "ferkd", "adl"):
-        raise ConfigError(f"--loss {loss} is not a classification loss (fkd, ferkd, adl)")
+    if loss not in ("fkd", "ferkd", "adl", *FEATURE_LOSSES):
+        raise ConfigError(f"--loss {loss} is not a classification loss (fkd, ferkd, adl, {', '.join(FEATURE_LOSSES)})")
     store = labelstore.open(c.store_path)
     data = open_data(store, c.data_spec)  # an unlabelled store's folder opens as unlabelled
     teacher = load_model(c.online_teacher, num_classes=store.num_classes) if mode == "online" else None
@@ -125,6 +129,8 @@ def train_command(c: TrainCommon, o: ClassificationTrainOptions, warn) -> tuple[
     check_output_classes(model, "--student", student, store.num_classes, size, store)
     if teacher is not None:
         check_output_classes(teacher, "--online-teacher", c.online_teacher, store.num_classes, size, store)
+    if loss in FEATURE_LOSSES and mode == "cache":  # the student + its projector (+ the store's teacher head)
+        model = feature_student(model, store, loss)
     pol = store.attrs["policy"]  # held-out views are normalised as the store's (the teacher's) inputs
     evals = eval_batches(open_source(o.eval_data), size, mean=pol["mean"], std=pol["std"]) if o.eval_data else None
     unlabeled = None

@@ -61,6 +61,14 @@ class ClassificationTeachOptions:
         "--store-params", is_flag=True,
         help="Also store the augmentation parameters (aug/* arrays, ~5 bytes per view for crop-flip); by default "
              "students re-derive them from the counter-based RNG.")
+    features: str | None = option(
+        "--features", default=None, metavar="NAME",
+        help="Also record per view the output of a teacher module: 'penultimate' (the input of the classifier, "
+             "the last Linear with one output per class) or any model.named_modules() name (a 4-D output is "
+             "averaged over H, W); the classifier's weights are stored too (docs/store-format.md).")
+    feature_codec: str = option("--feature-codec", type=click.Choice(["float16", "int8"]), default="float16",
+                                show_default=True,
+                                help="How --features are stored: float16, or int8 with a float32 scale per view.")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ Soft losses (`loss=`), with q the teacher distribution over C classes:
   "ferkd" FerKD label adaptation from the stored gt probability (drop / soften / keep);
   "adl"   adl_loss on the dense q: adl_mode "binary" (the paper: one sigmoid per class, the
           Σ q^θ normaliser) or "softmax";
+  "feat-mse" FitNets: soft_label_ce on the student's logits + feature_mse(P(f_s), f_t);
+  "simkd" SimKD: feature_mse(P(f_s), f_t) alone, the student predicting h_t(P(f_s));
+  "srrl"  SRRL: CE(gt) on the student's logits + feature_mse + CE(q, softmax(h_t(P(f_s))));
+          (f_t the store's teacher feature of the view, P the student's projector, h_t the
+          teacher's classifier head from the store: trainers/feature_student.py)
 plus `hard_weight` x the hard-label term: CE with the ground truth (mixed views: w·CE(gt) +
 (1-w)·CE(partner gt)); with ADL's binary mode the per-class BCE against the same (mixed) one-hot
 target, summed over classes, as the paper's detection loss is per class.
@@ -38,6 +43,7 @@ from labelstore.pipeline.augment import Views
 from labelstore.pipeline.replay import ReplayLoader
 
 from . import losses
+from .feature_student import FEATURE_LOSSES, FeatureStudent
 from .fit import evaluate
 from .loop import RECORD_KEYS, LoopConfig, StepResult, save, train
 
@@ -45,7 +51,7 @@ from .loop import RECORD_KEYS, LoopConfig, StepResult, save, train
 @dataclass
 class DistillConfig:
     mode: str = "cache"  # cache | online | none
-    loss: str = "fkd"  # fkd | ferkd | adl
+    loss: str = "fkd"  # fkd | ferkd | adl | feat-mse | simkd | srrl
     epochs: int = 0  # 0 = the store's epochs (student epoch e replays store epoch e mod E)
     batch_size: int = 128
     optimizer: str = "adamw"  # sgd | adamw (labelstore.trainers.loop.make_optimizer)
@@ -112,11 +118,21 @@ def _cat_batches(a: tuple, b: tuple | None) -> tuple:
 
 
 def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes: int,
-                 teacher_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """The student's objective for one batch; returns (loss, counters)."""
+                 teacher_probs: torch.Tensor | None = None, projected: torch.Tensor | None = None,
+                 head: torch.nn.Linear | None = None) -> tuple[torch.Tensor, dict]:
+    """The student's objective for one batch; returns (loss, counters).
+
+    Feature losses: projected [B, D_t] = P(f_s), head = the teacher's classifier (FeatureStudent);
+    t["features"] [B, D_t] the store's teacher features; for simkd, logits = head(projected).
+    """
     info: dict = {}
     if cfg.mode == "none":
         return _hard_loss(logits, t), info
+    if cfg.loss in FEATURE_LOSSES:
+        if projected is None or "features" not in t or (head is None and cfg.loss != "feat-mse"):
+            raise ConfigError(f"loss {cfg.loss!r} needs the student's projected features, the store's teacher "
+                              "features and (simkd, srrl) the teacher head: a FeatureStudent on a store taught with "
+                              "--features")
     if teacher_probs is not None:  # online teacher: the same targets the store holds, computed live
         vals, idx = teacher_probs.topk(t["topk_values"].shape[1], dim=1)
     else:
@@ -126,12 +142,21 @@ def student_loss(logits: torch.Tensor, t: dict, cfg: DistillConfig, num_classes:
     elif cfg.loss == "adl":
         q = losses.dense_soft_labels(vals, idx, num_classes, fill=cfg.fill)
         loss = losses.adl_loss(logits, q, mode=cfg.adl_mode)
+    elif cfg.loss == "feat-mse":
+        loss = (losses.soft_label_ce(logits, vals, idx, fill=cfg.fill, temperature=cfg.temperature)
+                + losses.feature_mse(projected, t["features"]))
+    elif cfg.loss == "simkd":
+        loss, _ = losses.simkd_loss(projected, t["features"], head)
+    elif cfg.loss == "srrl":
+        q = losses.dense_soft_labels(vals, idx, num_classes, fill=cfg.fill)
+        loss = _hard_loss(logits, t) + losses.srrl_loss(projected, t["features"], head, q,
+                                                        temperature=cfg.temperature)
     elif cfg.loss == "ferkd":
         gt_prob = t["gt_prob"] if teacher_probs is None else teacher_probs.gather(1, t["gt"].clamp(min=0)[:, None])[:, 0]
         q, keep, info = losses.ferkd_targets(vals, idx, t["gt"], gt_prob, num_classes, fill=cfg.fill, **cfg.ferkd)
         loss = losses.soft_target_ce(logits, q, cfg.temperature)[keep].mean() if keep.any() else logits.sum() * 0
     else:
-        raise ConfigError(f"unknown loss {cfg.loss!r}: choose fkd, ferkd or adl")
+        raise ConfigError(f"unknown loss {cfg.loss!r}: choose fkd, ferkd, adl, {', '.join(FEATURE_LOSSES)}")
     if cfg.hard_weight:
         binary = cfg.loss == "adl" and cfg.adl_mode == "binary"
         loss = loss + cfg.hard_weight * _hard_loss(logits, t, binary)
@@ -155,6 +180,10 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
     """
     if cfg.mode == "online" and teacher is None:
         raise ConfigError("mode 'online' needs a teacher (--online-teacher)")
+    feature_loss = cfg.mode != "none" and cfg.loss in FEATURE_LOSSES
+    if feature_loss and (cfg.mode != "cache" or not isinstance(student, FeatureStudent)):
+        raise ConfigError(f"loss {cfg.loss!r} trains a FeatureStudent (trainers/feature_student.py) from the "
+                          f"store's teacher features: --mode cache (got {cfg.mode!r})")
     if cfg.epochs < 0 or cfg.batch_size < 1 or not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"epochs (--epochs) must be >= 0, batch_size (--batch-size) >= 1 and seed (--seed) in "
                           f"[0, 2**63); got {cfg.epochs}, {cfg.batch_size}, {cfg.seed}")
@@ -169,11 +198,13 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
     rank = dist.get_rank() if world > 1 else 0
     if world == 1:
         loaders = [ReplayLoader(store, data, epoch=e % store.epochs, batch_size=cfg.batch_size, shuffle=True,
-                                seed=cfg.seed + e, num_workers=cfg.num_workers) for e in range(epochs)]
+                                seed=cfg.seed + e, num_workers=cfg.num_workers, features=feature_loss)
+                   for e in range(epochs)]
     else:
         rows = np.flatnonzero(~store.read_array("skipped").astype(bool))
         loaders = [ReplayLoader(store, data, epoch=e % store.epochs, batch_size=cfg.batch_size, shuffle=False,
-                                num_workers=cfg.num_workers, indices=epoch_share(rows, [cfg.seed, e], rank, world))
+                                num_workers=cfg.num_workers, indices=epoch_share(rows, [cfg.seed, e], rank, world),
+                                features=feature_loss)
                    for e in range(epochs)]
     u_loaders = [None] * epochs
     if unlabeled is not None:
@@ -204,7 +235,11 @@ def train_student(student: torch.nn.Module, store, data, cfg: DistillConfig, *, 
         sel = {}
         if semi:
             x, t, probs, sel = select_unlabeled(x, t, probs, cfg.select_threshold, C, cfg.fill)
-        loss, info = student_loss(model(x), t, cfg, C, probs)
+        if feature_loss:
+            logits, projected = model(x, with_features=True)
+            loss, info = student_loss(logits, t, cfg, C, projected=projected, head=student.teacher_head)
+        else:
+            loss, info = student_loss(model(x), t, cfg, C, probs)
         return StepResult(loss, len(x), {k: int(v) for k, v in {**info, **sel}.items()}, rows)
 
     loop = LoopConfig(epochs=epochs, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,

@@ -17,6 +17,16 @@ data order in every arm, so the arms are paired by seed:
     adl-semi    adl plus ADL's semi-supervised scheme: an unlabelled folder (2000 more generated images,
                 no class folders) labelled by the same teacher stage; its views with teacher top-1
                 probability >= 0.9 join each batch with that class as their label
+    feat-mse    FitNets from the store's teacher features: FKD's soft_label_ce + the MSE of the student's
+                projected penultimate feature to the teacher's
+    simkd       SimKD: that MSE alone; the student predicts through the teacher's classifier head
+    srrl        SRRL: CE with the labels + that MSE + CE of the teacher head on the projected feature
+                against the stored teacher output
+
+The feature arms read a second store of the same views (out/features.zarr, features_setup, made when
+a feature arm first runs): the
+labelled store's recipe and seed taught again with --features penultimate, so its labels, views
+and every other array equal the labelled store's and only the feature arrays are added.
 
 Metric: test accuracy of the final student. Statistics: labelstore.trainers.experiment.
 """
@@ -24,6 +34,7 @@ Metric: test accuracy of the final student. Statistics: labelstore.trainers.expe
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -33,6 +44,7 @@ from labelstore.pipeline.images import ImageFolder
 from .demo import prepare
 from .distill import DistillConfig, train_student
 from .experiment import check_arms, read_setup, write_setup
+from .feature_student import FEATURE_LOSSES, feature_student
 from .fit import eval_batches, evaluate
 from .loop import seed_everything
 from .models import build_model
@@ -49,6 +61,9 @@ ARMS = {
     "ferkd-drop": {"mode": "cache", "loss": "ferkd", "ferkd": {"low": 0.05, "high": 0.95, "mid": 0.05, "epsilon": 0.1}},
     "adl": {"mode": "cache", "loss": "adl", "adl_mode": "binary", "hard_weight": 1.0},
     "adl-semi": {"mode": "cache", "loss": "adl", "adl_mode": "binary", "hard_weight": 1.0, "semi": True},
+    "feat-mse": {"mode": "cache", "loss": "feat-mse"},
+    "simkd": {"mode": "cache", "loss": "simkd"},
+    "srrl": {"mode": "cache", "loss": "srrl"},
 }
 
 DEFAULT_ARMS = list(ARMS)
@@ -74,6 +89,27 @@ def setup(out: str, *, progress: bool = False, echo=print, n_unlabeled: int = 20
         meta.update(unlabeled_setup(out, meta, n_unlabeled, progress=progress, echo=echo))
     write_setup(out, meta)
     return meta
+
+
+def features_setup(out: str, meta: dict, progress: bool = False, echo=print) -> dict:
+    """out/features.zarr: the labelled store's data, teacher, policy, recipe and seed taught again with
+    features "penultimate" (float16): the same views and labels, plus the teacher's feature per view
+    and its classifier head (the feature arms' store)."""
+    from labelstore.pipeline.replay import store_policy
+    from labelstore.pipeline.teach import TeachConfig, teach
+    from labelstore.pipeline.teacher import weights_hash
+
+    store = labelstore.open(meta["store"])
+    a = store.attrs
+    teacher = load_model(meta["teacher"]).eval()
+    cfg = TeachConfig(**{**a["teach_config"], "features": "penultimate"})
+    info = {**a["teacher"], "weights_sha256": weights_hash(teacher)}
+    path = os.path.join(out, "features.zarr")
+    stats = teach(path, ImageFolder(meta["train"]), teacher, store_policy(store), cfg, teacher_info=info,
+                  num_classes=store.num_classes, device="cpu", overwrite=True, progress=progress)
+    echo(f"features: teacher stage with --features penultimate, {stats['views']} views in {stats['seconds']:.1f}s "
+         f"-> {path}")
+    return {"feature_store": path}
 
 
 def unlabeled_setup(out: str, meta: dict, n: int, progress: bool = False, echo=print) -> dict:
@@ -117,6 +153,13 @@ def make_arms(meta: dict, names: list[str], student: str = "cnn-micro", progress
     size = (meta["image_size"], meta["image_size"])
     evals = eval_batches(test, size)
     store = labelstore.open(meta["store"])
+    f_store = None
+    if any(ARMS[n].get("loss") in FEATURE_LOSSES for n in names if n in ARMS):  # made on first use, then kept
+        if "feature_store" not in meta:
+            out = os.path.dirname(meta["store"])
+            meta.update(features_setup(out, meta, progress=progress, echo=lambda m: print(m, file=sys.stderr)))
+            write_setup(out, meta)
+        f_store = labelstore.open(meta["feature_store"])
 
     def arm(name: str):
         spec = ARMS[name]
@@ -124,13 +167,16 @@ def make_arms(meta: dict, names: list[str], student: str = "cnn-micro", progress
         def run(seed: int) -> dict:
             seed_everything(seed)
             model = build_model(student, len(train.classes))
+            s = store
+            if spec.get("loss") in FEATURE_LOSSES:  # the student + its projector (+ the teacher head)
+                s, model = f_store, feature_student(model, f_store, spec["loss"])
             t_model = load_model(meta["teacher"]).eval() if spec["mode"] == "online" else None
             unlabeled = None
             if spec.get("semi"):
                 unlabeled = (labelstore.open(meta["unlabeled_store"]), ImageFolder(meta["unlabeled"], unlabeled=True))
             cfg = DistillConfig(**{k: v for k, v in spec.items() if k != "semi"}, epochs=meta["epochs"], batch_size=64,
                                 seed=seed)
-            m = train_student(model, store, train, cfg, teacher=t_model, unlabeled=unlabeled, device="cpu",
+            m = train_student(model, s, train, cfg, teacher=t_model, unlabeled=unlabeled, device="cpu",
                               progress=progress)
             return {"accuracy": evaluate(model, evals, "cpu")["accuracy"], "seconds": m["seconds"],
                     "label_counts": m["label_counts"]}

@@ -1,6 +1,7 @@
 """Distillation losses for students replayed from a labelstore (see docs/losses.md)."""
 
 from .adl import adl_loss, adl_select_unlabeled
+from .features import feature_mse, query_token_mse, simkd_loss, srrl_loss
 from .fkd import BANDS, dense_soft_labels, ferkd_bands, ferkd_targets, soft_label_ce, soft_target_ce
 from .kd import kd_kl, soften
 from .radi import (
@@ -28,19 +29,23 @@ __all__ = [
     "adl_select_unlabeled",
     "bench_sinkhorn",
     "dense_soft_labels",
+    "feature_mse",
     "ferkd_bands",
     "ferkd_targets",
     "infonce_sym",
     "kd_kl",
     "mc_pair_uncertainty",
+    "query_token_mse",
     "radi_listwise_loss",
     "radi_objective",
     "radi_pairwise_loss",
     "sample_cold_full_ranking",
+    "simkd_loss",
     "sinkhorn_margins",
     "soft_label_ce",
     "soft_target_ce",
     "soften",
+    "srrl_loss",
     "teachclip_cgt_loss",
     "teachclip_fgt_loss",
     "teachclip_loss",
