@@ -2,7 +2,7 @@
 
 from .adl import adl_loss, adl_select_unlabeled
 from .features import feature_mse, query_token_mse, simkd_loss, srrl_loss
-from .fkd import dense_soft_labels, ferkd_targets, soft_label_ce, soft_target_ce
+from .fkd import BANDS, dense_soft_labels, ferkd_bands, ferkd_targets, soft_label_ce, soft_target_ce
 from .kd import kd_kl, soften
 from .radi import (
     bench_sinkhorn,
@@ -23,12 +23,14 @@ from .teachclip import (
 )
 
 __all__ = [
+    "BANDS",
     "AttentionalFrameAggregation",
     "adl_loss",
     "adl_select_unlabeled",
     "bench_sinkhorn",
     "dense_soft_labels",
     "feature_mse",
+    "ferkd_bands",
     "ferkd_targets",
     "infonce_sym",
     "kd_kl",
