@@ -89,7 +89,9 @@ TASKS: dict[str, Entry] = {
 
 # Experiments that are not a task's own (`labelstore experiment NAME`): testbeds built so one method
 # can show its effect (docs/results.md). Same module contract as Entry.experiment.
-TESTBEDS: dict[str, str] = {}
+TESTBEDS: dict[str, str] = {
+    "adl": "labelstore.trainers.experiment_adl",
+}
 
 
 def register(name: str, entry: Entry) -> None:

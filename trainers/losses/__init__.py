@@ -1,6 +1,7 @@
 """Distillation losses for students replayed from a labelstore (see docs/losses.md)."""
 
-from .adl import adl_loss, adl_select_unlabeled
+from .adl import adl_loss, adl_select_images, adl_select_unlabeled, balanced_bce, binary_kl, soft_normalizer
+from .focal import bce_distillation, focal_distillation_loss, sigmoid_focal_loss
 from .fkd import dense_soft_labels, ferkd_targets, soft_label_ce, soft_target_ce
 from .kd import kd_kl, soften
 from .radi import (
@@ -24,10 +25,15 @@ from .teachclip import (
 __all__ = [
     "AttentionalFrameAggregation",
     "adl_loss",
+    "adl_select_images",
     "adl_select_unlabeled",
+    "balanced_bce",
+    "bce_distillation",
+    "binary_kl",
     "bench_sinkhorn",
     "dense_soft_labels",
     "ferkd_targets",
+    "focal_distillation_loss",
     "infonce_sym",
     "kd_kl",
     "mc_pair_uncertainty",
@@ -35,7 +41,9 @@ __all__ = [
     "radi_objective",
     "radi_pairwise_loss",
     "sample_cold_full_ranking",
+    "sigmoid_focal_loss",
     "sinkhorn_margins",
+    "soft_normalizer",
     "soft_label_ce",
     "soft_target_ce",
     "soften",
