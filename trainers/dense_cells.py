@@ -223,7 +223,8 @@ class CellTask:
             schema.ArraySpec("cell_probs", ("epoch", "sample", "cell_y", "cell_x", "class"), (1, n, G, G, C),
                              "float16", "teacher sigmoid probability of each (cell, class)", units="probability"),
         ]
-        group = writer.create(at, specs, self.attrs, chunk_rows=64, shard_rows=self.shard_rows, epoch_groups=1)
+        group = writer.create(at, specs, self.attrs, chunk_rows=min(64, self.shard_rows), shard_rows=self.shard_rows,
+                               epoch_groups=1)
         group["sample_id"][:] = np.asarray(self.data.files, dtype=str)
 
     def _rows(self, p: int) -> np.ndarray:

@@ -8,7 +8,7 @@ mAP over (cell, class) on held-out images.
 Setup, made once per output directory and reused by every arm and seed (and by a rerun):
   data     out/data/{train,test,pool}: generated PNG files + labels.json; the pool has no labels used by
            any student: 40 % images with objects, 30 % empty, 30 % distractors only
-  teacher  a CellNet of width 32 on the full 64 x 64 images, trained in-process on the labelled train
+  teacher  a CellNet of width 16 on the full 64 x 64 images, trained in-process on the labelled train
            images (focal loss, flips), out/teacher.pt
   stores   the teacher stage (labelstore.pipeline.stage.run_stage with dense_cells.CellTask) writes the
            teacher's per-cell sigmoid outputs of the train and pool images: out/train.zarr, out/pool.zarr
@@ -60,7 +60,7 @@ ARMS = {
 }
 DEFAULT_ARMS = list(ARMS)
 
-RECIPE = {"n_train": 600, "n_test": 300, "n_pool": 600, "teacher_width": 32, "teacher_epochs": 30,
+RECIPE = {"n_train": 600, "n_test": 300, "n_pool": 600, "teacher_width": 16, "teacher_epochs": 30,
           "student_width": 8, "student_epochs": 15, "student_size": 32, "batch_size": 32, "lr": 3e-3,
           "pseudo_threshold": 0.5}
 POOL_KINDS = {"objects": 0.4, "empty": 0.3, "distractors": 0.3}
