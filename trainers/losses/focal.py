@@ -34,7 +34,7 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, gamma: float = 2.0, alph
 def bce_distillation(logits: Tensor, teacher_probs: Tensor, alpha: float = 0.5, theta: float = 1.8) -> Tensor:
     """Plain distillation to the teacher's sigmoid outputs: Σ D / N (D = alpha-balanced BCE, N = max(Σ q^θ, 1)).
 
-    Its gradient is the binary KL's, (alpha-weighted) p - q: BCE = KL + T(q) and T(q) is constant.
+    At alpha = 0.5, D = (KL + T(q)) / 2 with T(q) constant: the gradient is (p - q) / (2N), half the binary KL's.
     """
     q = teacher_probs.to(logits.dtype)
     return balanced_bce(logits, q, alpha).sum() / soft_normalizer(q, theta)
