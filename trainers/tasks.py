@@ -91,6 +91,7 @@ TASKS: dict[str, Entry] = {
 # can show its effect (docs/results.md). Same module contract as Entry.experiment.
 TESTBEDS: dict[str, str] = {
     "ferkd": "labelstore.trainers.experiment_ferkd",
+    "adl": "labelstore.trainers.experiment_adl",
 }
 
 

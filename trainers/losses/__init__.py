@@ -1,8 +1,9 @@
 """Distillation losses for students replayed from a labelstore (see docs/losses.md)."""
 
-from .adl import adl_loss, adl_select_unlabeled
+from .adl import adl_loss, adl_select_images, adl_select_unlabeled, balanced_bce, binary_kl, soft_normalizer
 from .features import feature_mse, query_token_mse, simkd_loss, srrl_loss
 from .fkd import BANDS, dense_soft_labels, ferkd_bands, ferkd_targets, soft_label_ce, soft_target_ce
+from .focal import bce_distillation, focal_distillation_loss, sigmoid_focal_loss
 from .kd import kd_kl, soften
 from .radi import (
     bench_sinkhorn,
@@ -26,12 +27,17 @@ __all__ = [
     "BANDS",
     "AttentionalFrameAggregation",
     "adl_loss",
+    "adl_select_images",
     "adl_select_unlabeled",
+    "balanced_bce",
+    "bce_distillation",
+    "binary_kl",
     "bench_sinkhorn",
     "dense_soft_labels",
     "feature_mse",
     "ferkd_bands",
     "ferkd_targets",
+    "focal_distillation_loss",
     "infonce_sym",
     "kd_kl",
     "mc_pair_uncertainty",
@@ -40,8 +46,12 @@ __all__ = [
     "radi_objective",
     "radi_pairwise_loss",
     "sample_cold_full_ranking",
-    "simkd_loss",
+from .adl import adl_loss, adl_select_images, adl_select_unlabeled, balanced_bce, binary_kl, soft_normalizer
+from .features import feature_mse, query_token_mse, simkd_loss, srrl_loss
+from .fkd import BANDS, dense_soft_labels, ferkd_bands, ferkd_targets, soft_label_ce, soft_target_ce
+from .focal import bce_distillation, focal_distillation_loss, sigmoid_focal_loss
     "sinkhorn_margins",
+    "soft_normalizer",
     "soft_label_ce",
     "soft_target_ce",
     "soften",
