@@ -24,15 +24,15 @@ from .teachclip import (
 )
 
 __all__ = [
-    "BANDS",
-    "AttentionalFrameAggregation",
     "adl_loss",
     "adl_select_images",
     "adl_select_unlabeled",
+    "AttentionalFrameAggregation",
     "balanced_bce",
+    "BANDS",
     "bce_distillation",
-    "binary_kl",
     "bench_sinkhorn",
+    "binary_kl",
     "dense_soft_labels",
     "feature_mse",
     "ferkd_bands",
@@ -46,13 +46,11 @@ __all__ = [
     "radi_objective",
     "radi_pairwise_loss",
     "sample_cold_full_ranking",
-from .adl import adl_loss, adl_select_images, adl_select_unlabeled, balanced_bce, binary_kl, soft_normalizer
-from .features import feature_mse, query_token_mse, simkd_loss, srrl_loss
-from .fkd import BANDS, dense_soft_labels, ferkd_bands, ferkd_targets, soft_label_ce, soft_target_ce
-from .focal import bce_distillation, focal_distillation_loss, sigmoid_focal_loss
+    "sigmoid_focal_loss",
+    "simkd_loss",
     "sinkhorn_margins",
-    "soft_normalizer",
     "soft_label_ce",
+    "soft_normalizer",
     "soft_target_ce",
     "soften",
     "srrl_loss",
