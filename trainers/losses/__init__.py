@@ -10,6 +10,7 @@ from .radi import (
     radi_objective,
     radi_pairwise_loss,
     sample_cold_full_ranking,
+    shuffle_within_rows,
     sinkhorn_margins,
 )
 from .teachclip import (
@@ -35,6 +36,7 @@ __all__ = [
     "radi_objective",
     "radi_pairwise_loss",
     "sample_cold_full_ranking",
+    "shuffle_within_rows",
     "sinkhorn_margins",
     "soft_label_ce",
     "soft_target_ce",
