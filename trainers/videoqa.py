@@ -233,6 +233,20 @@ def list_positions(B: int, K: int, hot_k: int, cold_n: int, scheme: str, scheme_
     return sample_cold_full_ranking(by_rank, hot_k, cold_n, scheme, scheme_alpha, generator)
 
 
+def pair_margins(mc: torch.Tensor | None, margins: str, hot_k: int, margin: float, epsilon: float,
+                 shuffle_seed: int = 0) -> torch.Tensor | float:
+    """The pairwise margins of the hot list: `margin` (fixed), or M [B, hot, hot] (float32):
+    U = mc_pair_uncertainty(mc[:, :, :hot_k]), M = sinkhorn_margins(U, margin, epsilon) (adaptive),
+    shuffle_within_rows(M) with a generator seeded by shuffle_seed (shuffled). mc: [B, T, >= hot_k]."""
+    if margins == "fixed":
+        return margin
+    U = mc_pair_uncertainty(mc[:, :, :hot_k].float())  # [B, hot, hot]
+    M = sinkhorn_margins(U, margin=margin, epsilon=epsilon, iters=SINKHORN_ITERS, tol=SINKHORN_TOL)
+    if margins == "shuffled":
+        M = shuffle_within_rows(M, torch.Generator().manual_seed(shuffle_seed))
+    return M.float()
+
+
 def rank_loss_radi(
     logits: torch.Tensor,
     vals: torch.Tensor,
@@ -249,8 +263,12 @@ def rank_loss_radi(
     list_method: str,
     margin: float,
     epsilon: float,
+    hot_margins: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_pair, L_list) of one batch; a term that `rank` leaves out is 0 (attached to the graph).
+
+    hot_margins [B, hot, hot]: the margins pair_margins gives for these rows, computed beforehand
+    (a store's margins are fixed per view; margins, margin, epsilon and mc are then not used for them).
 
     logits [B, A]; vals [B, K] teacher probabilities in the teacher's order (the full ranking when
     K = A), idx [B, K] their answer ids, mc [B, T, K] MC-pass probabilities of the same answers.
@@ -264,14 +282,11 @@ def rank_loss_radi(
     pair = lst = zero
     if rank in ("pairwise", "both"):
         p_hot = F.softmax(logits, dim=1).gather(1, idx[:, :hot_k])  # [B, hot] student probabilities
-        if margins == "fixed":
-            M = margin
+        if hot_margins is None:
+            M = pair_margins(mc, margins, hot_k, margin, epsilon, generator.initial_seed() ^ 0x5F1E)
         else:
-            U = mc_pair_uncertainty(mc[:, :, :hot_k].float())  # [B, hot, hot]
-            M = sinkhorn_margins(U, margin=margin, epsilon=epsilon, iters=SINKHORN_ITERS, tol=SINKHORN_TOL)  # [B, hot, hot]
-            if margins == "shuffled":
-                M = shuffle_within_rows(M, torch.Generator().manual_seed(generator.initial_seed() ^ 0x5F1E))
-            M = M.to(logits.dtype)
+            M = hot_margins
+        M = M.to(logits.dtype) if isinstance(M, torch.Tensor) else M
         pair = radi_pairwise_loss(p_hot, vals[:, :hot_k].to(logits.dtype), M)
     if rank in ("listwise", "both"):
         s = F.log_softmax(logits, dim=1)  # [B, A]
