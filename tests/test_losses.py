@@ -486,7 +486,8 @@ def listmle_ref(s, t):
     for sr, tr in zip(s, t):
         order = sorted(range(len(tr)), key=lambda i: -tr[i])
         sp = [sr[i] for i in order]
-        out.append(sum(math.log(sum(math.exp(x) for x in sp[i:])) - sp[i] for i in range(len(sp))))
+        # (1/L) sum_i [log sum_{k >= i} exp(s_pi(k)) - s_pi(i)]: mean per list position
+        out.append(sum(math.log(sum(math.exp(x) for x in sp[i:])) - sp[i] for i in range(len(sp))) / len(sp))
     return float(np.mean(out))
 
 
@@ -571,6 +572,39 @@ def test_listwise_gradcheck_and_edges(method):
         z.requires_grad_()
         gen = torch.Generator().manual_seed(0)
         assert_finite_grad(radi_listwise_loss(z, tt, method, generator=gen), z)
+
+
+def test_listmle_is_a_mean_per_position():
+    """At uniform scores ListMLE is (1/L) sum_i log(L - i + 1) = log(L!) / L: it grows like log L, not L log L."""
+    for L in (2, 10, 110):
+        s, t = torch.zeros(1, L, dtype=F64), torch.linspace(1, 0, L, dtype=F64)[None]
+        want = math.lgamma(L + 1) / L
+        assert radi_listwise_loss(s, t, "listmle").item() == pytest.approx(want, rel=1e-12)
+    assert math.lgamma(111) / 110 < 4  # the 110-answer list of the VideoQA experiment: ~3.7, not ~410
+
+
+def test_shuffle_within_rows():
+    from labelstore.trainers.losses import shuffle_within_rows
+
+    g = torch.Generator().manual_seed(0)
+    M = torch.rand(3, 6, 6, dtype=F64, generator=g)
+    M.diagonal(dim1=1, dim2=2).fill_(0.0)
+    out = shuffle_within_rows(M, torch.Generator().manual_seed(1))
+    off = ~torch.eye(6, dtype=torch.bool)
+    assert torch.equal(out.diagonal(dim1=1, dim2=2), M.diagonal(dim1=1, dim2=2))
+    for b in range(3):
+        for i in range(6):  # each row: the same multiset of off-diagonal margins ...
+            assert sorted(out[b, i][off[i]].tolist()) == sorted(M[b, i][off[i]].tolist())
+    assert not torch.equal(out, M)  # ... in another order
+    again = shuffle_within_rows(M, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)  # seeded
+    # uniform over the K-1 places: entry (i, j) lands at each other column about equally often
+    K, n = 4, 6000
+    base = torch.arange(K * K, dtype=F64).view(1, K, K).expand(n, K, K).clone()
+    sh = shuffle_within_rows(base, torch.Generator().manual_seed(2))
+    for j in (1, 2, 3):  # row 0: where did M[0, 1] go?
+        freq = (sh[:, 0, j] == 1.0).double().mean().item()
+        assert abs(freq - 1 / 3) < 5 * math.sqrt((1 / 3) * (2 / 3) / n)
 
 
 def test_radi_objective():

@@ -12,6 +12,7 @@ from .radi import (
     radi_objective,
     radi_pairwise_loss,
     sample_cold_full_ranking,
+    shuffle_within_rows,
     sinkhorn_margins,
 )
 from .teachclip import (
@@ -46,6 +47,7 @@ __all__ = [
     "radi_objective",
     "radi_pairwise_loss",
     "sample_cold_full_ranking",
+    "shuffle_within_rows",
     "sigmoid_focal_loss",
     "simkd_loss",
     "sinkhorn_margins",
