@@ -538,6 +538,8 @@ def experiment(task: str, out: str | None, seeds: int, arms: str | None, referen
     else:
         click.echo(format_table(result, invocation))
         click.echo(mod.teacher_line(meta))
+        if hasattr(mod, "result_line"):  # a testbed's verdict on the table (e.g. RADI's KD gate)
+            click.echo(mod.result_line(result))
 
 
 @main.command()

@@ -10,7 +10,8 @@ Every source exposes the same small interface:
 
 Also the built-in synthetic "shapes" dataset (10 classes of coloured shapes on textured
 backgrounds) used by the examples and tests: :func:`make_shapes_dataset`,
-:func:`make_hdf5_dataset`, :func:`generate_shape`.
+:func:`make_hdf5_dataset`, :func:`generate_shape` (:func:`draw_shape` also gives the shape's box,
+:func:`object_boxes` reads a split's boxes).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ __all__ = [
     "HDF5Images",
     "ImageFolder",
     "ImageSource",
+    "draw_shape",
     "generate_shape",
     "make_hdf5_dataset",
     "make_shapes_dataset",
+    "object_boxes",
     "open_source",
 ]
 
@@ -586,8 +589,20 @@ def _colour_far_from(rng: np.random.Generator, ref: np.ndarray, min_dist: float)
     return col
 
 
-def generate_shape(rng: np.random.Generator, cls: int, h: int, w: int) -> np.ndarray:
-    """One uint8 [h, w, 3] image of shape class `cls` (index into SHAPE_CLASSES)."""
+def generate_shape(rng: np.random.Generator, cls: int, h: int, w: int,
+                   object_scale: tuple[float, float] = (0.3, 0.46)) -> np.ndarray:
+    """One uint8 [h, w, 3] image of shape class `cls` (index into SHAPE_CLASSES): draw_shape's image."""
+    return draw_shape(rng, cls, h, w, object_scale)[0]
+
+
+def draw_shape(rng: np.random.Generator, cls: int, h: int, w: int,
+               object_scale: tuple[float, float] = (0.3, 0.46)) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """One uint8 [h, w, 3] image of shape class `cls` and the shape's box (y, x, h, w) in pixels.
+
+    The shape's radius is r = U(object_scale) * min(h, w) (its unit polygons span [-1, 1]); its box is
+    the bounding box of the pixels it covers at least half (antialiased coverage >= 0.5), before the
+    occluder line and the noise. The default object_scale is the built-in dataset's.
+    """
     img = _background(rng, h, w)
     bg_mean = img.reshape(-1, 3).mean(0)
     m = min(h, w)
@@ -600,10 +615,13 @@ def generate_shape(rng: np.random.Generator, cls: int, h: int, w: int) -> np.nda
         img = img * (1 - a) + rng.uniform(0, 255, 3) * a
     # the shape
     polys, holes, ang = _shape_polys(rng, cls)
-    r = rng.uniform(0.3, 0.46) * m
+    r = rng.uniform(*object_scale) * m
     cx = rng.uniform(0.8 * r, w - 0.8 * r) if w > 1.6 * r else w / 2
     cy = rng.uniform(0.8 * r, h - 0.8 * r) if h > 1.6 * r else h / 2
     a = _mask(h, w, [_place(p, r, ang, cx, cy) for p in polys], [_place(p, r, ang, cx, cy) for p in holes])
+    ys, xs = np.nonzero(a >= 0.5)
+    box = ((int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)) if ys.size
+           else (0, 0, 0, 0))
     col = _colour_far_from(rng, bg_mean, rng.uniform(60, 160))
     shade = 1.0 + rng.uniform(-0.25, 0.25) * (np.linspace(-1, 1, h, dtype=np.float32)[:, None, None])
     img = img * (1 - a[:, :, None]) + np.clip(col * shade, 0, 255) * a[:, :, None]
@@ -613,7 +631,7 @@ def generate_shape(rng: np.random.Generator, cls: int, h: int, w: int) -> np.nda
         a = _mask(h, w, [p], width=int(rng.integers(1, 3)))[:, :, None]
         img = img * (1 - a) + rng.uniform(0, 255, 3) * a
     img = img + rng.normal(0, rng.uniform(2, 8), img.shape)
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8), box
 
 
 def _size(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
@@ -623,35 +641,63 @@ def _size(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
     return h, w
 
 
-def _write_split(dst: Path, n: int, seed: int, split: int, lo: int, hi: int) -> None:
+OBJECTS_FILE = ".objects.json"  # in each split folder: {sample id: [y, x, h, w]} (make_shapes_dataset object_scale=)
+
+
+def _write_split(dst: Path, n: int, seed: int, split: int, lo: int, hi: int,
+                 object_scale: tuple[float, float] | None = None) -> None:
     for c in SHAPE_CLASSES:
         (dst / c).mkdir(parents=True, exist_ok=True)
+    boxes = {}
     for i in range(n):
         rng = np.random.default_rng([seed, split, i])
         cls = i % len(SHAPE_CLASSES)
         h, w = _size(rng, lo, hi)
-        im = Image.fromarray(generate_shape(rng, cls, h, w))
-        base = dst / SHAPE_CLASSES[cls] / f"{i:05d}"
+        img, box = draw_shape(rng, cls, h, w, *([object_scale] if object_scale else []))
+        im = Image.fromarray(img)
+        name = f"{SHAPE_CLASSES[cls]}/{i:05d}" + (".jpg" if i % 3 == 0 else ".png")  # the ImageFolder id
         if i % 3 == 0:
-            im.save(base.with_suffix(".jpg"), format="JPEG", quality=int(rng.integers(70, 96)))
+            im.save(dst / name, format="JPEG", quality=int(rng.integers(70, 96)))
         else:
-            im.save(base.with_suffix(".png"), format="PNG", compress_level=1)
+            im.save(dst / name, format="PNG", compress_level=1)
+        boxes[name] = list(box)
+    if object_scale is not None:
+        (dst / OBJECTS_FILE).write_text(json.dumps(boxes))
+
+
+def object_boxes(split_dir) -> dict[str, tuple[int, int, int, int]]:
+    """{sample id: (y, x, h, w)}: the shape's box in each image of a split written by
+    make_shapes_dataset(..., object_scale=...) (draw_shape's box, source pixels)."""
+    path = Path(split_dir) / OBJECTS_FILE
+    try:
+        return {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{str(path)!r}: cannot read the object boxes ({e}); the folder was not written by "
+                        "make_shapes_dataset with object_scale") from None
 
 
 def make_shapes_dataset(root, n_train: int = 2000, n_test: int = 500, seed: int = 0, min_size: int = 28,
-                        max_size: int = 48) -> tuple[Path, Path]:
+                        max_size: int = 48, object_scale: tuple[float, float] | None = None) -> tuple[Path, Path]:
     """Write the shapes dataset as root/train/<class>/*.{png,jpg} and root/test/...
 
-    Deterministic for its arguments. Returns (train_dir, test_dir). A root already holding
-    the same dataset (same arguments) is reused; a root holding anything else raises
+    object_scale: the shape's radius range as a fraction of the image's shorter side (draw_shape;
+    None: the built-in (0.3, 0.46)); when given, each split also gets the shapes' boxes
+    (object_boxes). Deterministic for its arguments. Returns (train_dir, test_dir). A root already
+    holding the same dataset (same arguments) is reused; a root holding anything else raises
     FileExistsError rather than being overwritten.
     """
     if not 1 <= min_size <= max_size:
         raise ConfigError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+    if object_scale is not None:
+        object_scale = tuple(float(v) for v in object_scale)
+        if len(object_scale) != 2 or not 0 < object_scale[0] <= object_scale[1] <= 0.5:
+            raise ConfigError(f"object_scale must be (lo, hi) with 0 < lo <= hi <= 0.5, got {object_scale}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     meta = {"generator": "labelstore-shapes", "version": _SHAPES_VERSION, "n_train": n_train, "n_test": n_test,
             "seed": seed, "min_size": min_size, "max_size": max_size}
+    if object_scale is not None:
+        meta["object_scale"] = list(object_scale)
     marker = root / ".shapes.json"
     train, test = root / "train", root / "test"
 
@@ -668,8 +714,8 @@ def make_shapes_dataset(root, n_train: int = 2000, n_test: int = 500, seed: int 
             raise FileExistsError(f"{str(d)!r} exists and is not this shapes dataset; remove it or use another root")
     tmp = Path(tempfile.mkdtemp(prefix=".shapes-tmp-", dir=root))
     try:
-        _write_split(tmp / "train", n_train, seed, 0, min_size, max_size)
-        _write_split(tmp / "test", n_test, seed, 1, min_size, max_size)
+        _write_split(tmp / "train", n_train, seed, 0, min_size, max_size, object_scale)
+        _write_split(tmp / "test", n_test, seed, 1, min_size, max_size, object_scale)
         try:
             for d in (train, test):
                 if d.exists():

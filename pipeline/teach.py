@@ -16,8 +16,9 @@ per epoch one whole shard of each array handed to the background writer:
                      creation, the teacher's classifier features/head/weight [C,D], features/head/bias [C]
 Probabilities are written with classification_store.PROB_MANTISSA_BITS mantissa bits (writer.write_block).
 
-Decoding and rendering run one unit ahead of the teacher on a background thread; writes run
-on another. A killed run keeps every unit it flagged done; `resume=True` redoes the rest
+Decoding and rendering run on the decode pool, one batch a task, up to one unit ahead of the
+teacher (pipeline/teach_views.py); writes run on a background thread. A killed run keeps every
+unit it flagged done; `resume=True` redoes the rest
 with identical results (all randomness is keyed by seed/epoch/sample, MC masks by
 seed/epoch/partition/batch).
 """
@@ -25,7 +26,6 @@ seed/epoch/partition/batch).
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,8 +37,8 @@ from labelstore.errors import ConfigError
 from labelstore.integrity import json_digest, view_check
 
 from . import classification_store, features, records
-from .images import DecodeError
 from .stage import Item, check_teacher_output, open_store, run_stage
+from .teach_views import views
 from .teacher import autocast_context, mc_forward, pick_device
 
 MC_SEED_BITS = 64  # classification stores seed MC masks with all 64 bits of records.mc_seed
@@ -141,22 +141,6 @@ def open_or_create(path: str, source, policy, cfg: TeachConfig, teacher_info: di
     return open_store(task, path, resume=resume, overwrite=overwrite, join=join)
 
 
-def _decode(source, rows: np.ndarray, pool: ThreadPoolExecutor, skip_bad: bool) -> tuple[dict, np.ndarray]:
-    """Decode rows in parallel: ({row: uint8 [H,W,3]}, hw [n, 2] with 0 for skipped rows)."""
-
-    def load(i: int):
-        try:
-            return source.load(int(i))
-        except DecodeError:
-            if skip_bad:
-                return None
-            raise
-
-    images = dict(zip(rows.tolist(), pool.map(load, rows.tolist())))
-    hw = np.array([img.shape[:2] if img is not None else (0, 0) for img in images.values()], dtype=np.int64)
-    return images, hw
-
-
 def render_device(cfg: TeachConfig, teacher_device) -> torch.device | None:
     """The torch device of the torch render path, or None for the numba kernels (CPU)."""
     want = cfg.render_device if cfg.render_device is not None else str(teacher_device)
@@ -167,76 +151,6 @@ def render_device(cfg: TeachConfig, teacher_device) -> torch.device | None:
     except RuntimeError as e:
         raise ConfigError(f"--render-device {want!r} is not a torch device: {e}") from e
     return None if dev.type == "cpu" else dev
-
-
-class _Uploaded(dict):
-    """{row: uint8 [H, W, 3] tensor on `device`}, each decoded image uploaded once, on first use."""
-
-    def __init__(self, images: dict, device: torch.device):
-        super().__init__()
-        self.images, self.device = images, device
-
-    def get(self, row, default=None):
-        if row not in self:
-            img = self.images.get(row)
-            if img is None:
-                return default
-            self[row] = torch.from_numpy(img).to(self.device, non_blocking=True)
-        return self[row]
-
-
-def _views(source, policy, cfg: TeachConfig, units, num_samples: int, pool: ThreadPoolExecutor,
-           device: torch.device | None = None):
-    """Producer: per unit and epoch, the rendered views in batches (runs on a background thread);
-    rendered on `device` by pipeline/render_torch.py when given, else by the numba kernels."""
-    from . import render_torch
-
-    S, V, N = cfg.shard_rows, cfg.group_size, num_samples
-    for g, p in units:
-        rows = np.arange(p * S, min(N, (p + 1) * S))
-        images, hw = _decode(source, rows, pool, cfg.skip_bad)
-        ok = np.array([images[i] is not None for i in rows.tolist()])
-        for e in range(g * V, min(cfg.epochs, (g + 1) * V)):
-            params = policy.sample(cfg.seed, e, rows, hw, N)
-            partners = policy.partners(params, len(rows))
-            need = sorted(set(partners[partners >= 0].tolist()) - images.keys())
-            if need:
-                images.update(_decode(source, np.array(need), pool, cfg.skip_bad)[0])  # a bad partner stops the run unless skip_bad
-            bad_partner = np.array([q >= 0 and images.get(q) is None for q in partners.tolist()], dtype=bool)
-            params = policy.unmix(params, bad_partner)  # replay.derived_params does the same from `skipped`
-            partners = policy.partners(params, len(rows))
-            uniq = np.unique(partners[partners >= 0])
-            p_hw = np.array([images[q].shape[:2] for q in uniq.tolist()], dtype=np.int64).reshape(-1, 2)
-            p_params = policy.sample(cfg.seed, e, uniq, p_hw, N) if len(uniq) else {}
-            p_pos = {q: j for j, q in enumerate(uniq.tolist())}
-            srcs = images if device is None else _Uploaded(images, device)
-
-            def render(keep):
-                if not len(keep):
-                    return None
-                qs = partners[keep].tolist()
-                args = ([srcs.get(int(rows[j])) for j in keep.tolist()], {k: v[keep] for k, v in params.items()},
-                        [srcs.get(q) if q >= 0 else None for q in qs],
-                        {k: v[[p_pos.get(q, 0) for q in qs]] for k, v in p_params.items()} if len(uniq) else None)
-                # uint8 views: the numba kernels (GIL released) on a pool thread, or torch on `device`
-                return policy.render_batch(*args, parallel=False) if device is None else \
-                    render_torch.render_batch(policy, *args)
-
-            sels = [np.arange(j0, min(len(rows), j0 + cfg.batch_size)) for j0 in range(0, len(rows), cfg.batch_size)]
-            # CPU: batches render on the decode pool's threads at once (no barrier per batch), yielded in
-            # order with at most 2 x workers in flight; a torch device renders them in turn here
-            window = 2 * cfg.decode_workers if device is None else 1
-            pending: list = []
-            for i, sel in enumerate(sels):
-                keep = sel[ok[sel]]
-                pending.append((keep, pool.submit(render, keep) if device is None else None))
-                while pending and (len(pending) >= window or i == len(sels) - 1):
-                    keep, fut = pending.pop(0)
-                    yield Item("batch", (g, p), e, rows, (keep, fut.result() if fut is not None else render(keep)))
-            yield Item("epoch", (g, p), e, rows, params)
-        yield Item("unit", (g, p), None, rows, (hw, ~ok))
-        # drop the partners decoded for this unit, keep memory bounded by one unit
-        images = None
 
 
 class FeatureRecorder:
@@ -312,7 +226,7 @@ class ClassificationTask:
         return sum(min(N, (p + 1) * S) - p * S for _, p in units) * self.cfg.group_size
 
     def inputs(self, units, pool):
-        return _views(self.source, self.policy, self.cfg, units, len(self.source), pool, self.render_dev)
+        return views(self.source, self.policy, self.cfg, units, len(self.source), pool, self.render_dev)
 
     def label(self, item: Item):
         cfg, rows, e = self.cfg, item.rows, item.epoch

@@ -100,7 +100,7 @@ def _batch(B=6, K=40, T=4, A=40, seed=0):
     return logits, vals, idx, mc
 
 
-KW = dict(hot_k=6, cold_n=10, scheme="exp", scheme_alpha=None, list_method="listmle", margin=1.0, epsilon=1.0)
+KW = dict(hot_k=6, cold_n=10, scheme="exp", scheme_alpha=None, list_method="listmle", margin=0.1, epsilon=0.01)
 
 
 def test_rank_and_margins_switches():
@@ -112,23 +112,24 @@ def test_rank_and_margins_switches():
     assert list_p.item() == 0 and pair_l.item() == 0  # the term left out is absent
     assert pair_p.item() > 0 and list_l.item() > 0
     assert torch.equal(pair_b, pair_p) and torch.equal(list_b, list_l)  # "both" is the sum of the two
-    # pairwise alone: the gradient touches only the hot answers
+    # pairwise alone: the hinge on the student's probabilities of the hot answers, margins 0.1 * W
     (g,) = torch.autograd.grad(pair_p, logits)
-    s = torch.log_softmax(logits, 1)
-    (g_hot,) = torch.autograd.grad(radi_pairwise_loss(s.gather(1, idx[:, :6]), vals[:, :6],
-                                                      sinkhorn_margins(mc_pair_uncertainty(mc[:, :, :6]))), logits)
+    p = torch.softmax(logits, 1)
+    W01 = sinkhorn_margins(mc_pair_uncertainty(mc[:, :, :6]), margin=0.1, epsilon=0.01)
+    (g_hot,) = torch.autograd.grad(radi_pairwise_loss(p.gather(1, idx[:, :6]), vals[:, :6], W01), logits)
     torch.testing.assert_close(g, g_hot)
     # fixed margins: the constant margin, whatever the MC passes say (none needed)
     fixed, _ = rank_loss_radi(logits, vals, idx, None, gen(), rank="pairwise", margins="fixed", **KW)
     fixed_other_mc, _ = rank_loss_radi(logits, vals, idx, mc * torch.rand_like(mc), gen(), rank="pairwise",
                                        margins="fixed", **KW)
     assert torch.equal(fixed, fixed_other_mc)
-    assert torch.equal(fixed, radi_pairwise_loss(s.gather(1, idx[:, :6]), vals[:, :6], 1.0))
+    assert torch.equal(fixed, radi_pairwise_loss(p.gather(1, idx[:, :6]), vals[:, :6], 0.1))
     # adaptive margins follow the MC uncertainty (not constant): they move the loss
-    U = mc_pair_uncertainty(mc[:, :, :6])
-    W = sinkhorn_margins(U)
     off = ~torch.eye(6, dtype=torch.bool)
-    assert W[:, off].std() > 1e-3 and not torch.equal(fixed, pair_p)
+    assert W01[:, off].std() > 1e-3 and not torch.equal(fixed, pair_p)
+    # shuffled: the same margins per row in another order, drawn apart from the cold list
+    pair_s, list_s = rank_loss_radi(logits, vals, idx, mc, gen(), rank="both", margins="shuffled", **KW)
+    assert torch.equal(list_s, list_b) and not torch.equal(pair_s, pair_b)
 
 
 def test_switches_in_the_trainer_and_their_errors(large, tmp_path):

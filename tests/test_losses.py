@@ -18,10 +18,13 @@ from torch.autograd import gradcheck
 from labelstore.trainers.losses import (
     AttentionalFrameAggregation,
     adl_loss,
+    adl_select_images,
     adl_select_unlabeled,
+    bce_distillation,
     bench_sinkhorn,
     dense_soft_labels,
     ferkd_targets,
+    focal_distillation_loss,
     infonce_sym,
     kd_kl,
     mc_pair_uncertainty,
@@ -29,6 +32,7 @@ from labelstore.trainers.losses import (
     radi_objective,
     radi_pairwise_loss,
     sample_cold_full_ranking,
+    sigmoid_focal_loss,
     sinkhorn_margins,
     soft_label_ce,
     soften,
@@ -210,14 +214,22 @@ def test_kd_kl_saturated_finite():
 # ADL
 
 
-def adl_binary_ref(x, q, gamma, beta, theta):
+def _bce_parts(xi, qi, alpha=0.5):
+    """(KL, T, D) of one sigmoid output, from the formulas: p = 1/(1+e^-x), T = -(q log q + (1-q) log(1-q)),
+    KL = q log(q/p) + (1-q) log((1-q)/(1-p)), D = -(alpha q log p + (1-alpha)(1-q) log(1-p))."""
+    p = 1 / (1 + math.exp(-xi))
+    kl = xlogx(qi) - qi * math.log(p) + xlogx(1 - qi) - (1 - qi) * math.log(1 - p)
+    ent = -(xlogx(qi) + xlogx(1 - qi))
+    d = -(alpha * qi * math.log(p) + (1 - alpha) * (1 - qi) * math.log(1 - p))
+    return kl, ent, d
+
+
+def adl_binary_ref(x, q, gamma, beta, theta, alpha=0.5):
+    """The official kernel: Σ (1 - exp(-(KL + beta T)))^gamma · D / max(Σ q^theta, 1)."""
     num, n = 0.0, 0.0
     for xi, qi in zip(x, q):
-        p = 1 / (1 + math.exp(-xi))
-        kl = xlogx(qi) - qi * math.log(p) + xlogx(1 - qi) - (1 - qi) * math.log(1 - p)
-        ent = -(xlogx(qi) + xlogx(1 - qi))
-        adw = (1 - math.exp(-(kl + beta * ent))) ** gamma
-        num += adw * kl
+        kl, ent, d = _bce_parts(xi, qi, alpha)
+        num += (1 - math.exp(-(kl + beta * ent))) ** gamma * d
         n += qi**theta
     return num / max(n, 1.0)
 
@@ -225,13 +237,24 @@ def adl_binary_ref(x, q, gamma, beta, theta):
 def test_adl_binary_value():
     x = [0.3, -1.2, 2.0, 0.0, -0.5, 1.5]
     q = [0.0, 1.0, 0.9, 0.5, 0.2, 1.0]
-    for gamma, beta, theta in [(2.0, 1.0, 1.8), (1.5, 0.5, 1.0)]:
-        loss = adl_loss(torch.tensor(x, dtype=F64), torch.tensor(q, dtype=F64), gamma, beta, theta)
-        assert loss.item() == pytest.approx(adl_binary_ref(x, q, gamma, beta, theta), rel=1e-10)
+    for gamma, beta, theta, alpha in [(2.0, 1.0, 1.8, 0.5), (1.5, 0.5, 1.0, 0.25)]:
+        loss = adl_loss(torch.tensor(x, dtype=F64), torch.tensor(q, dtype=F64), gamma, beta, theta, alpha)
+        assert loss.item() == pytest.approx(adl_binary_ref(x, q, gamma, beta, theta, alpha), rel=1e-10)
     # sum q^theta < 1 -> normaliser is 1
     small = [0.1, 0.2]
     loss = adl_loss(torch.tensor([0.5, -0.5], dtype=F64), torch.tensor(small, dtype=F64))
     assert loss.item() == pytest.approx(adl_binary_ref([0.5, -0.5], small, 2.0, 1.0, 1.8), rel=1e-10)
+
+
+def test_adl_official_kernel_hand_example():
+    """One output written out as the official caffe2 kernel computes it (LOSS_BETA 0, alpha 0.5, gamma 2):
+    D_loss = BCE(x, q) + 0 * (q log q + ...);  loss = -(1 - e^-D_loss)^2 (q log p zp + (1-q) log(1-p) zn),
+    zp = zn = 0.5 / max(q^1.8, 1). x = 1, q = 0.7: BCE = 0.7 * log(1 + e^-1) + 0.3 * (1 + log(1 + e^-1))."""
+    sp = math.log1p(math.exp(-1.0))  # -log sigmoid(1)
+    bce = 0.7 * sp + 0.3 * (1.0 + sp)
+    want = (1 - math.exp(-bce)) ** 2 * 0.5 * bce / 1.0  # 0.7^1.8 < 1: normaliser 1
+    got = adl_loss(torch.tensor([1.0], dtype=F64), torch.tensor([0.7], dtype=F64)).item()
+    assert got == pytest.approx(want, rel=1e-12)
 
 
 def test_adl_softmax_value():
@@ -240,9 +263,8 @@ def test_adl_softmax_value():
     logp = np_log_softmax(z.detach().numpy())
     per = []
     for b in range(3):
-        kl = sum(xlogx(q[b, c]) - q[b, c] * logp[b, c] for c in range(4))
-        ent = -sum(xlogx(q[b, c]) for c in range(4))
-        per.append((1 - math.exp(-(kl + 1.0 * ent))) ** 2.0 * kl)
+        ce = -sum(q[b, c] * logp[b, c] for c in range(4))  # KL + T
+        per.append((1 - math.exp(-ce)) ** 2.0 * ce)  # beta = 1: exponent KL + T = CE
     loss = adl_loss(z, torch.tensor(q), mode="softmax")
     assert loss.item() == pytest.approx(np.mean(per), rel=1e-10)
     with pytest.raises(ValueError):
@@ -261,20 +283,26 @@ def test_adl_gradcheck(mode):
     # (detach_weight=True is deliberately not the true gradient: see the formula test)
 
 
-def test_adl_detach_weight_gradient_formula():
+def test_adl_gradient_is_the_official_kernels():
+    """The full gradient equals the official gradient kernel's, written out (alpha 0.5, gamma 2, beta 1):
+    dX = -(-(q-p) γ AT^(γ-1) e^-DL DLoss + AT^γ (α(q-p) - (1-2α)(1-q)p)) / N,
+    DL = BCE, AT = 1 - e^-DL, DLoss = α q log p + (1-α)(1-q) log(1-p)."""
     x = rand64(5, seed=7)
     q = torch.tensor([0.0, 1.0, 0.3, 0.8, 0.5], dtype=F64)
-    (g_det,) = torch.autograd.grad(adl_loss(x, q, detach_weight=True), x)
     (g_full,) = torch.autograd.grad(adl_loss(x, q), x)
-    # with the weight detached: d/dx = ADW * (sigmoid(x) - q) / max(N, 1)
+    (g_det,) = torch.autograd.grad(adl_loss(x, q, detach_weight=True), x)
     xs, qs = x.detach().tolist(), q.tolist()
-    n = max(sum(v**1.8 for v in qs), 1.0)
+    n, a, gam = max(sum(v**1.8 for v in qs), 1.0), 0.5, 2.0
     for k in range(5):
-        p = 1 / (1 + math.exp(-xs[k]))
-        kl = xlogx(qs[k]) - qs[k] * math.log(p) + xlogx(1 - qs[k]) - (1 - qs[k]) * math.log(1 - p)
-        ent = -(xlogx(qs[k]) + xlogx(1 - qs[k]))
-        adw = (1 - math.exp(-(kl + ent))) ** 2
-        assert g_det[k].item() == pytest.approx(adw * (p - qs[k]) / n, rel=1e-9)
+        p, qk = 1 / (1 + math.exp(-xs[k])), qs[k]
+        dl = -(qk * math.log(p) + (1 - qk) * math.log(1 - p))
+        at = 1 - math.exp(-dl)
+        dloss = a * qk * math.log(p) + (1 - a) * (1 - qk) * math.log(1 - p)
+        want = -(-(qk - p) * gam * at ** (gam - 1) * math.exp(-dl) * dloss
+                 + at**gam * (a * (qk - p) - (1 - 2 * a) * (1 - qk) * p)) / n
+        assert g_full[k].item() == pytest.approx(want, rel=1e-9)
+        # weight detached: only ADW * dD/dx = ADW * a * (p - q) at alpha 0.5
+        assert g_det[k].item() == pytest.approx(at**gam * a * (p - qk) / n, rel=1e-9)
     assert not torch.allclose(g_det, g_full)
 
 
@@ -458,7 +486,8 @@ def listmle_ref(s, t):
     for sr, tr in zip(s, t):
         order = sorted(range(len(tr)), key=lambda i: -tr[i])
         sp = [sr[i] for i in order]
-        out.append(sum(math.log(sum(math.exp(x) for x in sp[i:])) - sp[i] for i in range(len(sp))))
+        # (1/L) sum_i [log sum_{k >= i} exp(s_pi(k)) - s_pi(i)]: mean per list position
+        out.append(sum(math.log(sum(math.exp(x) for x in sp[i:])) - sp[i] for i in range(len(sp))) / len(sp))
     return float(np.mean(out))
 
 
@@ -543,6 +572,39 @@ def test_listwise_gradcheck_and_edges(method):
         z.requires_grad_()
         gen = torch.Generator().manual_seed(0)
         assert_finite_grad(radi_listwise_loss(z, tt, method, generator=gen), z)
+
+
+def test_listmle_is_a_mean_per_position():
+    """At uniform scores ListMLE is (1/L) sum_i log(L - i + 1) = log(L!) / L: it grows like log L, not L log L."""
+    for L in (2, 10, 110):
+        s, t = torch.zeros(1, L, dtype=F64), torch.linspace(1, 0, L, dtype=F64)[None]
+        want = math.lgamma(L + 1) / L
+        assert radi_listwise_loss(s, t, "listmle").item() == pytest.approx(want, rel=1e-12)
+    assert math.lgamma(111) / 110 < 4  # the 110-answer list of the VideoQA experiment: ~3.7, not ~410
+
+
+def test_shuffle_within_rows():
+    from labelstore.trainers.losses import shuffle_within_rows
+
+    g = torch.Generator().manual_seed(0)
+    M = torch.rand(3, 6, 6, dtype=F64, generator=g)
+    M.diagonal(dim1=1, dim2=2).fill_(0.0)
+    out = shuffle_within_rows(M, torch.Generator().manual_seed(1))
+    off = ~torch.eye(6, dtype=torch.bool)
+    assert torch.equal(out.diagonal(dim1=1, dim2=2), M.diagonal(dim1=1, dim2=2))
+    for b in range(3):
+        for i in range(6):  # each row: the same multiset of off-diagonal margins ...
+            assert sorted(out[b, i][off[i]].tolist()) == sorted(M[b, i][off[i]].tolist())
+    assert not torch.equal(out, M)  # ... in another order
+    again = shuffle_within_rows(M, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)  # seeded
+    # uniform over the K-1 places: entry (i, j) lands at each other column about equally often
+    K, n = 4, 6000
+    base = torch.arange(K * K, dtype=F64).view(1, K, K).expand(n, K, K).clone()
+    sh = shuffle_within_rows(base, torch.Generator().manual_seed(2))
+    for j in (1, 2, 3):  # row 0: where did M[0, 1] go?
+        freq = (sh[:, 0, j] == 1.0).double().mean().item()
+        assert abs(freq - 1 / 3) < 5 * math.sqrt((1 / 3) * (2 / 3) / n)
 
 
 def test_radi_objective():
@@ -696,10 +758,11 @@ def test_teachclip_objective_and_multi_teacher():
         teachclip_loss(s_sim, s_fr, t_sims, t_frs[:1])
 
 
-def test_adl_official_code_form_differs_from_paper_form():
-    """docs/losses.md, deviations: the official ADL code weights the binary cross-entropy,
-    ADW · BCE = ADW · (KL + T(q)), where the paper (and adl_loss) weights the KL.
-    The two differ by exactly Σ ADW · T(q) / N: large when the teacher is uncertain."""
+def test_adl_official_form_differs_from_paper_form():
+    """docs/losses.md, deviations: adl_loss is the official kernel, ADW · D with D the alpha-balanced BCE
+    (alpha 0.5: BCE / 2 = (KL + T(q)) / 2); the paper writes ADW · KL. They differ by
+    Σ ADW · (BCE / 2 - KL) / N = Σ ADW · (T(q) - KL) / (2N): the official form is not 0 where the
+    student equals the teacher, and its scale is half the paper's where the teacher is sure."""
     x = np.array([2.0, -1.0, 0.5, 0.0])
     q = np.array([0.9, 0.05, 0.3, 0.6])
     p = 1.0 / (1.0 + np.exp(-x))
@@ -707,12 +770,62 @@ def test_adl_official_code_form_differs_from_paper_form():
     ent = -(q * np.log(q) + (1 - q) * np.log(1 - q))
     kl = bce - ent
     adw = (1.0 - np.exp(-(kl + ent))) ** 2  # gamma = 2, beta = 1
-    n = (q**1.8).sum()
-    paper, official = (adw * kl).sum() / n, (adw * bce).sum() / n
+    n = max((q**1.8).sum(), 1.0)
+    paper, official = (adw * kl).sum() / n, (adw * 0.5 * bce).sum() / n
     ours = adl_loss(torch.tensor(x[None]), torch.tensor(q[None])).item()
-    assert ours == pytest.approx(paper, rel=1e-10)
-    assert official - ours == pytest.approx((adw * ent).sum() / n, rel=1e-10)
-    assert official / ours - 1 == pytest.approx(4.6143, abs=1e-3)  # the figure quoted in docs/losses.md
+    assert ours == pytest.approx(official, rel=1e-10)
+    assert ours - paper == pytest.approx((adw * (0.5 * bce - kl)).sum() / n, rel=1e-10)
+    assert official / paper - 1 == pytest.approx(1.8072, abs=1e-3)  # the figure quoted in docs/losses.md
+
+
+# --- the dense testbed's losses (losses/focal.py), written out --------------------------------------
+
+
+def test_sigmoid_focal_loss_value():
+    x = [2.0, -1.0, 0.5, -3.0, 0.0]
+    y = [1, 0, 1, 0, 0]
+    total = 0.0
+    for xi, yi in zip(x, y):
+        p = 1 / (1 + math.exp(-xi))
+        pt, at = (p, 0.25) if yi else (1 - p, 0.75)
+        total += -at * (1 - pt) ** 2 * math.log(pt)
+    got = sigmoid_focal_loss(torch.tensor(x, dtype=F64), torch.tensor(y, dtype=F64)).item()
+    assert got == pytest.approx(total / 2, rel=1e-12)  # 2 positives
+    none = sigmoid_focal_loss(torch.tensor([-2.0], dtype=F64), torch.tensor([0.0], dtype=F64)).item()
+    p = 1 / (1 + math.exp(2.0))
+    assert none == pytest.approx(-0.75 * p**2 * math.log(1 - p), rel=1e-12)  # no positive: normaliser 1
+    assert torch.isfinite(sigmoid_focal_loss(torch.tensor([1e4, -1e4]), torch.tensor([0.0, 1.0])))
+
+
+def test_bce_and_focal_distillation_values():
+    x = [2.0, -1.0, 0.5, 0.0, -2.5]
+    q = [0.9, 0.05, 0.3, 1.0, 0.0]
+    y = [1, 0, 0, 1, 0]
+    n = max(sum(v**1.8 for v in q), 1.0)
+    bce = sum(_bce_parts(xi, qi)[2] for xi, qi in zip(x, q)) / n
+    fdl = 0.0
+    for xi, qi, yi in zip(x, q, y):
+        p = 1 / (1 + math.exp(-xi))
+        pt = p if yi else 1 - p
+        fdl += (1 - pt) ** 2 * _bce_parts(xi, qi)[2]
+    xt, qt, yt = (torch.tensor(v, dtype=F64) for v in (x, q, y))
+    assert bce_distillation(xt, qt).item() == pytest.approx(bce, rel=1e-12)
+    assert focal_distillation_loss(xt, qt, yt).item() == pytest.approx(fdl / n, rel=1e-12)
+    # bce_distillation's gradient is the binary KL's: alpha (p - q) / N
+    xg = xt.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(bce_distillation(xg, qt), xg)
+    assert torch.allclose(g, 0.5 * (xt.sigmoid() - qt) / n, rtol=1e-12, atol=0)
+    assert gradcheck(lambda z: focal_distillation_loss(z, qt, yt), (xg,))
+
+
+def test_adl_select_images():
+    q = torch.zeros(3, 2, 2, 4)
+    q[0, 1, 0, 2] = 0.7
+    q[1] = 0.3
+    q[2, 0, 0, 0] = 0.5
+    pseudo, keep = adl_select_images(q, threshold=0.5)
+    assert keep.tolist() == [True, False, True]
+    assert pseudo.sum().item() == 2 and pseudo[0, 1, 0, 2] == 1 and pseudo[2, 0, 0, 0] == 1
 
 
 # --- sample_cold_full_ranking: cold lists over the teacher's full ranking -------------------------

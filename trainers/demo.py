@@ -33,23 +33,31 @@ from .tasks import inspect_store, write_report
 
 def prepare(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int = 32, teacher: str = "cnn-tiny",
             teacher_epochs: int = 60, epochs: int = 16, top_k: int = 5, mc_passes: int = 4,
-            crop_scale: tuple[float, float] = (0.25, 1.0), seed: int = 0, progress: bool = True, echo=print) -> dict:
+            crop_scale: tuple[float, float] = (0.25, 1.0), seed: int = 0, progress: bool = True, echo=print,
+            shapes: dict | None = None, teacher_crop_scale: tuple[float, float] | None = None,
+            store_params: bool = False) -> dict:
     """Steps 1-3 of the demo under `out`: the dataset files, the teacher trained in-process (checkpoint
-    out/teacher.pt) and its store out/labels.zarr. Also the setup of `labelstore experiment`."""
+    out/teacher.pt) and its store out/labels.zarr. Also the setup of `labelstore experiment`.
+
+    shapes: more make_shapes_dataset arguments (min_size, max_size, object_scale); teacher_crop_scale:
+    the teacher's training crops (default crop_scale, the store's); store_params: the store keeps its
+    augmentation parameters (TeachConfig.store_params)."""
     size = (image_size, image_size)
     timings = {}
     t = time.perf_counter()
-    train_dir, test_dir = make_shapes_dataset(os.path.join(out, "data"), n_train=n_train, n_test=n_test, seed=seed)
+    train_dir, test_dir = make_shapes_dataset(os.path.join(out, "data"), n_train=n_train, n_test=n_test, seed=seed,
+                                              **(shapes or {}))
     train, test = ImageFolder(train_dir), ImageFolder(test_dir)
     timings["data"] = time.perf_counter() - t
     echo(f"[1/5] dataset: {len(train)} train / {len(test)} test images in {train_dir.parent} ({timings['data']:.1f}s)")
 
     policy = make_policy("crop-flip", size, crop_scale=crop_scale)
+    t_policy = policy if teacher_crop_scale is None else make_policy("crop-flip", size, crop_scale=teacher_crop_scale)
     evals = eval_batches(test, size)
     seed_everything(seed)
     t_model = build_model(teacher, len(train.classes), dropout=0.2)
     t = time.perf_counter()
-    train_classifier(t_model, augmented_batches(train, policy, seed + 1, 64), teacher_epochs, device="cpu",
+    train_classifier(t_model, augmented_batches(train, t_policy, seed + 1, 64), teacher_epochs, device="cpu",
                      optimizer="adamw", progress=progress)
     timings["teacher_train"] = time.perf_counter() - t
     teacher_acc = evaluate(t_model, evals, "cpu")["accuracy"]
@@ -59,7 +67,7 @@ def prepare(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int
 
     store_path = os.path.join(out, "labels.zarr")
     cfg = TeachConfig(epochs=epochs, seed=seed, top_k=top_k, mc_passes=mc_passes, batch_size=256,
-                      shard_rows=512, chunk_rows=512)
+                      shard_rows=512, chunk_rows=512, store_params=store_params)
     info = {"name": ckpt, "weights_sha256": weights_hash(t_model), "params": count_params(t_model)}
     stats = teach(store_path, train, t_model, policy, cfg, teacher_info=info, num_classes=len(train.classes),
                   device="cpu", overwrite=True, progress=progress)

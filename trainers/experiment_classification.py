@@ -13,7 +13,8 @@ data order in every arm, so the arms are paired by seed:
     ferkd       FerKD label adaptation from the stored gt probability (low 0.05, mid 0.5, high 0.95)
     ferkd-keep  the same without dropping (low 0, high 1): only the softened band [0, 0.5) remains
     ferkd-drop  the same without the softened band (mid = low): only the drops remain
-    adl         ADL as in the paper: per-class sigmoid, Σ q^θ normaliser, plus the hard-label BCE
+    adl         ADL (losses.adl_loss, the official kernel's form): per-class sigmoid, Σ q^θ normaliser,
+                plus the hard-label BCE (no BCE-only control here: `labelstore experiment adl` measures ADL)
     adl-semi    adl plus ADL's semi-supervised scheme: an unlabelled folder (2000 more generated images,
                 no class folders) labelled by the same teacher stage; its views with teacher top-1
                 probability >= 0.9 join each batch with that class as their label

@@ -60,7 +60,7 @@ DEFAULT_ARMS = list(ARMS)
 
 RECIPE = dict(n_train=200, n_teacher=1500, n_test=300, frames=16, size=32, num_frames=8, data_seed=0,
               teacher_dim=64, teacher_width=32, teacher_epochs=20, store_epochs=6, mc_passes=8,
-              student_epochs=6, batch_size=64, hot_k=10, cold_n=100, margin=1.0)
+              student_epochs=6, batch_size=64, hot_k=10, cold_n=100, margin=0.1)
 
 
 def teacher_line(meta: dict) -> str:

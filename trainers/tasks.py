@@ -25,7 +25,8 @@ Every entry point is a "module:function" string, imported only when its command 
   METRIC (the key summarised), ARMS (name -> arm settings), DEFAULT_ARMS, REFERENCE,
   setup(out, echo, **recipe) -> meta (JSON-ready; made once per output directory, reused after),
   make_arms(meta, names, progress) -> {name: seed -> metrics dict},
-  teacher_line(meta) -> str (the teacher's figure, printed under the table).
+  teacher_line(meta) -> str (the teacher's figure, printed under the table),
+  optionally result_line(result) -> str (a verdict printed under that, e.g. a testbed's gate).
 
 `ranks`: whether the task's teach and train run as several processes (torchrun / --world-size).
 `gallery`: whether `inspect --report --data DATA` adds replayed views (the report takes data=).
@@ -90,7 +91,11 @@ TASKS: dict[str, Entry] = {
 
 # Experiments that are not a task's own (`labelstore experiment NAME`): testbeds built so one method
 # can show its effect (docs/results.md). Same module contract as Entry.experiment.
-TESTBEDS: dict[str, str] = {}
+TESTBEDS: dict[str, str] = {
+    "ferkd": "labelstore.trainers.experiment_ferkd",
+    "adl": "labelstore.trainers.experiment_adl",
+    "radi": "labelstore.trainers.experiment_radi",
+}
 
 
 def register(name: str, entry: Entry) -> None:

@@ -6,16 +6,21 @@ Per batch of questions (frames replayed from the store's `aug/frames/indices`):
 
     "kd"  : L_rank = KL(q || softmax(z / tau)) tau^2,  q = top-K teacher probabilities scattered into
             the vocabulary and renormalised (kd_kl)
-    "radi": L_rank = pair_weight * L_pair + list_weight * L_list   (radi_objective), on student scores
-            s = log_softmax(z); rank="pairwise" | "listwise" | "both" keeps one term or both:
-            L_pair: hot list = the teacher's top hot_k answers (stored order);
+    "radi": L_rank = pair_weight * L_pair + list_weight * L_list   (radi_objective);
+            rank="pairwise" | "listwise" | "both" keeps one term or both:
+            L_pair: on the student's PROBABILITIES p = softmax(z), as the paper writes it;
+                    hot list = the teacher's top hot_k answers (stored order);
                     margins="adaptive": U = mc_pair_uncertainty(MC probabilities of the hot list)
-                    [B, hot, hot], M = sinkhorn_margins(U, margin, epsilon);
+                    [B, hot, hot], M = sinkhorn_margins(U, margin, epsilon) (U and epsilon both on
+                    the probability scale: RADI_EPSILON = 0.01);
                     margins="fixed": M = margin (the same constant for every pair);
-                    radi_pairwise_loss(s[hot], p_teacher[hot], M)
+                    margins="shuffled": the adaptive M with each row's off-diagonal entries permuted
+                    (shuffle_within_rows; the control: same margins, not tied to their pairs);
+                    radi_pairwise_loss(p[hot], p_teacher[hot], M), margin = RADI_MARGIN = 0.1
             L_list: list = the teacher's top hot_k + cold_n answers drawn over the teacher's FULL
                     ranking (sample_cold_full_ranking, Exp or Zipf law over ranks hot_k+1..A), so the
-                    store must hold the full ranking (top_k = A); radi_listwise_loss(s[list], p_teacher[list])
+                    store must hold the full ranking (top_k = A);
+                    radi_listwise_loss(log_softmax(z)[list], p_teacher[list]) (ListMLE: mean per position)
             alpha defaults to RADI_ALPHA everywhere (trainer, demo, CLI).
     "token-mse": L_rank = query_token_mse between the student's projected tokens and the teacher's
             stored tokens (trainers/videoqa_tokens.py; a store taught with --features, mode="cache")
@@ -53,6 +58,7 @@ from labelstore.trainers.losses import (
     radi_objective,
     radi_pairwise_loss,
     sample_cold_full_ranking,
+    shuffle_within_rows,
     sinkhorn_margins,
 )
 from labelstore.trainers.loop import LoopConfig, StepResult, train
@@ -61,8 +67,14 @@ from labelstore.trainers.videoqa_tokens import TOKEN_LOSS, TokenStudent
 METHODS = ("ce", "kd", "radi", TOKEN_LOSS)
 MODES = ("cache", "online")
 RANKS = ("pairwise", "listwise", "both")  # which RADI terms run
-MARGINS = ("adaptive", "fixed")  # Sinkhorn margins from the MC uncertainty, or the constant margin
+MARGINS = ("adaptive", "fixed", "shuffled")  # Sinkhorn margins from the MC uncertainty, the constant
+# margin, or the Sinkhorn margins shuffled within each row (the control of "adaptive")
 RADI_ALPHA = 1.0  # the one default weight of the ranking loss (L = L_cls + alpha * L_rank)
+RADI_MARGIN = 0.1  # base margin m of the pairwise hinge, in probability units (docs/losses.md)
+RADI_EPSILON = 0.01  # Sinkhorn epsilon, on the scale of U (std of MC probability gaps, median ~0.01)
+# U / epsilon spans tens where the teacher is unsure, and Sinkhorn then converges slowly: the trainer
+# allows more steps and a marginal error of 1e-6 (against marginals 1/K = 0.1 for K = 10)
+SINKHORN_ITERS, SINKHORN_TOL = 1000, 1e-6
 VIDEOQA_WD = 1e-4  # AdamW weight decay of the VideoQA models (teacher and students)
 
 
@@ -210,7 +222,7 @@ def check_radi(store, hot_k: int, cold_n: int, rank: str = "both", margins: str 
     if pairwise and hot_k > K:
         raise StoreError(f"{store.path}: the store keeps top_k = {K} answers per view, but the hot list needs "
                          f"hot_k = {hot_k}; rebuild it with a larger top_k or lower hot_k")
-    if pairwise and margins == "adaptive" and store.mc_passes < 2:
+    if pairwise and margins != "fixed" and store.mc_passes < 2:
         raise StoreError(f"{store.path}: adaptive margins need MC passes; the store has mc_passes = "
                          f"{store.mc_passes} (rebuild with mc_passes >= 2, or use margins='fixed')")
 
@@ -222,6 +234,20 @@ def list_positions(B: int, K: int, hot_k: int, cold_n: int, scheme: str, scheme_
     (Exp or Zipf law). With K = A (the full ranking) the cold list can reach every answer."""
     by_rank = -torch.arange(K, dtype=torch.float32).expand(B, K)  # [B, K], higher = better ranked
     return sample_cold_full_ranking(by_rank, hot_k, cold_n, scheme, scheme_alpha, generator)
+
+
+def pair_margins(mc: torch.Tensor | None, margins: str, hot_k: int, margin: float, epsilon: float,
+                 shuffle_seed: int = 0) -> torch.Tensor | float:
+    """The pairwise margins of the hot list: `margin` (fixed), or M [B, hot, hot] (float32):
+    U = mc_pair_uncertainty(mc[:, :, :hot_k]), M = sinkhorn_margins(U, margin, epsilon) (adaptive),
+    shuffle_within_rows(M) with a generator seeded by shuffle_seed (shuffled). mc: [B, T, >= hot_k]."""
+    if margins == "fixed":
+        return margin
+    U = mc_pair_uncertainty(mc[:, :, :hot_k].float())  # [B, hot, hot]
+    M = sinkhorn_margins(U, margin=margin, epsilon=epsilon, iters=SINKHORN_ITERS, tol=SINKHORN_TOL)
+    if margins == "shuffled":
+        M = shuffle_within_rows(M, torch.Generator().manual_seed(shuffle_seed))
+    return M.float()
 
 
 def rank_loss_radi(
@@ -240,25 +266,33 @@ def rank_loss_radi(
     list_method: str,
     margin: float,
     epsilon: float,
+    hot_margins: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_pair, L_list) of one batch; a term that `rank` leaves out is 0 (attached to the graph).
+
+    hot_margins [B, hot, hot]: the margins pair_margins gives for these rows, computed beforehand
+    (a store's margins are fixed per view; margins, margin, epsilon and mc are then not used for them).
 
     logits [B, A]; vals [B, K] teacher probabilities in the teacher's order (the full ranking when
     K = A), idx [B, K] their answer ids, mc [B, T, K] MC-pass probabilities of the same answers.
     The list is drawn as positions of the stored ranking (list_positions), so ties in the float16
-    values keep the teacher's float32 order."""
-    s = F.log_softmax(logits, dim=1)  # [B, A] student scores
+    values keep the teacher's float32 order. The pairwise hinge is on probabilities p = softmax(z)
+    (margins in probability units), the listwise term on log-probabilities (ListMLE, ListNet and
+    LambdaLoss are shift invariant in the scores, so log_softmax(z) is z). `generator` draws the cold
+    list; the shuffle of margins="shuffled" has its own generator, seeded from generator.initial_seed(),
+    so every arm of one seed draws the same cold lists."""
     zero = logits.sum() * 0.0
     pair = lst = zero
     if rank in ("pairwise", "both"):
-        s_hot = s.gather(1, idx[:, :hot_k])  # [B, hot]
-        if margins == "adaptive":
-            U = mc_pair_uncertainty(mc[:, :, :hot_k])  # [B, hot, hot]
-            M = sinkhorn_margins(U, margin=margin, epsilon=epsilon).to(s.dtype)  # [B, hot, hot]
+        p_hot = F.softmax(logits, dim=1).gather(1, idx[:, :hot_k])  # [B, hot] student probabilities
+        if hot_margins is None:
+            M = pair_margins(mc, margins, hot_k, margin, epsilon, generator.initial_seed() ^ 0x5F1E)
         else:
-            M = margin
-        pair = radi_pairwise_loss(s_hot, vals[:, :hot_k], M)
+            M = hot_margins
+        M = M.to(logits.dtype) if isinstance(M, torch.Tensor) else M
+        pair = radi_pairwise_loss(p_hot, vals[:, :hot_k].to(logits.dtype), M)
     if rank in ("listwise", "both"):
+        s = F.log_softmax(logits, dim=1)  # [B, A]
         pos = list_positions(vals.shape[0], vals.shape[1], hot_k, cold_n, scheme, scheme_alpha, generator)  # [B, L]
         lst = radi_listwise_loss(s.gather(1, idx.gather(1, pos)), vals.gather(1, pos), list_method, generator=generator)
     return pair, lst
@@ -282,8 +316,8 @@ def train_videoqa_student(
     scheme: str = "exp",
     scheme_alpha: float | None = None,
     list_method: str = "listmle",
-    margin: float = 1.0,
-    epsilon: float = 1.0,
+    margin: float = RADI_MARGIN,
+    epsilon: float = RADI_EPSILON,
     temperature: float = 1.0,
     epochs: int = 10,
     batch_size: int = 64,

@@ -13,7 +13,7 @@ import torch
 from labelstore.pipeline.videoqa_data import ClipCache, prepare_questions
 from labelstore.pipeline.text import AnswerVocab, Tokenizer
 from labelstore.pipeline.video import FrameSampler
-from labelstore.trainers.videoqa import RADI_ALPHA, evaluate_videoqa, train_videoqa_classifier, train_videoqa_student
+from labelstore.trainers.videoqa import RADI_ALPHA, RADI_MARGIN, evaluate_videoqa, train_videoqa_classifier, train_videoqa_student
 from labelstore.trainers.videoqa_cli import TEACHER_SPEC, save_videoqa_checkpoint
 
 
@@ -37,7 +37,7 @@ def _setup(out_dir: Path, n_train: int, n_test: int, frames: int, size: int, see
 
 
 DEMO = dict(n_train=400, n_test=100, frames=16, size=32, num_frames=8, teacher_epochs=40, store_epochs=20,
-            student_epochs=20, top_k=None, mc_passes=8, hot_k=5, cold_n=8, alpha=RADI_ALPHA, margin=1.0,
+            student_epochs=20, top_k=None, mc_passes=8, hot_k=5, cold_n=8, alpha=RADI_ALPHA, margin=RADI_MARGIN,
             batch_size=64)
 
 

@@ -47,8 +47,9 @@ class VideoQATrainOptions:
                               help="How RADI's cold list is drawn from the ranks below the hot list.")
     radi_rank: str = option("--radi-rank", type=click.Choice(["pairwise", "listwise", "both"]), default="both",
                             show_default=True, help="RADI's ranking terms.")
-    margins: str = option("--margins", type=click.Choice(["adaptive", "fixed"]), default="adaptive",
+    margins: str = option("--margins", type=click.Choice(["adaptive", "fixed", "shuffled"]), default="adaptive",
                           show_default=True,
-                          help="RADI pairwise margins: Sinkhorn from the MC-dropout uncertainty, or constant.")
+                          help="RADI pairwise margins: Sinkhorn from the MC-dropout uncertainty, constant, or "
+                               "the Sinkhorn margins shuffled within each row (a control).")
     alpha: float | None = option("--alpha", type=float, default=None,
                                  help="Weight of the ranking loss (default: RADI's).")

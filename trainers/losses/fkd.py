@@ -104,6 +104,32 @@ def soft_target_ce(student_logits: Tensor, q: Tensor, temperature: float = 1.0) 
     return -(soften(q, temperature) * log_p).sum(dim=1) * temperature**2
 
 
+BANDS = ("dropped_low", "softened", "teacher", "dropped_high")  # ferkd_bands' values 0..3
+
+
+def ferkd_bands(gt: Tensor, gt_prob: Tensor, low: float = 0.05, high: float = 0.95, mid: float | None = None) -> Tensor:
+    """FerKD's band of each view (an index into BANDS, long [B]) from the teacher's gt probability.
+
+    gt: [B] long (-1 = unlabeled); gt_prob: [B]. With mid = (low + high) / 2 unless given
+    (low <= mid <= high), per labeled view:
+        gt_prob <  low          -> 0 "dropped_low":  too hard, likely a background crop
+        low <= gt_prob <  mid   -> 1 "softened":     the softened hard label
+        mid <= gt_prob <= high  -> 2 "teacher":      the dense teacher label
+        gt_prob >  high         -> 3 "dropped_high": too easy, uninformative
+    Unlabeled views (gt == -1) are always 2 "teacher".
+    """
+    if mid is None:
+        mid = (low + high) / 2
+    if not (low <= mid <= high):
+        raise ConfigError(f"need low <= mid <= high, got {low}, {mid}, {high}")
+    labeled = gt >= 0
+    band = torch.full(gt.shape, 2, dtype=torch.long, device=gt.device)
+    band[labeled & (gt_prob < low)] = 0
+    band[labeled & (gt_prob >= low) & (gt_prob < mid)] = 1
+    band[labeled & (gt_prob > high)] = 3
+    return band
+
+
 def ferkd_targets(
     topk_values: Tensor,
     topk_indices: Tensor,
@@ -121,42 +147,23 @@ def ferkd_targets(
 
     topk_values, topk_indices: [B, K] stored teacher top-k; gt: [B] long (-1 = unlabeled);
     gt_prob: [B] teacher probability of the ground-truth class for this view.
-    returns targets [B, C], keep [B] bool, counts {"dropped_low", "dropped_high", "softened", "teacher"}.
+    returns targets [B, C], keep [B] bool, counts {band name: views} (BANDS).
 
-    With mid = (low + high) / 2 unless given (low <= mid <= high), per labeled view:
-        gt_prob <  low          -> dropped (keep False): too hard, likely background crop
-        gt_prob >  high         -> dropped (keep False): too easy, uninformative
-        low <= gt_prob <  mid   -> softened hard label: 1 - epsilon on gt, epsilon / (C - 1) elsewhere
-        mid <= gt_prob <= high  -> dense teacher label dense_soft_labels(..., fill)
-    Unlabeled views (gt == -1) always keep the teacher label (counted as "teacher").
+    Per view, by its band (ferkd_bands(gt, gt_prob, low, high, mid)):
+        dropped_low, dropped_high -> keep False
+        softened                  -> hard label: 1 - epsilon on gt, epsilon / (C - 1) elsewhere
+        teacher                   -> dense teacher label dense_soft_labels(..., fill)
     Dropped rows hold the teacher label too, so targets is always a valid distribution;
     mask them out with `keep`.
     """
-    if mid is None:
-        mid = (low + high) / 2
-    if not (low <= mid <= high):
-        raise ConfigError(f"need low <= mid <= high, got {low}, {mid}, {high}")
     if num_classes < 2:
         raise ConfigError("ferkd_targets needs num_classes >= 2")
+    band = ferkd_bands(gt, gt_prob, low, high, mid)  # [B]
     teacher = dense_soft_labels(topk_values, topk_indices, num_classes, fill)  # [B, C]
-    p = gt_prob.to(teacher.dtype)  # [B]
-    labeled = gt >= 0  # [B]
-
-    too_hard = labeled & (p < low)
-    too_easy = labeled & (p > high)
-    soften = labeled & (p >= low) & (p < mid)
-    use_teacher = ~(too_hard | too_easy | soften)
-
     off = epsilon / (num_classes - 1)
     hard = torch.full_like(teacher, off)  # [B, C]
     hard.scatter_(1, gt.clamp_min(0).long()[:, None], 1.0 - epsilon)
-    targets = torch.where(soften[:, None], hard, teacher)  # [B, C]
-    keep = ~(too_hard | too_easy)
-
-    counts = {
-        "dropped_low": int(too_hard.sum()),
-        "dropped_high": int(too_easy.sum()),
-        "softened": int(soften.sum()),
-        "teacher": int(use_teacher.sum()),
-    }
+    targets = torch.where((band == 1)[:, None], hard, teacher)  # [B, C]
+    keep = (band == 1) | (band == 2)
+    counts = {name: int((band == b).sum()) for b, name in enumerate(BANDS)}
     return targets, keep, counts

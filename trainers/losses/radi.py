@@ -169,6 +169,23 @@ def radi_pairwise_loss(
     return torch.where(in_r, hinge, torch.zeros_like(hinge)).sum() / n
 
 
+def shuffle_within_rows(M: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The control of adaptive margins: each row's off-diagonal entries in a random order.
+
+    M: [B, K, K] -> [B, K, K], out[b, i, j] = M[b, i, pi_bi(j)] for j != i, pi_bi a uniform random
+    permutation of {j != i} (one per row, from `generator`), out[b, i, i] = M[b, i, i]. Row sums (and
+    so the mean margin per answer) are kept; which pair of the row gets which margin is not.
+    """
+    B, K, _ = M.shape
+    off = ~torch.eye(K, dtype=torch.bool, device=M.device)
+    vals = M[:, off].view(B, K, K - 1)  # [B, K, K-1], row i without its diagonal
+    keys = torch.rand((B, K, K - 1), generator=generator, dtype=torch.float64).to(M.device)
+    perm = keys.argsort(dim=2)  # [B, K, K-1], uniform random permutations
+    out = M.clone()
+    out[:, off] = vals.gather(2, perm).reshape(B, K * (K - 1))
+    return out
+
+
 # ---------------------------------------------------------------------------
 # listwise: partial-list sampling and list losses
 
@@ -278,7 +295,9 @@ def radi_listwise_loss(
 
     student_scores s, teacher_scores t: [B, L].
     "listmle"  (Xia et al. 2008): pi = teacher order, best first (stable: ties by position)
-               loss_b = sum_{i=1..L} [ logsumexp(s_pi(i), ..., s_pi(L)) - s_pi(i) ]
+               loss_b = (1/L) sum_{i=1..L} [ logsumexp(s_pi(i), ..., s_pi(L)) - s_pi(i) ]
+               (normalised per list position, so its scale does not grow with L: at uniform
+               scores it is (1/L) log L!, about log(L) - 1, not log L!)
     "listnet"  (Cao et al. 2007): loss_b = -sum_i softmax(t/T)_i * log_softmax(s/T)_i
     "stlistnet": ListNet with s/T replaced by s/T + g, g ~ Gumbel(0, 1) i.i.d. (from `generator`)
     "lambda"   (Wang et al. 2018, NDCG-Loss2++, sigma = 1, mu = 10): t are probabilities,
@@ -296,7 +315,7 @@ def radi_listwise_loss(
         order = torch.argsort(t, dim=1, descending=True, stable=True)  # [B, L]
         s_pi = s.gather(1, order)  # [B, L]
         suffix_lse = torch.logcumsumexp(s_pi.flip(1), dim=1).flip(1)  # [B, L], lse(s_pi(i..L))
-        return (suffix_lse - s_pi).sum(dim=1).mean()
+        return (suffix_lse - s_pi).mean(dim=1).mean()  # mean per list position, then over rows
     if method in ("listnet", "stlistnet"):
         logits = s / temperature
         if method == "stlistnet":

@@ -1,0 +1,222 @@
+"""`labelstore experiment ferkd`: a testbed built so FerKD's premise holds, N seeds per arm, paired by seed.
+
+FerKD (Shen & Xing, ICCV 2023) drops the random crops its teacher finds hardest (gt probability
+below `low`: "likely background") and the easiest, softens the hard ones, and pairs this with
+SelfMix. That needs crops that really miss the object. The setup (made once per output directory):
+
+  data     the built-in shapes generator with a small object on a larger textured canvas
+           (make_shapes_dataset object_scale: radius 0.21-0.28 of the shorter side, boxes 18 % of
+           the area on average; sources 56-72 px, views 32x32), image files on disk, the object
+           boxes beside them;
+  teacher  cnn-tiny (3.5x the student cnn-micro's FLOPs), 60 epochs in-process on mild crops
+           (scale 0.5-1), evaluated on whole images;
+  stores   two real stores of its top-5 labels, crop boxes stored (--store-params): crop-flip views
+           with crop scale 0.05-1 ("plain"), and the same with SelfMix added ("selfmix", FerKD's
+           pairing: a second crop of the same image pasted with p = 0.5).
+
+Per store, bands() puts each view in its FerKD band (losses.ferkd_bands, the thresholds of
+DistillConfig.ferkd) and measures how much of the object its crop holds:
+
+    held = area(crop box ∩ object box) / area(object box)          (object_fraction, source pixels)
+
+so the table says whether the dropped-low band is background. Arms, the same student on the
+same seeds (seed s fixes initialisation and data order in every arm):
+
+    none            hard labels only, plain store's views (the no-teacher control)
+    fkd             FKD soft-label CE on the plain store (the reference: FerKD's claim is over FKD)
+    ferkd           FerKD label adaptation on the plain store
+    ferkd+selfmix   FerKD on the selfmix store
+    fkd+selfmix     FKD on the selfmix store (not a default arm: SelfMix without FerKD)
+    ferkd-keep-easy ferkd without the dropped-high band (high = 1; not a default arm)
+
+Metric: test accuracy (whole images). Statistics: labelstore.trainers.experiment.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+import labelstore
+from labelstore.errors import ConfigError
+from labelstore.pipeline.images import ImageFolder, object_boxes
+
+from . import losses
+from .demo import prepare
+from .distill import DistillConfig, train_student
+from .experiment import check_arms, read_setup, write_setup
+from .fit import eval_batches, evaluate
+from .loop import seed_everything
+from .models import build_model
+
+METRIC = "accuracy"
+REFERENCE = "fkd"
+ARMS = {
+    "none": {"store": "plain", "mode": "none"},
+    "fkd": {"store": "plain", "mode": "cache", "loss": "fkd"},
+    "ferkd": {"store": "plain", "mode": "cache", "loss": "ferkd"},
+    "ferkd+selfmix": {"store": "selfmix", "mode": "cache", "loss": "ferkd"},
+    "fkd+selfmix": {"store": "selfmix", "mode": "cache", "loss": "fkd"},
+    "ferkd-keep-easy": {"store": "plain", "mode": "cache", "loss": "ferkd",
+                        "ferkd": {"low": 0.05, "mid": 0.5, "high": 1.0, "epsilon": 0.1}},
+}
+DEFAULT_ARMS = ["none", "fkd", "ferkd", "ferkd+selfmix"]
+
+# setup(**recipe) defaults; --recipe overrides any of them
+RECIPE = {"n_train": 2000, "n_test": 500, "min_size": 56, "max_size": 72, "object_scale": [0.21, 0.28],
+          "image_size": 32, "teacher": "cnn-tiny", "teacher_epochs": 60, "teacher_crop_scale": [0.5, 1.0],
+          "epochs": 8, "crop_scale": [0.05, 1.0], "top_k": 5, "student": "cnn-micro"}
+
+
+def _intersection(crops, objects) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(area of crop ∩ object, crop area, object area), int64 [N] each, of (y, x, h, w) boxes [N, 4]."""
+    c, o = np.asarray(crops, np.int64).reshape(-1, 4), np.asarray(objects, np.int64).reshape(-1, 4)
+    ih = np.minimum(c[:, 0] + c[:, 2], o[:, 0] + o[:, 2]) - np.maximum(c[:, 0], o[:, 0])
+    iw = np.minimum(c[:, 1] + c[:, 3], o[:, 1] + o[:, 3]) - np.maximum(c[:, 1], o[:, 1])
+    return np.clip(ih, 0, None) * np.clip(iw, 0, None), c[:, 2] * c[:, 3], o[:, 2] * o[:, 3]
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
+
+
+def object_fraction(crops, objects) -> np.ndarray:
+    """float64 [N]: the share of each object box that its crop holds, both (y, x, h, w) [N, 4] in
+    source pixels: area(crop ∩ object) / area(object) (0 for an empty object box)."""
+    inter, _, obj = _intersection(crops, objects)
+    return _ratio(inter, obj)
+
+
+def bands(store, boxes: dict, thresholds: dict) -> dict:
+    """Per FerKD band over every view of `store`: {band: {"views", "share", "gt_prob", "held",
+    "crop_object", "no_object", "half_object"}} plus "all" (None for an empty band): the mean gt_prob,
+    the mean object_fraction of the view's crop ("rrc/box"), the mean share of the crop that is
+    object (area(crop ∩ object) / area(crop)), the share of views holding none of the object and
+    the share holding at least half of it. boxes: {sample id: object box} (object_boxes)."""
+    obj = np.array([boxes[i] for i in store.ids], np.int64)  # [N, 4]
+    band, prob, held, share = [], [], [], []
+    for e in range(store.epochs):
+        rec = store.read(e)
+        p = torch.from_numpy(rec["gt_prob"].astype(np.float32))
+        band.append(losses.ferkd_bands(torch.from_numpy(rec["gt"].astype(np.int64)), p, **thresholds).numpy())
+        prob.append(p.numpy())
+        inter, crop, area = _intersection(rec["rrc/box"], obj)
+        held.append(_ratio(inter, area))
+        share.append(_ratio(inter, crop))
+    band, prob, held, share = (np.concatenate(v) for v in (band, prob, held, share))
+    out = {}
+    for b, name in [*enumerate(losses.BANDS), (None, "all")]:
+        m = np.ones(len(band), bool) if b is None else band == b
+        n = int(m.sum())
+        columns = (("gt_prob", prob), ("held", held), ("crop_object", share), ("no_object", held == 0),
+                   ("half_object", held >= 0.5))
+        out[name] = {"views": n, "share": n / len(band), **{k: float(v[m].mean()) if n else None for k, v in columns}}
+    return out
+
+
+def format_bands(stats: dict, title: str) -> str:
+    """The band table of one store (bands())."""
+    lines = [title, f"{'band':<14}{'views':>7}{'share %':>9}{'gt_prob':>9}{'object held %':>15}"
+                    f"{'crop is object %':>18}{'no object %':>13}{'>= half %':>11}"]
+    for name, s in stats.items():
+        if not s["views"]:
+            lines.append(f"{name:<14}{0:>7}{0:>9.1f}{'-':>9}{'-':>15}{'-':>18}{'-':>13}{'-':>11}")
+            continue
+        lines.append(f"{name:<14}{s['views']:>7}{100 * s['share']:>9.1f}{s['gt_prob']:>9.3f}{100 * s['held']:>15.1f}"
+                     f"{100 * s['crop_object']:>18.1f}{100 * s['no_object']:>13.1f}{100 * s['half_object']:>11.1f}")
+    return "\n".join(lines)
+
+
+def store_bands(meta: dict) -> dict:
+    """{store name: bands()} of the setup's stores, from the stored crop boxes and the object boxes."""
+    boxes = object_boxes(meta["train"])
+    return {k: bands(labelstore.open(v["path"]), boxes, meta["thresholds"]) for k, v in meta["stores"].items()}
+
+
+def teacher_line(meta: dict) -> str:
+    """The teacher's accuracy, the data's object size and the band table of each store."""
+    t = meta["thresholds"]
+    head = (f"teacher ({meta['teacher_model']}) test accuracy: {meta['teacher_accuracy']:.3f}; object box "
+            f"{100 * meta['object_area']:.1f} % of the image on average; crop scale {meta['crop_scale']}; "
+            f"FerKD low {t['low']}, mid {t.get('mid', (t['low'] + t['high']) / 2)}, high {t['high']}")
+    tables = [format_bands(stats, f"object in the crop, per FerKD band ({k} store, {meta['stores'][k]['views']} "
+                                  f"views):") for k, stats in store_bands(meta).items()]
+    return "\n".join([head, *tables])
+
+
+def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
+    """Data, teacher and the two stores under `out` (RECIPE, `recipe` overriding); made once: an
+    existing setup.json is reused. Echoes teacher_line (the band tables)."""
+    meta = read_setup(out)
+    if meta is not None:
+        return meta
+    unknown = sorted(set(recipe) - set(RECIPE))
+    if unknown:
+        raise ConfigError(f"--recipe: unknown key(s) {unknown}; this testbed's keys: {sorted(RECIPE)}")
+    r = {**RECIPE, **recipe}
+    os.makedirs(out, exist_ok=True)
+    p = prepare(out, n_train=r["n_train"], n_test=r["n_test"], image_size=r["image_size"], teacher=r["teacher"],
+                teacher_epochs=r["teacher_epochs"], epochs=r["epochs"], top_k=r["top_k"], mc_passes=0,
+                crop_scale=tuple(r["crop_scale"]), progress=progress, echo=echo, store_params=True,
+                shapes={"min_size": r["min_size"], "max_size": r["max_size"], "object_scale": r["object_scale"]},
+                teacher_crop_scale=tuple(r["teacher_crop_scale"]))
+    plain = p["store"]
+    selfmix_path = os.path.join(out, "selfmix.zarr")
+    selfmix = _selfmix_store(selfmix_path, plain, p["train"], p["teacher_model"], tuple(r["crop_scale"]), progress)
+    boxes = object_boxes(p["train"].root)
+    hw = plain.read_array("source_hw")  # [N, 2]
+    obj = np.array([boxes[i] for i in plain.ids], np.int64)
+    thresholds = dict(DistillConfig().ferkd)
+    thresholds.pop("epsilon")
+    meta = {"recipe": r, "train": str(p["train"].root), "test": str(p["test"].root), "teacher": p["checkpoint"],
+            "teacher_model": r["teacher"], "teacher_accuracy": p["teacher_accuracy"], "student": r["student"],
+            "crop_scale": list(r["crop_scale"]), "thresholds": thresholds, "epochs": plain.epochs,
+            "image_size": r["image_size"], "object_area": float(np.mean(obj[:, 2] * obj[:, 3] / (hw[:, 0] * hw[:, 1]))),
+            "stores": {"plain": {"path": p["store_path"], "views": plain.epochs * plain.num_samples},
+                       "selfmix": {"path": selfmix_path, "views": selfmix.epochs * selfmix.num_samples}}}
+    write_setup(out, meta)
+    echo(teacher_line(meta))
+    return meta
+
+
+def _selfmix_store(path: str, plain, train, teacher, crop_scale: tuple[float, float], progress: bool):
+    """The plain store's recipe (teacher, seed, epochs, top-k, stored params) with SelfMix added."""
+    from labelstore.pipeline.augment import make_policy
+    from labelstore.pipeline.replay import store_policy
+    from labelstore.pipeline.teach import TeachConfig, teach
+
+    a = plain.attrs
+    pol = store_policy(plain)
+    policy = make_policy("selfmix", pol.output_size, pol.mean, pol.std, crop_scale=crop_scale)
+    teach(path, train, teacher, policy, TeachConfig(**a["teach_config"]), teacher_info=a["teacher"],
+          num_classes=plain.num_classes, device="cpu", overwrite=True, progress=progress)
+    return labelstore.open(path)
+
+
+def make_arms(meta: dict, names: list[str], progress: bool = False) -> dict:
+    """arm name -> (seed -> {"accuracy", "seconds", "cpu_seconds", "label_counts"}) over the setup."""
+    check_arms(names, ARMS)
+    train, test = ImageFolder(meta["train"]), ImageFolder(meta["test"])
+    evals = eval_batches(test, (meta["image_size"], meta["image_size"]))
+    stores = {k: labelstore.open(v["path"]) for k, v in meta["stores"].items()}
+
+    def arm(name: str):
+        spec = ARMS[name]
+
+        def run(seed: int) -> dict:
+            cpu = time.process_time()
+            seed_everything(seed)
+            model = build_model(meta["student"], len(train.classes))
+            cfg = DistillConfig(**{k: v for k, v in spec.items() if k != "store"}, epochs=meta["epochs"],
+                                batch_size=64, seed=seed)
+            m = train_student(model, stores[spec["store"]], train, cfg, device="cpu", progress=progress)
+            return {"accuracy": evaluate(model, evals, "cpu")["accuracy"], "seconds": m["seconds"],
+                    "cpu_seconds": time.process_time() - cpu, "label_counts": m["label_counts"]}
+
+        return run
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    return {n: arm(n) for n in names}
