@@ -68,7 +68,8 @@ def test_shapes_dataset_object_boxes(tmp_path):
 def test_cli_ferkd_testbed_quick(tmp_path):
     """The real command on a tiny recipe, 1 seed: the arms' table and per store the band table."""
     out = tmp_path / "exp"
-    recipe = {"n_train": 100, "n_test": 40, "teacher": "cnn-tiny", "teacher_epochs": 1, "epochs": 1}
+    recipe = {"n_train": 100, "n_test": 40, "teacher": "cnn-tiny", "teacher_epochs": 1, "teacher_lr": 0.001,
+              "epochs": 1}
     cmd = [sys.executable, "-m", "labelstore", "experiment", "ferkd", "--seeds", "1", "--quiet", "--out", str(out),
            "--recipe", json.dumps(recipe)]
     run = subprocess.run(cmd, capture_output=True, text=True)
@@ -78,7 +79,9 @@ def test_cli_ferkd_testbed_quick(tmp_path):
     for arm in ("none", "fkd", "ferkd", "ferkd+selfmix"):
         assert any(line.split()[:1] == [arm] for line in lines), arm
     assert "teacher (cnn-tiny) test accuracy" in run.stdout
-    bands = store_bands(json.loads((out / "setup.json").read_text()))
+    meta = json.loads((out / "setup.json").read_text())
+    assert meta["recipe"]["teacher_lr"] == 0.001 and meta["teacher_model"] == "cnn-tiny"
+    bands = store_bands(meta)
     for store in ("plain", "selfmix"):
         title = next(i for i, line in enumerate(lines) if f"({store} store, 100 views)" in line)
         rows = {line.split()[0]: line.split()[1:] for line in lines[title + 2:title + 7]}

@@ -35,13 +35,14 @@ def prepare(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int
             teacher_epochs: int = 60, epochs: int = 16, top_k: int = 5, mc_passes: int = 4,
             crop_scale: tuple[float, float] = (0.25, 1.0), seed: int = 0, progress: bool = True, echo=print,
             shapes: dict | None = None, teacher_crop_scale: tuple[float, float] | None = None,
-            store_params: bool = False) -> dict:
+            store_params: bool = False, teacher_lr: float | None = None) -> dict:
     """Steps 1-3 of the demo under `out`: the dataset files, the teacher trained in-process (checkpoint
     out/teacher.pt) and its store out/labels.zarr. Also the setup of `labelstore experiment`.
 
     shapes: more make_shapes_dataset arguments (min_size, max_size, object_scale); teacher_crop_scale:
     the teacher's training crops (default crop_scale, the store's); store_params: the store keeps its
-    augmentation parameters (TeachConfig.store_params)."""
+    augmentation parameters (TeachConfig.store_params); teacher_lr: the teacher's AdamW learning rate
+    (None: train_classifier's default, 5e-3)."""
     size = (image_size, image_size)
     timings = {}
     t = time.perf_counter()
@@ -57,8 +58,8 @@ def prepare(out: str, *, n_train: int = 2000, n_test: int = 500, image_size: int
     seed_everything(seed)
     t_model = build_model(teacher, len(train.classes), dropout=0.2)
     t = time.perf_counter()
-    train_classifier(t_model, augmented_batches(train, t_policy, seed + 1, 64), teacher_epochs, device="cpu",
-                     optimizer="adamw", progress=progress)
+    train_classifier(t_model, augmented_batches(train, t_policy, seed + 1, 64), teacher_epochs, lr=teacher_lr,
+                     device="cpu", optimizer="adamw", progress=progress)
     timings["teacher_train"] = time.perf_counter() - t
     teacher_acc = evaluate(t_model, evals, "cpu")["accuracy"]
     ckpt = os.path.join(out, "teacher.pt")
