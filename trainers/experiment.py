@@ -126,6 +126,15 @@ def summarize(values: list[float], level: float = 0.95) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def with_recipe(defaults: dict, overrides: dict) -> dict:
+    """An experiment's recipe: its `defaults` with the `--recipe` overrides; ConfigError naming
+    every unknown key and the known ones."""
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ConfigError(f"--recipe: unknown recipe key(s) {unknown}; choose from {sorted(defaults)}")
+    return {**defaults, **overrides}
+
+
 def check_arms(names: list[str], arms: dict) -> None:
     """ConfigError naming the arms a task does not have."""
     unknown = sorted(set(names) - set(arms))

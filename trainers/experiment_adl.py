@@ -39,12 +39,11 @@ import numpy as np
 import torch
 
 import labelstore
-from labelstore.errors import ConfigError
 from labelstore.pipeline.stage import run_stage
 
 from . import losses
 from .dense_cells import CellNet, CellsFolder, CellTask, cell_map, make_cells_folder, to_input
-from .experiment import check_arms, read_setup, write_setup
+from .experiment import check_arms, read_setup, with_recipe, write_setup
 from .loop import seed_everything
 
 METRIC = "mAP"
@@ -122,10 +121,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     meta = read_setup(out)
     if meta is not None:
         return meta
-    unknown = sorted(set(recipe) - set(RECIPE))
-    if unknown:
-        raise ConfigError(f"unknown recipe key(s) {unknown}: choose from {sorted(RECIPE)}")
-    r = {**RECIPE, **recipe}
+    r = with_recipe(RECIPE, recipe)
     os.makedirs(out, exist_ok=True)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     t0 = time.time()

@@ -42,13 +42,12 @@ import numpy as np
 import torch
 
 import labelstore
-from labelstore.errors import ConfigError
 from labelstore.pipeline.images import ImageFolder, object_boxes
 
 from . import losses
 from .demo import prepare
 from .distill import DistillConfig, train_student
-from .experiment import check_arms, read_setup, write_setup
+from .experiment import check_arms, read_setup, with_recipe, write_setup
 from .fit import eval_batches, evaluate
 from .loop import seed_everything
 from .models import build_model
@@ -155,10 +154,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     meta = read_setup(out)
     if meta is not None:
         return meta
-    unknown = sorted(set(recipe) - set(RECIPE))
-    if unknown:
-        raise ConfigError(f"--recipe: unknown key(s) {unknown}; this testbed's keys: {sorted(RECIPE)}")
-    r = {**RECIPE, **recipe}
+    r = with_recipe(RECIPE, recipe)
     os.makedirs(out, exist_ok=True)
     p = prepare(out, n_train=r["n_train"], n_test=r["n_test"], image_size=r["image_size"], teacher=r["teacher"],
                 teacher_epochs=r["teacher_epochs"], epochs=r["epochs"], top_k=r["top_k"], mc_passes=0,

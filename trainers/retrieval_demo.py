@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 import labelstore
-from labelstore.errors import ConfigError
 from labelstore.pipeline import builtin_video as bv
 from labelstore.pipeline.teach_retrieval import RetrievalTeachConfig, dense_similarity, repr_cat, teach_retrieval
 from labelstore.pipeline.text import Tokenizer, read_captions
 from labelstore.pipeline.video import FrameSampler, VideoFolder, VideoPolicy
+from labelstore.trainers.experiment import with_recipe
 from labelstore.trainers.retrieval import evaluate_retrieval, train_retrieval_student
 from labelstore.trainers.retrieval_cli import STUDENT_SPEC, TEACHER_SPEC, save_retrieval_checkpoint
 from labelstore.trainers.retrieval_models import CrossModalTeacher, HolisticStudent
@@ -58,10 +58,7 @@ def prepare_retrieval(out: str | os.PathLike, *, seed: int = 0, progress: bool =
     dataset dict), "videos", "tok", "teacher", "teacher_metrics", "teacher_seconds", "teacher_ckpt",
     "store_path", "store", "stage", "student_kw"}.
     """
-    unknown = sorted(set(recipe) - set(RECIPE))
-    if unknown:
-        raise ConfigError(f"retrieval recipe: unknown key(s) {unknown}; known: {sorted(RECIPE)}")
-    r = {**RECIPE, **recipe}
+    r = with_recipe(RECIPE, recipe)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     nf, B = int(r["num_frames"]), int(r["batch_size"])
