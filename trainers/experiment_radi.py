@@ -14,8 +14,11 @@ Setup, made once per output directory and reused by every arm and seed, from REC
              palette colour (area, centroid, spread, skewness, fill: clip_features), plus the
              question as a bag of words; computed once per view
     teacher  FeatureQA(hidden = teacher_hidden, dropout 0.3) trained teacher_epochs with CE on the
-             annotated answers of the SAME training questions as the student (more epochs and
-             a wider head, no other labels), on teacher_views random-offset views per clip
+             annotated answers of the SAME training questions as the student (a wider head, no
+             other labels), on teacher_views random-offset views per clip; teacher_epochs is kept
+             short (15) so that the teacher does not memorise the one label drawn per training
+             question: its soft labels on those questions then keep mass on the other correct
+             answers, which is what KD (and the ranking terms) can transfer
     store    teach_videoqa (the real teacher stage) on the training questions: store_epochs epochs of
              random-offset frames, top_k = A (full ranking), mc_passes MC-dropout passes of the head
 
@@ -71,7 +74,7 @@ ARMS = {
 DEFAULT_ARMS = list(ARMS)
 
 RECIPE = dict(n_train=2400, n_test=400, frames=16, size=32, num_frames=8, data_seed=0,
-              teacher_hidden=512, teacher_epochs=60, teacher_views=4, store_epochs=4, mc_passes=8,
+              teacher_hidden=512, teacher_epochs=15, teacher_views=4, store_epochs=4, mc_passes=8,
               student_hidden=32, student_epochs=15, batch_size=64, lr=3e-3, hot_k=10, cold_n=30,
               margin=0.1, epsilon=0.01)
 KEEP = ("describe", "object_of_motion")
