@@ -53,9 +53,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from labelstore.errors import ConfigError
 
-from .experiment import check_arms, read_setup, write_setup
+from .experiment import check_arms, read_setup, with_recipe, write_setup
 
 METRIC = "acc_any"
 REFERENCE = "ce"
@@ -257,10 +256,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     meta = read_setup(out)
     if meta is not None:
         return meta
-    unknown = sorted(set(recipe) - set(RECIPE))
-    if unknown:
-        raise ConfigError(f"unknown recipe key(s) {unknown}: choose from {sorted(RECIPE)}")
-    r = {**RECIPE, **recipe}
+    r = with_recipe(RECIPE, recipe)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
