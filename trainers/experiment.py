@@ -126,6 +126,11 @@ def summarize(values: list[float], level: float = 0.95) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def disk_bytes(path: str) -> int:
+    """Bytes of every file under `path` (a store's size on disk)."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
 def with_recipe(defaults: dict, overrides: dict) -> dict:
     """An experiment's recipe: its `defaults` with the `--recipe` overrides; ConfigError naming
     every unknown key and the known ones."""

@@ -43,7 +43,7 @@ from labelstore.pipeline.stage import run_stage
 
 from . import losses
 from .dense_cells import CellNet, CellsFolder, CellTask, cell_map, make_cells_folder, to_input
-from .experiment import check_arms, read_setup, with_recipe, write_setup
+from .experiment import check_arms, disk_bytes, read_setup, with_recipe, write_setup
 from .loop import seed_everything
 
 METRIC = "mAP"
@@ -111,10 +111,6 @@ def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
         return torch.cat([model(b).sigmoid() for b in x.split(256)]).numpy()
 
 
-def _store_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-
-
 def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     """Data, teacher and the two stores under `out` (see the module docstring); `recipe` overrides RECIPE.
     Made once: an existing out/setup.json is reused."""
@@ -155,7 +151,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     meta = {"recipe": r, "train": str(train.root), "test": str(test.root), "pool": str(pool.root),
             "teacher": ckpt, "teacher_map": teacher_map, "train_store": stores["train"], "pool_store": stores["pool"],
             "pool_selected": selected, "positive_fraction": float(train.targets().mean()),
-            "store_bytes_per_image": _store_bytes(stores["train"]) / len(train)}
+            "store_bytes_per_image": disk_bytes(stores["train"]) / len(train)}
     write_setup(out, meta)
     return meta
 

@@ -44,7 +44,7 @@ import torch
 
 from labelstore.errors import ConfigError
 
-from .experiment import check_arms, read_setup, with_recipe, write_setup
+from .experiment import check_arms, disk_bytes, read_setup, with_recipe, write_setup
 
 METRIC = "acc_any"
 REFERENCE = "ce"
@@ -69,10 +69,6 @@ def teacher_line(meta: dict) -> str:
             f"videos, all answers, {r['teacher_epochs']} epochs) test acc_any: {meta['teacher_acc_any']:.3f}  "
             f"acc_annotated: {meta['teacher_acc_annotated']:.3f}; store {meta['store_bytes_per_view']:.0f} bytes/view "
             f"(K = {meta['top_k']} of {meta['num_answers']} answers, T = {meta['recipe']['mc_passes']})")
-
-
-def _store_bytes(path: str) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
@@ -135,7 +131,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
             "questions_test": str(data["questions_test"]), "teacher": ckpt, "store": store,
             "teacher_acc_any": acc["acc_any"], "teacher_acc_annotated": acc["acc_annotated"],
             "teacher_seconds": tt["seconds"], "num_answers": len(vocab), "top_k": st["top_k"], "views": views,
-            "store_bytes": _store_bytes(store), "store_bytes_per_view": _store_bytes(store) / views}
+            "store_bytes": disk_bytes(store), "store_bytes_per_view": disk_bytes(store) / views}
     echo(f"store: {views} views, K = {st['top_k']}, T = {r['mc_passes']}, {meta['store_bytes_per_view']:.0f} bytes/view "
          f"({st['seconds']:.1f}s)")
     write_setup(out, meta)
