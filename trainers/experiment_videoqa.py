@@ -126,12 +126,12 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     st = teach_videoqa(store, videos, student_q, tokenizer, vocab, teacher, FrameSampler(num_frames=m),
                        VideoQATeachConfig(epochs=r["store_epochs"], seed=0, top_k=None, mc_passes=r["mc_passes"],
                                           batch_size=256, shard_rows=512, frame_size=fs), overwrite=True)
-    views = st["views"]
+    views, size = st["views"], disk_bytes(store)
     meta = {"recipe": r, "videos": str(data["videos"]), "questions_train": student_q, "questions_teacher": str(data["questions_train"]),
             "questions_test": str(data["questions_test"]), "teacher": ckpt, "store": store,
             "teacher_acc_any": acc["acc_any"], "teacher_acc_annotated": acc["acc_annotated"],
             "teacher_seconds": tt["seconds"], "num_answers": len(vocab), "top_k": st["top_k"], "views": views,
-            "store_bytes": disk_bytes(store), "store_bytes_per_view": disk_bytes(store) / views}
+            "store_bytes": size, "store_bytes_per_view": size / views}
     echo(f"store: {views} views, K = {st['top_k']}, T = {r['mc_passes']}, {meta['store_bytes_per_view']:.0f} bytes/view "
          f"({st['seconds']:.1f}s)")
     write_setup(out, meta)
