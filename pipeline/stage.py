@@ -6,7 +6,8 @@ A task says WHAT is labelled; `run_stage` does the rest, the same way for every 
            protocol), or the existing one after `check_resume` compared the task's `resume_keys`
   units    the pending work units (epoch group g, partition p) of this rank: p % world_size == rank
   produce  task.inputs(units, pool) on a background thread (decode + render, `depth` items ahead)
-  label    task.label(item) on this thread (the teacher) -> the blocks to write and a view count
+  label    task.label(item) on this thread (the teacher) -> the blocks to write and a view count;
+           torch runs it with cores - decode_workers intra-op threads (at least 1: `teacher_threads`)
   write    writer.BackgroundWriter: blocks on a writer thread; a unit is flagged done after its
            item of kind "unit", so a killed run keeps every finished unit and resumes the rest
   finalize writer.finalize -> {"units", "seconds", "complete", **task.stats(count, seconds)}
@@ -30,6 +31,7 @@ import ctypes
 import contextlib
 import errno
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -232,6 +234,26 @@ def keep_freed_memory() -> Iterator[None]:
                 trim(0)
 
 
+@contextlib.contextmanager
+def teacher_threads(decode_workers: int) -> Iterator[int]:
+    """While the stage runs, torch's intra-op threads = max(1, cores - decode_workers) (cores: those
+    this process may run on), then the previous count again.
+
+    The cores are split between the decode/render workers and the teacher instead of oversubscribed:
+    torch's OpenMP threads spin for a while after each parallel region, and at one thread per core
+    beside the decoders that spinning took 0.27 ms of CPU per 224-px view (25 % of the stage's CPU)
+    on 2 cores with a near-free teacher (docs/benchmarks.md). A GPU teacher needs no CPU threads;
+    a CPU teacher gets the cores the decoders leave (`--workers` sets how many they take)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    before = torch.get_num_threads()
+    n = max(1, cores - decode_workers)
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_stage(task: Task, out: str, *, resume: bool = False, overwrite: bool = False, rank: int = 0,
               world_size: int = 1, max_units: int | None = None, decode_workers: int = 2,
               progress: bool = False, depth: int = 4) -> dict:
@@ -282,7 +304,8 @@ def _run_stage(task: Task, out: str, opened: list, *, resume: bool, overwrite: b
              task.count_unit)
     t0, count = time.perf_counter(), 0
     try:
-        with keep_freed_memory(), ThreadPoolExecutor(decode_workers) as pool, writer.BackgroundWriter(group) as bg:
+        with (keep_freed_memory(), teacher_threads(decode_workers), ThreadPoolExecutor(decode_workers) as pool,
+              writer.BackgroundWriter(group) as bg):
             for item in prefetch(task.inputs(units, pool), depth=depth):
                 writes, n = task.label(item)
                 for name, start, block, epoch in writes:

@@ -244,11 +244,11 @@ class ClassificationTask:
                 return [("source_hw", int(rows[0]), hw.astype(np.uint16), None), ("skipped", int(rows[0]), skipped, None)], 0
             return [], 0
         self._records.open(len(rows))
-        sel, x = item.data  # x: uint8 Views of rows[sel], or None when all of them were skipped
-        if x is None:
+        sel, x, digests = item.data  # x: uint8 Views of rows[sel]; digests: their crc32c uint32 [n] or None
+        if not len(sel):  # all of the batch's rows were skipped
             return [], 0
         ids = rows[sel]
-        digest = {"view_digest": view_check(x.digests())} if cfg.digests else {}
+        digest = {"view_digest": view_check(digests)} if cfg.digests else {}
         self._records.put(sel, {**digest, **self.targets(x, e, ids)})
         return [], len(ids)
 

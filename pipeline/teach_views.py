@@ -9,6 +9,8 @@ Every batch of a unit's epoch is one task on the decode pool, self-contained:
            decode unmixed (skip_bad), the partners' own parameters
   render   the numba kernels on that pool thread (GIL released), or, on a torch device, in turn on
            the producer thread (pipeline/render_torch.py, each source uploaded once per unit)
+  digest   the views' crc32c (`digests`), on the thread that rendered them, while their bytes are in
+           that core's cache (on 2 cores, digesting on the teacher's thread cost it 50 % more CPU)
 
 The producer keeps 2 x workers batch tasks in flight over the batches of all units in order, at most
 one unit ahead of the one it hands out, and yields the batches in order, then the epoch's and the
@@ -121,7 +123,8 @@ class _Unit:
 
 def views(source, policy, cfg, units, num_samples: int, pool: ThreadPoolExecutor, device: torch.device | None = None):
     """Producer (runs on a background thread): per unit and epoch, Item("batch") with (positions in the
-    unit's rows, uint8 Views or None when all were skipped), then Item("epoch") with the epoch's
+    unit's rows, uint8 Views of them or None when all were skipped, their crc32c digests uint32 [n] or
+    None without cfg.digests), then Item("epoch") with the epoch's
     parameters [n, ...], then per unit Item("unit") with (hw [n, 2], skipped [n]). Rendered on
     `device` by pipeline/render_torch.py when given, else by the numba kernels on the pool."""
     from . import render_torch
@@ -139,11 +142,15 @@ def views(source, policy, cfg, units, num_samples: int, pool: ThreadPoolExecutor
                 yield u, e, None
             yield u, None, None
 
+    def digests(x) -> np.ndarray | None:
+        return x.digests() if cfg.digests and x is not None else None
+
     def batch(u: _Unit, e: int, sel: np.ndarray):
         prog = draw(policy, cfg.seed, N, u.decoded, u.rows, sel, e)
         if device is not None or not len(prog.keep):
-            return prog, None
-        return prog, policy.render_batch(*prog.sources(u.rows, u.decoded.get), parallel=False)
+            return prog, None, None
+        x = policy.render_batch(*prog.sources(u.rows, u.decoded.get), parallel=False)
+        return prog, x, digests(x)
 
     def upload(u: _Unit, row: int) -> torch.Tensor:
         if row not in u.uploaded:
@@ -164,12 +171,13 @@ def views(source, policy, cfg, units, num_samples: int, pool: ThreadPoolExecutor
                 nxt = next(todo, None)
             u, e, sel, fut = pending.popleft()
             if sel is not None:
-                prog, x = fut.result()
+                prog, x, dig = fut.result()
                 u.hw[sel], u.ok[sel] = prog.hw, prog.ok
                 u.params.append(prog.params)
                 if device is not None and len(prog.keep):
                     x = render_torch.render_batch(policy, *prog.sources(u.rows, lambda r: upload(u, r)))
-                yield Item("batch", u.key, e, u.rows, (sel[prog.keep], x))
+                    dig = digests(x)
+                yield Item("batch", u.key, e, u.rows, (sel[prog.keep], x, dig))
             elif e is not None:
                 params = {k: np.concatenate([p[k] for p in u.params]) for k in u.params[0]}
                 u.params = []

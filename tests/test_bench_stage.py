@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from labelstore.trainers.bench import bench_stage_cores, stage_cores_line, stage_photos, write_jpegs
@@ -22,10 +23,14 @@ def test_stage_photos_repeats_the_files(tmp_path):
 @pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs taskset, 2 cores")
 def test_bench_stage_cores_tiny(tmp_path):
     root = write_jpegs(str(tmp_path / "photos"), 4, size=(48, 64))
-    r = bench_stage_cores(root, size=32, epochs=2, images=12, shard_rows=4, repeats=1)
+    r = bench_stage_cores(root, size=32, epochs=2, images=12, shard_rows=4, repeats=1, rounds=3)
     views = 12 * 2  # images x epochs, one measured store
     assert r["views"] == {"one": views, "two": views, "peers": [views, views]}
     v = r["views_per_s"]
+    rounds = r["per_round"]
+    assert len(rounds) == r["rounds"] == 3  # each figure: the median of its rounds
+    assert v["one"] == np.median([x["one"] for x in rounds]) and v["two"] == np.median([x["two"] for x in rounds])
+    assert v["peers"] == [np.median([x["peers"][i] for x in rounds]) for i in (0, 1)]
     assert r["two_over_one"] == v["two"] / v["one"] and r["ceiling"] == sum(v["peers"]) / v["one"]
     assert r["two_over_ceiling"] == v["two"] / sum(v["peers"])
     assert all(c > 0 for c in [r["cpu_s_per_view"]["one"], r["cpu_s_per_view"]["two"], *r["cpu_s_per_view"]["peers"]])

@@ -349,7 +349,7 @@ def stage_photos(root: str, out: str, n: int) -> str:
 
 
 def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int = 1024, shard_rows: int = 128,
-                      repeats: int = 3) -> dict:
+                      repeats: int = 3, rounds: int = 3) -> dict:
     """The teacher stage (near-free teacher, decode + render + digest + to_input + write) over `images`
     photographs (the files of `root` over and over) in units of `shard_rows` rows, as a stage of many
     units runs, in children pinned with `taskset` (numba and torch threads, decode workers = cores):
@@ -360,11 +360,12 @@ def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int =
               their summed rate is what this machine's two cores give this work with nothing shared
               between the stages (caches, memory bandwidth and the host still are)
 
-    two_over_one (the goal's figure) = two / one; ceiling = (peers summed) / one, the machine's own
-    two-core ratio for this work; two_over_ceiling = two / (peers summed): the share of that ceiling
-    the stage reaches (1.00: the stage adds no cost of its own on two cores). Wall rates hold on an
-    otherwise idle machine; cpu_s_per_view (equal on 1 and 2 cores: no extra work on 2) and the load
-    averages show what other jobs took."""
+    `rounds` alternating rounds of the three; each figure is the median over the rounds (a VM's
+    rate drifts by ±10 % from run to run). two_over_one (the goal's figure) = two / one; ceiling =
+    (peers summed) / one, the machine's own two-core ratio for this work; two_over_ceiling = two /
+    (peers summed): the share of that ceiling the stage reaches (1.00: the stage adds no cost of its
+    own on two cores). Wall rates hold on an otherwise idle machine; cpu_s_per_view (equal on 1 and 2
+    cores: no extra work on 2) and the load averages show what other jobs took."""
     import json
     import shutil
     import subprocess
@@ -390,27 +391,39 @@ def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int =
                 raise RuntimeError(f"stage child exited with status {p.returncode}")
             return json.loads(lines[-1])
 
-        runs = {"one": result(start("0", 1, False)), "two": result(start("0,1", 2, False))}
-        peers = [start(c, 1, True) for c in ("0", "1")]
-        for p in peers:
-            p.stdout.readline()  # "ready": warmed up
-        for p in peers:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        runs["peers"] = [result(p) for p in peers]
+        def peer_runs() -> list[dict]:
+            ps = [start(c, 1, True) for c in ("0", "1")]
+            for p in ps:
+                p.stdout.readline()  # "ready": warmed up
+            for p in ps:
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            return [result(p) for p in ps]
+
+        runs = [{"one": result(start("0", 1, False)), "two": result(start("0,1", 2, False)), "peers": peer_runs()}
+                for _ in range(rounds)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    one, two = runs["one"]["views_per_s"], runs["two"]["views_per_s"]
-    peer = sum(r["views_per_s"] for r in runs["peers"])
-    return {"views_per_s": {"one": one, "two": two, "peers": [r["views_per_s"] for r in runs["peers"]]},
-            "views": {"one": runs["one"]["views"], "two": runs["two"]["views"], "peers": [r["views"] for r in runs["peers"]]},
-            "cpu_s_per_view": {"one": runs["one"]["cpu_s_per_view"], "two": runs["two"]["cpu_s_per_view"],
-                               "peers": [r["cpu_s_per_view"] for r in runs["peers"]]},
-            "load_average": {"one": runs["one"]["load_average"], "two": runs["two"]["load_average"],
-                             "peers": max(r["load_average"] for r in runs["peers"])},
+
+    def med(key: str, field: str, i: int | None = None) -> float:
+        return float(np.median([r[key][i][field] if i is not None else r[key][field] for r in runs]))
+
+    one, two, peers_ = med("one", "views_per_s"), med("two", "views_per_s"), [med("peers", "views_per_s", i) for i in (0, 1)]
+    peer = sum(peers_)
+    return {"views_per_s": {"one": one, "two": two, "peers": peers_},
+            "views": {"one": runs[0]["one"]["views"], "two": runs[0]["two"]["views"],
+                      "peers": [p["views"] for p in runs[0]["peers"]]},  # the same in every round
+            "per_round": [{k: (v["views_per_s"] if k != "peers" else [p["views_per_s"] for p in v]) for k, v in r.items()}
+                       for r in runs],
+            "cpu_s_per_view": {"one": med("one", "cpu_s_per_view"), "two": med("two", "cpu_s_per_view"),
+                               "peers": [med("peers", "cpu_s_per_view", i) for i in (0, 1)]},
+            "load_average": {"one": max(r["one"]["load_average"] for r in runs),
+                             "two": max(r["two"]["load_average"] for r in runs),
+                             "peers": max(p["load_average"] for r in runs for p in r["peers"])},
             "two_over_one": two / one, "ceiling": peer / one, "two_over_ceiling": two / peer,
-            "cpu_two_over_one": runs["two"]["cpu_s_per_view"] / runs["one"]["cpu_s_per_view"],
-            "images": images, "shard_rows": shard_rows, "epochs": epochs, "repeats": repeats, "cpus": os.cpu_count(),
+            "cpu_two_over_one": med("two", "cpu_s_per_view") / med("one", "cpu_s_per_view"),
+            "images": images, "shard_rows": shard_rows, "epochs": epochs, "repeats": repeats, "rounds": rounds,
+            "cpus": os.cpu_count(),
             "command": "taskset -c 0 / -c 0,1 / (-c 0 and -c 1 at once) labelstore.trainers.bench.stage_child"}
 
 
@@ -419,12 +432,13 @@ def stage_cores_line(st: dict) -> str:
     if "skipped" in st:
         return f"1b. teacher stage on 1 and 2 cores: skipped ({st['skipped']})"
     v, c, la = st["views_per_s"], st["cpu_s_per_view"], st["load_average"]
-    return (f"1b. teacher stage, near-free teacher, {st['images']} images in units of {st['shard_rows']}: "
+    return (f"1b. teacher stage, near-free teacher, {st['images']} images in units of {st['shard_rows']}, medians "
+            f"of {st['rounds']} alternating rounds: "
             f"{v['one']:,.0f} views/s on 1 core, {v['two']:,.0f} on 2 = {st['two_over_one']:.2f} x   [target >= 1.8, "
             f"on an idle machine]; two 1-core stages at once {v['peers'][0]:,.0f} + {v['peers'][1]:,.0f} = "
             f"{st['ceiling']:.2f} x one (this machine's 2-core ceiling), stage on 2 cores / ceiling "
             f"{st['two_over_ceiling']:.2f}; CPU per view {1e3 * c['one']:.2f} / {1e3 * c['two']:.2f} ms "
-            f"(1 / 2 cores), {1e3 * c['peers'][0]:.2f} / {1e3 * c['peers'][1]:.2f} (peers); load average "
+            f"(1 / 2 cores), {1e3 * c['peers'][0]:.2f} / {1e3 * c['peers'][1]:.2f} (peers); highest load average "
             f"{la['one']:.1f} / {la['two']:.1f} / {la['peers']:.1f} on {st['cpus']} CPUs (above 2: other "
             f"processes shared the cores, the wall ratios understate the stage)")
 

@@ -135,16 +135,6 @@ class SyntheticImages:
         return {"root": f"synthetic:{len(self)}"}
 
 
-class _Digests:
-    """Stands in for rendered Views: only .digests() is asked of it by ClassificationTask.label."""
-
-    def __init__(self, d: np.ndarray):
-        self.d = d
-
-    def digests(self) -> np.ndarray:
-        return self.d
-
-
 class SyntheticTask(ClassificationTask):
     """ClassificationTask with precomputed records: inputs() yields each unit's epochs as one batch of
     synthetic digests (no decode, no render) with the policy's own parameters, targets() returns the
@@ -163,8 +153,8 @@ class SyntheticTask(ClassificationTask):
             for e in range(g * V, min(cfg.epochs, (g + 1) * V)):
                 params = self.policy.sample(cfg.seed, e, rows, hw, N)
                 r = np.random.default_rng([cfg.seed, e, p])
-                yield Item("batch", (g, p), e, rows, (np.arange(len(rows)), _Digests(
-                    r.integers(0, 2**32, len(rows), dtype=np.uint64).astype(np.uint32))))
+                yield Item("batch", (g, p), e, rows, (np.arange(len(rows)), None,
+                                                      r.integers(0, 2**32, len(rows), dtype=np.uint64).astype(np.uint32)))
                 yield Item("epoch", (g, p), e, rows, params)
             yield Item("unit", (g, p), None, rows, (hw, np.zeros(len(rows), bool)))
 
