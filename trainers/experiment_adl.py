@@ -24,7 +24,9 @@ in every arm. Only the distillation term (read back from the store) changes:
     focal-semi     the focal loss on the train images plus the pool images the teacher finds an object
                    in (some q >= 0.5), with the teacher's q >= 0.5 as their hard labels: the control of
     adl-semi       focal-semi + the ADL term on the same images (ADL's semi-supervised scheme)
-    adl-semi-all   adl-semi without the filter: every pool image (empty and distractor-only too)
+    adl-semi-all   adl-semi without the filter: every pool image (empty and distractor-only too, all-negative
+                   pseudo labels), against
+    focal-semi-all focal-semi without the filter: the same images and labels, no distillation term
 
 Metric: test mAP over (cell, class) (dense_cells.cell_map). Statistics: labelstore.trainers.experiment.
 """
@@ -56,6 +58,7 @@ ARMS = {
     "focal-semi": {"distill": None, "pool": "selected"},
     "adl-semi": {"distill": "adl", "pool": "selected"},
     "adl-semi-all": {"distill": "adl", "pool": "all"},
+    "focal-semi-all": {"distill": None, "pool": "all"},
 }
 DEFAULT_ARMS = list(ARMS)
 
