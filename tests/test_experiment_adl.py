@@ -17,6 +17,7 @@ from labelstore.pipeline.stage import run_stage
 from labelstore.trainers import experiment_adl
 from labelstore.trainers.dense_cells import CellNet, CellsFolder, CellTask, average_precision, cell_map, \
     make_cells_folder, to_input
+from labelstore.trainers.loop import seed_everything
 
 torch.set_num_threads(1)
 
@@ -97,3 +98,37 @@ def test_experiment_adl_cli(tmp_path):
     assert saved["train_images"] == 24 + 16  # no filter: every pool image
     kept = sum(v["kept"] for v in setup["pool_selected"].values())
     assert json.loads((out / "adl-semi" / "seed_0.json").read_text())["metrics"]["train_images"] == 24 + kept
+    assert json.loads((out / "focal-semi-all" / "seed_0.json").read_text())["metrics"]["train_images"] == 24 + 16
+
+
+def test_unfiltered_arms_train_on_every_pool_image(tmp_path):
+    """focal-semi-all is the focal loss alone on the labelled images plus every pool image (the empty and
+    distractor-only ones with all-negative pseudo labels); adl-semi-all is the same plus the ADL term.
+    Each arm's run equals a student trained here on exactly that data, and the ADL term changes it."""
+    meta = experiment_adl.setup(str(tmp_path / "exp"), echo=lambda m: None, **{**TINY, "n_pool": 20})
+    r = meta["recipe"]
+    got = {name: run(0) for name, run in experiment_adl.make_arms(meta, ["focal-semi-all", "adl-semi-all"]).items()}
+    assert got["focal-semi-all"]["train_images"] == got["adl-semi-all"]["train_images"] == 24 + 20
+
+    train, test, pool = CellsFolder(meta["train"]), CellsFolder(meta["test"]), CellsFolder(meta["pool"])
+    kinds = np.asarray(pool.meta["kinds"])
+    assert {"empty", "distractors"} <= set(kinds)
+    q_pool = torch.from_numpy(labelstore.open(meta["pool_store"]).read_array("cell_probs", epoch=0).astype(np.float32))
+    pseudo = (q_pool >= r["pseudo_threshold"]).float()  # [20, 8, 8, 10]: the teacher's hard labels
+    size = r["student_size"]
+    x = torch.cat([to_input(train.images(), size), to_input(pool.images(), size)])
+    y = torch.cat([torch.from_numpy(train.targets()), pseudo])
+    q = torch.cat([torch.from_numpy(labelstore.open(meta["train_store"]).read_array("cell_probs", epoch=0)
+                                    .astype(np.float32)), q_pool])
+    x_test = to_input(test.images(), size)
+
+    def student(distill):
+        seed_everything(0)
+        model = CellNet(r["student_width"], downs=2)
+        experiment_adl._train(model, x, y, q, distill, r["student_epochs"], r["batch_size"], r["lr"], seed=0)
+        return experiment_adl._predict(model, x_test)  # [12, 8, 8, 10]
+
+    focal_only, with_adl = student(None), student("adl")
+    assert got["focal-semi-all"]["mAP"] == cell_map(focal_only, test.targets())
+    assert got["adl-semi-all"]["mAP"] == cell_map(with_adl, test.targets())
+    assert np.abs(focal_only - with_adl).max() > 1e-6  # the distillation term is what the two arms differ in
