@@ -15,7 +15,7 @@ SelfMix. That needs crops that really miss the object. The setup (made once per 
            with crop scale 0.05-1 ("plain"), and the same with SelfMix added ("selfmix", FerKD's
            pairing: a second crop of the same image pasted with p = 0.5).
 
-The band rule (testbed_thresholds, recorded in setup.json): with C classes a teacher that cannot
+The band rule (band_rule, recorded in setup.json): with C classes a teacher that cannot
 tell gives about 1/C to every class, so on 10 classes a background crop's gt probability is about
 0.1, inside the softened band of the project's gt-probability cut (low = 0.05; on ImageNet's 1000
 classes "cannot tell" is about 0.001, far below any such cut). The testbed drops as likely
@@ -103,7 +103,7 @@ def object_fraction(crops, objects) -> np.ndarray:
     return _ratio(inter, obj)
 
 
-def testbed_thresholds(num_classes: int) -> dict:
+def band_rule(num_classes: int) -> dict:
     """The testbed's band rule (losses.ferkd_bands arguments): dropped_low when the teacher's top
     probability is under KAPPA / C, no gt-probability low cut, FerKD's mid 0.5 and high 0.95."""
     return {"low": 0.0, "mid": 0.5, "high": DistillConfig().ferkd["high"], "background": KAPPA / num_classes}
@@ -193,7 +193,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     boxes = object_boxes(p["train"].root)
     hw = plain.read_array("source_hw")  # [N, 2]
     obj = np.array([boxes[i] for i in plain.ids], np.int64)
-    thresholds = testbed_thresholds(plain.num_classes)
+    thresholds = band_rule(plain.num_classes)
     meta = {"recipe": r, "train": str(p["train"].root), "test": str(p["test"].root), "teacher": p["checkpoint"],
             "teacher_model": r["teacher"], "teacher_accuracy": p["teacher_accuracy"], "student": r["student"],
             "crop_scale": list(r["crop_scale"]), "thresholds": thresholds, "epochs": plain.epochs,
