@@ -13,7 +13,15 @@ import torch
 
 from labelstore.errors import ConfigError, DataError
 from labelstore.pipeline.images import ImageFolder, draw_shape, generate_shape, make_shapes_dataset, object_boxes
-from labelstore.trainers.experiment_ferkd import KAPPA, band_rule, object_fraction, store_bands
+from labelstore.trainers.experiment_ferkd import (
+    HELD_GROUPS,
+    KAPPA,
+    band_rule,
+    by_object,
+    object_fraction,
+    store_bands,
+    store_views,
+)
 from labelstore.trainers.losses import BANDS, ferkd_bands, ferkd_targets
 
 
@@ -127,6 +135,15 @@ def test_cli_ferkd_testbed_quick(tmp_path):
         # the FerKD arm trained with the setup's band rule: its counts are the store's bands (1 epoch)
         counts = json.loads((out / ("ferkd" if store == "plain" else "ferkd+selfmix") / "seed_0.json").read_text())
         assert counts["metrics"]["label_counts"] == {b: stats[b]["views"] for b in BANDS}
+    # the plain store's views by how much of the object they hold: the groups partition the views
+    groups = by_object(store_views(meta)["plain"])
+    assert list(groups) == list(HELD_GROUPS) and sum(g["views"] for g in groups.values()) == 100
+    assert groups["no object"]["views"] == round(100 * bands["plain"]["all"]["no_object"])
+    title = next(i for i, line in enumerate(lines) if line.startswith("the teacher on the plain store's views"))
+    for g, (name, s) in enumerate(groups.items()):
+        assert lines[title + 2 + g].startswith(name) and int(lines[title + 2 + g][len(name):].split()[0]) == s["views"]
+        if s["views"]:
+            assert sum(s["bands"]) == pytest.approx(1.0) and s["gt_prob"] == sorted(s["gt_prob"])
     result = json.loads((out / "result.json").read_text())
     assert set(result["arms"]) == {"none", "fkd", "ferkd", "ferkd+selfmix"} and result["reference"] == "fkd"
     assert all(0 <= a["mean"] <= 1 for a in result["arms"].values())

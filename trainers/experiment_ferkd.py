@@ -109,35 +109,77 @@ def band_rule(num_classes: int) -> dict:
     return {"low": 0.0, "mid": 0.5, "high": DistillConfig().ferkd["high"], "background": KAPPA / num_classes}
 
 
-def bands(store, boxes: dict, thresholds: dict) -> dict:
-    """Per FerKD band over every view of `store`: {band: {"views", "share", "gt_prob", "top_prob",
-    "held", "crop_object", "no_object", "quarter_object", "half_object"}} plus "all" (None for an empty
-    band): the mean gt_prob and teacher top probability, the mean object_fraction of the view's crop
-    ("rrc/box"), the mean share of the crop that is object (area(crop ∩ object) / area(crop)), the
-    share of views holding none of the object, under a quarter of it, and at least half of it.
-    thresholds: losses.ferkd_bands arguments; boxes: {sample id: object box} (object_boxes)."""
+def views(store, boxes: dict, thresholds: dict) -> dict[str, np.ndarray]:
+    """Per view of `store` (all epochs, [V] each): "band" (losses.ferkd_bands with `thresholds`),
+    "gt_prob", "top_prob" (the teacher's largest stored probability), "top_is_gt" (its class is gt),
+    "held" (object_fraction of the crop box "rrc/box") and "crop_object" (area(crop ∩ object) /
+    area(crop)). boxes: {sample id: object box} (object_boxes)."""
     obj = np.array([boxes[i] for i in store.ids], np.int64)  # [N, 4]
-    band, prob, top, held, share = [], [], [], [], []
+    cols = {k: [] for k in ("band", "gt_prob", "top_prob", "top_is_gt", "held", "crop_object")}
     for e in range(store.epochs):
         rec = store.read(e)
+        gt = torch.from_numpy(rec["gt"].astype(np.int64))  # [N]
         p = torch.from_numpy(rec["gt_prob"].astype(np.float32))  # [N]
-        t = torch.from_numpy(rec["topk_values"].astype(np.float32)).max(dim=1).values  # [N]
-        band.append(losses.ferkd_bands(torch.from_numpy(rec["gt"].astype(np.int64)), p, top_prob=t,
-                                       **thresholds).numpy())
-        prob.append(p.numpy())
-        top.append(t.numpy())
+        top, arg = torch.from_numpy(rec["topk_values"].astype(np.float32)).max(dim=1)  # [N]
+        top_class = np.take_along_axis(rec["topk_indices"], arg.numpy()[:, None], 1)[:, 0]
+        cols["band"].append(losses.ferkd_bands(gt, p, top_prob=top, **thresholds).numpy())
+        cols["gt_prob"].append(p.numpy())
+        cols["top_prob"].append(top.numpy())
+        cols["top_is_gt"].append(top_class == rec["gt"])
         inter, crop, area = _intersection(rec["rrc/box"], obj)
-        held.append(_ratio(inter, area))
-        share.append(_ratio(inter, crop))
-    band, prob, top, held, share = (np.concatenate(v) for v in (band, prob, top, held, share))
+        cols["held"].append(_ratio(inter, area))
+        cols["crop_object"].append(_ratio(inter, crop))
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def bands(v: dict) -> dict:
+    """Per FerKD band of views() `v`: {band: {"views", "share", "gt_prob", "top_prob", "held",
+    "crop_object", "no_object", "quarter_object", "half_object"}} plus "all" (None for an empty band):
+    the means of gt_prob, top_prob, held and crop_object, and the share of views holding none of the
+    object, under a quarter of it, and at least half of it."""
+    held = v["held"]
+    columns = (("gt_prob", v["gt_prob"]), ("top_prob", v["top_prob"]), ("held", held), ("crop_object", v["crop_object"]),
+               ("no_object", held == 0), ("quarter_object", held < 0.25), ("half_object", held >= 0.5))
     out = {}
     for b, name in [*enumerate(losses.BANDS), (None, "all")]:
-        m = np.ones(len(band), bool) if b is None else band == b
+        m = np.ones(len(held), bool) if b is None else v["band"] == b
         n = int(m.sum())
-        columns = (("gt_prob", prob), ("top_prob", top), ("held", held), ("crop_object", share),
-                   ("no_object", held == 0), ("quarter_object", held < 0.25), ("half_object", held >= 0.5))
-        out[name] = {"views": n, "share": n / len(band), **{k: float(v[m].mean()) if n else None for k, v in columns}}
+        out[name] = {"views": n, "share": n / len(held), **{k: float(x[m].mean()) if n else None for k, x in columns}}
     return out
+
+
+HELD_GROUPS = ("no object", "under 1/4", "1/4 to 1/2", "1/2 or more")  # held == 0, (0, 1/4), [1/4, 1/2), >= 1/2
+
+
+def by_object(v: dict) -> dict:
+    """What the teacher gives views() `v` by how much of the object they hold (HELD_GROUPS):
+    {group: {"views", "gt_prob", "top_prob" (each [p25, median, p75]), "top_is_gt" (share),
+    "bands" (share per BANDS)}} (None values for an empty group)."""
+    h = v["held"]
+    group = np.where(h == 0, 0, np.where(h < 0.25, 1, np.where(h < 0.5, 2, 3)))  # [V]
+    out = {}
+    for g, name in enumerate(HELD_GROUPS):
+        m = group == g
+        n = int(m.sum())
+        quartiles = (lambda x: [float(y) for y in np.percentile(x[m], [25, 50, 75])]) if n else (lambda x: None)
+        out[name] = {"views": n, "gt_prob": quartiles(v["gt_prob"]), "top_prob": quartiles(v["top_prob"]),
+                     "top_is_gt": float(v["top_is_gt"][m].mean()) if n else None,
+                     "bands": [float((v["band"][m] == b).mean()) if n else None for b in range(len(losses.BANDS))]}
+    return out
+
+
+def format_by_object(stats: dict, title: str) -> str:
+    """The by_object() table: quartiles of gt_prob and top_prob and each band's share per group."""
+    lines = [title, f"{'object held':<13}{'views':>7}{'gt_prob p25/50/75':>20}{'top_prob p25/50/75':>21}"
+                    f"{'top is gt %':>13}" + "".join(f"{b + ' %':>16}" for b in losses.BANDS)]
+    for name, s in stats.items():
+        if not s["views"]:
+            lines.append(f"{name:<13}{0:>7}")
+            continue
+        q = lambda x: "/".join(f"{y:.2f}" for y in x)  # noqa: E731
+        lines.append(f"{name:<13}{s['views']:>7}{q(s['gt_prob']):>20}{q(s['top_prob']):>21}{100 * s['top_is_gt']:>13.1f}"
+                     + "".join(f"{100 * x:>16.1f}" for x in s["bands"]))
+    return "\n".join(lines)
 
 
 def format_bands(stats: dict, title: str) -> str:
@@ -154,14 +196,20 @@ def format_bands(stats: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-def store_bands(meta: dict) -> dict:
-    """{store name: bands()} of the setup's stores, from the stored crop boxes and the object boxes."""
+def store_views(meta: dict) -> dict:
+    """{store name: views()} of the setup's stores, from the stored crop boxes and the object boxes."""
     boxes = object_boxes(meta["train"])
-    return {k: bands(labelstore.open(v["path"]), boxes, meta["thresholds"]) for k, v in meta["stores"].items()}
+    return {k: views(labelstore.open(v["path"]), boxes, meta["thresholds"]) for k, v in meta["stores"].items()}
+
+
+def store_bands(meta: dict) -> dict:
+    """{store name: bands()} of the setup's stores."""
+    return {k: bands(v) for k, v in store_views(meta).items()}
 
 
 def teacher_line(meta: dict) -> str:
-    """The teacher's accuracy, the data's object size and the band table of each store."""
+    """The teacher's accuracy, the data's object size, the band rule, the band table of each store and
+    the plain store's views by how much of the object they hold."""
     t = meta["thresholds"]
     low = [f"top_prob < {t['background']:g}"] if t.get("background") else []
     low += [f"gt_prob < {t['low']:g}"] if t["low"] > 0 else []
@@ -169,8 +217,11 @@ def teacher_line(meta: dict) -> str:
             f"{100 * meta['object_area']:.1f} % of the image on average; crop scale {meta['crop_scale']}; "
             f"FerKD bands: dropped_low {' or '.join(low) or 'none'}, mid {t.get('mid', (t['low'] + t['high']) / 2):g}, "
             f"high {t['high']:g}")
-    tables = [format_bands(stats, f"object in the crop, per FerKD band ({k} store, {meta['stores'][k]['views']} "
-                                  f"views):") for k, stats in store_bands(meta).items()]
+    v = store_views(meta)
+    tables = [format_bands(bands(x), f"object in the crop, per FerKD band ({k} store, {meta['stores'][k]['views']} "
+                                     f"views):") for k, x in v.items()]
+    tables.append(format_by_object(by_object(v["plain"]), "the teacher on the plain store's views, by how much of "
+                                                          "the object the crop holds:"))
     return "\n".join([head, *tables])
 
 
