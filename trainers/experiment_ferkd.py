@@ -24,7 +24,10 @@ background the views whose teacher favours no class:
     dropped_low  <=>  max_c p_teacher(c | view) < KAPPA / C        (KAPPA = 3: 0.3 on 10 classes)
 
 and keeps FerKD's gt-probability bands for the rest (mid 0.5, high 0.95; no gt-probability low
-cut). Per store, bands() puts each view in its band (losses.ferkd_bands) and measures how much of
+cut). The top probability, not the gt probability, because on this teacher the crops that hold
+none of the object have the gt probability of those holding a sliver of it (medians 0.11 both) but
+a lower top probability; a view with gt probability < 0.05 and a confident top class holds part
+of the object and is hard, not background (by_object() prints the quartiles). Per store, bands() puts each view in its band (losses.ferkd_bands) and measures how much of
 the object its crop holds:
 
     held = area(crop box ∩ object box) / area(object box)          (object_fraction, source pixels)
