@@ -28,8 +28,9 @@ def json_digest(obj: Any) -> str:
 
 
 def view_digest(x: np.ndarray) -> np.uint32:
-    """crc32c of an array's bytes (C order): proves a replayed view has the same pixels."""
-    return np.uint32(_crc32c.crc32c(np.ascontiguousarray(x).tobytes()))
+    """crc32c of an array's bytes (C order): proves a replayed view has the same pixels. Read through
+    the buffer protocol, not copied: crc32c releases the GIL over a large buffer, a copy would hold it."""
+    return np.uint32(_crc32c.crc32c(np.ascontiguousarray(x)))
 
 
 def view_check(digests: np.ndarray) -> np.ndarray:

@@ -109,12 +109,14 @@ def decoders() -> dict[str, str]:
 
 
 def decode_file(path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB pixels of an image file (see decoders())."""
-    path = Path(path)
-    if path.suffix.lower() in _JPEG_SUFFIXES:
+    """uint8 [H, W, 3] RGB pixels of an image file (see decoders()). Plain os.path and open(), not
+    pathlib: what runs here per image holds the GIL that the other decode workers wait for."""
+    path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() in _JPEG_SUFFIXES:
         import simplejpeg
 
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
         try:
             if simplejpeg.decode_jpeg_header(data)[2] not in ("CMYK", "YCCK"):
                 return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)
@@ -250,7 +252,7 @@ class ImageFolder:
         return self.root / self.ids[i]
 
     def load(self, i: int) -> np.ndarray:
-        path = self.path(i)
+        path = os.path.join(os.fspath(self.root), self.ids[i])
         try:
             return decode_file(path)
         except DecodeError:

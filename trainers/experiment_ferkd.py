@@ -15,8 +15,20 @@ SelfMix. That needs crops that really miss the object. The setup (made once per 
            with crop scale 0.05-1 ("plain"), and the same with SelfMix added ("selfmix", FerKD's
            pairing: a second crop of the same image pasted with p = 0.5).
 
-Per store, bands() puts each view in its FerKD band (losses.ferkd_bands, the thresholds of
-DistillConfig.ferkd) and measures how much of the object its crop holds:
+The band rule (band_rule, recorded in setup.json): with C classes a teacher that cannot
+tell gives about 1/C to every class, so on 10 classes a background crop's gt probability is about
+0.1, inside the softened band of the project's gt-probability cut (low = 0.05; on ImageNet's 1000
+classes "cannot tell" is about 0.001, far below any such cut). The testbed drops as likely
+background the views whose teacher favours no class:
+
+    dropped_low  <=>  max_c p_teacher(c | view) < KAPPA / C        (KAPPA = 3: 0.3 on 10 classes)
+
+and keeps FerKD's gt-probability bands for the rest (mid 0.5, high 0.95; no gt-probability low
+cut). The top probability, not the gt probability, because on this teacher the crops that hold
+none of the object have the gt probability of those holding a sliver of it (medians 0.11 both) but
+a lower top probability; a view with gt probability < 0.05 and a confident top class holds part
+of the object and is hard, not background (by_object() prints the quartiles). Per store, bands() puts each view in its band (losses.ferkd_bands) and measures how much of
+the object its crop holds:
 
     held = area(crop box ∩ object box) / area(object box)          (object_fraction, source pixels)
 
@@ -25,10 +37,12 @@ same seeds (seed s fixes initialisation and data order in every arm):
 
     none            hard labels only, plain store's views (the no-teacher control)
     fkd             FKD soft-label CE on the plain store (the reference: FerKD's claim is over FKD)
-    ferkd           FerKD label adaptation on the plain store
+    ferkd           FerKD label adaptation on the plain store (the testbed's band rule)
     ferkd+selfmix   FerKD on the selfmix store
     fkd+selfmix     FKD on the selfmix store (not a default arm: SelfMix without FerKD)
     ferkd-keep-easy ferkd without the dropped-high band (high = 1; not a default arm)
+    ferkd-gt-low    ferkd with the project's gt-probability low cut instead (low 0.05, no
+                    background cut: DistillConfig.ferkd; not a default arm)
 
 Metric: test accuracy (whole images). Statistics: labelstore.trainers.experiment.
 """
@@ -60,9 +74,10 @@ ARMS = {
     "ferkd": {"store": "plain", "mode": "cache", "loss": "ferkd"},
     "ferkd+selfmix": {"store": "selfmix", "mode": "cache", "loss": "ferkd"},
     "fkd+selfmix": {"store": "selfmix", "mode": "cache", "loss": "fkd"},
-    "ferkd-keep-easy": {"store": "plain", "mode": "cache", "loss": "ferkd",
-                        "ferkd": {"low": 0.05, "mid": 0.5, "high": 1.0, "epsilon": 0.1}},
+    "ferkd-keep-easy": {"store": "plain", "mode": "cache", "loss": "ferkd", "rule": {"high": 1.0}},
+    "ferkd-gt-low": {"store": "plain", "mode": "cache", "loss": "ferkd", "rule": {"low": 0.05, "background": 0.0}},
 }
+KAPPA = 3  # dropped_low: the teacher's top probability under KAPPA times chance (1 / C)
 DEFAULT_ARMS = ["none", "fkd", "ferkd", "ferkd+selfmix"]
 
 # setup(**recipe) defaults; --recipe overrides any of them
@@ -91,60 +106,125 @@ def object_fraction(crops, objects) -> np.ndarray:
     return _ratio(inter, obj)
 
 
-def bands(store, boxes: dict, thresholds: dict) -> dict:
-    """Per FerKD band over every view of `store`: {band: {"views", "share", "gt_prob", "held",
-    "crop_object", "no_object", "half_object"}} plus "all" (None for an empty band): the mean gt_prob,
-    the mean object_fraction of the view's crop ("rrc/box"), the mean share of the crop that is
-    object (area(crop ∩ object) / area(crop)), the share of views holding none of the object and
-    the share holding at least half of it. boxes: {sample id: object box} (object_boxes)."""
+def band_rule(num_classes: int) -> dict:
+    """The testbed's band rule (losses.ferkd_bands arguments): dropped_low when the teacher's top
+    probability is under KAPPA / C, no gt-probability low cut, FerKD's mid 0.5 and high 0.95."""
+    return {"low": 0.0, "mid": 0.5, "high": DistillConfig().ferkd["high"], "background": KAPPA / num_classes}
+
+
+def views(store, boxes: dict, thresholds: dict) -> dict[str, np.ndarray]:
+    """Per view of `store` (all epochs, [V] each): "band" (losses.ferkd_bands with `thresholds`),
+    "gt_prob", "top_prob" (the teacher's largest stored probability), "top_is_gt" (its class is gt),
+    "held" (object_fraction of the crop box "rrc/box") and "crop_object" (area(crop ∩ object) /
+    area(crop)). boxes: {sample id: object box} (object_boxes)."""
     obj = np.array([boxes[i] for i in store.ids], np.int64)  # [N, 4]
-    band, prob, held, share = [], [], [], []
+    cols = {k: [] for k in ("band", "gt_prob", "top_prob", "top_is_gt", "held", "crop_object")}
     for e in range(store.epochs):
         rec = store.read(e)
-        p = torch.from_numpy(rec["gt_prob"].astype(np.float32))
-        band.append(losses.ferkd_bands(torch.from_numpy(rec["gt"].astype(np.int64)), p, **thresholds).numpy())
-        prob.append(p.numpy())
+        gt = torch.from_numpy(rec["gt"].astype(np.int64))  # [N]
+        p = torch.from_numpy(rec["gt_prob"].astype(np.float32))  # [N]
+        top, arg = torch.from_numpy(rec["topk_values"].astype(np.float32)).max(dim=1)  # [N]
+        top_class = np.take_along_axis(rec["topk_indices"], arg.numpy()[:, None], 1)[:, 0]
+        cols["band"].append(losses.ferkd_bands(gt, p, top_prob=top, **thresholds).numpy())
+        cols["gt_prob"].append(p.numpy())
+        cols["top_prob"].append(top.numpy())
+        cols["top_is_gt"].append(top_class == rec["gt"])
         inter, crop, area = _intersection(rec["rrc/box"], obj)
-        held.append(_ratio(inter, area))
-        share.append(_ratio(inter, crop))
-    band, prob, held, share = (np.concatenate(v) for v in (band, prob, held, share))
+        cols["held"].append(_ratio(inter, area))
+        cols["crop_object"].append(_ratio(inter, crop))
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def bands(v: dict) -> dict:
+    """Per FerKD band of views() `v`: {band: {"views", "share", "gt_prob", "top_prob", "held",
+    "crop_object", "no_object", "quarter_object", "half_object"}} plus "all" (None for an empty band):
+    the means of gt_prob, top_prob, held and crop_object, and the share of views holding none of the
+    object, under a quarter of it, and at least half of it."""
+    held = v["held"]
+    columns = (("gt_prob", v["gt_prob"]), ("top_prob", v["top_prob"]), ("held", held), ("crop_object", v["crop_object"]),
+               ("no_object", held == 0), ("quarter_object", held < 0.25), ("half_object", held >= 0.5))
     out = {}
     for b, name in [*enumerate(losses.BANDS), (None, "all")]:
-        m = np.ones(len(band), bool) if b is None else band == b
+        m = np.ones(len(held), bool) if b is None else v["band"] == b
         n = int(m.sum())
-        columns = (("gt_prob", prob), ("held", held), ("crop_object", share), ("no_object", held == 0),
-                   ("half_object", held >= 0.5))
-        out[name] = {"views": n, "share": n / len(band), **{k: float(v[m].mean()) if n else None for k, v in columns}}
+        out[name] = {"views": n, "share": n / len(held), **{k: float(x[m].mean()) if n else None for k, x in columns}}
     return out
+
+
+HELD_GROUPS = ("no object", "under 1/4", "1/4 to 1/2", "1/2 or more")  # held == 0, (0, 1/4), [1/4, 1/2), >= 1/2
+
+
+def by_object(v: dict) -> dict:
+    """What the teacher gives views() `v` by how much of the object they hold (HELD_GROUPS):
+    {group: {"views", "gt_prob", "top_prob" (each [p25, median, p75]), "top_is_gt" (share),
+    "bands" (share per BANDS)}} (None values for an empty group)."""
+    h = v["held"]
+    group = np.where(h == 0, 0, np.where(h < 0.25, 1, np.where(h < 0.5, 2, 3)))  # [V]
+    out = {}
+    for g, name in enumerate(HELD_GROUPS):
+        m = group == g
+        n = int(m.sum())
+        quartiles = (lambda x: [float(y) for y in np.percentile(x[m], [25, 50, 75])]) if n else (lambda x: None)
+        out[name] = {"views": n, "gt_prob": quartiles(v["gt_prob"]), "top_prob": quartiles(v["top_prob"]),
+                     "top_is_gt": float(v["top_is_gt"][m].mean()) if n else None,
+                     "bands": [float((v["band"][m] == b).mean()) if n else None for b in range(len(losses.BANDS))]}
+    return out
+
+
+def format_by_object(stats: dict, title: str) -> str:
+    """The by_object() table: quartiles of gt_prob and top_prob and each band's share per group."""
+    lines = [title, f"{'object held':<13}{'views':>7}{'gt_prob p25/50/75':>20}{'top_prob p25/50/75':>21}"
+                    f"{'top is gt %':>13}" + "".join(f"{b + ' %':>16}" for b in losses.BANDS)]
+    for name, s in stats.items():
+        if not s["views"]:
+            lines.append(f"{name:<13}{0:>7}")
+            continue
+        q = lambda x: "/".join(f"{y:.2f}" for y in x)  # noqa: E731
+        lines.append(f"{name:<13}{s['views']:>7}{q(s['gt_prob']):>20}{q(s['top_prob']):>21}{100 * s['top_is_gt']:>13.1f}"
+                     + "".join(f"{100 * x:>16.1f}" for x in s["bands"]))
+    return "\n".join(lines)
 
 
 def format_bands(stats: dict, title: str) -> str:
     """The band table of one store (bands())."""
-    lines = [title, f"{'band':<14}{'views':>7}{'share %':>9}{'gt_prob':>9}{'object held %':>15}"
-                    f"{'crop is object %':>18}{'no object %':>13}{'>= half %':>11}"]
+    lines = [title, f"{'band':<14}{'views':>7}{'share %':>9}{'gt_prob':>9}{'top_prob':>10}{'object held %':>15}"
+                    f"{'crop is object %':>18}{'no object %':>13}{'< quarter %':>13}{'>= half %':>11}"]
     for name, s in stats.items():
         if not s["views"]:
-            lines.append(f"{name:<14}{0:>7}{0:>9.1f}{'-':>9}{'-':>15}{'-':>18}{'-':>13}{'-':>11}")
+            lines.append(f"{name:<14}{0:>7}{0:>9.1f}{'-':>9}{'-':>10}{'-':>15}{'-':>18}{'-':>13}{'-':>13}{'-':>11}")
             continue
-        lines.append(f"{name:<14}{s['views']:>7}{100 * s['share']:>9.1f}{s['gt_prob']:>9.3f}{100 * s['held']:>15.1f}"
-                     f"{100 * s['crop_object']:>18.1f}{100 * s['no_object']:>13.1f}{100 * s['half_object']:>11.1f}")
+        lines.append(f"{name:<14}{s['views']:>7}{100 * s['share']:>9.1f}{s['gt_prob']:>9.3f}{s['top_prob']:>10.3f}"
+                     f"{100 * s['held']:>15.1f}{100 * s['crop_object']:>18.1f}{100 * s['no_object']:>13.1f}"
+                     f"{100 * s['quarter_object']:>13.1f}{100 * s['half_object']:>11.1f}")
     return "\n".join(lines)
 
 
-def store_bands(meta: dict) -> dict:
-    """{store name: bands()} of the setup's stores, from the stored crop boxes and the object boxes."""
+def store_views(meta: dict) -> dict:
+    """{store name: views()} of the setup's stores, from the stored crop boxes and the object boxes."""
     boxes = object_boxes(meta["train"])
-    return {k: bands(labelstore.open(v["path"]), boxes, meta["thresholds"]) for k, v in meta["stores"].items()}
+    return {k: views(labelstore.open(v["path"]), boxes, meta["thresholds"]) for k, v in meta["stores"].items()}
+
+
+def store_bands(meta: dict) -> dict:
+    """{store name: bands()} of the setup's stores."""
+    return {k: bands(v) for k, v in store_views(meta).items()}
 
 
 def teacher_line(meta: dict) -> str:
-    """The teacher's accuracy, the data's object size and the band table of each store."""
+    """The teacher's accuracy, the data's object size, the band rule, the band table of each store and
+    the plain store's views by how much of the object they hold."""
     t = meta["thresholds"]
+    low = [f"top_prob < {t['background']:g}"] if t.get("background") else []
+    low += [f"gt_prob < {t['low']:g}"] if t["low"] > 0 else []
     head = (f"teacher ({meta['teacher_model']}) test accuracy: {meta['teacher_accuracy']:.3f}; object box "
             f"{100 * meta['object_area']:.1f} % of the image on average; crop scale {meta['crop_scale']}; "
-            f"FerKD low {t['low']}, mid {t.get('mid', (t['low'] + t['high']) / 2)}, high {t['high']}")
-    tables = [format_bands(stats, f"object in the crop, per FerKD band ({k} store, {meta['stores'][k]['views']} "
-                                  f"views):") for k, stats in store_bands(meta).items()]
+            f"FerKD bands: dropped_low {' or '.join(low) or 'none'}, mid {t.get('mid', (t['low'] + t['high']) / 2):g}, "
+            f"high {t['high']:g}")
+    v = store_views(meta)
+    tables = [format_bands(bands(x), f"object in the crop, per FerKD band ({k} store, {meta['stores'][k]['views']} "
+                                     f"views):") for k, x in v.items()]
+    tables.append(format_by_object(by_object(v["plain"]), "the teacher on the plain store's views, by how much of "
+                                                          "the object the crop holds:"))
     return "\n".join([head, *tables])
 
 
@@ -167,8 +247,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     boxes = object_boxes(p["train"].root)
     hw = plain.read_array("source_hw")  # [N, 2]
     obj = np.array([boxes[i] for i in plain.ids], np.int64)
-    thresholds = dict(DistillConfig().ferkd)
-    thresholds.pop("epsilon")
+    thresholds = band_rule(plain.num_classes)
     meta = {"recipe": r, "train": str(p["train"].root), "test": str(p["test"].root), "teacher": p["checkpoint"],
             "teacher_model": r["teacher"], "teacher_accuracy": p["teacher_accuracy"], "student": r["student"],
             "crop_scale": list(r["crop_scale"]), "thresholds": thresholds, "epochs": plain.epochs,
@@ -203,13 +282,16 @@ def make_arms(meta: dict, names: list[str], progress: bool = False) -> dict:
 
     def arm(name: str):
         spec = ARMS[name]
+        rule = {}  # FerKD arms: the setup's band rule, the arm's "rule" overriding
+        if spec.get("loss") == "ferkd":
+            rule = {"ferkd": {**meta["thresholds"], "epsilon": DistillConfig().ferkd["epsilon"], **spec.get("rule", {})}}
 
         def run(seed: int) -> dict:
             cpu = time.process_time()
             seed_everything(seed)
             model = build_model(meta["student"], len(train.classes))
-            cfg = DistillConfig(**{k: v for k, v in spec.items() if k != "store"}, epochs=meta["epochs"],
-                                batch_size=64, seed=seed)
+            cfg = DistillConfig(**{k: v for k, v in spec.items() if k not in ("store", "rule")},
+                                **rule, epochs=meta["epochs"], batch_size=64, seed=seed)
             m = train_student(model, stores[spec["store"]], train, cfg, device="cpu", progress=progress)
             return {"accuracy": evaluate(model, evals, "cpu")["accuracy"], "seconds": m["seconds"],
                     "cpu_seconds": time.process_time() - cpu, "label_counts": m["label_counts"]}

@@ -107,26 +107,34 @@ def soft_target_ce(student_logits: Tensor, q: Tensor, temperature: float = 1.0) 
 BANDS = ("dropped_low", "softened", "teacher", "dropped_high")  # ferkd_bands' values 0..3
 
 
-def ferkd_bands(gt: Tensor, gt_prob: Tensor, low: float = 0.05, high: float = 0.95, mid: float | None = None) -> Tensor:
+def ferkd_bands(gt: Tensor, gt_prob: Tensor, low: float = 0.05, high: float = 0.95, mid: float | None = None,
+                *, top_prob: Tensor | None = None, background: float = 0.0) -> Tensor:
     """FerKD's band of each view (an index into BANDS, long [B]) from the teacher's gt probability.
 
-    gt: [B] long (-1 = unlabeled); gt_prob: [B]. With mid = (low + high) / 2 unless given
-    (low <= mid <= high), per labeled view:
-        gt_prob <  low          -> 0 "dropped_low":  too hard, likely a background crop
-        low <= gt_prob <  mid   -> 1 "softened":     the softened hard label
-        mid <= gt_prob <= high  -> 2 "teacher":      the dense teacher label
-        gt_prob >  high         -> 3 "dropped_high": too easy, uninformative
-    Unlabeled views (gt == -1) are always 2 "teacher".
+    gt: [B] long (-1 = unlabeled); gt_prob: [B]; top_prob: [B] the teacher's largest class probability
+    (needed only with background > 0). With mid = (low + high) / 2 unless given (low <= mid <= high),
+    per labeled view, the first rule that holds:
+        gt_prob < low or top_prob < background -> 0 "dropped_low":  too hard, likely a background crop
+        gt_prob <  mid                          -> 1 "softened":     the softened hard label
+        gt_prob <= high                         -> 2 "teacher":      the dense teacher label
+        gt_prob >  high                         -> 3 "dropped_high": too easy, uninformative
+    `background` (default 0: off) is the "teacher favours no class" cut, e.g. kappa / C: a view whose
+    teacher puts under kappa times chance on every class. Unlabeled views (gt == -1) are always 2 "teacher".
     """
     if mid is None:
         mid = (low + high) / 2
     if not (low <= mid <= high):
         raise ConfigError(f"need low <= mid <= high, got {low}, {mid}, {high}")
+    if background > 0 and top_prob is None:
+        raise ConfigError("ferkd_bands: background > 0 needs top_prob, the teacher's largest probability per view")
     labeled = gt >= 0
+    hard = gt_prob < low
+    if background > 0:
+        hard = hard | (top_prob < background)
     band = torch.full(gt.shape, 2, dtype=torch.long, device=gt.device)
-    band[labeled & (gt_prob < low)] = 0
-    band[labeled & (gt_prob >= low) & (gt_prob < mid)] = 1
+    band[labeled & (gt_prob < mid)] = 1
     band[labeled & (gt_prob > high)] = 3
+    band[labeled & hard] = 0
     return band
 
 
@@ -142,6 +150,7 @@ def ferkd_targets(
     fill: str = "marginal",
     *,
     mid: float | None = None,
+    background: float = 0.0,
 ) -> tuple[Tensor, Tensor, dict[str, int]]:
     """FerKD label adaptation (this project's concrete reading; thresholds are not published).
 
@@ -149,7 +158,8 @@ def ferkd_targets(
     gt_prob: [B] teacher probability of the ground-truth class for this view.
     returns targets [B, C], keep [B] bool, counts {band name: views} (BANDS).
 
-    Per view, by its band (ferkd_bands(gt, gt_prob, low, high, mid)):
+    Per view, by its band (ferkd_bands(gt, gt_prob, low, high, mid, top_prob=topk_values.max(1),
+    background=background)):
         dropped_low, dropped_high -> keep False
         softened                  -> hard label: 1 - epsilon on gt, epsilon / (C - 1) elsewhere
         teacher                   -> dense teacher label dense_soft_labels(..., fill)
@@ -158,7 +168,8 @@ def ferkd_targets(
     """
     if num_classes < 2:
         raise ConfigError("ferkd_targets needs num_classes >= 2")
-    band = ferkd_bands(gt, gt_prob, low, high, mid)  # [B]
+    top = topk_values.max(dim=1).values if background > 0 else None  # [B]
+    band = ferkd_bands(gt, gt_prob, low, high, mid, top_prob=top, background=background)  # [B]
     teacher = dense_soft_labels(topk_values, topk_indices, num_classes, fill)  # [B, C]
     off = epsilon / (num_classes - 1)
     hard = torch.full_like(teacher, off)  # [B, C]
