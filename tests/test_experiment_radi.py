@@ -59,21 +59,104 @@ def test_clip_features_find_the_blob():
     assert (f[1:] == 0).all()  # no other colour present
 
 
-def test_cli_experiment_radi_end_to_end(tmp_path):
-    """The real command on a tiny recipe: the table, the teacher line and the gate line; the store the
-    students read is the teacher stage's (full ranking, MC passes)."""
-    out = tmp_path / "exp"
+def test_clip_folds_split_by_clip():
+    rows = np.repeat(np.arange(10), [1, 2, 3, 1, 2, 3, 1, 2, 3, 1])  # 10 clips, 1-3 questions each
+    fold = X.clip_folds(rows, 4, 0)
+    assert fold.shape == rows.shape and set(fold.tolist()) == {0, 1, 2, 3}
+    per_clip = {v: set(fold[rows == v].tolist()) for v in range(10)}
+    assert all(len(f) == 1 for f in per_clip.values())  # every question of a clip in its clip's fold
+    assert sorted(np.bincount([f.pop() for f in per_clip.values()]).tolist()) == [2, 2, 3, 3]
+    assert (X.clip_folds(rows, 4, 0) == fold).all() and not (X.clip_folds(rows, 4, 1) == fold).all()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """The real command on a tiny recipe (2 seeds, 4 arms)."""
+    out = tmp_path_factory.mktemp("radi") / "exp"
     cmd = [sys.executable, "-m", "labelstore", "experiment", "radi", "--seeds", "2",
            "--arms", "ce,kd,pair-shuffled,both-a0.1", "--out", str(out), "--recipe", json.dumps(TINY)]
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
+    return {"out": out, "stdout": run.stdout, "meta": json.loads((out / "setup.json").read_text())}
+
+
+def test_cli_experiment_radi_end_to_end(cli_run):
+    """The table, the teacher line and the gate line; the store the students read is the teacher stage's
+    (full ranking, MC passes)."""
+    out = cli_run["out"]
+    lines = cli_run["stdout"].splitlines()
     assert lines[0].startswith("$ labelstore experiment radi --seeds 2")
     rows = {ln.split()[0]: ln.split() for ln in lines[3:7]}
     assert set(rows) == {"ce", "kd", "pair-shuffled", "both-a0.1"} and all(r[1] == "2" for r in rows.values())
-    assert lines[7].startswith("teacher (FeatureQA hidden 16") and "store K = 90, T = 3" in lines[7]
+    assert lines[7].startswith("teacher: 4 fold teachers (FeatureQA hidden 16") and "store K = 90, T = 3" in lines[7]
     assert lines[8].startswith("gate: kd - ce = ") and ("PASSED" in lines[8] or "FAILED" in lines[8])
     result = json.loads((out / "result.json").read_text())
     store = labelstore.open(result["setup"]["store"])
     assert store.task == "videoqa" and store.top_k == store.num_classes == 90 and store.mc_passes == 3
     assert store.num_samples == result["setup"]["n_train_questions"]
+
+
+def _training_set(meta):
+    from labelstore.pipeline.text import AnswerVocab, Tokenizer
+    from labelstore.pipeline.video import VideoFolder, VideoPolicy
+    from labelstore.pipeline.videoqa_data import ClipCache, prepare_questions
+
+    store = labelstore.open(meta["store"])
+    a = store.attrs
+    videos = VideoFolder(meta["videos"])
+    tok, vocab = Tokenizer.from_json(a["tokenizer"]), AnswerVocab.from_json(a["vocab"])
+    policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
+    qa = prepare_questions(videos, meta["questions_train"], tok, vocab)
+    return store, videos, ClipCache(videos), policy, qa, tok, vocab
+
+
+def test_store_labels_are_out_of_fold(cli_run):
+    """Every training question's stored distribution is the output of its fold's teacher on the stored view,
+    and differs from every other teacher's; teacher k is the one trained on the questions of the clips
+    outside fold k only; the store's weights hash covers the K teachers and the fold table."""
+    from labelstore.errors import DataError
+    from labelstore.pipeline.teacher import weights_hash
+    from labelstore.pipeline.video import FrameSampler
+    from labelstore.pipeline.videoqa_data import frame_indices, prepare_questions
+
+    meta = cli_run["meta"]
+    teacher = X.load_teacher(meta)
+    store, videos, cache, policy, qa, tok, vocab = _training_set(meta)
+    fold = np.asarray(meta["question_fold"])
+    K = X.RECIPE["teacher_folds"]
+    assert len(teacher.teachers) == K == 4 and set(fold.tolist()) == set(range(K))
+    assert store.attrs["teacher"]["name"] == "FoldTeachers"
+    assert store.attrs["teacher"]["weights_sha256"] == weights_hash(teacher)
+    assert {k.split(".")[1] for k in teacher.state_dict() if k.startswith("teachers.")} == {"0", "1", "2", "3"}
+    for v in np.unique(qa.video_rows):  # folds by clip
+        assert len(set(fold[qa.video_rows == v].tolist())) == 1
+    q, m = torch.as_tensor(qa.q_ids), torch.as_tensor(qa.q_mask)
+    own = torch.nn.functional.one_hot(torch.as_tensor(fold), K).bool()  # [N, K]
+    for e in range(store.epochs):
+        rec = store.read(e)
+        x, vi = cache.shared_views(policy, qa.video_rows, store.read_array("aug/frames/indices", epoch=e))
+        with torch.no_grad():
+            assert (teacher.fold_of(x)[vi] == torch.as_tensor(fold)).all()
+            f = teacher.teachers[0].features(x, q, m, vi)
+            p = torch.stack([t.head(f).softmax(1) for t in teacher.teachers], 1)  # [N, K, A]
+        stored = torch.zeros(len(qa), len(vocab)).scatter_(1, torch.as_tensor(rec["topk_indices"].astype(np.int64)),
+                                                         torch.as_tensor(rec["topk_values"].astype(np.float32)))
+        gap = (p - stored[:, None]).abs().amax(2)  # [N, K]
+        assert (gap[own] < 1e-3).all()  # the fold's teacher (float16 rounding)
+        assert (gap[~own] > 1e-3).all()  # not any other
+    # teacher k = a teacher trained on the questions outside fold k (same features, seeds and loop as setup)
+    r = meta["recipe"]
+    sampler = FrameSampler(num_frames=r["num_frames"])
+    feats = torch.stack([X.view_features(teacher.teachers[0], cache, policy, qa,
+                                         frame_indices(sampler, 1, e, videos, qa.video_rows))
+                         for e in range(r["teacher_views"])])
+    kwargs = X.teacher_kwargs(r, tok, vocab, policy)
+    for k in range(K):
+        again = X.train_teacher(kwargs, feats, torch.as_tensor(qa.gt), np.flatnonzero(fold != k), r, k)
+        for (name, w), w_k in zip(again.state_dict().items(), teacher.teachers[k].state_dict().values()):
+            assert torch.allclose(w, w_k, atol=1e-5), (k, name)
+    # a view of no training clip (a test clip) has no fold: a DataError, not a guess
+    test_qa = prepare_questions(videos, meta["questions_test"], tok, vocab)
+    x, _ = cache.shared_views(policy, test_qa.video_rows[:1], frame_indices(sampler, 0, 0, videos, test_qa.video_rows[:1]))
+    with pytest.raises(DataError, match="no training clip"):
+        teacher.fold_of(x)

@@ -354,7 +354,13 @@ def result_line(result: dict) -> str:
             f"{'the ranking arms can be read' if ok else 'the ranking arms cannot be read'}")
 
 
-def _train_teacher(kwargs: dict, feats: torch.Tensor, gt: torch.Tensor, rows: np.ndarray, r: dict, k: int) -> FeatureQA:
+def teacher_kwargs(r: dict, tokenizer, vocab, policy) -> dict:
+    """FeatureQA's arguments for a fold teacher of recipe r (dropout 0.3)."""
+    return dict(num_tokens=len(tokenizer), num_answers=len(vocab), num_frames=r["num_frames"], mean=policy.mean,
+                std=policy.std, hidden=r["teacher_hidden"], dropout=0.3)
+
+
+def train_teacher(kwargs: dict, feats: torch.Tensor, gt: torch.Tensor, rows: np.ndarray, r: dict, k: int) -> FeatureQA:
     """Fold k's teacher: FeatureQA(**kwargs) (initialised by torch seed k), r["teacher_epochs"] of CE on the
     annotated answers gt of the questions `rows` (those outside fold k), epoch e on the views feats[e % Vt]."""
     torch.manual_seed(k)
@@ -393,8 +399,7 @@ def load_teacher(meta: dict) -> FoldTeachers:
 
     r, a = meta["recipe"], labelstore.open(meta["store"]).attrs
     policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
-    kwargs = dict(num_tokens=len(Tokenizer.from_json(a["tokenizer"])), num_answers=len(AnswerVocab.from_json(a["vocab"])),
-                  num_frames=r["num_frames"], mean=policy.mean, std=policy.std, hidden=r["teacher_hidden"], dropout=0.3)
+    kwargs = teacher_kwargs(r, Tokenizer.from_json(a["tokenizer"]), AnswerVocab.from_json(a["vocab"]), policy)
     sd = torch.load(meta["teacher"])
     teacher = FoldTeachers([FeatureQA(**kwargs) for _ in range(r["teacher_folds"])], sd["frame_key"],
                            sd["frame_fold"], sd["key_weights"])
@@ -444,15 +449,14 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
         raise ConfigError(f"--recipe: teacher_folds must be >= 2 (each fold labelled by a teacher trained on the "
                           f"others), got {k_folds}")
     fold = clip_folds(train_qa.video_rows, k_folds, r["data_seed"])  # [N], by clip
-    kwargs = dict(num_tokens=len(tokenizer), num_answers=len(vocab), num_frames=m, mean=policy.mean, std=policy.std,
-                  hidden=r["teacher_hidden"], dropout=0.3)
+    kwargs = teacher_kwargs(r, tokenizer, vocab, policy)
     featurizer = FeatureQA(**kwargs)  # .features only (parameter-free): the frozen features of every model
     t1 = time.perf_counter()
     feats = torch.stack([view_features(featurizer, cache, policy, train_qa,
                                        frame_indices(sampler, 1, e, videos, train_qa.video_rows))
                          for e in range(r["teacher_views"])])  # [Vt, N, F], the teachers' training views
     gt = torch.as_tensor(train_qa.gt)
-    teachers = [_train_teacher(kwargs, feats, gt, np.flatnonzero(fold != k), r, k) for k in range(k_folds)]
+    teachers = [train_teacher(kwargs, feats, gt, np.flatnonzero(fold != k), r, k) for k in range(k_folds)]
     weights = torch.randint(0, 2**31, (3 * fs[0] * fs[1],), generator=torch.Generator().manual_seed(0))
     teacher = FoldTeachers(teachers, *fold_table(cache, policy, train_qa.video_rows, fold, weights, policy.mean,
                                                  policy.std), weights)
