@@ -69,6 +69,26 @@ def test_clip_folds_split_by_clip():
     assert (X.clip_folds(rows, 4, 0) == fold).all() and not (X.clip_folds(rows, 4, 1) == fold).all()
 
 
+def test_fold_of_a_view():
+    """A view's fold is that of its frames in the table; a frame outside it (a blank one, shared by clips)
+    is skipped; a view with no frame in the table, or with frames of two folds, is a DataError."""
+    from labelstore.errors import DataError
+
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    g = torch.Generator().manual_seed(0)
+    a, b = ((torch.randint(0, 256, (3, 8, 8), generator=g).float() / 255 - 0.5) / 0.25 for _ in range(2))
+    blank = torch.full((3, 8, 8), (40 / 255 - 0.5) / 0.25)
+    w = torch.randint(0, 2**31, (3 * 8 * 8,), generator=g)
+    keys = X.frame_keys(torch.stack([a, b]), mean, std, w)
+    assert keys[0] != keys[1] and (X.frame_keys(torch.stack([a, b]) + 1e-4, mean, std, w) == keys).all()
+    t = X.FeatureQA(4, 3, num_frames=2, mean=mean, std=std, hidden=4, dropout=0.3)
+    ft = X.FoldTeachers([t, t], keys, torch.tensor([1, 0]), w)
+    assert ft.fold_of(torch.stack([torch.stack([blank, a]), torch.stack([b, b])])).tolist() == [1, 0]
+    for view in (torch.stack([blank, blank]), torch.stack([a, b])):
+        with pytest.raises(DataError, match="no training clip"):
+            ft.fold_of(view[None])
+
+
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     """The real command on a tiny recipe (2 seeds, 4 arms)."""

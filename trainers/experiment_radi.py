@@ -230,9 +230,9 @@ class FoldTeachers(nn.Module):
     """K teachers (FeatureQA) and the fold of every training frame: question b is answered by teacher
     fold(b), trained on the clips outside that fold.
 
-    The fold comes from what the teacher stage hands a model, the frames: a view's fold is its first
-    frame's, looked up by frame_keys in the buffers frame_key (sorted, int64 [n]) / frame_fold (int64 [n]);
-    a frame outside the table (not a training clip's) is a DataError. features(...) = [the frozen
+    The fold comes from what the teacher stage hands a model, the frames: a view's fold is that of its
+    frames, looked up by frame_keys in the buffers frame_key (sorted, int64 [n]) / frame_fold (int64 [n])
+    (fold_table: the frames of one training clip only); a view of no training clip is a DataError. features(...) = [the frozen
     features (parameter-free, the same for every teacher), fold] [B, F + W + 1]; head(feats) = the logits
     of the fold's head [B, A]. So the stage's MC passes run the fold's head (every head draws dropout
     masks, the fold's are kept), and the buffers are in the state_dict: the store's teacher.weights_sha256
@@ -251,17 +251,22 @@ class FoldTeachers(nn.Module):
         self.register_buffer("key_weights", key_weights.clone())
 
     def fold_of(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames [V, m, 3, H, W] -> int64 [V], the fold of each view's clip."""
+        """frames [V, m, 3, H, W] -> int64 [V], the fold of each view's clip: that of its frames found in the
+        table (a blank frame, held by several clips, is not in it); a DataError for a view with none found,
+        or with frames of two folds."""
         t0 = self.teachers[0]
-        key = frame_keys(frames[:, 0], t0.mean, t0.std, self.key_weights)  # [V]
+        key = frame_keys(frames.flatten(0, 1), t0.mean, t0.std, self.key_weights).view(frames.shape[:2])  # [V, m]
         pos = torch.searchsorted(self.frame_key, key).clamp_max(len(self.frame_key) - 1)
-        missing = (self.frame_key[pos] != key).nonzero().flatten()
-        if len(missing):
+        found = self.frame_key[pos] == key
+        fold = self.frame_fold[pos]  # [V, m], valid where found
+        first = fold.gather(1, found.long().argmax(1, keepdim=True))  # [V, 1], the first found frame's
+        bad = (~found.any(1) | ((fold != first) & found).any(1)).nonzero().flatten()
+        if len(bad):
             from labelstore.errors import DataError
 
-            raise DataError(f"FoldTeachers: view {int(missing[0])} of the batch is of no training clip (its first "
-                            f"frame is not in the fold table of {len(self.frame_key)} frames)")
-        return self.frame_fold[pos]
+            raise DataError(f"FoldTeachers: view {int(bad[0])} of the batch is of no training clip (none of its "
+                            f"frames, or frames of two folds, in the fold table of {len(self.frame_key)} frames)")
+        return first[:, 0]
 
     def features(self, frames, q_ids, q_mask, video_index=None) -> torch.Tensor:
         fold = self.fold_of(frames)
@@ -285,22 +290,20 @@ class FoldTeachers(nn.Module):
 
 def fold_table(cache, policy, video_rows: np.ndarray, fold: np.ndarray, weights: torch.Tensor,
                mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """(frame_key, frame_fold) int64 [n]: the keys of every frame of every clip of video_rows [N] (rendered
-    by policy, as the teacher stage does) and its question's fold [N]; a DataError if one key has two folds."""
-    keys, folds = [], []
+    """(frame_key, frame_fold) int64 [n]: the keys of the frames of the clips of video_rows [N] (rendered by
+    policy, as the teacher stage does) that belong to one clip only, and that clip's fold (fold [N], per
+    question); a frame of several clips (a blank one: every object outside the picture) is left out."""
+    keys, clips = [], []
     for v in np.unique(video_rows):
         x = cache.views(policy, np.array([v]), np.arange(cache.videos.src_shape(int(v))[0])[None])[0]  # [n, 3, H, W]
-        keys.append(frame_keys(x, mean, std, weights))
-        folds.append(torch.full((len(x),), int(fold[np.flatnonzero(video_rows == v)[0]])))
-    key, fo = torch.cat(keys), torch.cat(folds)
-    uk, inv = torch.unique(key, return_inverse=True)
-    lo = torch.full((len(uk),), len(fold), dtype=torch.int64).scatter_reduce(0, inv, fo, "amin")
-    hi = torch.full((len(uk),), -1, dtype=torch.int64).scatter_reduce(0, inv, fo, "amax")
-    if (lo != hi).any():
-        from labelstore.errors import DataError
-
-        raise DataError(f"fold table: {int((lo != hi).sum())} frame key(s) shared by clips of different folds")
-    return uk, lo
+        k = torch.unique(frame_keys(x, mean, std, weights))
+        keys.append(k)
+        clips.append(torch.full((len(k),), int(v)))
+    key, clip = torch.cat(keys), torch.cat(clips)
+    _, inv, count = torch.unique(key, return_inverse=True, return_counts=True)
+    one = count[inv] == 1  # the frames of one clip only
+    clip_fold = dict(zip(video_rows.tolist(), fold.tolist()))
+    return key[one], torch.as_tensor([clip_fold[int(v)] for v in clip[one]], dtype=torch.int64)
 
 
 def acc_any(logits: torch.Tensor, sets: list[set[int]]) -> float:
