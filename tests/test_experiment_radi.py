@@ -14,6 +14,7 @@ import torch
 
 import labelstore
 from labelstore.trainers import experiment_radi as X
+from labelstore.trainers import radi_folds as RF
 from labelstore.trainers import tasks
 
 torch.set_num_threads(1)
@@ -61,12 +62,12 @@ def test_clip_features_find_the_blob():
 
 def test_clip_folds_split_by_clip():
     rows = np.repeat(np.arange(10), [1, 2, 3, 1, 2, 3, 1, 2, 3, 1])  # 10 clips, 1-3 questions each
-    fold = X.clip_folds(rows, 4, 0)
+    fold = RF.clip_folds(rows, 4, 0)
     assert fold.shape == rows.shape and set(fold.tolist()) == {0, 1, 2, 3}
     per_clip = {v: set(fold[rows == v].tolist()) for v in range(10)}
     assert all(len(f) == 1 for f in per_clip.values())  # every question of a clip in its clip's fold
     assert sorted(np.bincount([f.pop() for f in per_clip.values()]).tolist()) == [2, 2, 3, 3]
-    assert (X.clip_folds(rows, 4, 0) == fold).all() and not (X.clip_folds(rows, 4, 1) == fold).all()
+    assert (RF.clip_folds(rows, 4, 0) == fold).all() and not (RF.clip_folds(rows, 4, 1) == fold).all()
 
 
 def test_fold_of_a_view():
@@ -79,10 +80,10 @@ def test_fold_of_a_view():
     a, b = ((torch.randint(0, 256, (3, 8, 8), generator=g).float() / 255 - 0.5) / 0.25 for _ in range(2))
     blank = torch.full((3, 8, 8), (40 / 255 - 0.5) / 0.25)
     w = torch.randint(0, 2**31, (3 * 8 * 8,), generator=g)
-    keys = X.frame_keys(torch.stack([a, b]), mean, std, w)
-    assert keys[0] != keys[1] and (X.frame_keys(torch.stack([a, b]) + 1e-4, mean, std, w) == keys).all()
+    keys = RF.frame_keys(torch.stack([a, b]), mean, std, w)
+    assert keys[0] != keys[1] and (RF.frame_keys(torch.stack([a, b]) + 1e-4, mean, std, w) == keys).all()
     t = X.FeatureQA(4, 3, num_frames=2, mean=mean, std=std, hidden=4, dropout=0.3)
-    ft = X.FoldTeachers([t, t], keys, torch.tensor([1, 0]), w)
+    ft = RF.FoldTeachers([t, t], keys, torch.tensor([1, 0]), w)
     assert ft.fold_of(torch.stack([torch.stack([blank, a]), torch.stack([b, b])])).tolist() == [1, 0]
     for view in (torch.stack([blank, blank]), torch.stack([a, b])):
         with pytest.raises(DataError, match="no training clip"):
