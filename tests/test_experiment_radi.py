@@ -90,6 +90,14 @@ def test_fold_of_a_view():
             ft.fold_of(view[None])
 
 
+def test_one_fold_is_an_error(tmp_path):
+    from labelstore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher_folds must be >= 2"):
+        X.setup(str(tmp_path / "exp"), teacher_folds=1)
+    assert not (tmp_path / "exp").exists()  # checked before anything is made
+
+
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     """The real command on a tiny recipe (2 seeds, 4 arms)."""

@@ -322,6 +322,12 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     if meta is not None:
         return meta
     r = with_recipe(RECIPE, recipe)
+    k_folds = r["teacher_folds"]
+    if k_folds < 2:
+        from labelstore.errors import ConfigError
+
+        raise ConfigError(f"--recipe: teacher_folds must be >= 2 (each fold labelled by a teacher trained on the "
+                          f"others), got {k_folds}")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
@@ -344,12 +350,6 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     m, fs = r["num_frames"], (r["size"], r["size"])
     cache, sampler = ClipCache(videos), FrameSampler(num_frames=m)
     policy = VideoPolicy(sampler=sampler, frame_size=fs)
-    k_folds = r["teacher_folds"]
-    if k_folds < 2:
-        from labelstore.errors import ConfigError
-
-        raise ConfigError(f"--recipe: teacher_folds must be >= 2 (each fold labelled by a teacher trained on the "
-                          f"others), got {k_folds}")
     fold = clip_folds(train_qa.video_rows, k_folds, r["data_seed"])  # [N], by clip
     kwargs = teacher_kwargs(r, tokenizer, vocab, policy)
     featurizer = FeatureQA(**kwargs)  # .features only (parameter-free): the frozen features of every model
