@@ -13,14 +13,20 @@ Setup, made once per output directory and reused by every arm and seed, from REC
     features frozen clip features, the same for every model: colour-blob statistics per frame and
              palette colour (area, centroid, spread, skewness, fill: clip_features), plus the
              question as a bag of words; computed once per view
-    teacher  FeatureQA(hidden = teacher_hidden, dropout 0.3) trained teacher_epochs with CE on the
-             annotated answers of the SAME training questions as the student (a wider head, no
-             other labels), on teacher_views random-offset views per clip; teacher_epochs is kept
-             short (15) so that the teacher does not memorise the one label drawn per training
-             question: its soft labels on those questions then keep mass on the other correct
-             answers, which is what KD (and the ranking terms) can transfer
-    store    teach_videoqa (the real teacher stage) on the training questions: store_epochs epochs of
-             random-offset frames, top_k = A (full ranking), mc_passes MC-dropout passes of the head
+    folds    the training clips split at random into teacher_folds (K, default 4) folds (all questions of
+             a clip in one fold)
+    teacher  FoldTeachers: K FeatureQA(hidden = teacher_hidden, dropout 0.3), teacher k trained
+             teacher_epochs with CE on the annotated answers of the training questions of the clips
+             OUTSIDE fold k (the students' own single-answer labels, no other labels), on teacher_views
+             random-offset views per clip. Each training question is labelled by the teacher of its
+             clip's fold, one that never saw the clip (cross-fitted, out-of-fold soft labels): a teacher
+             labelling its own training questions memorises the one label drawn per question and puts
+             its mass there, out of fold it keeps mass on the other correct answers, which is what KD
+             (and the ranking terms) can transfer. The teacher's test acc_any is that of the K
+             teachers' averaged probabilities.
+    store    teach_videoqa (the real teacher stage) on the training questions with the FoldTeachers module
+             as its teacher: store_epochs epochs of random-offset frames, top_k = A (full ranking),
+             mc_passes MC-dropout passes of the fold's head
 
 Students: FeatureQA(hidden = student_hidden, dropout 0.1), student_epochs over the store's views
 (student epoch e reads store epoch e % E: its frames, turned into features, and its targets). Seed s
@@ -55,6 +61,7 @@ import torch.nn.functional as F
 
 
 from .experiment import check_arms, read_setup, with_recipe, write_setup
+from .radi_folds import FoldTeachers, clip_folds, fold_table
 
 METRIC = "acc_any"
 REFERENCE = "ce"
@@ -73,7 +80,7 @@ ARMS = {
 DEFAULT_ARMS = list(ARMS)
 
 RECIPE = dict(n_train=2400, n_test=400, frames=16, size=32, num_frames=8, data_seed=0,
-              teacher_hidden=512, teacher_epochs=15, teacher_views=4, store_epochs=4, mc_passes=8,
+              teacher_hidden=512, teacher_epochs=15, teacher_views=4, teacher_folds=4, store_epochs=4, mc_passes=8,
               student_hidden=32, student_epochs=15, batch_size=64, lr=3e-3, hot_k=10, cold_n=30,
               margin=0.1, epsilon=0.01)
 KEEP = ("describe", "object_of_motion")
@@ -227,11 +234,15 @@ def _fit(model: nn.Module, n_epochs: int, n: int, batch_size: int, lr: float, se
 
 
 def teacher_line(meta: dict) -> str:
-    r = meta["recipe"]
-    return (f"teacher (FeatureQA hidden {r['teacher_hidden']}, {r['teacher_epochs']} epochs, the students' "
-            f"{meta['n_train_questions']} single-answer labels) test acc_any: {meta['teacher_acc_any']:.3f}; "
-            f"{meta['num_answers']} answers, {meta['questions_per_answer_median']:.0f} training questions per "
-            f"answer (median; min {meta['questions_per_answer_min']}); store K = {meta['top_k']}, T = {r['mc_passes']}")
+    r, lab = meta["recipe"], meta["stored_labels"]
+    k = r["teacher_folds"]
+    return (f"teacher: {k} fold teachers (FeatureQA hidden {r['teacher_hidden']}, {r['teacher_epochs']} epochs, each on "
+            f"the students' single-answer labels of the clips of the {k - 1} other folds; {meta['n_train_questions']} "
+            f"training questions) test acc_any: {meta['teacher_acc_any']:.3f} ({k} averaged); stored (out-of-fold) "
+            f"labels of the training questions: acc_any {lab['acc_any']:.3f}, mass {lab['gt_mass']:.3f} on the "
+            f"annotated answer, {lab['other_mass']:.3f} on its other correct answers; {meta['num_answers']} answers, "
+            f"{meta['questions_per_answer_median']:.0f} training questions per answer (median; min "
+            f"{meta['questions_per_answer_min']}); store K = {meta['top_k']}, T = {r['mc_passes']}")
 
 
 def result_line(result: dict) -> str:
@@ -245,8 +256,62 @@ def result_line(result: dict) -> str:
             f"{'the ranking arms can be read' if ok else 'the ranking arms cannot be read'}")
 
 
+def teacher_kwargs(r: dict, tokenizer, vocab, policy) -> dict:
+    """FeatureQA's arguments for a fold teacher of recipe r (dropout 0.3)."""
+    return dict(num_tokens=len(tokenizer), num_answers=len(vocab), num_frames=r["num_frames"], mean=policy.mean,
+                std=policy.std, hidden=r["teacher_hidden"], dropout=0.3)
+
+
+def train_teacher(kwargs: dict, feats: torch.Tensor, gt: torch.Tensor, rows: np.ndarray, r: dict, k: int) -> FeatureQA:
+    """Fold k's teacher: FeatureQA(**kwargs) (initialised by torch seed k), r["teacher_epochs"] of CE on the
+    annotated answers gt of the questions `rows` (those outside fold k), epoch e on the views feats[e % Vt]."""
+    torch.manual_seed(k)
+    t = FeatureQA(**kwargs)
+    _fit(t, r["teacher_epochs"], len(rows), r["batch_size"], r["lr"], 1 + k,
+         lambda e, b, sel: F.cross_entropy(t.head(feats[e % len(feats)][rows[sel]]), gt[rows[sel]]))
+    return t
+
+
+def stored_label_stats(store, qa, vocab) -> dict[str, float]:
+    """What the store holds on the training questions, over its epochs: acc_any of the stored argmax, the mean
+    stored probability of the annotated answer (gt_mass) and the mean total on the question's other correct
+    answers (other_mass)."""
+    sets = qa.answer_sets(vocab)
+    correct = torch.zeros(len(qa), len(vocab))
+    for i, s in enumerate(sets):
+        correct[i, list(s)] = 1.0
+    gt = torch.as_tensor(qa.gt)
+    acc, gt_mass, other = [], [], []
+    for e in range(store.epochs):
+        rec = store.read(e)
+        idx = torch.as_tensor(rec["topk_indices"].astype(np.int64))
+        p = torch.zeros(len(qa), len(vocab)).scatter_(1, idx, torch.as_tensor(rec["topk_values"].astype(np.float32)))
+        acc.append(acc_any(p, sets))
+        g = p.gather(1, gt[:, None])[:, 0]
+        gt_mass.append(float(g.mean()))
+        other.append(float(((p * correct).sum(1) - g).mean()))
+    return {"acc_any": float(np.mean(acc)), "gt_mass": float(np.mean(gt_mass)), "other_mass": float(np.mean(other))}
+
+
+def load_teacher(meta: dict) -> FoldTeachers:
+    """The setup's FoldTeachers (out/teacher.pt), rebuilt on the store's tokenizer, vocabulary and policy."""
+    import labelstore
+    from labelstore.pipeline.text import AnswerVocab, Tokenizer
+    from labelstore.pipeline.video import VideoPolicy
+
+    r, a = meta["recipe"], labelstore.open(meta["store"]).attrs
+    policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
+    kwargs = teacher_kwargs(r, Tokenizer.from_json(a["tokenizer"]), AnswerVocab.from_json(a["vocab"]), policy)
+    sd = torch.load(meta["teacher"])
+    teacher = FoldTeachers([FeatureQA(**kwargs) for _ in range(r["teacher_folds"])], sd["frame_key"],
+                           sd["frame_fold"], sd["key_weights"])
+    teacher.load_state_dict(sd)
+    return teacher.eval()
+
+
 def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
-    """Data, features, teacher and store under `out` (made once: an existing setup.json is reused)."""
+    """Data, features, fold teachers and store under `out` (made once: an existing setup.json is reused)."""
+    import labelstore
     from labelstore.pipeline.builtin_video import make_videoqa_dataset
     from labelstore.pipeline.teach_videoqa import VideoQATeachConfig, teach_videoqa
     from labelstore.pipeline.text import AnswerVocab, Tokenizer, read_questions
@@ -257,6 +322,12 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     if meta is not None:
         return meta
     r = with_recipe(RECIPE, recipe)
+    k_folds = r["teacher_folds"]
+    if k_folds < 2:
+        from labelstore.errors import ConfigError
+
+        raise ConfigError(f"--recipe: teacher_folds must be >= 2 (each fold labelled by a teacher trained on the "
+                          f"others), got {k_folds}")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
@@ -279,30 +350,39 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     m, fs = r["num_frames"], (r["size"], r["size"])
     cache, sampler = ClipCache(videos), FrameSampler(num_frames=m)
     policy = VideoPolicy(sampler=sampler, frame_size=fs)
-    torch.manual_seed(0)
-    kwargs = dict(num_tokens=len(tokenizer), num_answers=len(vocab), num_frames=m, mean=policy.mean, std=policy.std,
-                  hidden=r["teacher_hidden"], dropout=0.3)
-    teacher = FeatureQA(**kwargs)
+    fold = clip_folds(train_qa.video_rows, k_folds, r["data_seed"])  # [N], by clip
+    kwargs = teacher_kwargs(r, tokenizer, vocab, policy)
+    featurizer = FeatureQA(**kwargs)  # .features only (parameter-free): the frozen features of every model
     t1 = time.perf_counter()
-    feats = torch.stack([view_features(teacher, cache, policy, train_qa,
+    feats = torch.stack([view_features(featurizer, cache, policy, train_qa,
                                        frame_indices(sampler, 1, e, videos, train_qa.video_rows))
-                         for e in range(r["teacher_views"])])  # [Vt, N, F], the teacher's training views
+                         for e in range(r["teacher_views"])])  # [Vt, N, F], the teachers' training views
     gt = torch.as_tensor(train_qa.gt)
-    _fit(teacher, r["teacher_epochs"], len(train_qa), r["batch_size"], r["lr"], 1,
-         lambda e, b, rows: F.cross_entropy(teacher.head(feats[e % len(feats)][rows]), gt[rows]))
-    test_x = view_features(teacher, cache, VideoPolicy(FrameSampler(num_frames=m, mode="uniform"), fs), test_qa,
+    teachers = [train_teacher(kwargs, feats, gt, np.flatnonzero(fold != k), r, k) for k in range(k_folds)]
+    weights = torch.randint(0, 2**31, (3 * fs[0] * fs[1],), generator=torch.Generator().manual_seed(0))
+    teacher = FoldTeachers(teachers, *fold_table(cache, policy, train_qa.video_rows, fold, weights, policy.mean,
+                                                 policy.std), weights)
+    test_x = view_features(featurizer, cache, VideoPolicy(FrameSampler(num_frames=m, mode="uniform"), fs), test_qa,
                            frame_indices(FrameSampler(num_frames=m, mode="uniform"), 0, 0, videos, test_qa.video_rows))
     sets = test_qa.answer_sets(vocab)
     with torch.no_grad():
-        t_acc = acc_any(teacher.head(test_x), sets)
-    echo(f"teacher: test acc_any {t_acc:.3f} ({time.perf_counter() - t1:.1f}s)")
+        t_acc = acc_any(teacher.mean_probs(test_x), sets)
+        fold_accs = [acc_any(t.head(test_x), sets) for t in teachers]
+    teacher_path = os.path.join(out, "teacher.pt")
+    torch.save(teacher.state_dict(), teacher_path)
+    echo(f"teachers: {k_folds} folds of {np.bincount(fold).tolist()} training questions; test acc_any "
+         f"{t_acc:.3f} (averaged), alone {min(fold_accs):.3f}-{max(fold_accs):.3f} ({time.perf_counter() - t1:.1f}s)")
     store = os.path.join(out, "radi.zarr")
     st = teach_videoqa(store, videos, q_train, tokenizer, vocab, teacher, sampler,
                        VideoQATeachConfig(epochs=r["store_epochs"], seed=0, top_k=None, mc_passes=r["mc_passes"],
                                           batch_size=256, shard_rows=1024, frame_size=fs), overwrite=True)
-    echo(f"store: {st['views']} views, K = {st['top_k']}, T = {r['mc_passes']} ({st['seconds']:.1f}s)")
+    labels = stored_label_stats(labelstore.open(store), train_qa, vocab)
+    echo(f"store: {st['views']} views, K = {st['top_k']}, T = {r['mc_passes']} ({st['seconds']:.1f}s); stored labels "
+         f"on training questions: acc_any {labels['acc_any']:.3f}, mass on the annotated answer "
+         f"{labels['gt_mass']:.3f}, on its other correct answers {labels['other_mass']:.3f}")
     meta = {"recipe": r, "videos": str(data["videos"]), "questions_train": q_train, "questions_test": q_test,
-            "store": store, "teacher_acc_any": t_acc, "num_answers": len(vocab), "top_k": st["top_k"],
+            "store": store, "teacher": teacher_path, "teacher_acc_any": t_acc, "teacher_fold_acc_any": fold_accs,
+            "stored_labels": labels, "question_fold": fold.tolist(), "num_answers": len(vocab), "top_k": st["top_k"],
             "n_train_questions": len(train_qa), "n_test_questions": len(test_qa),
             "questions_per_answer_min": int(per_answer.min()),
             "questions_per_answer_median": float(np.median(per_answer)), "multi_answer_fraction": n_multi / len(train_qa)}
