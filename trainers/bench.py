@@ -299,7 +299,7 @@ def cores_per_teacher(decode: float, render: float, digest: float, views_per_dec
 
 
 def stage_child(root: str, cores: int, size: int, epochs: int, repeats: int = 3, shard_rows: int = 128,
-                wait: bool = False) -> None:
+                wait: bool = False, batch_size: int = 64) -> None:
     """Run in a `taskset` child: the teacher stage with a near-free teacher over every image of `root`
     in units of `shard_rows` rows, `repeats` stores after a warm-up of two units; prints as JSON the views/s
     (wall, all runs together), the CPU-seconds of the process per view (time.process_time: what the
@@ -310,7 +310,7 @@ def stage_child(root: str, cores: int, size: int, epochs: int, repeats: int = 3,
 
     data = ImageFolder(root)
     policy = make_policy("crop-flip", (size, size))
-    cfg = TeachConfig(epochs=epochs, top_k=5, batch_size=64, shard_rows=shard_rows, chunk_rows=min(shard_rows, 1024),
+    cfg = TeachConfig(epochs=epochs, top_k=5, batch_size=batch_size, shard_rows=shard_rows, chunk_rows=min(shard_rows, 1024),
                       decode_workers=cores)
     torch.set_num_threads(cores)
     views, seconds, cpu = 0, 0.0, 0.0
@@ -348,11 +348,14 @@ def stage_photos(root: str, out: str, n: int) -> str:
     return out
 
 
-def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int = 1024, shard_rows: int = 128,
-                      repeats: int = 3, rounds: int = 3) -> dict:
+def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int = 4096, shard_rows: int = 1024,
+                      repeats: int = 1, rounds: int = 3, batch_size: int = 256) -> dict:
     """The teacher stage (near-free teacher, decode + render + digest + to_input + write) over `images`
-    photographs (the files of `root` over and over) in units of `shard_rows` rows, as a stage of many
-    units runs, in children pinned with `taskset` (numba and torch threads, decode workers = cores):
+    photographs (the files of `root` over and over) in units of `shard_rows` rows and batches of
+    `batch_size` (the stage's default batch; its default unit is 8,192 rows: the writer's cost per
+    unit, which units of 128 rows multiply 64-fold, is a smaller share at real unit sizes), as a
+    stage of many units runs, in children pinned with `taskset` (numba threads and decode workers =
+    cores; torch threads as the stage sets them, `teacher_threads`):
 
       one     `taskset -c 0`: one core
       two     `taskset -c 0,1`: two cores, one stage
@@ -381,7 +384,7 @@ def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int =
         def start(cpus: str, cores: int, wait: bool):
             env = {**os.environ, "NUMBA_NUM_THREADS": str(cores), "OMP_NUM_THREADS": str(cores)}
             code = (f"from labelstore.trainers.bench import stage_child; "
-                    f"stage_child({photos!r}, {cores}, {size}, {epochs}, {repeats}, {shard_rows}, {wait})")
+                    f"stage_child({photos!r}, {cores}, {size}, {epochs}, {repeats}, {shard_rows}, {wait}, {batch_size})")
             return subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-c", code], env=env, text=True,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
@@ -422,7 +425,8 @@ def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int =
                              "peers": max(p["load_average"] for r in runs for p in r["peers"])},
             "two_over_one": two / one, "ceiling": peer / one, "two_over_ceiling": two / peer,
             "cpu_two_over_one": med("two", "cpu_s_per_view") / med("one", "cpu_s_per_view"),
-            "images": images, "shard_rows": shard_rows, "epochs": epochs, "repeats": repeats, "rounds": rounds,
+            "images": images, "shard_rows": shard_rows, "batch_size": batch_size, "epochs": epochs, "repeats": repeats,
+            "rounds": rounds,
             "cpus": os.cpu_count(),
             "command": "taskset -c 0 / -c 0,1 / (-c 0 and -c 1 at once) labelstore.trainers.bench.stage_child"}
 
@@ -432,7 +436,8 @@ def stage_cores_line(st: dict) -> str:
     if "skipped" in st:
         return f"1b. teacher stage on 1 and 2 cores: skipped ({st['skipped']})"
     v, c, la = st["views_per_s"], st["cpu_s_per_view"], st["load_average"]
-    return (f"1b. teacher stage, near-free teacher, {st['images']} images in units of {st['shard_rows']}, medians "
+    return (f"1b. teacher stage, near-free teacher, {st['images']} images in units of {st['shard_rows']}, batches of "
+            f"{st['batch_size']}, medians "
             f"of {st['rounds']} alternating rounds: "
             f"{v['one']:,.0f} views/s on 1 core, {v['two']:,.0f} on 2 = {st['two_over_one']:.2f} x   [target >= 1.8, "
             f"on an idle machine]; two 1-core stages at once {v['peers'][0]:,.0f} + {v['peers'][1]:,.0f} = "
