@@ -154,6 +154,18 @@ def test_cli_experiment_radi_end_to_end(cli_run):
     assert store.num_samples == result["setup"]["n_train_questions"]
 
 
+def test_gate_line_is_kd_against_ce_whatever_the_reference(cli_run):
+    """`--reference kd` from the same saved runs prints the same gate line (KD - CE, paired by seed)."""
+    out = cli_run["out"]
+    cmd = [sys.executable, "-m", "labelstore", "experiment", "radi", "--seeds", "2", "--arms", "ce,kd,pair-shuffled,both-a0.1",
+           "--out", str(out), "--recipe", json.dumps(TINY), "--reference", "kd", "--quiet"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    gate = [ln for ln in cli_run["stdout"].splitlines() if ln.startswith("gate: ")]
+    again = [ln for ln in run.stdout.splitlines() if ln.startswith("gate: ")]
+    assert "reference: kd" in run.stdout and len(gate) == 1 and again == gate and gate[0].startswith("gate: kd - ce = ")
+
+
 def _training_set(meta):
     from labelstore.pipeline.text import AnswerVocab, Tokenizer
     from labelstore.pipeline.video import VideoFolder, VideoPolicy
