@@ -70,7 +70,8 @@ def test_slot_features_see_the_motion_and_slotqa_shares_its_head():
     img = np.full((4, 32, 32, 3), 40, np.float32)
     for t in range(3):
         img[t, 4:12, 2 + 2 * t:10 + 2 * t] = (225, 35, 35)
-    x = (torch.as_tensor(img).permute(0, 3, 1, 2) / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    m_, s_ = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    x = (torch.as_tensor(img).permute(0, 3, 1, 2) / 255 - m_) / s_  # [4, 3, 32, 32]
     s = X.slot_features(x[None], mean, std)[0]  # [C, 4 * 23 + 6], red first
     assert s.shape == (5, 4 * X.N_SLOT_FRAME + X.N_SLOT_CLIP) and (s[1:] == 0).all()
     pres, slope_u, slope_v = s[0, -6:-3].tolist()
@@ -157,8 +158,8 @@ def test_cli_experiment_radi_end_to_end(cli_run):
 def test_gate_line_is_kd_against_ce_whatever_the_reference(cli_run):
     """`--reference kd` from the same saved runs prints the same gate line (KD - CE, paired by seed)."""
     out = cli_run["out"]
-    cmd = [sys.executable, "-m", "labelstore", "experiment", "radi", "--seeds", "2", "--arms", "ce,kd,pair-shuffled,both-a0.1",
-           "--out", str(out), "--recipe", json.dumps(TINY), "--reference", "kd", "--quiet"]
+    cmd = [sys.executable, "-m", "labelstore", "experiment", "radi", "--seeds", "2",
+           "--arms", "ce,kd,pair-shuffled,both-a0.1", "--out", str(out), "--recipe", json.dumps(TINY), "--reference", "kd", "--quiet"]
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     gate = [ln for ln in cli_run["stdout"].splitlines() if ln.startswith("gate: ")]

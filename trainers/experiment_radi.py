@@ -275,8 +275,8 @@ def answer_slots(vocab) -> list[list[int]]:
     def describe(c, s, mo):
         return f"{c} {s} " + ("staying still" if mo == "static" else f"moving {mo}")
 
-    return [[vocab.index(describe(c, s, mo)) for s in SHAPES for mo in MOTIONS] + [vocab.index(f"{c} {s}") for s in SHAPES]
-            for c in COLOURS]
+    return [[vocab.index(describe(c, s, mo)) for s in SHAPES for mo in MOTIONS]
+            + [vocab.index(f"{c} {s}") for s in SHAPES] for c in COLOURS]
 
 
 def view_features(model: FeatureQA | SlotQA, cache, policy, qa, indices: np.ndarray, chunk: int = 512) -> torch.Tensor:
