@@ -60,6 +60,36 @@ def test_clip_features_find_the_blob():
     assert (f[1:] == 0).all()  # no other colour present
 
 
+def test_slot_features_see_the_motion_and_slotqa_shares_its_head():
+    """A red square moving right by 2 px a frame over 4 frames, absent in the last: the red slot's presence
+    is 3/4, its centroid's slope over t in [-1, 1] is +(2/32) / (2/3) per unit t along u and 0 along v, its
+    grid mass moves right; the other slots are 0. SlotQA scores colour c's answers from c's slot alone."""
+    from labelstore.pipeline.text import AnswerVocab
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    img = np.full((4, 32, 32, 3), 40, np.float32)
+    for t in range(3):
+        img[t, 4:12, 2 + 2 * t:10 + 2 * t] = (225, 35, 35)
+    m_, s_ = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    x = (torch.as_tensor(img).permute(0, 3, 1, 2) / 255 - m_) / s_  # [4, 3, 32, 32]
+    s = X.slot_features(x[None], mean, std)[0]  # [C, 4 * 23 + 6], red first
+    assert s.shape == (5, 4 * X.N_SLOT_FRAME + X.N_SLOT_CLIP) and (s[1:] == 0).all()
+    pres, slope_u, slope_v = s[0, -6:-3].tolist()
+    assert pres == pytest.approx(0.75) and slope_u == pytest.approx((2 / 32) / (2 / 3), rel=1e-4)
+    assert slope_v == pytest.approx(0.0, abs=1e-6)
+    vocab = AnswerVocab.build(X.testbed_vocabulary())
+    slots = X.answer_slots(vocab)
+    assert sorted(i for row in slots for i in row) == list(range(90))
+    torch.manual_seed(0)
+    t = X.SlotQA(6, 90, num_frames=4, mean=mean, std=std, hidden=8, dropout=0.0, slots=slots).eval()
+    f = t.features(x[None], torch.tensor([[1, 2]]), torch.tensor([[True, True]]))  # [1, C * Fs + 6]
+    g = f.clone()
+    g[0, t.slot_dim:5 * t.slot_dim] = 1.0  # change every slot but red's
+    red = slots[0]
+    with torch.no_grad():
+        assert torch.equal(t.head(f)[0, red], t.head(g)[0, red]) and not torch.equal(t.head(f), t.head(g))
+
+
 def test_clip_folds_split_by_clip():
     rows = np.repeat(np.arange(10), [1, 2, 3, 1, 2, 3, 1, 2, 3, 1])  # 10 clips, 1-3 questions each
     fold = RF.clip_folds(rows, 4, 0)
@@ -117,12 +147,24 @@ def test_cli_experiment_radi_end_to_end(cli_run):
     assert lines[0].startswith("$ labelstore experiment radi --seeds 2")
     rows = {ln.split()[0]: ln.split() for ln in lines[3:7]}
     assert set(rows) == {"ce", "kd", "pair-shuffled", "both-a0.1"} and all(r[1] == "2" for r in rows.values())
-    assert lines[7].startswith("teacher: 4 fold teachers (FeatureQA hidden 16") and "store K = 90, T = 3" in lines[7]
+    assert lines[7].startswith("teacher: 4 fold teachers (SlotQA hidden 16") and "store K = 90, T = 3" in lines[7]
     assert lines[8].startswith("gate: kd - ce = ") and ("PASSED" in lines[8] or "FAILED" in lines[8])
     result = json.loads((out / "result.json").read_text())
     store = labelstore.open(result["setup"]["store"])
     assert store.task == "videoqa" and store.top_k == store.num_classes == 90 and store.mc_passes == 3
     assert store.num_samples == result["setup"]["n_train_questions"]
+
+
+def test_gate_line_is_kd_against_ce_whatever_the_reference(cli_run):
+    """`--reference kd` from the same saved runs prints the same gate line (KD - CE, paired by seed)."""
+    out = cli_run["out"]
+    cmd = [sys.executable, "-m", "labelstore", "experiment", "radi", "--seeds", "2",
+           "--arms", "ce,kd,pair-shuffled,both-a0.1", "--out", str(out), "--recipe", json.dumps(TINY), "--reference", "kd", "--quiet"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    gate = [ln for ln in cli_run["stdout"].splitlines() if ln.startswith("gate: ")]
+    again = [ln for ln in run.stdout.splitlines() if ln.startswith("gate: ")]
+    assert "reference: kd" in run.stdout and len(gate) == 1 and again == gate and gate[0].startswith("gate: kd - ce = ")
 
 
 def _training_set(meta):

@@ -10,12 +10,15 @@ Setup, made once per output directory and reused by every arm and seed, from REC
                                                        where two shapes move D)
              90 answers; the annotated `answer` is one correct answer drawn at random (the label of
              teacher and student alike), `answers` the full set (used only to score).
-    features frozen clip features, the same for every model: colour-blob statistics per frame and
-             palette colour (area, centroid, spread, skewness, fill: clip_features), plus the
-             question as a bag of words; computed once per view
+    features frozen clip features, plus the question as a bag of words, computed once per view. The
+             students': colour-blob statistics per frame and palette colour (area, centroid, spread,
+             skewness, fill: clip_features). The teachers' (slot_features, richer, from the same
+             views): per colour, those statistics and a 4 x 4 occupancy grid per frame, and the
+             centroid's slopes over the frames (motion), mean fill / skewness, presence, max area
     folds    the training clips split at random into teacher_folds (K, default 4) folds (all questions of
              a clip in one fold)
-    teacher  FoldTeachers: K FeatureQA(hidden = teacher_hidden, dropout 0.3), teacher k trained
+    teacher  FoldTeachers: K SlotQA(hidden = teacher_hidden, dropout 0.3; one head shared by the
+             colours, each colour's answers scored from that colour's slot), teacher k trained
              teacher_epochs with CE on the annotated answers of the training questions of the clips
              OUTSIDE fold k (the students' own single-answer labels, no other labels), on teacher_views
              random-offset views per clip. Each training question is labelled by the teacher of its
@@ -80,7 +83,7 @@ ARMS = {
 DEFAULT_ARMS = list(ARMS)
 
 RECIPE = dict(n_train=2400, n_test=400, frames=16, size=32, num_frames=8, data_seed=0,
-              teacher_hidden=512, teacher_epochs=15, teacher_views=4, teacher_folds=4, store_epochs=4, mc_passes=8,
+              teacher_hidden=256, teacher_epochs=40, teacher_views=4, teacher_folds=4, store_epochs=4, mc_passes=8,
               student_hidden=32, student_epochs=15, batch_size=64, lr=3e-3, hot_k=10, cold_n=30,
               margin=0.1, epsilon=0.01)
 KEEP = ("describe", "object_of_motion")
@@ -159,6 +162,39 @@ def clip_features(frames: torch.Tensor, mean, std, tol: float = 0.15) -> torch.T
     return f.reshape(V, -1)
 
 
+N_SLOT_FRAME, N_SLOT_CLIP = N_CLIP_FEATURES + 16, 6  # per frame (blob statistics, 4 x 4 grid), per clip
+
+
+def slot_features(frames: torch.Tensor, mean, std, tol: float = 0.15) -> torch.Tensor:
+    """The teacher's richer frozen features, one slot per palette colour: frames float [V, m, 3, H, W] ->
+    [V, C, m * 23 + 6]. Per frame: clip_features' 7 blob statistics and the colour's 4 x 4 occupancy grid
+    (3 * the fraction of each cell's pixels of the colour); per clip, over the frames where the colour is
+    present (pres_t = [a_t > 0], t in [-1, 1]): presence fraction, the least-squares slopes of the centroid
+    cu, cv over t (the motion), mean fill, mean skewness, max area (0 for a colour absent everywhere)."""
+    from labelstore.pipeline.builtin_video import COLOURS
+
+    V, m, _, H, W = frames.shape
+    C = len(COLOURS)
+    x = frames.flatten(0, 1) * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)  # [Vm, 3, H, W]
+    pal = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255.0  # [C, 3]
+    w = ((x[:, None] - pal[None, :, :, None, None]).norm(dim=2) < tol).float()  # [Vm, C, H, W]
+    grid = F.adaptive_avg_pool2d(w, 4).reshape(V, m, C, 16) * 3
+    blob = clip_features(frames, mean, std, tol).view(V, m, C, N_CLIP_FEATURES)
+    pres = (w.sum((2, 3)) > 0).float().view(V, m, C)
+    t = torch.linspace(-1, 1, m).view(1, m, 1)
+    n_p = pres.sum(1).clamp_min(1)  # [V, C]
+    dt = t - ((pres * t).sum(1) / n_p)[:, None]  # [V, m, C]
+
+    def slope(y: torch.Tensor) -> torch.Tensor:  # [V, m, C] -> [V, C]
+        dy = y - ((pres * y).sum(1) / n_p)[:, None]
+        return (pres * dt * dy).sum(1) / (pres * dt * dt).sum(1).clamp_min(1e-3)
+
+    clip = torch.stack([pres.mean(1), slope(blob[..., 1]), slope(blob[..., 2]), (pres * blob[..., 6]).sum(1) / n_p,
+                        (pres * blob[..., 5]).sum(1) / n_p, blob[..., 0].amax(1)], 2)  # [V, C, 6]
+    per_frame = torch.cat([blob, grid], 3).permute(0, 2, 1, 3).reshape(V, C, m * N_SLOT_FRAME)
+    return torch.cat([per_frame, clip], 2)
+
+
 def bag_of_words(q_ids: torch.Tensor, q_mask: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """q_ids int64 [B, L], q_mask bool [B, L] -> [B, num_tokens], the mean one-hot of the words."""
     oh = F.one_hot(q_ids, num_tokens).float() * q_mask[..., None].float()  # [B, L, W]
@@ -194,7 +230,56 @@ class FeatureQA(nn.Module):
         return self.head(self.features(frames, q_ids, q_mask, video_index))
 
 
-def view_features(model: FeatureQA, cache, policy, qa, indices: np.ndarray, chunk: int = 512) -> torch.Tensor:
+class SlotQA(nn.Module):
+    """The fold teachers' model: one head shared by the palette colours (weights shared over colours, so each
+    colour's answers learn from every colour's questions). For colour c with slot s_c = slot_features(...)[c]
+    and the question's bag of words q: z_c = MLP([s_c, q]) in R^18, the logits of c's 15 'c shape motion' and
+    3 'c shape' answers (slots [C, 18]: their vocabulary indices, covering the A = 90 answers once).
+
+    Same interface as FeatureQA (`.features` without parameters, `.head` with the only dropout)."""
+
+    def __init__(self, num_tokens: int, num_answers: int, *, num_frames: int, mean: list[float], std: list[float],
+                 hidden: int, dropout: float, slots: list[list[int]]):
+        super().__init__()
+        self.num_tokens, self.mean, self.std = num_tokens, list(mean), list(std)
+        slots_t = torch.as_tensor(slots, dtype=torch.int64)  # [C, S]
+        self.num_colours, self.per_slot = slots_t.shape
+        self.slot_dim = num_frames * N_SLOT_FRAME + N_SLOT_CLIP
+        order = torch.empty(num_answers, dtype=torch.int64)
+        order[slots_t.flatten()] = torch.arange(slots_t.numel())
+        self.register_buffer("order", order)  # answer a's position in the flattened [C, S] slot logits
+        self.answer_head = nn.Sequential(nn.Linear(self.slot_dim + num_tokens, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                         nn.Linear(hidden, self.per_slot))
+
+    def features(self, frames, q_ids, q_mask, video_index=None) -> torch.Tensor:
+        v = slot_features(frames, self.mean, self.std).flatten(1)  # [V, C * Fs]
+        if video_index is not None:
+            v = v[video_index]
+        return torch.cat([v, bag_of_words(q_ids, q_mask, self.num_tokens)], dim=1)  # [B, C * Fs + W]
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        C = self.num_colours
+        s = feats[:, : C * self.slot_dim].view(len(feats), C, self.slot_dim)  # [B, C, Fs]
+        q = feats[:, C * self.slot_dim:, None].transpose(1, 2).expand(-1, C, -1)  # [B, C, W]
+        z = self.answer_head(torch.cat([s, q], 2)).flatten(1)  # [B, C * S]
+        return z[:, self.order]  # [B, A]
+
+    def forward(self, frames, q_ids, q_mask, video_index=None) -> torch.Tensor:
+        return self.head(self.features(frames, q_ids, q_mask, video_index))
+
+
+def answer_slots(vocab) -> list[list[int]]:
+    """[C][18]: per palette colour c, the vocabulary indices of 'c shape motion' (shape-major) then 'c shape'."""
+    from labelstore.pipeline.builtin_video import COLOURS, MOTIONS, SHAPES
+
+    def describe(c, s, mo):
+        return f"{c} {s} " + ("staying still" if mo == "static" else f"moving {mo}")
+
+    return [[vocab.index(describe(c, s, mo)) for s in SHAPES for mo in MOTIONS]
+            + [vocab.index(f"{c} {s}") for s in SHAPES] for c in COLOURS]
+
+
+def view_features(model: FeatureQA | SlotQA, cache, policy, qa, indices: np.ndarray, chunk: int = 512) -> torch.Tensor:
     """[N, F + W] features of each question's view (frame indices [N, m]), in question order."""
     out = []
     with torch.no_grad():
@@ -236,7 +321,7 @@ def _fit(model: nn.Module, n_epochs: int, n: int, batch_size: int, lr: float, se
 def teacher_line(meta: dict) -> str:
     r, lab = meta["recipe"], meta["stored_labels"]
     k = r["teacher_folds"]
-    return (f"teacher: {k} fold teachers (FeatureQA hidden {r['teacher_hidden']}, {r['teacher_epochs']} epochs, each on "
+    return (f"teacher: {k} fold teachers (SlotQA hidden {r['teacher_hidden']}, {r['teacher_epochs']} epochs, each on "
             f"the students' single-answer labels of the clips of the {k - 1} other folds; {meta['n_train_questions']} "
             f"training questions) test acc_any: {meta['teacher_acc_any']:.3f} ({k} averaged); stored (out-of-fold) "
             f"labels of the training questions: acc_any {lab['acc_any']:.3f}, mass {lab['gt_mass']:.3f} on the "
@@ -246,10 +331,16 @@ def teacher_line(meta: dict) -> str:
 
 
 def result_line(result: dict) -> str:
-    """Whether KD beats CE by >= GATE (paired mean and its interval): the ranking arms are read only then."""
-    p = result["paired"].get("kd")
-    if p is None:
-        return "gate: kd not run; the ranking arms cannot be read against a teacher KD is known to use"
+    """Whether KD beats CE by >= GATE (paired by seed, mean and its interval, whatever the table's reference):
+    the ranking arms are read only then."""
+    from .experiment import summarize
+
+    arms = result["arms"]
+    if "kd" not in arms or "ce" not in arms:
+        return "gate: kd or ce not run; the ranking arms cannot be read against a teacher KD is known to use"
+    ce = dict(zip(arms["ce"]["seeds"], arms["ce"]["values"]))
+    kd = dict(zip(arms["kd"]["seeds"], arms["kd"]["values"]))
+    p = summarize([kd[s] - ce[s] for s in result["seeds"]])
     ok = p["mean"] >= GATE
     ci = "" if p["ci95"] is None else f", 95 % interval [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
     return (f"gate: kd - ce = {p['mean']:+.3f}{ci}: {'PASSED' if ok else 'FAILED'} (needs >= {GATE:+.3f}); "
@@ -257,16 +348,16 @@ def result_line(result: dict) -> str:
 
 
 def teacher_kwargs(r: dict, tokenizer, vocab, policy) -> dict:
-    """FeatureQA's arguments for a fold teacher of recipe r (dropout 0.3)."""
+    """SlotQA's arguments for a fold teacher of recipe r (dropout 0.3)."""
     return dict(num_tokens=len(tokenizer), num_answers=len(vocab), num_frames=r["num_frames"], mean=policy.mean,
-                std=policy.std, hidden=r["teacher_hidden"], dropout=0.3)
+                std=policy.std, hidden=r["teacher_hidden"], dropout=0.3, slots=answer_slots(vocab))
 
 
-def train_teacher(kwargs: dict, feats: torch.Tensor, gt: torch.Tensor, rows: np.ndarray, r: dict, k: int) -> FeatureQA:
-    """Fold k's teacher: FeatureQA(**kwargs) (initialised by torch seed k), r["teacher_epochs"] of CE on the
+def train_teacher(kwargs: dict, feats: torch.Tensor, gt: torch.Tensor, rows: np.ndarray, r: dict, k: int) -> SlotQA:
+    """Fold k's teacher: SlotQA(**kwargs) (initialised by torch seed k), r["teacher_epochs"] of CE on the
     annotated answers gt of the questions `rows` (those outside fold k), epoch e on the views feats[e % Vt]."""
     torch.manual_seed(k)
-    t = FeatureQA(**kwargs)
+    t = SlotQA(**kwargs)
     _fit(t, r["teacher_epochs"], len(rows), r["batch_size"], r["lr"], 1 + k,
          lambda e, b, sel: F.cross_entropy(t.head(feats[e % len(feats)][rows[sel]]), gt[rows[sel]]))
     return t
@@ -303,7 +394,7 @@ def load_teacher(meta: dict) -> FoldTeachers:
     policy = VideoPolicy.from_json({k: v for k, v in a["policy"].items() if k != "digest"})
     kwargs = teacher_kwargs(r, Tokenizer.from_json(a["tokenizer"]), AnswerVocab.from_json(a["vocab"]), policy)
     sd = torch.load(meta["teacher"])
-    teacher = FoldTeachers([FeatureQA(**kwargs) for _ in range(r["teacher_folds"])], sd["frame_key"],
+    teacher = FoldTeachers([SlotQA(**kwargs) for _ in range(r["teacher_folds"])], sd["frame_key"],
                            sd["frame_fold"], sd["key_weights"])
     teacher.load_state_dict(sd)
     return teacher.eval()
@@ -352,7 +443,7 @@ def setup(out: str, *, progress: bool = False, echo=print, **recipe) -> dict:
     policy = VideoPolicy(sampler=sampler, frame_size=fs)
     fold = clip_folds(train_qa.video_rows, k_folds, r["data_seed"])  # [N], by clip
     kwargs = teacher_kwargs(r, tokenizer, vocab, policy)
-    featurizer = FeatureQA(**kwargs)  # .features only (parameter-free): the frozen features of every model
+    featurizer = SlotQA(**kwargs)  # .features only (parameter-free): the teachers' frozen features
     t1 = time.perf_counter()
     feats = torch.stack([view_features(featurizer, cache, policy, train_qa,
                                        frame_indices(sampler, 1, e, videos, train_qa.video_rows))

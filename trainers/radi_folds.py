@@ -37,7 +37,7 @@ def frame_keys(frames: torch.Tensor, mean, std, weights: torch.Tensor) -> torch.
 class FoldTeachers(nn.Module):
     """K teachers and the fold of every training frame: question b is answered by teacher fold(b), the
     one trained on the clips outside that fold. The teachers are VideoQA heads on frozen features (the
-    testbed's FeatureQA: `.features(frames, q_ids, q_mask, video_index)` without parameters, the same
+    testbed's SlotQA or FeatureQA: `.features(frames, q_ids, q_mask, video_index)` without parameters, the same
     for every teacher, `.head(feats)`, `.mean` / `.std` of the rendering).
 
     The fold comes from what the teacher stage hands a model, the frames: a view's fold is that of its
@@ -92,7 +92,7 @@ class FoldTeachers(nn.Module):
         return self.head(self.features(frames, q_ids, q_mask, video_index))
 
     def mean_probs(self, feats: torch.Tensor) -> torch.Tensor:
-        """feats [B, F + W] (FeatureQA.features) -> [B, A] = mean over k of softmax(head_k(feats))."""
+        """feats [B, F + W] (the teachers' .features) -> [B, A] = mean over k of softmax(head_k(feats))."""
         return torch.stack([t.head(feats).softmax(1) for t in self.teachers]).mean(0)
 
 
