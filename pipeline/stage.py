@@ -239,11 +239,12 @@ def teacher_threads(decode_workers: int) -> Iterator[int]:
     """While the stage runs, torch's intra-op threads = max(1, cores - decode_workers) (cores: those
     this process may run on), then the previous count again.
 
-    The cores are split between the decode/render workers and the teacher instead of oversubscribed:
-    torch's OpenMP threads spin for a while after each parallel region, and at one thread per core
-    beside the decoders that spinning took 0.27 ms of CPU per 224-px view (25 % of the stage's CPU)
-    on 2 cores with a near-free teacher (docs/benchmarks.md). A GPU teacher needs no CPU threads;
-    a CPU teacher gets the cores the decoders leave (`--workers` sets how many they take)."""
+    The cores are split between the decode/render workers and the teacher instead of oversubscribed,
+    whatever the import order: when torch is imported before labelstore (so OMP_WAIT_POLICY=PASSIVE
+    from `import labelstore` comes too late), torch's OpenMP threads spin after each parallel region,
+    and at one thread per core beside the decoders that took 0.27 ms of CPU per 224-px view (25 % of
+    the stage's CPU) on 2 cores with a near-free teacher (docs/benchmarks.md). A GPU teacher needs no
+    CPU threads; a CPU teacher gets the cores the decoders leave (`--workers` sets how many they take)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     before = torch.get_num_threads()
     n = max(1, cores - decode_workers)

@@ -10,7 +10,7 @@ Every batch of a unit's epoch is one task on the decode pool, self-contained:
   render   the numba kernels on that pool thread (GIL released), or, on a torch device, in turn on
            the producer thread (pipeline/render_torch.py, each source uploaded once per unit)
   digest   the views' crc32c (`digests`), on the thread that rendered them, while their bytes are in
-           that core's cache (on 2 cores, digesting on the teacher's thread cost it 50 % more CPU)
+           that core's cache (on 2 cores, digesting on the teacher's thread cost that thread 13–29 % more CPU)
 
 The producer keeps 2 x workers batch tasks in flight over the batches of all units in order, at most
 one unit ahead of the one it hands out, and yields the batches in order, then the epoch's and the
