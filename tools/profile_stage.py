@@ -5,8 +5,9 @@
 
 PHOTOS: a class-folder image tree (`labelstore.trainers.bench.write_jpegs(PHOTOS, 128)` writes the
 bench's 500x375 JPEGs, `stage_photos(PHOTOS, MORE, 512)` links them into a tree of 512). Runs the
-stage of `bench_stage_cores` (crop-flip at 224 px, batch 64, units of --shard-rows rows, decode
-workers and torch threads = CORES) once to warm up, then once measured, and prints JSON:
+stage of `bench_stage_cores` (crop-flip at 224 px, here in batches of 64, units of --shard-rows rows,
+decode workers = CORES, torch's threads as the stage splits the cores) once to warm up, then once
+measured, and prints JSON:
 
   cpu_ms_per_view       process CPU (time.process_time) / views; sys_ms_per_view its kernel part
   faults_per_view       minor page faults (getrusage) / views
@@ -41,8 +42,7 @@ import tempfile
 import threading
 import time
 
-import labelstore  # before torch: sets OMP_WAIT_POLICY
-import torch
+import labelstore  # before torch (imported by the pipeline): sets OMP_WAIT_POLICY
 from labelstore import writer
 from labelstore.pipeline import augment, teach
 from labelstore.pipeline.augment import make_policy
@@ -136,7 +136,6 @@ def main() -> None:
     cfg = TeachConfig(epochs=args.epochs, top_k=5, batch_size=64, shard_rows=args.shard_rows,
                       chunk_rows=min(args.shard_rows, 1024),
                       decode_workers=args.cores)
-    torch.set_num_threads(args.cores)
     last: dict[int, float] = {}
     names: dict[int, str] = {threading.main_thread().native_id: "main"}
     stop = threading.Event()

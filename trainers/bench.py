@@ -311,8 +311,7 @@ def stage_child(root: str, cores: int, size: int, epochs: int, repeats: int = 3,
     data = ImageFolder(root)
     policy = make_policy("crop-flip", (size, size))
     cfg = TeachConfig(epochs=epochs, top_k=5, batch_size=batch_size, shard_rows=shard_rows, chunk_rows=min(shard_rows, 1024),
-                      decode_workers=cores)
-    torch.set_num_threads(cores)
+                      decode_workers=cores)  # torch's threads: the stage's core split (teacher_threads)
     views, seconds, cpu = 0, 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         warm = ClassificationTask(data, policy, cfg, {"name": "bench", "weights_sha256": "-"}, 10, _NearFree(10).eval())
