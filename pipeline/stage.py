@@ -234,6 +234,11 @@ def keep_freed_memory() -> Iterator[None]:
                 trim(0)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. under `taskset`)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @contextlib.contextmanager
 def teacher_threads(decode_workers: int) -> Iterator[int]:
     """While the stage runs, torch's intra-op threads = max(1, cores - decode_workers) (cores: those
@@ -245,9 +250,8 @@ def teacher_threads(decode_workers: int) -> Iterator[int]:
     and at one thread per core beside the decoders that took 0.27 ms of CPU per 224-px view (25 % of
     the stage's CPU) on 2 cores with a near-free teacher (docs/benchmarks.md). A GPU teacher needs no
     CPU threads; a CPU teacher gets the cores the decoders leave (`--workers` sets how many they take)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     before = torch.get_num_threads()
-    n = max(1, cores - decode_workers)
+    n = max(1, usable_cores() - decode_workers)
     torch.set_num_threads(n)
     try:
         yield n

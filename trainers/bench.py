@@ -29,7 +29,7 @@ import labelstore
 from labelstore.pipeline.augment import Views, make_policy
 from labelstore.pipeline.images import ImageFolder, make_shapes_dataset
 from labelstore.pipeline.replay import replay_views
-from labelstore.pipeline.stage import run_stage
+from labelstore.pipeline.stage import run_stage, usable_cores
 from labelstore.pipeline.teach import ClassificationTask, TeachConfig, teach
 from labelstore.pipeline.teacher import autocast_context, pick_device, weights_hash
 
@@ -373,8 +373,7 @@ def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int =
     import subprocess
     import sys
 
-    have = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if shutil.which("taskset") is None or have < 2:
+    if shutil.which("taskset") is None or usable_cores() < 2:
         return {"skipped": "needs taskset and 2 cores"}
     tmp = tempfile.mkdtemp()
     try:
