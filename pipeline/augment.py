@@ -676,7 +676,7 @@ class Policy:
         return prog, rowdicts, mixed
 
     def render_batch(self, images: list, rows: dict, partner_images=None, partner_rows=None,
-                     parallel: bool = True) -> "Views":
+                     parallel: bool = True, empty=np.empty) -> "Views":
         """uint8 views of a batch, rendered in parallel without the GIL (pipeline/kernels.py).
 
         images: N uint8 [H, W, 3] sources; rows: {param key: array [N, ...]} aligned with images;
@@ -684,6 +684,8 @@ class Policy:
         where a view is not mixed). CutMix is pasted here; MixUp is blended later by Policy.to_input.
         The same bytes on any device: pipeline/render_torch.py. parallel=False renders on the
         calling thread only (for callers that render several batches on their own threads).
+        empty(shape, dtype): the array the views are rendered into (the teacher stage's
+        pipeline/recycle.Recycler); every view's geometry op writes all of its pixels.
         """
         n = len(images)
         H, W = self.output_size
@@ -693,7 +695,7 @@ class Policy:
                                           [None if im is None else im.shape[:2] for im in psrcs] if psrcs else None,
                                           partner_rows)
         srcs += [psrcs[i] for i in mixed.tolist()]
-        out = np.zeros((len(srcs), 3, H, W), np.uint8)
+        out = empty((len(srcs), 3, H, W), np.uint8)
         if len(srcs):
             K.render_views(srcs, np.arange(len(srcs), dtype=np.int64), prog, out, parallel)
         for op in self.ops:
@@ -718,7 +720,7 @@ class Policy:
         boxes[self.partners(rows, n) < 0] = 0
         return boxes
 
-    def to_input(self, views: "Views", device=None) -> torch.Tensor:
+    def to_input(self, views: "Views", device=None, out: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 views [B, 3, H, W] -> float32 model input on `device`: the one input convention of
         teacher and students alike (a student's policy is the store's, so are its mean and std).
 
@@ -726,10 +728,13 @@ class Policy:
             out = (v / 255 - mean) / std = (v - 255 mean) / (255 std)    (per RGB channel)
 
         A replay batch (x, t) is `Views.from_batch(x, t)`; device None keeps the views' device.
+        out: a float32 tensor of x's shape on `device` to write into (the teacher stage on a CPU
+        reuses its memory: pipeline/recycle.py); None: a new one.
         """
         x, partner, lam = views.x, views.partner, views.lam
         device = device if device is not None else x.device
-        v = x.to(device, non_blocking=True).float()
+        v = x.to(device, non_blocking=True)
+        v = out.copy_(v) if out is not None else v.float()
         if partner is not None:
             w = lam.to(device, non_blocking=True).float().view(-1, 1, 1, 1)
             v = w * v + (1.0 - w) * partner.to(device, non_blocking=True).float()

@@ -108,9 +108,10 @@ def decoders() -> dict[str, str]:
     return {"jpeg": f"simplejpeg {simplejpeg.__version__}", "other": f"pillow {PIL.__version__}"}
 
 
-def decode_file(path) -> np.ndarray:
+def decode_file(path, empty=np.empty) -> np.ndarray:
     """uint8 [H, W, 3] RGB pixels of an image file (see decoders()). Plain os.path and open(), not
-    pathlib: what runs here per image holds the GIL that the other decode workers wait for."""
+    pathlib: what runs here per image holds the GIL that the other decode workers wait for.
+    empty(shape, dtype): the array a JPEG is decoded into (the teacher stage's pipeline/recycle.Recycler)."""
     path = os.fspath(path)
     if os.path.splitext(path)[1].lower() in _JPEG_SUFFIXES:
         import simplejpeg
@@ -118,8 +119,10 @@ def decode_file(path) -> np.ndarray:
         with open(path, "rb") as f:
             data = f.read()
         try:
-            if simplejpeg.decode_jpeg_header(data)[2] not in ("CMYK", "YCCK"):
-                return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)
+            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            if colorspace not in ("CMYK", "YCCK"):
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
+                                              buffer=empty((h, w, 3), np.uint8))
         except ValueError:
             pass  # damaged: Pillow names what is wrong (or decodes what libjpeg-turbo refuses)
     with Image.open(path) as im:
@@ -251,10 +254,11 @@ class ImageFolder:
     def path(self, i: int) -> Path:
         return self.root / self.ids[i]
 
-    def load(self, i: int) -> np.ndarray:
+    def load(self, i: int, empty=np.empty) -> np.ndarray:
+        """uint8 [H, W, 3] of image i; empty: as decode_file's."""
         path = os.path.join(os.fspath(self.root), self.ids[i])
         try:
-            return decode_file(path)
+            return decode_file(path, empty)
         except DecodeError:
             raise
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

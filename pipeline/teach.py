@@ -37,6 +37,7 @@ from labelstore.errors import ConfigError
 from labelstore.integrity import json_digest, view_check
 
 from . import classification_store, features, records
+from .recycle import Recycler
 from .stage import Item, check_teacher_output, open_store, run_stage
 from .teach_views import views
 from .teacher import autocast_context, mc_forward, pick_device
@@ -210,6 +211,7 @@ class ClassificationTask:
         )
         self.gt = np.asarray(source.labels, dtype=np.int64)
         self._records = records.UnitRecords(self.specs)  # the current epoch's records of the unit
+        self.recycler = Recycler()  # the memory of decoded images, views and (on a CPU) teacher inputs
 
     def build(self, at: str) -> None:
         cfg = self.cfg
@@ -226,7 +228,7 @@ class ClassificationTask:
         return sum(min(N, (p + 1) * S) - p * S for _, p in units) * self.cfg.group_size
 
     def inputs(self, units, pool):
-        return views(self.source, self.policy, self.cfg, units, len(self.source), pool, self.render_dev)
+        return views(self.source, self.policy, self.cfg, units, len(self.source), pool, self.recycler, self.render_dev)
 
     def label(self, item: Item):
         cfg, rows, e = self.cfg, item.rows, item.epoch
@@ -258,8 +260,10 @@ class ClassificationTask:
         T, K, dev = self.cfg.mc_passes, self.cfg.top_k, self.dev
         seed = records.mc_seed(self.cfg.seed, epoch, int(ids[0]), MC_SEED_BITS)
         hooked = self.features.hook.capture() if self.features else contextlib.nullcontext()
+        # the float input in recycled memory on a CPU (CUDA's caching allocator reuses device memory itself)
+        out = torch.from_numpy(self.recycler.empty(tuple(x.x.shape), np.float32)) if dev.type == "cpu" else None
         with torch.inference_mode(), autocast_context(dev, self.amp), hooked:
-            logits, mc_logits = mc_forward(self.teacher, self.policy.to_input(x, dev), T, seed)
+            logits, mc_logits = mc_forward(self.teacher, self.policy.to_input(x, dev, out), T, seed)
         check_teacher_output(logits, epoch, ids, lambda i: self.source.ids[i], columns=(self.num_classes, "classes"))
         out = records.topk_records(logits, torch.as_tensor(self.gt[ids], device=dev), K, mc_logits)
         if self.features is not None:

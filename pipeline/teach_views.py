@@ -24,6 +24,7 @@ current unit's last ones.
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,17 +32,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .images import DecodeError
+from .images import DecodeError, ImageFolder
+from .recycle import Recycler
 from .stage import Item
 
 
 class Decoded:
     """The decoded images of one unit (its rows and its views' partners), {row: uint8 [H, W, 3] or
     None where skip_bad skipped an undecodable image}; get(row) decodes on the calling thread unless
-    another thread has (or is), then waits for that one's result."""
+    another thread has (or is), then waits for that one's result. An ImageFolder decodes into the
+    recycler's memory (pipeline/recycle.py)."""
 
-    def __init__(self, source, skip_bad: bool):
-        self.source, self.skip_bad = source, skip_bad
+    def __init__(self, source, skip_bad: bool, recycler: Recycler):
+        self.skip_bad = skip_bad
+        self.load = functools.partial(source.load, empty=recycler.empty) if isinstance(source, ImageFolder) else source.load
         self._lock = threading.Lock()
         self._images: dict[int, Future] = {}
 
@@ -53,7 +57,7 @@ class Decoded:
                 fut = self._images[row] = Future()
         if mine:
             try:
-                fut.set_result(self.source.load(row))
+                fut.set_result(self.load(row))
             except DecodeError as e:
                 if self.skip_bad:
                     fut.set_result(None)
@@ -121,12 +125,14 @@ class _Unit:
     uploaded: dict = field(default_factory=dict)  # {row: uint8 [H, W, 3] tensor on the render device}
 
 
-def views(source, policy, cfg, units, num_samples: int, pool: ThreadPoolExecutor, device: torch.device | None = None):
+def views(source, policy, cfg, units, num_samples: int, pool: ThreadPoolExecutor, recycler: Recycler,
+          device: torch.device | None = None):
     """Producer (runs on a background thread): per unit and epoch, Item("batch") with (positions in the
     unit's rows, uint8 Views of them or None when all were skipped, their crc32c digests uint32 [n] or
     None without cfg.digests), then Item("epoch") with the epoch's
     parameters [n, ...], then per unit Item("unit") with (hw [n, 2], skipped [n]). Rendered on
-    `device` by pipeline/render_torch.py when given, else by the numba kernels on the pool."""
+    `device` by pipeline/render_torch.py when given, else by the numba kernels on the pool, into
+    the recycler's memory, as the images are decoded."""
     from . import render_torch
 
     S, V, N, B = cfg.shard_rows, cfg.group_size, num_samples, cfg.batch_size
@@ -134,7 +140,7 @@ def views(source, policy, cfg, units, num_samples: int, pool: ThreadPoolExecutor
     def steps():  # (unit, epoch, sel): a batch; sel None: the epoch's end; epoch None: the unit's end
         for g, p in units:
             rows = np.arange(p * S, min(N, (p + 1) * S))
-            u = _Unit((g, p), rows, Decoded(source, cfg.skip_bad), np.zeros((len(rows), 2), np.int64),
+            u = _Unit((g, p), rows, Decoded(source, cfg.skip_bad, recycler), np.zeros((len(rows), 2), np.int64),
                       np.zeros(len(rows), bool))
             for e in range(g * V, min(cfg.epochs, (g + 1) * V)):
                 for j0 in range(0, len(rows), B):
@@ -149,7 +155,7 @@ def views(source, policy, cfg, units, num_samples: int, pool: ThreadPoolExecutor
         prog = draw(policy, cfg.seed, N, u.decoded, u.rows, sel, e)
         if device is not None or not len(prog.keep):
             return prog, None, None
-        x = policy.render_batch(*prog.sources(u.rows, u.decoded.get), parallel=False)
+        x = policy.render_batch(*prog.sources(u.rows, u.decoded.get), parallel=False, empty=recycler.empty)
         return prog, x, digests(x)
 
     def upload(u: _Unit, row: int) -> torch.Tensor:

@@ -298,13 +298,15 @@ def cores_per_teacher(decode: float, render: float, digest: float, views_per_dec
     return teacher_views_per_s * per_view
 
 
-def stage_child(root: str, cores: int, size: int, epochs: int, repeats: int = 3, shard_rows: int = 128,
-                wait: bool = False, batch_size: int = 64) -> None:
+def stage_child(root: str, cores: int, size: int, epochs: int, shard_rows: int = 128, wait: bool = False,
+                batch_size: int = 64) -> None:
     """Run in a `taskset` child: the teacher stage with a near-free teacher over every image of `root`
-    in units of `shard_rows` rows, `repeats` stores after a warm-up of two units; prints as JSON the views/s
-    (wall, all runs together), the CPU-seconds of the process per view (time.process_time: what the
-    cores did, whatever else the machine ran) and the load average at the end. wait: after the warm-up,
-    print "ready" and wait for a line on stdin (so that two children measure at the same time)."""
+    in units of `shard_rows` rows, as a long stage runs past its start: its first two units are the
+    warm-up (numba's compiled kernels loaded, the recycler's blocks allocated: pipeline/recycle.py),
+    the rest of the same store, resumed by the same task, is measured. Prints as JSON the views/s
+    (wall), the CPU-seconds of the process per view (time.process_time: what the cores did, whatever
+    else the machine ran) and the load average at the end. wait: after the warm-up, print "ready"
+    and wait for a line on stdin (so that two children measure at the same time)."""
     import json
     import sys
 
@@ -312,20 +314,18 @@ def stage_child(root: str, cores: int, size: int, epochs: int, repeats: int = 3,
     policy = make_policy("crop-flip", (size, size))
     cfg = TeachConfig(epochs=epochs, top_k=5, batch_size=batch_size, shard_rows=shard_rows, chunk_rows=min(shard_rows, 1024),
                       decode_workers=cores)  # torch's threads: the stage's core split (teacher_threads)
-    views, seconds, cpu = 0, 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        warm = ClassificationTask(data, policy, cfg, {"name": "bench", "weights_sha256": "-"}, 10, _NearFree(10).eval())
-        run_stage(warm, os.path.join(tmp, "warm.zarr"), max_units=2, decode_workers=cores)  # compile, warm caches
+        at = os.path.join(tmp, "stage.zarr")
+        task = ClassificationTask(data, policy, cfg, {"name": "bench", "weights_sha256": "-"}, 10, _NearFree(10).eval())
+        run_stage(task, at, max_units=2, decode_workers=cores)
         if wait:
             print("ready", flush=True)
             sys.stdin.readline()
-        for r in range(repeats):
-            c0 = time.process_time()
-            stats = _teach(os.path.join(tmp, f"stage{r}.zarr"), data, _NearFree(10).eval(), policy, cfg, 10)
-            cpu += time.process_time() - c0
-            views, seconds = views + stats["views"], seconds + stats["seconds"]
-    print(json.dumps({"cores": cores, "views": views, "views_per_s": views / seconds, "cpu_s_per_view": cpu / views,
-                      "load_average": os.getloadavg()[0]}), flush=True)
+        c0 = time.process_time()
+        stats = run_stage(task, at, resume=True, decode_workers=cores)
+        cpu = time.process_time() - c0
+    print(json.dumps({"cores": cores, "views": stats["views"], "views_per_s": stats["views_per_s"],
+                      "cpu_s_per_view": cpu / stats["views"], "load_average": os.getloadavg()[0]}), flush=True)
 
 
 def stage_photos(root: str, out: str, n: int) -> str:
@@ -347,14 +347,15 @@ def stage_photos(root: str, out: str, n: int) -> str:
     return out
 
 
-def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int = 4096, shard_rows: int = 1024,
-                      repeats: int = 1, rounds: int = 3, batch_size: int = 256) -> dict:
+def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int = 6144, shard_rows: int = 1024,
+                      rounds: int = 3, batch_size: int = 256) -> dict:
     """The teacher stage (near-free teacher, decode + render + digest + to_input + write) over `images`
     photographs (the files of `root` over and over) in units of `shard_rows` rows and batches of
     `batch_size` (the stage's default batch; its default unit is 8,192 rows: the writer's cost per
     unit, which units of 128 rows multiply 64-fold, is a smaller share at real unit sizes), as a
-    stage of many units runs, in children pinned with `taskset` (numba threads and decode workers =
-    cores; torch threads as the stage sets them, `teacher_threads`):
+    stage of many units runs (each child measures the units after its first two: `stage_child`),
+    in children pinned with `taskset` (numba threads and decode workers = cores; torch threads as
+    the stage sets them, `teacher_threads`):
 
       one     `taskset -c 0`: one core
       two     `taskset -c 0,1`: two cores, one stage
@@ -382,7 +383,7 @@ def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int =
         def start(cpus: str, cores: int, wait: bool):
             env = {**os.environ, "NUMBA_NUM_THREADS": str(cores), "OMP_NUM_THREADS": str(cores)}
             code = (f"from labelstore.trainers.bench import stage_child; "
-                    f"stage_child({photos!r}, {cores}, {size}, {epochs}, {repeats}, {shard_rows}, {wait}, {batch_size})")
+                    f"stage_child({photos!r}, {cores}, {size}, {epochs}, {shard_rows}, {wait}, {batch_size})")
             return subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-c", code], env=env, text=True,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
@@ -423,7 +424,7 @@ def bench_stage_cores(root: str, size: int = 224, epochs: int = 2, images: int =
                              "peers": max(p["load_average"] for r in runs for p in r["peers"])},
             "two_over_one": two / one, "ceiling": peer / one, "two_over_ceiling": two / peer,
             "cpu_two_over_one": med("two", "cpu_s_per_view") / med("one", "cpu_s_per_view"),
-            "images": images, "shard_rows": shard_rows, "batch_size": batch_size, "epochs": epochs, "repeats": repeats,
+            "images": images, "shard_rows": shard_rows, "batch_size": batch_size, "epochs": epochs,
             "rounds": rounds,
             "cpus": os.cpu_count(),
             "command": "taskset -c 0 / -c 0,1 / (-c 0 and -c 1 at once) labelstore.trainers.bench.stage_child"}
