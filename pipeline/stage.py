@@ -208,10 +208,12 @@ def keep_freed_memory() -> Iterator[None]:
     mallopt M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 2^31 - 1; elsewhere nothing changes); afterwards both
     get glibc's default values back and malloc_trim(0) returns what is free to the system.
 
-    Every batch allocates its decoded images, rendered views and float model input afresh; by
-    default glibc maps blocks over its mmap threshold (at most 32 MiB: a float batch of 64 views
-    at 224 px is 38.5 MB) from the system and unmaps them on free, so every page is faulted in
-    again: 167 page faults and 0.4 ms of CPU per 224-px view on a 2-core VM (docs/benchmarks.md)."""
+    By default glibc maps blocks over its mmap threshold (at most 32 MiB) from the system and
+    unmaps them on free, so every page is faulted in again (167 page faults and 0.4 ms of CPU per
+    224-px view on a 2-core VM when the classification stage allocated its arrays afresh,
+    docs/benchmarks.md). The classification stage's large arrays are now recycled
+    (pipeline/recycle.py: glibc still gives back the empty heaps of its per-thread arenas), with
+    and without this setting at equal CPU per view; the other tasks' stages allocate afresh."""
     try:
         libc = ctypes.CDLL(None)
         mallopt, trim = libc.mallopt, libc.malloc_trim

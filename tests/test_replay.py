@@ -311,3 +311,20 @@ def test_other_decoder_refused_by_name(tmp_path, base_store, source):
     attrs["dataset"] = {**ds, "decoder": {**ds["decoder"], "jpeg": "opencv 4.10"}}
     with pytest.raises(StoreMismatch, match="decoded with .*opencv 4.10.*this source decodes with .*simplejpeg"):
         ReplayDataset(labelstore.open(copy, check_metadata=False), source)
+
+
+def test_replay_dataset_in_spawned_workers(skip_store):
+    """DataLoader workers started by spawn get the dataset pickled (each makes its own recycler of
+    decode and render memory, pipeline/recycle.py): the same teacher's views."""
+    from torch.utils.data import DataLoader
+
+    store, src, _ = skip_store
+    ds = ReplayDataset(store, src, epoch=1)
+    ds.batch(np.arange(4))  # this process's recycler exists: the workers must not get it
+    rec = store.read(1)
+    n = 0
+    for x, t in DataLoader(ds, batch_size=8, num_workers=1, multiprocessing_context="spawn"):
+        i = t["index"].numpy()
+        np.testing.assert_array_equal(_digests(x), rec["view_digest"][i])
+        n += len(i)
+    assert n == len(ds)
