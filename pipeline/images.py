@@ -17,6 +17,7 @@ backgrounds) used by the examples and tests: :func:`make_shapes_dataset`,
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import math
@@ -127,6 +128,12 @@ def decode_file(path, empty=np.empty) -> np.ndarray:
             pass  # damaged: Pillow names what is wrong (or decodes what libjpeg-turbo refuses)
     with Image.open(path) as im:
         return _pil_rgb(im)
+
+
+def loader(source, empty):
+    """source.load, decoding into empty(shape, dtype) (a pipeline/recycle.Recycler's) where the
+    source decodes image files (an ImageFolder); other sources' arrays are their own."""
+    return functools.partial(source.load, empty=empty) if isinstance(source, ImageFolder) else source.load
 
 
 def _pil_rgb(im: Image.Image) -> np.ndarray:

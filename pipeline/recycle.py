@@ -1,12 +1,13 @@
-"""Memory the teacher stage hands out again once nothing references it.
+"""Memory the teacher stage and ReplayDataset hand out again once nothing references it.
 
-Every batch of the stage needs new memory for large arrays: each image's decoded pixels (0.56 MB
-at 500x375), each batch's rendered views (38.5 MB for 256 views at 224 px) and, on a CPU teacher,
-its float input (154 MB). Through malloc, that memory keeps coming fresh from the kernel: glibc
-unmaps blocks above 64 MiB on free and gives back whole heaps of its per-thread arenas once they
-are empty (whatever mallopt says), so every page is faulted in and zeroed again. On a 2-core VM that
-was 32 page faults per 224-px view on one core, 57 on two, and the system time grew from 9 % of
-the stage's CPU on one core to 16 % on two (docs/benchmarks.md).
+Every batch needs new memory for large arrays: each image's decoded pixels (0.56 MB at 500x375),
+each batch's rendered views (38.5 MB for 256 views at 224 px) and, on a CPU teacher, its float
+input (154 MB). Through malloc, that memory keeps coming fresh from the kernel: glibc maps blocks
+that do not fit its per-thread arenas' 64 MiB heaps afresh, and gives those heaps back once they
+are empty (whatever mallopt's trim threshold says), so every page is faulted in and zeroed again
+(a fresh 500x375 decode: 137 page faults). On a 2-core VM the stage made 32 page faults per 224-px
+view on one core and 58-60 on two, and spent 6-7 % of its CPU in the kernel on one core, 15-20 %
+on two (docs/benchmarks.md).
 
 A Recycler keeps the blocks instead: `empty(shape, dtype)` returns an array over a block that no
 live array uses, taking a free one of its size class when there is one. The block goes back when the

@@ -17,7 +17,6 @@ Epochs too large for memory: `window=w` reads in the shard-aware quasi-random or
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 
@@ -31,7 +30,7 @@ from labelstore.reader import register_param_source
 
 from .augment import SAMPLE_VERSION, Policy, Views
 from .features import feature_name, read_features
-from .images import ImageFolder
+from .images import loader
 from .recycle import Recycler
 
 log = logging.getLogger(__name__)
@@ -294,7 +293,7 @@ class ReplayDataset(torch.utils.data.Dataset):
         if self._recycler is None or self._recycler[0] != os.getpid():
             self._recycler = (os.getpid(), Recycler())
         empty = self._recycler[1].empty
-        load = functools.partial(self.data.load, empty=empty) if isinstance(self.data, ImageFolder) else self.data.load
+        load = loader(self.data, empty)
         return self.policy.render_batch([load(int(i)) for i in rec["index"]], {k: rec[k] for k in spec},
                                         [load(int(q)) if q >= 0 else None for q in partners],
                                         {k: prec[k] for k in spec}, empty=empty)

@@ -24,7 +24,6 @@ current unit's last ones.
 from __future__ import annotations
 
 import collections
-import functools
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .images import DecodeError, ImageFolder
+from .images import DecodeError, loader
 from .recycle import Recycler
 from .stage import Item
 
@@ -45,7 +44,7 @@ class Decoded:
 
     def __init__(self, source, skip_bad: bool, recycler: Recycler):
         self.skip_bad = skip_bad
-        self.load = functools.partial(source.load, empty=recycler.empty) if isinstance(source, ImageFolder) else source.load
+        self.load = loader(source, recycler.empty)
         self._lock = threading.Lock()
         self._images: dict[int, Future] = {}
 
