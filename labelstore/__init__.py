@@ -7,13 +7,18 @@
 
 import logging
 import os
+import sys
 
 # Idle OpenMP threads (torch's intra-op pool) sleep instead of spinning: in the teacher stage they
 # share the cores with the decode/render threads, and a spinning thread burns the core another
 # thread needs (the stage on 2 cores spent 1.6-1.9 ms of CPU per 224-px view, 1.0-1.2 on one core;
 # docs/benchmarks.md). OpenMP reads this when torch is loaded: it has no effect once torch was
-# imported before labelstore, and a value set by the user is kept.
+# imported before labelstore, and a value set by the user is kept. _OMP_PASSIVE: whether idle
+# OpenMP threads sleep in this process (pipeline/stage.py:teacher_threads splits the cores otherwise).
+_torch_loaded = "torch" in sys.modules
+_omp_read = os.environ.get("OMP_WAIT_POLICY", "")  # what torch's OpenMP read at its load, if it has loaded
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_OMP_PASSIVE = (_omp_read if _torch_loaded else os.environ["OMP_WAIT_POLICY"]).upper() == "PASSIVE"
 
 from .errors import ConfigError, DataError, LabelstoreError, StoreError, StoreMismatch, TeacherOutputError
 from .reader import LabelStore, open

@@ -244,16 +244,21 @@ def usable_cores() -> int:
 @contextlib.contextmanager
 def teacher_threads(decode_workers: int) -> Iterator[int]:
     """While the stage runs, torch's intra-op threads = max(1, cores - decode_workers) (cores: those
-    this process may run on), then the previous count again.
+    this process may run on) when idle OpenMP threads spin in this process, then the previous count
+    again; where they sleep (labelstore._OMP_PASSIVE), torch keeps its count.
 
-    The cores are split between the decode/render workers and the teacher instead of oversubscribed,
-    whatever the import order: when torch is imported before labelstore (so OMP_WAIT_POLICY=PASSIVE
-    from `import labelstore` comes too late), torch's OpenMP threads spin after each parallel region,
-    and at one thread per core beside the decoders that took 0.27 ms of CPU per 224-px view (25 % of
-    the stage's CPU) on 2 cores with a near-free teacher (docs/benchmarks.md). A GPU teacher needs no
-    CPU threads; a CPU teacher gets the cores the decoders leave (`--workers` sets how many they take)."""
+    Torch's OpenMP threads spin after each parallel region when torch was imported before
+    labelstore (so OMP_WAIT_POLICY=PASSIVE from `import labelstore` came too late) and the variable
+    was not set: at one thread per core beside the decoders that took 0.27 ms of CPU per 224-px view
+    (25 % of the stage's CPU) on 2 cores with a near-free teacher, so the cores are split between
+    the decode/render workers and the teacher instead. Sleeping threads cost nothing while the
+    decoders run, and a CPU teacher then has every core when they wait: on 2 cores with 2 decode
+    workers, a resnet-m teacher at 32 px labelled 759-772 views/s with 2 threads and 408-422 with
+    the split's 1 (docs/benchmarks.md). A GPU teacher needs no CPU threads."""
+    from labelstore import _OMP_PASSIVE
+
     before = torch.get_num_threads()
-    n = max(1, usable_cores() - decode_workers)
+    n = before if _OMP_PASSIVE else max(1, usable_cores() - decode_workers)
     torch.set_num_threads(n)
     try:
         yield n
