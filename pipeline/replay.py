@@ -286,17 +286,27 @@ class ReplayDataset(torch.utils.data.Dataset):
             t["features"] = torch.from_numpy(read_features(self.store, self.epoch, rec["index"]))
         return t
 
-    def _render(self, rec: dict, prec: dict, partners: np.ndarray) -> Views:
-        """Decoded and rendered in recycled memory (pipeline/recycle.py): a fresh 500x375 image costs
-        137 page faults; each process (a DataLoader worker) has its own recycler."""
+    def sources(self, js) -> tuple:
+        """Rows rows[js] to render elsewhere (ReplayLoader's render_device): render_batch's arguments
+        (sources: uint8 [H, W, 3] tensors, params {key: [n, ...]}, the partners' sources, None where a
+        view is unmixed, and their params); render_sources(policy, that, device) renders them."""
+        return self._sources(*self.records(js), torch.from_numpy)
+
+    def _sources(self, rec: dict, prec: dict, partners: np.ndarray, wrap=lambda a: a) -> tuple:
+        """Decoded in recycled memory (pipeline/recycle.py): a fresh 500x375 image costs 137 page
+        faults; each process (a DataLoader worker) has its own recycler."""
         spec = self.policy.param_spec()
+        load = loader(self.data, self._empty())
+        return ([wrap(load(int(i))) for i in rec["index"]], {k: rec[k] for k in spec},
+                [wrap(load(int(q))) if q >= 0 else None for q in partners], {k: prec[k] for k in spec})
+
+    def _empty(self):
         if self._recycler is None or self._recycler[0] != os.getpid():
             self._recycler = (os.getpid(), Recycler())
-        empty = self._recycler[1].empty
-        load = loader(self.data, empty)
-        return self.policy.render_batch([load(int(i)) for i in rec["index"]], {k: rec[k] for k in spec},
-                                        [load(int(q)) if q >= 0 else None for q in partners],
-                                        {k: prec[k] for k in spec}, empty=empty)
+        return self._recycler[1].empty
+
+    def _render(self, rec: dict, prec: dict, partners: np.ndarray) -> Views:
+        return self.policy.render_batch(*self._sources(rec, prec, partners), empty=self._empty())
 
     def __getstate__(self) -> dict:  # to a DataLoader worker (spawn): without the recycler
         return {**self.__dict__, "_recycler": None}
@@ -312,16 +322,30 @@ class ReplayDataset(torch.utils.data.Dataset):
         return self.__getitems__([j])[0]
 
 
-class _BatchViews(torch.utils.data.Dataset):
-    """Item = a batch of positions into a ReplayDataset -> (x, partner, lam) uint8 views of that batch."""
+def render_sources(policy: Policy, sources: tuple, device) -> Views:
+    """The Views of ReplayDataset.sources(js) rendered on `device` (pipeline/render_torch.py, the
+    bytes of Policy.render_batch): each source uploaded once, the views made there."""
+    from . import render_torch
 
-    def __init__(self, ds: ReplayDataset):
-        self.ds = ds
+    images, rows, partners, prows = sources
+    up = [im.to(device, non_blocking=True) for im in images]
+    pup = [None if im is None else im.to(device, non_blocking=True) for im in partners]
+    return render_torch.render_batch(policy, up, rows, pup, prows, device)
+
+
+class _BatchViews(torch.utils.data.Dataset):
+    """Item = a batch of positions into a ReplayDataset -> (x, partner, lam) uint8 views of that
+    batch, or with sources=True what rendering them takes (ReplayDataset.sources)."""
+
+    def __init__(self, ds: ReplayDataset, sources: bool = False):
+        self.ds, self.as_sources = ds, sources
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, js):
+        if self.as_sources:
+            return self.ds.sources(js)
         v = self.ds.views(js)
         return v.x, v.partner, v.lam
 
@@ -339,7 +363,9 @@ class ReplayLoader:
     images cross between processes. The epoch's records are read once into the shared-memory
     epoch cache by this process before the workers start, and indexed in memory by all of them. Skipped samples (undecodable at teacher
     time) are left out. `indices` restricts the epoch to a subset. features=True: the targets also
-    hold "features" float32 [B, D] (ReplayDataset).
+    hold "features" float32 [B, D] (ReplayDataset). render_device (e.g. "cuda"): the workers only
+    decode; this process uploads each batch's sources and renders the views there, the same bytes
+    (render_sources), and x (and view_partner, view_lam) come on that device.
 
     Order: shuffle=False: row order; shuffle=True, window=0: a uniform permutation of (seed,
     epoch); shuffle=True, window=w > 0: the quasi-random order of labelstore/order.py (shards
@@ -349,8 +375,9 @@ class ReplayLoader:
 
     def __init__(self, store, data, epoch: int, batch_size: int = 128, shuffle: bool = True, seed: int = 0,
                  num_workers: int = 0, drop_last: bool = False, indices=None, window: int = 0,
-                 check: bool = True, features: bool = False):
+                 check: bool = True, features: bool = False, render_device=None):
         self.dataset = ReplayDataset(store, data, epoch=epoch, indices=indices, check=check, features=features)
+        self.render_device = None if render_device is None else torch.device(render_device)
         self.store, self.data, self.epoch = store, data, epoch
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.num_workers, self.drop_last, self.window = num_workers, drop_last, window
@@ -378,11 +405,16 @@ class ReplayLoader:
         if not self.window:
             self.dataset.load()  # one read of the epoch, here, mapped by the workers
         loader = torch.utils.data.DataLoader(
-            _BatchViews(self.dataset), sampler=batches, batch_size=None, num_workers=self.num_workers,
+            _BatchViews(self.dataset, self.render_device is not None), sampler=batches, batch_size=None,
+            num_workers=self.num_workers,
             collate_fn=_same, worker_init_fn=_numba_one_thread, persistent_workers=False,
             prefetch_factor=4 if self.num_workers else None,
         )
-        for js, (x, partner, lam) in zip(batches, loader):
+        for js, item in zip(batches, loader):
+            if self.render_device is not None:
+                v = render_sources(self.policy, item, self.render_device)
+                item = (v.x, v.partner, v.lam)
+            x, partner, lam = item
             t = self.dataset.targets(js)
             if partner is not None:
                 t["view_partner"], t["view_lam"] = partner, lam

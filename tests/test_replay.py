@@ -328,3 +328,21 @@ def test_replay_dataset_in_spawned_workers(skip_store):
         np.testing.assert_array_equal(_digests(x), rec["view_digest"][i])
         n += len(i)
     assert n == len(ds)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_replay_loader_renders_on_a_device_with_the_same_bytes(policy, policy_stores, source):
+    """render_device: the workers decode, this process renders (pipeline/render_torch.py) on the
+    device ("cpu" here: the torch path); every batch equals the numba-rendered loader's."""
+    store = labelstore.open(policy_stores[policy])
+    workers = 2 if policy == "cutmix" else 0
+    plain = ReplayLoader(store, source, epoch=1, batch_size=16, seed=3, num_workers=workers)
+    on_device = ReplayLoader(store, source, epoch=1, batch_size=16, seed=3, num_workers=workers, render_device="cpu")
+    rec, n = store.read(1), 0
+    for (x, t), (y, u) in zip(plain, on_device, strict=True):
+        assert torch.equal(x, y) and t.keys() == u.keys()
+        assert all(torch.equal(t[k], u[k]) for k in t)
+        if policy != "mixup":  # (a MixUp view's digest covers its partner and lam: the equality above)
+            np.testing.assert_array_equal(_digests(y), rec["view_digest"][u["index"].numpy()])
+        n += len(y)
+    assert n == len(plain.indices)
