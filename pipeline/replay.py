@@ -295,10 +295,9 @@ class ReplayDataset(torch.utils.data.Dataset):
     def _sources(self, rec: dict, prec: dict, partners: np.ndarray, wrap=lambda a: a) -> tuple:
         """Decoded in recycled memory (pipeline/recycle.py): a fresh 500x375 image costs 137 page
         faults; each process (a DataLoader worker) has its own recycler."""
-        spec = self.policy.param_spec()
         load = loader(self.data, self._empty())
-        return ([wrap(load(int(i))) for i in rec["index"]], {k: rec[k] for k in spec},
-                [wrap(load(int(q))) if q >= 0 else None for q in partners], {k: prec[k] for k in spec})
+        return ([wrap(load(int(i))) for i in rec["index"]], _params(rec, self.policy),
+                [wrap(load(int(q))) if q >= 0 else None for q in partners], _params(prec, self.policy))
 
     def _empty(self):
         if self._recycler is None or self._recycler[0] != os.getpid():
